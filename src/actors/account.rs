@@ -1,0 +1,279 @@
+//! The AccountActor: the one writer of an account.
+//!
+//! It owns endpoint changes (with the echo challenge), key resets (pending → sent →
+//! committed, rate-limited), the creation of the account's registrations and the account's
+//! cascade delete. Running them one at a time per account makes each atomic.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use ractor_cluster::RactorMessage;
+use uuid::Uuid;
+
+use super::{now_us, NodeContext, RegistrationMsg};
+use crate::crypto;
+use crate::service::{msg, ServiceError, WriteResult};
+use crate::store::{Account, KeyKind, PendingKey, Registration};
+
+const HOUR_US: u64 = 3_600_000_000;
+
+/// Reply of an account operation.
+pub type Reply<T> = RpcReplyPort<Result<T, ServiceError>>;
+
+/// Requests an AccountActor serves.
+#[derive(RactorMessage)]
+pub enum AccountMsg {
+    /// Echo-check `endpoint`, then make it the account's endpoint and reset `failed_count`.
+    UpdateEndpoint {
+        /// The new endpoint (already validated as an http(s) URL).
+        endpoint: String,
+        /// Write result.
+        reply: Reply<WriteResult>,
+    },
+    /// Generate a new key, deliver it to the endpoint, commit it on success.
+    ResetKey {
+        /// Which key.
+        kind: KeyKind,
+        /// Unit on success.
+        reply: Reply<()>,
+    },
+    /// Create a registration owned by this account.
+    CreateRegistration {
+        /// `event` header value.
+        event: String,
+        /// Description.
+        description: String,
+        /// The payload as JSON text.
+        event_data: String,
+        /// The new record.
+        reply: Reply<Registration>,
+    },
+    /// Delete the account and everything that hangs off it.
+    Delete {
+        /// `deleted: 1`, or `skipped: 1` when there is no such account.
+        reply: Reply<WriteResult>,
+    },
+    /// Timer tick: stop when idle.
+    IdleCheck,
+}
+
+/// The actor of one account.
+pub struct AccountActor {
+    ctx: Arc<NodeContext>,
+    id: Uuid,
+}
+
+/// Mutable state between messages.
+pub struct AccountState {
+    last_active: Instant,
+}
+
+impl AccountActor {
+    /// Spawns the actor of account `id`.
+    pub async fn spawn_for(
+        ctx: Arc<NodeContext>,
+        id: Uuid,
+    ) -> Result<ActorRef<AccountMsg>, SpawnErr> {
+        let (actor, _) = Actor::spawn(None, AccountActor { ctx, id }, ()).await?;
+        Ok(actor)
+    }
+
+    fn live(&self) -> Result<Account, ServiceError> {
+        // The caller authenticated just before; if the account vanished since, it is as if
+        // the credentials were wrong.
+        self.ctx
+            .store
+            .account(&self.id)?
+            .ok_or(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME))
+    }
+
+    async fn update_endpoint(&self, endpoint: String) -> Result<WriteResult, ServiceError> {
+        let mut account = self.live()?;
+        if let Err(e) = self.ctx.client.echo(&endpoint).await {
+            tracing::info!(account = %self.id, error = %e, "echo challenge failed");
+            return Err(ServiceError::BadRequest(msg::ECHO_FAILED.into()));
+        }
+        if account.endpoint == endpoint && account.failed_count == 0 {
+            return Ok(WriteResult::unchanged());
+        }
+        account.endpoint = endpoint;
+        account.failed_count = 0;
+        self.ctx.store.update_account(&account)?;
+        self.ctx.store.flush().await?;
+        Ok(WriteResult::replaced())
+    }
+
+    async fn reset_key(&self, kind: KeyKind) -> Result<(), ServiceError> {
+        let mut account = self.live()?;
+        if account.endpoint.is_empty() {
+            return Err(ServiceError::NotFound(msg::ENDPOINT_NOT_FOUND));
+        }
+        let now = now_us();
+        account
+            .key_resets_us
+            .retain(|t| now.saturating_sub(*t) < HOUR_US);
+        let limit = self.ctx.settings.key_resets_per_hour as usize;
+        if account.key_resets_us.len() >= limit {
+            let oldest = account.key_resets_us.iter().min().copied().unwrap_or(now);
+            let wait_us = (oldest + HOUR_US).saturating_sub(now);
+            return Err(ServiceError::TooManyKeyResets {
+                retry_after_secs: wait_us.div_ceil(1_000_000).max(1),
+            });
+        }
+        let key = crypto::generate_key()?;
+        let stored_value = match kind {
+            KeyKind::ApiKey => self.ctx.hash_key(key.clone()).await?,
+            KeyKind::SecretKey => key.clone(),
+        };
+        // Pending first: the attempt counts against the limit even if the node crashes
+        // while the key is on its way.
+        account.key_resets_us.push(now);
+        account.pending_key = Some(PendingKey {
+            kind,
+            stored_value,
+            at_us: now,
+        });
+        self.ctx.store.update_account(&account)?;
+        self.ctx.store.flush().await?;
+
+        let sent = self
+            .ctx
+            .client
+            .send_key(&account.endpoint, kind, &key)
+            .await;
+        let pending = account.pending_key.take();
+        match (sent, pending) {
+            (Ok(()), Some(p)) => {
+                match p.kind {
+                    KeyKind::ApiKey => account.api_key_hash = p.stored_value,
+                    KeyKind::SecretKey => account.secret_key = p.stored_value,
+                }
+                self.ctx.store.update_account(&account)?;
+                self.ctx.store.flush().await?;
+                self.ctx.auth_cache.invalidate(&account.username);
+                Ok(())
+            }
+            (result, _) => {
+                if let Err(e) = result {
+                    tracing::info!(account = %self.id, error = %e, "key delivery failed");
+                }
+                self.ctx.store.update_account(&account)?;
+                self.ctx.store.flush().await?;
+                Err(ServiceError::BadRequest(msg::RESET_FAILED.into()))
+            }
+        }
+    }
+
+    async fn create_registration(
+        &self,
+        event: String,
+        description: String,
+        event_data: String,
+    ) -> Result<Registration, ServiceError> {
+        let shards = &self.ctx.shards;
+        let registration = Registration {
+            id: shards.new_id_in(shards.shard_of_id(&self.id)),
+            epoch_us: self.ctx.store.next_epoch_us(),
+            account_id: self.id,
+            event,
+            description,
+            event_data,
+            deleting: false,
+        };
+        if !self.ctx.store.insert_registration(&registration)? {
+            return Err(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME));
+        }
+        self.ctx.store.flush().await?;
+        Ok(registration)
+    }
+
+    async fn delete(&self) -> Result<WriteResult, ServiceError> {
+        let Some(account) = self.ctx.store.account(&self.id)? else {
+            return Ok(WriteResult::skipped());
+        };
+        if account.is_admin && self.ctx.store.admin_count()? <= 1 {
+            return Err(ServiceError::BadRequest(msg::LAST_ADMIN.into()));
+        }
+        let Some(account) = self.ctx.store.begin_account_delete(&self.id)? else {
+            return Ok(WriteResult::skipped());
+        };
+        self.ctx.auth_cache.invalidate(&account.username);
+        cascade(&self.ctx, &account).await?;
+        self.ctx.store.flush().await?;
+        Ok(WriteResult::deleted(1))
+    }
+}
+
+/// Removes a tombstoned account's subscriptions, its registrations (with everyone's
+/// subscriptions to them) and finally the account. Idempotent, so a restart can rerun it.
+pub(super) async fn cascade(ctx: &Arc<NodeContext>, account: &Account) -> Result<(), ServiceError> {
+    ctx.store.delete_subscriptions_of_subscriber(&account.id)?;
+    for registration in ctx.store.registration_ids_of(&account.id)? {
+        ctx.ask_registration(registration, |reply| RegistrationMsg::Delete {
+            caller: None,
+            reply,
+        })
+        .await??;
+    }
+    ctx.store.finish_account_delete(account)?;
+    Ok(())
+}
+
+impl Actor for AccountActor {
+    type Msg = AccountMsg;
+    type State = AccountState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(self.ctx.settings.idle_stop / 2, || AccountMsg::IdleCheck);
+        Ok(AccountState {
+            last_active: Instant::now(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if !matches!(message, AccountMsg::IdleCheck) {
+            state.last_active = Instant::now();
+        }
+        // A dropped reply port means the caller gave up; nothing to do about it.
+        match message {
+            AccountMsg::UpdateEndpoint { endpoint, reply } => {
+                let _ = reply.send(self.update_endpoint(endpoint).await);
+            }
+            AccountMsg::ResetKey { kind, reply } => {
+                let _ = reply.send(self.reset_key(kind).await);
+            }
+            AccountMsg::CreateRegistration {
+                event,
+                description,
+                event_data,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.create_registration(event, description, event_data)
+                        .await,
+                );
+            }
+            AccountMsg::Delete { reply } => {
+                let _ = reply.send(self.delete().await);
+            }
+            AccountMsg::IdleCheck => {
+                if state.last_active.elapsed() >= self.ctx.settings.idle_stop {
+                    self.ctx.accounts.remove(&self.id, myself.get_id());
+                    myself.stop(None);
+                }
+            }
+        }
+        Ok(())
+    }
+}

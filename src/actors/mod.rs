@@ -1,0 +1,115 @@
+//! The actors that own every mutation: one [`AccountActor`] per active account, one
+//! [`RegistrationActor`] per active registration.
+//!
+//! Serialising the changes of one record through one actor makes read-modify-write
+//! sequences (key resets, `failed_count`, cascades racing with subscribes) atomic without
+//! locks. Actors are spawned on first use and stop when idle.
+
+mod account;
+mod directory;
+mod registration;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+pub use account::{AccountActor, AccountMsg};
+pub use directory::Directory;
+pub use registration::{RegistrationActor, RegistrationMsg};
+
+use crate::cluster::ShardMap;
+use crate::crypto::AuthCache;
+use crate::delivery::EndpointClient;
+use crate::service::ServiceError;
+use crate::store::Store;
+
+/// Settings the actors need from the configuration.
+#[derive(Debug, Clone)]
+pub struct ActorSettings {
+    /// PBKDF2 iterations for new API key hashes.
+    pub pbkdf2_iterations: u32,
+    /// Key resets allowed per account per rolling hour.
+    pub key_resets_per_hour: u32,
+    /// Idle time after which an actor stops.
+    pub idle_stop: Duration,
+}
+
+/// Everything the node's actors share.
+pub struct NodeContext {
+    /// The node's database.
+    pub store: Store,
+    /// Outbound calls to endpoints.
+    pub client: EndpointClient,
+    /// Shards and their owners.
+    pub shards: ShardMap,
+    /// Recent successful API key verifications.
+    pub auth_cache: AuthCache,
+    /// Tunables.
+    pub settings: ActorSettings,
+    /// Live account actors.
+    pub accounts: Directory<AccountMsg>,
+    /// Live registration actors.
+    pub registrations: Directory<RegistrationMsg>,
+}
+
+impl NodeContext {
+    /// Asks account `id`'s actor, spawning it if needed.
+    pub async fn ask_account<T: Send + 'static>(
+        self: &Arc<Self>,
+        id: Uuid,
+        build: impl Fn(ractor::RpcReplyPort<T>) -> AccountMsg,
+    ) -> Result<T, ServiceError> {
+        let ctx = self.clone();
+        self.accounts
+            .ask(id, |id| AccountActor::spawn_for(ctx.clone(), id), build)
+            .await
+    }
+
+    /// Asks registration `id`'s actor, spawning it if needed.
+    pub async fn ask_registration<T: Send + 'static>(
+        self: &Arc<Self>,
+        id: Uuid,
+        build: impl Fn(ractor::RpcReplyPort<T>) -> RegistrationMsg,
+    ) -> Result<T, ServiceError> {
+        let ctx = self.clone();
+        self.registrations
+            .ask(
+                id,
+                |id| RegistrationActor::spawn_for(ctx.clone(), id),
+                build,
+            )
+            .await
+    }
+
+    /// Hashes an API key off the async threads (PBKDF2 is deliberately slow).
+    pub async fn hash_key(&self, key: String) -> Result<String, ServiceError> {
+        let iterations = self.settings.pbkdf2_iterations;
+        tokio::task::spawn_blocking(move || crate::crypto::hash_key(&key, iterations))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(ServiceError::from)
+    }
+
+    /// Finishes the cascades a crash interrupted (tombstoned accounts and registrations).
+    pub async fn resume_cascades(self: &Arc<Self>) -> Result<(), ServiceError> {
+        for account in self.store.accounts_being_deleted()? {
+            tracing::info!(account = %account.id, "finishing an interrupted account delete");
+            account::cascade(self, &account).await?;
+        }
+        for registration in self.store.registrations_being_deleted()? {
+            tracing::info!(registration = %registration.id, "finishing an interrupted registration delete");
+            self.store.finish_registration_delete(&registration)?;
+        }
+        self.store.flush().await?;
+        Ok(())
+    }
+}
+
+/// Unix time in µs.
+pub(crate) fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,406 @@
+//! Configuration: built-in defaults ← a TOML file ← `WEBHOOKD_*` environment variables.
+//!
+//! Every section is a struct with `deny_unknown_fields`, so a misspelt key stops start-up with
+//! a message naming it instead of being silently ignored. Nested keys in the environment use
+//! `__`: `WEBHOOKD_HTTP__LISTEN=127.0.0.1:9000` sets `http.listen`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::{Figment, Source};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "WEBHOOKD_";
+
+/// A configuration that could not be loaded or failed validation.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file, the environment or a value could not be parsed into the schema.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A value parsed but is out of its allowed range.
+    #[error("invalid configuration: key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted path of the offending key.
+        key: &'static str,
+        /// Why the value is refused.
+        reason: String,
+    },
+}
+
+/// The whole effective configuration of one node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP front end.
+    pub http: HttpConfig,
+    /// Where and how records are persisted.
+    pub storage: StorageConfig,
+    /// Key hashing, rate limits and the endpoint policy.
+    pub security: SecurityConfig,
+    /// Outbound HTTP (echo challenges, key resets, deliveries).
+    pub http_client: HttpClientConfig,
+    /// Delivery of triggered webhooks.
+    pub delivery: DeliveryConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// This node's place in the cluster.
+    pub cluster: ClusterConfig,
+    /// Lifetime of the per-record actors.
+    pub actors: ActorsConfig,
+}
+
+/// `[http]`: the API listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the `/v1` API listens on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Largest accepted request body; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// How long a graceful stop waits for in-flight requests.
+    pub shutdown_grace_secs: f64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_secs: 10.0,
+        }
+    }
+}
+
+/// `[storage]`: the sled database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory of the node's sled database.
+    pub path: PathBuf,
+    /// sled page cache size.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("./data"),
+            cache_capacity_bytes: 128 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[security]`: key hashing, rate limits, endpoint policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// PBKDF2-SHA256 iterations for newly stored API key hashes.
+    pub pbkdf2_iterations: u32,
+    /// How long a successful API key verification is remembered.
+    pub auth_cache_ttl_secs: f64,
+    /// Key resets (API or secret) allowed per account per rolling hour.
+    pub key_resets_per_hour: u32,
+    /// Endpoints resolving into these networks are refused.
+    pub endpoint_deny_cidrs: Vec<IpNet>,
+    /// When not empty, endpoints must resolve into one of these networks.
+    pub endpoint_allow_cidrs: Vec<IpNet>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            pbkdf2_iterations: 100_000,
+            auth_cache_ttl_secs: 60.0,
+            key_resets_per_hour: 5,
+            endpoint_deny_cidrs: vec![
+                "169.254.0.0/16".parse().unwrap_or_else(|_| unreachable!()),
+                "fe80::/10".parse().unwrap_or_else(|_| unreachable!()),
+            ],
+            endpoint_allow_cidrs: Vec::new(),
+        }
+    }
+}
+
+/// `[http_client]`: outbound requests to account endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpClientConfig {
+    /// Timeout of one outbound request (connect + response).
+    pub timeout_secs: f64,
+    /// Accept invalid TLS certificates (internal CAs without a trust store).
+    pub insecure_tls: bool,
+}
+
+impl Default for HttpClientConfig {
+    fn default() -> Self {
+        Self {
+            timeout_secs: 5.0,
+            insecure_tls: false,
+        }
+    }
+}
+
+/// `[delivery]`: fan-out and retries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Subscribers whose `failed_count` reached this value are skipped at trigger time.
+    pub max_failed_count: u64,
+    /// Delay before each retry after a failed attempt (fractions allowed).
+    pub retry_delays_secs: Vec<f64>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            max_failed_count: 250,
+            retry_delays_secs: vec![120.0, 120.0, 3600.0],
+        }
+    }
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`: tracing output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Default level filter (`RUST_LOG`, when set, takes precedence).
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[cluster]`: this node's identity and the shard space.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's id (unique within the cluster).
+    pub node_id: String,
+    /// Number of virtual shards; fixed when the cluster's data is created.
+    pub shards: u16,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: "node1".into(),
+            shards: 256,
+        }
+    }
+}
+
+/// `[actors]`: lifetime of per-account and per-registration actors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActorsConfig {
+    /// An actor that handled no message for this long stops (it is respawned on demand).
+    pub idle_stop_secs: f64,
+}
+
+impl Default for ActorsConfig {
+    fn default() -> Self {
+        Self {
+            idle_stop_secs: 60.0,
+        }
+    }
+}
+
+/// A loaded configuration together with the figment it came from (for provenance).
+pub struct Loaded {
+    /// The validated configuration.
+    pub config: Config,
+    figment: Figment,
+}
+
+impl Config {
+    /// Loads defaults ← `file` (when given) ← environment, then validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Parse(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(Loaded { config, figment })
+    }
+
+    /// Range checks that the type system cannot express.
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn positive(key: &'static str, v: f64) -> Result<(), ConfigError> {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("must be a positive number of seconds, got {v}"),
+                })
+            }
+        }
+        positive("http.shutdown_grace_secs", self.http.shutdown_grace_secs)?;
+        positive("http_client.timeout_secs", self.http_client.timeout_secs)?;
+        positive("actors.idle_stop_secs", self.actors.idle_stop_secs)?;
+        if !self.security.auth_cache_ttl_secs.is_finite() || self.security.auth_cache_ttl_secs < 0.0
+        {
+            return Err(ConfigError::Invalid {
+                key: "security.auth_cache_ttl_secs",
+                reason: "must be zero or a positive number of seconds".into(),
+            });
+        }
+        if self.http.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "http.max_body_bytes",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.security.pbkdf2_iterations == 0 {
+            return Err(ConfigError::Invalid {
+                key: "security.pbkdf2_iterations",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.cluster.shards == 0 {
+            return Err(ConfigError::Invalid {
+                key: "cluster.shards",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.cluster.node_id.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "cluster.node_id",
+                reason: "must not be empty".into(),
+            });
+        }
+        if let Some(bad) = self
+            .delivery
+            .retry_delays_secs
+            .iter()
+            .find(|d| !d.is_finite() || **d < 0.0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "delivery.retry_delays_secs",
+                reason: format!("delays must be zero or positive seconds, got {bad}"),
+            });
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(ConfigError::Invalid {
+                key: "log.level",
+                reason: format!("`{}` is not a valid level filter", self.log.level),
+            });
+        }
+        Ok(())
+    }
+
+    /// `http.shutdown_grace_secs` as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.http.shutdown_grace_secs)
+    }
+}
+
+impl Loaded {
+    /// Every leaf setting as `(dotted key, value as TOML-ish text, source)`, sorted by key.
+    pub fn describe(&self) -> Vec<(String, String, String)> {
+        let value = serde_json::to_value(&self.config).unwrap_or(serde_json::Value::Null);
+        let mut leaves = Vec::new();
+        flatten("", &value, &mut leaves);
+        leaves
+            .into_iter()
+            .map(|(key, value)| {
+                let source = self.source_of(&key);
+                (key, value, source)
+            })
+            .collect()
+    }
+
+    fn source_of(&self, key: &str) -> String {
+        match self.figment.find_metadata(key) {
+            Some(meta) => match &meta.source {
+                Some(Source::File(path)) => format!("file {}", path.display()),
+                _ if meta.name.contains("environment") => {
+                    format!("env {ENV_PREFIX}{}", key.to_uppercase().replace('.', "__"))
+                }
+                _ => "default".into(),
+            },
+            None => "default".into(),
+        }
+    }
+}
+
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[http]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").unwrap();
+        let err = Config::load(Some(&path)).err().unwrap().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn negative_delay_is_refused() {
+        let mut c = Config::default();
+        c.delivery.retry_delays_secs = vec![1.0, -1.0];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("delivery.retry_delays_secs"), "{err}");
+    }
+}

@@ -1,0 +1,131 @@
+//! Assembling a node from its configuration, and the daemon's life cycle.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::actors::{ActorSettings, Directory, NodeContext};
+use crate::cluster::ShardMap;
+use crate::config::Config;
+use crate::crypto::AuthCache;
+use crate::delivery::{EndpointClient, EndpointPolicy};
+use crate::http::metrics::Metrics;
+use crate::http::App;
+use crate::service::{NewAccount, Node, ServiceError};
+use crate::store::{Store, StoreError};
+
+/// Usernames remembered by the verification cache at most.
+const AUTH_CACHE_CAPACITY: usize = 100_000;
+
+/// Why the daemon could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The storage could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The outbound HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// A start-up task failed.
+    #[error("{0}")]
+    Service(#[from] ServiceError),
+    /// Installing a signal handler failed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Opens the storage configured in `config`.
+pub fn open_store(config: &Config) -> Result<Store, StoreError> {
+    Store::open(
+        &config.storage.path,
+        config.storage.cache_capacity_bytes,
+        config.cluster.shards,
+    )
+}
+
+/// Builds the node's shared context and façade over an open store.
+pub fn build_node(config: &Config, store: Store) -> Result<Node, DaemonError> {
+    let policy = EndpointPolicy::new(
+        config.security.endpoint_deny_cidrs.clone(),
+        config.security.endpoint_allow_cidrs.clone(),
+    );
+    let ctx = NodeContext {
+        store,
+        client: EndpointClient::new(&config.http_client, policy)?,
+        shards: ShardMap::new(config.cluster.shards, vec![config.cluster.node_id.clone()]),
+        auth_cache: AuthCache::new(
+            Duration::from_secs_f64(config.security.auth_cache_ttl_secs),
+            AUTH_CACHE_CAPACITY,
+        ),
+        settings: ActorSettings {
+            pbkdf2_iterations: config.security.pbkdf2_iterations,
+            key_resets_per_hour: config.security.key_resets_per_hour,
+            idle_stop: Duration::from_secs_f64(config.actors.idle_stop_secs),
+        },
+        accounts: Directory::new("account"),
+        registrations: Directory::new("registration"),
+    };
+    Ok(Node::new(Arc::new(ctx)))
+}
+
+/// Prints the admin keys on stdout, the one time they exist in plaintext.
+pub fn print_admin_keys(admin: &NewAccount) {
+    println!("Admin account created. Record these keys now: they are never shown again.");
+    println!("admin api_key: {}", admin.api_key);
+    println!("admin secret_key: {}", admin.account.secret_key);
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn stop_signal() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
+            _ = int.recv() => tracing::info!("SIGINT received, stopping"),
+        }
+    })
+}
+
+/// Runs a node until SIGTERM/SIGINT: storage, admin bootstrap, HTTP server, clean stop.
+pub async fn serve(config: Config) -> Result<(), DaemonError> {
+    let store = open_store(&config)?;
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            addr: config.http.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Bind {
+        addr: config.http.listen,
+        source,
+    })?;
+    let node = build_node(&config, store.clone())?;
+    node.context().resume_cascades().await?;
+    if let Some(admin) = node.bootstrap_admin().await? {
+        print_admin_keys(&admin);
+    }
+    let stop = stop_signal().await?;
+    let app = Arc::new(App {
+        node,
+        metrics: Metrics::default(),
+        max_body: config.http.max_body_bytes,
+        node_id: config.cluster.node_id.clone(),
+    });
+    tracing::info!(%addr, node = %config.cluster.node_id, "webhookd listening");
+    println!("listening on http://{addr}");
+    crate::http::serve(listener, app, stop, config.shutdown_grace()).await;
+    store.flush_blocking()?;
+    tracing::info!("storage flushed, bye");
+    Ok(())
+}

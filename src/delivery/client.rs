@@ -1,0 +1,214 @@
+//! Outbound HTTP to account endpoints: the echo challenge and key delivery.
+//!
+//! One pooled client for the node. The endpoint policy is enforced by a resolver that
+//! drops refused addresses (hostnames), by a check of literal addresses before sending,
+//! and on every redirect hop.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::redirect;
+use reqwest::Url;
+
+use super::policy::EndpointPolicy;
+use crate::config::HttpClientConfig;
+use crate::crypto;
+use crate::store::KeyKind;
+
+/// Redirect hops followed at most (as the `requests` library the original used).
+const MAX_REDIRECTS: usize = 10;
+
+/// Why an outbound call failed (logged; clients only see the API's fixed messages).
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// The URL is not an absolute http(s) URL.
+    #[error("invalid endpoint URL")]
+    InvalidUrl,
+    /// The endpoint's address is refused by the endpoint policy.
+    #[error("endpoint address refused by the endpoint policy")]
+    Refused,
+    /// Transport failure, timeout or refused resolution.
+    #[error("request failed: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The endpoint answered, but not as required.
+    #[error("unexpected answer: {0}")]
+    Answer(String),
+    /// No randomness for the challenge.
+    #[error(transparent)]
+    Random(#[from] crypto::RandomError),
+}
+
+/// Resolves hostnames and drops every address the policy refuses.
+struct PolicyResolver {
+    policy: Arc<EndpointPolicy>,
+}
+
+impl Resolve for PolicyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let allowed: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| policy.allows(a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                return Err(Box::new(OutboundError::Refused) as _);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The node's client for calls to account endpoints.
+#[derive(Clone)]
+pub struct EndpointClient {
+    http: reqwest::Client,
+    policy: Arc<EndpointPolicy>,
+}
+
+impl EndpointClient {
+    /// Builds the pooled client from `[http_client]` and the endpoint policy.
+    pub fn new(cfg: &HttpClientConfig, policy: EndpointPolicy) -> Result<Self, reqwest::Error> {
+        let policy = Arc::new(policy);
+        let redirect_policy = policy.clone();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(cfg.timeout_secs))
+            .tcp_nodelay(true)
+            .no_proxy()
+            .tls_danger_accept_invalid_certs(cfg.insecure_tls)
+            .dns_resolver(Arc::new(PolicyResolver {
+                policy: policy.clone(),
+            }))
+            .redirect(redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= MAX_REDIRECTS {
+                    attempt.error("too many redirects")
+                } else if literal_refused(&redirect_policy, attempt.url()) {
+                    attempt.error(OutboundError::Refused)
+                } else {
+                    attempt.follow()
+                }
+            }))
+            .build()?;
+        Ok(Self { http, policy })
+    }
+
+    /// Parses `endpoint` and applies the policy to a literal address.
+    fn target(&self, endpoint: &str) -> Result<Url, OutboundError> {
+        let url = parse_endpoint(endpoint).ok_or(OutboundError::InvalidUrl)?;
+        if literal_refused(&self.policy, &url) {
+            return Err(OutboundError::Refused);
+        }
+        Ok(url)
+    }
+
+    /// `GET <endpoint>` with `extra` appended to its query string; returns status and body.
+    async fn get_with(
+        &self,
+        endpoint: &str,
+        param: &str,
+        value: &str,
+    ) -> Result<(u16, bytes::Bytes), OutboundError> {
+        let mut url = self.target(endpoint)?;
+        url.query_pairs_mut().append_pair(param, value);
+        let response = self
+            .http
+            .get(url)
+            .header("accept", "application/json")
+            .header("content-type", "application/json")
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.bytes().await?))
+    }
+
+    /// The echo challenge: passes only on 200 with JSON `{"echo": <the challenge>}`.
+    pub async fn echo(&self, endpoint: &str) -> Result<(), OutboundError> {
+        let challenge = crypto::generate_key()?;
+        let (status, body) = self.get_with(endpoint, "echo", &challenge).await?;
+        if status != 200 {
+            return Err(OutboundError::Answer(format!("status {status}")));
+        }
+        let answer: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| OutboundError::Answer("body is not JSON".into()))?;
+        match answer.get("echo").and_then(|v| v.as_str()) {
+            Some(v) if v == challenge => Ok(()),
+            _ => Err(OutboundError::Answer("wrong echo value".into())),
+        }
+    }
+
+    /// Delivers a new key as `GET <endpoint>?api_key=…` / `?secret_key=…`; any 2xx succeeds.
+    pub async fn send_key(
+        &self,
+        endpoint: &str,
+        kind: KeyKind,
+        key: &str,
+    ) -> Result<(), OutboundError> {
+        let (status, _) = self.get_with(endpoint, kind.param(), key).await?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(OutboundError::Answer(format!("status {status}")))
+        }
+    }
+}
+
+/// An absolute `http`/`https` URL with a host, or `None`.
+pub fn parse_endpoint(endpoint: &str) -> Option<Url> {
+    let url = Url::parse(endpoint).ok()?;
+    let ok = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some_and(|h| !h.is_empty())
+        && url.username().is_empty()
+        && url.password().is_none();
+    ok.then_some(url)
+}
+
+/// True when `url`'s host is a literal address the policy refuses.
+fn literal_refused(policy: &EndpointPolicy, url: &Url) -> bool {
+    let ip = match url.host() {
+        Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
+        Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
+        _ => return false,
+    };
+    !policy.allows(ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls_must_be_absolute_http() {
+        assert!(parse_endpoint("http://127.0.0.1:9090/account/endpoint").is_some());
+        assert!(parse_endpoint("https://hooks.internal/x?a=1").is_some());
+        for bad in [
+            "",
+            "127.0.0.1:9090",
+            "ftp://x/",
+            "http://",
+            "/relative",
+            "http://user:pw@host/",
+        ] {
+            assert!(parse_endpoint(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn literal_addresses_are_checked() {
+        let p = EndpointPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![]);
+        assert!(literal_refused(
+            &p,
+            &Url::parse("http://127.0.0.1/").unwrap()
+        ));
+        assert!(!literal_refused(
+            &p,
+            &Url::parse("http://10.1.2.3/").unwrap()
+        ));
+        assert!(!literal_refused(
+            &p,
+            &Url::parse("http://localhost/").unwrap()
+        ));
+    }
+}

@@ -1,0 +1,10 @@
+//! Everything that leaves the node towards account endpoints: the outbound HTTP client and
+//! its endpoint policy, the Python-compatible JSON body and the signatures.
+
+pub mod client;
+pub mod policy;
+pub mod pyjson;
+pub mod signing;
+
+pub use client::{EndpointClient, OutboundError};
+pub use policy::EndpointPolicy;

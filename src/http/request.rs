@@ -1,0 +1,180 @@
+//! The request guards: Content-Type gate, headers, paging, body.
+//!
+//! Handlers call these in the contract's order: Content-Type → auth → paging → body.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::Request;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use crate::store::PageRequest;
+
+/// An incoming API request with the accessors handlers need.
+pub struct ApiRequest {
+    headers: HeaderMap,
+    query: Option<String>,
+    body: Option<Incoming>,
+    max_body: usize,
+}
+
+impl ApiRequest {
+    /// Wraps a hyper request; bodies larger than `max_body` are refused with 413.
+    pub fn new(req: Request<Incoming>, max_body: usize) -> Self {
+        let (parts, body) = req.into_parts();
+        Self {
+            headers: parts.headers,
+            query: parts.uri.query().map(str::to_string),
+            body: Some(body),
+            max_body,
+        }
+    }
+
+    /// The Content-Type gate: must start with `application/json`, case-insensitively.
+    pub fn require_json_content_type(&self) -> Result<(), ApiError> {
+        let ok = self
+            .headers
+            .get(CONTENT_TYPE)
+            .map(|v| v.as_bytes())
+            .is_some_and(|v| v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/json"));
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::UnsupportedMediaType)
+        }
+    }
+
+    /// True when a declared Content-Length already exceeds the limit.
+    pub fn declared_too_large(&self) -> bool {
+        self.headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > self.max_body as u64)
+    }
+
+    /// A header's value; non-UTF-8 bytes are replaced, so such a value is present but
+    /// never matches a stored one.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+
+    /// The first value of a query parameter, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.query.as_deref()?;
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// The validated `start` / `limit` parameters.
+    pub fn page(&self) -> Result<PageRequest, ApiError> {
+        PageRequest::parse(
+            self.query_param("start").as_deref(),
+            self.query_param("limit").as_deref(),
+        )
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+
+    /// Reads the whole body, refusing more than the limit.
+    pub async fn body_bytes(&mut self) -> Result<Bytes, ApiError> {
+        if self.declared_too_large() {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        let Some(body) = self.body.take() else {
+            return Ok(Bytes::new());
+        };
+        match Limited::new(body, self.max_body).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge),
+            Err(_) => Err(ApiError::BadRequest(
+                "Could not read the request body".into(),
+            )),
+        }
+    }
+
+    /// Reads the body as a JSON object.
+    pub async fn json_object(&mut self) -> Result<Map<String, Value>, ApiError> {
+        let bytes = self.body_bytes().await?;
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err(ApiError::BadRequest("JSON body must be an object".into())),
+            Err(_) => Err(ApiError::BadRequest("Invalid JSON body".into())),
+        }
+    }
+
+    /// Reads the body as JSON when there is one; `None` for an empty body.
+    pub async fn optional_json_object(&mut self) -> Result<Option<Map<String, Value>>, ApiError> {
+        let bytes = self.body_bytes().await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(Some(map)),
+            Ok(_) => Err(ApiError::BadRequest("JSON body must be an object".into())),
+            Err(_) => Err(ApiError::BadRequest("Invalid JSON body".into())),
+        }
+    }
+}
+
+/// A path id: a malformed UUID is simply an id that matches nothing.
+pub fn parse_id(raw: &str) -> Option<Uuid> {
+    // Only the canonical hyphenated form: ids are always shown that way.
+    if raw.len() != 36 {
+        return None;
+    }
+    Uuid::parse_str(raw).ok()
+}
+
+/// The string field `name`: `Missing <name> field` / `Invalid <name> field`.
+pub fn string_field(body: &Map<String, Value>, name: &str) -> Result<String, ApiError> {
+    match body.get(name) {
+        None => Err(ApiError::BadRequest(format!("Missing {name} field"))),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(ApiError::BadRequest(format!("Invalid {name} field"))),
+    }
+}
+
+/// An invalid-field error for `name`.
+pub fn invalid_field(name: &str) -> ApiError {
+    ApiError::BadRequest(format!("Invalid {name} field"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_ids_must_be_canonical_uuids() {
+        assert!(parse_id("45712a61-a1b3-41a4-aa89-9593b909ae3d").is_some());
+        assert!(parse_id("45712A61-A1B3-41A4-AA89-9593B909AE3D").is_some());
+        for bad in [
+            "",
+            "x",
+            "45712a61a1b341a4aa899593b909ae3d",
+            "{45712a61-a1b3-41a4-aa89-9593b909ae3d}",
+            "45712a61-a1b3-41a4-aa89-9593b909ae3g",
+        ] {
+            assert!(parse_id(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn string_fields() {
+        let body: Map<String, Value> = serde_json::from_str(r#"{"a": "x", "b": 1}"#).unwrap();
+        assert_eq!(string_field(&body, "a").unwrap(), "x");
+        assert_eq!(
+            string_field(&body, "b").unwrap_err().to_string(),
+            "Invalid b field"
+        );
+        assert_eq!(
+            string_field(&body, "c").unwrap_err().to_string(),
+            "Missing c field"
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The `webhookd` command line: run a node, bootstrap or reset the admin, show the config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use webhookd::config::{Config, LogFormat};
+use webhookd::daemon;
+
+/// A clustered, PyWebhooks-compatible webhooks daemon.
+#[derive(Parser)]
+#[command(name = "webhookd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (defaults: 127.0.0.1:8081, storage in ./data).
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Wipe the storage and create a fresh admin account (PyWebhooks' --initdb).
+    Init {
+        /// Required: this deletes every record.
+        #[arg(long)]
+        reset: bool,
+        /// Confirm the wipe.
+        #[arg(long)]
+        yes: bool,
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Offline administration (the node must be stopped).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Print the effective configuration and where each value comes from.
+    Config {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Print a fresh API key for the admin account (the old one stops working).
+    ResetKey {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Loads the configuration or explains why not.
+fn load(path: Option<&PathBuf>) -> Result<webhookd::config::Loaded, String> {
+    Config::load(path.map(PathBuf::as_path)).map_err(|e| e.to_string())
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},ractor=warn", config.log.level)));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve { config } => {
+            let loaded = load(config.as_ref())?;
+            init_logging(&loaded.config);
+            runtime()?
+                .block_on(daemon::serve(loaded.config))
+                .map_err(|e| e.to_string())
+        }
+        Command::Init { reset, yes, config } => {
+            if !reset || !yes {
+                return Err("init wipes every record: run `webhookd init --reset --yes`".into());
+            }
+            let loaded = load(config.as_ref())?;
+            let store = daemon::open_store(&loaded.config).map_err(|e| e.to_string())?;
+            runtime()?.block_on(async {
+                store.wipe().map_err(|e| e.to_string())?;
+                println!("Storage wiped.");
+                let node = daemon::build_node(&loaded.config, store).map_err(|e| e.to_string())?;
+                match node.bootstrap_admin().await.map_err(|e| e.to_string())? {
+                    Some(admin) => daemon::print_admin_keys(&admin),
+                    None => return Err("the admin account survived the wipe".into()),
+                }
+                println!("Complete.");
+                Ok(())
+            })
+        }
+        Command::Admin {
+            command: AdminCommand::ResetKey { config },
+        } => {
+            let loaded = load(config.as_ref())?;
+            let store = daemon::open_store(&loaded.config).map_err(|e| e.to_string())?;
+            let key = webhookd::service::reset_admin_key_offline(
+                &store,
+                loaded.config.security.pbkdf2_iterations,
+            )
+            .map_err(|e| e.to_string())?;
+            println!("admin api_key: {key}");
+            Ok(())
+        }
+        Command::Config { config } => {
+            let loaded = load(config.as_ref())?;
+            for (key, value, source) in loaded.describe() {
+                println!("{key} = {value}  # {source}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("error: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}

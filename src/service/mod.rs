@@ -1,0 +1,438 @@
+//! The node's domain façade: what an API handler may ask, whichever actor or shard answers.
+//!
+//! Handlers call [`Node`]; it authenticates, picks the record's actor (or reads the
+//! store for listings) and returns domain results. Handlers never see sled or actors.
+
+mod error;
+mod write_result;
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+pub use error::{msg, ServiceError};
+pub use write_result::WriteResult;
+
+use crate::actors::{AccountMsg, NodeContext, RegistrationMsg};
+use crate::crypto;
+use crate::store::{
+    Account, KeyKind, NewAccountError, Page, PageRequest, Registration, Subscription, Triggered,
+};
+
+/// The authenticated account making a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Its account id.
+    pub id: Uuid,
+    /// Its username.
+    pub username: String,
+    /// Whether it is an administrator.
+    pub is_admin: bool,
+}
+
+/// A freshly created account and its plaintext API key (shown once).
+pub struct NewAccount {
+    /// The stored record.
+    pub account: Account,
+    /// The API key in plaintext.
+    pub api_key: String,
+}
+
+/// The reserved username of the bootstrap administrator.
+pub const ADMIN_USERNAME: &str = "admin";
+
+/// The node's operations. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    ctx: Arc<NodeContext>,
+}
+
+impl Node {
+    /// Wraps the shared context.
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        Self { ctx }
+    }
+
+    /// The shared context (for start-up and shutdown tasks).
+    pub fn context(&self) -> &Arc<NodeContext> {
+        &self.ctx
+    }
+
+    /// Authenticates from the `api-key` and `username` headers, in the original's order.
+    pub async fn authenticate(
+        &self,
+        api_key: Option<&str>,
+        username: Option<&str>,
+    ) -> Result<Caller, ServiceError> {
+        let api_key = api_key.ok_or(ServiceError::Unauthorized(msg::MISSING_API_KEY))?;
+        let username = username.ok_or(ServiceError::Unauthorized(msg::MISSING_USERNAME))?;
+        let account = self
+            .ctx
+            .store
+            .account_by_username(username)?
+            .ok_or(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME))?;
+        let cache = &self.ctx.auth_cache;
+        if !cache.hit(username, api_key, &account.api_key_hash) {
+            let (key, hash) = (api_key.to_string(), account.api_key_hash.clone());
+            let valid = tokio::task::spawn_blocking(move || crypto::verify_key(&key, &hash))
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            if !valid {
+                return Err(ServiceError::Unauthorized(msg::INVALID_API_KEY));
+            }
+            cache.insert(username, api_key, &account.api_key_hash);
+        }
+        Ok(Caller {
+            id: account.id,
+            username: account.username,
+            is_admin: account.is_admin,
+        })
+    }
+
+    /// Authenticates and requires an administrator.
+    pub async fn authenticate_admin(
+        &self,
+        api_key: Option<&str>,
+        username: Option<&str>,
+    ) -> Result<Caller, ServiceError> {
+        let caller = self.authenticate(api_key, username).await?;
+        if caller.is_admin {
+            Ok(caller)
+        } else {
+            Err(ServiceError::Unauthorized(msg::NOT_ADMIN))
+        }
+    }
+
+    /// Creates an account: uniqueness first, then the echo challenge, then an atomic insert.
+    pub async fn create_account(
+        &self,
+        username: String,
+        endpoint: String,
+    ) -> Result<NewAccount, ServiceError> {
+        if username == ADMIN_USERNAME || self.ctx.store.username_taken(&username)? {
+            return Err(ServiceError::UsernameTaken);
+        }
+        if let Err(e) = self.ctx.client.echo(&endpoint).await {
+            tracing::info!(error = %e, "echo challenge failed on account creation");
+            return Err(ServiceError::BadRequest(msg::ECHO_FAILED.into()));
+        }
+        self.insert_account(username, endpoint, false).await
+    }
+
+    async fn insert_account(
+        &self,
+        username: String,
+        endpoint: String,
+        is_admin: bool,
+    ) -> Result<NewAccount, ServiceError> {
+        let api_key = crypto::generate_key()?;
+        let shards = &self.ctx.shards;
+        let account = Account {
+            id: shards.new_id_in(shards.shard_of(username.as_bytes())),
+            epoch_us: self.ctx.store.next_epoch_us(),
+            username,
+            endpoint,
+            is_admin,
+            failed_count: 0,
+            api_key_hash: self.ctx.hash_key(api_key.clone()).await?,
+            secret_key: crypto::generate_key()?,
+            pending_key: None,
+            key_resets_us: Vec::new(),
+            deleting: false,
+        };
+        match self.ctx.store.insert_account(&account) {
+            Ok(()) => {}
+            Err(NewAccountError::UsernameTaken) => return Err(ServiceError::UsernameTaken),
+            Err(NewAccountError::Store(e)) => return Err(e.into()),
+        }
+        self.ctx.store.flush().await?;
+        Ok(NewAccount { account, api_key })
+    }
+
+    /// Creates the admin account unless one exists; returns it (with its key) when created.
+    pub async fn bootstrap_admin(&self) -> Result<Option<NewAccount>, ServiceError> {
+        if self.ctx.store.username_taken(ADMIN_USERNAME)? {
+            return Ok(None);
+        }
+        self.insert_account(ADMIN_USERNAME.into(), String::new(), true)
+            .await
+            .map(Some)
+    }
+
+    /// The caller's own account (no admin bypass, as in the original).
+    pub fn get_account(&self, caller: &Caller, id: Option<Uuid>) -> Result<Account, ServiceError> {
+        if id != Some(caller.id) {
+            return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED));
+        }
+        self.ctx
+            .store
+            .account(&caller.id)?
+            .ok_or(ServiceError::Unauthorized(msg::NOT_AUTHORIZED))
+    }
+
+    /// Changes the caller's endpoint (echo-checked) and resets its `failed_count`.
+    pub async fn update_endpoint(
+        &self,
+        caller: &Caller,
+        endpoint: String,
+    ) -> Result<WriteResult, ServiceError> {
+        self.ctx
+            .ask_account(caller.id, |reply| AccountMsg::UpdateEndpoint {
+                endpoint: endpoint.clone(),
+                reply,
+            })
+            .await?
+    }
+
+    /// Deletes an account with its cascade (self, or an admin).
+    pub async fn delete_account(
+        &self,
+        caller: &Caller,
+        id: Option<Uuid>,
+    ) -> Result<WriteResult, ServiceError> {
+        if !caller.is_admin && id != Some(caller.id) {
+            return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED));
+        }
+        let Some(id) = id else {
+            return Ok(WriteResult::skipped());
+        };
+        self.ctx
+            .ask_account(id, |reply| AccountMsg::Delete { reply })
+            .await?
+    }
+
+    /// A page of all accounts (admin).
+    pub fn list_accounts(&self, req: PageRequest) -> Result<Page<Account>, ServiceError> {
+        Ok(self.ctx.store.list_accounts(req)?)
+    }
+
+    /// Deletes every non-admin account, each with its cascade (admin).
+    pub async fn delete_all_accounts(&self) -> Result<WriteResult, ServiceError> {
+        let mut deleted = 0;
+        for (id, is_admin) in self.ctx.store.account_ids()? {
+            if !is_admin {
+                let result = self
+                    .ctx
+                    .ask_account(id, |reply| AccountMsg::Delete { reply })
+                    .await??;
+                deleted += result.deleted;
+            }
+        }
+        Ok(WriteResult::deleted(deleted))
+    }
+
+    /// Resets a key of the account named `username` (already authenticated for secrets).
+    pub async fn reset_key(&self, username: &str, kind: KeyKind) -> Result<(), ServiceError> {
+        let account = self
+            .ctx
+            .store
+            .account_by_username(username)?
+            .ok_or(ServiceError::NotFound(msg::USERNAME_NOT_FOUND))?;
+        self.ctx
+            .ask_account(account.id, |reply| AccountMsg::ResetKey { kind, reply })
+            .await?
+    }
+
+    /// Registers a webhook owned by the caller.
+    pub async fn create_registration(
+        &self,
+        caller: &Caller,
+        event: String,
+        description: String,
+        event_data: String,
+    ) -> Result<Registration, ServiceError> {
+        self.ctx
+            .ask_account(caller.id, |reply| AccountMsg::CreateRegistration {
+                event: event.clone(),
+                description: description.clone(),
+                event_data: event_data.clone(),
+                reply,
+            })
+            .await?
+    }
+
+    /// A page of the caller's registrations.
+    pub fn list_own_registrations(
+        &self,
+        caller: &Caller,
+        req: PageRequest,
+    ) -> Result<Page<Registration>, ServiceError> {
+        Ok(self.ctx.store.list_account_registrations(&caller.id, req)?)
+    }
+
+    /// A page of every registration.
+    pub fn list_registrations(&self, req: PageRequest) -> Result<Page<Registration>, ServiceError> {
+        Ok(self.ctx.store.list_registrations(req)?)
+    }
+
+    /// Changes a registration's description (owner or admin; access before body).
+    pub async fn patch_registration(
+        &self,
+        caller: &Caller,
+        id: Option<Uuid>,
+        description: Result<String, ServiceError>,
+    ) -> Result<WriteResult, ServiceError> {
+        let Some(id) = id else {
+            if !caller.is_admin {
+                return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED));
+            }
+            description?;
+            return Ok(WriteResult::skipped());
+        };
+        self.ctx
+            .ask_registration(id, |reply| RegistrationMsg::Patch {
+                caller: caller.clone(),
+                description: description.clone(),
+                reply,
+            })
+            .await?
+    }
+
+    /// Deletes a registration and its subscriptions (owner or admin).
+    pub async fn delete_registration(
+        &self,
+        caller: &Caller,
+        id: Option<Uuid>,
+    ) -> Result<WriteResult, ServiceError> {
+        let Some(id) = id else {
+            return if caller.is_admin {
+                Ok(WriteResult::deleted(0))
+            } else {
+                Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED))
+            };
+        };
+        self.ctx
+            .ask_registration(id, |reply| RegistrationMsg::Delete {
+                caller: Some(caller.clone()),
+                reply,
+            })
+            .await?
+    }
+
+    /// Deletes every registration with its subscriptions (admin).
+    pub async fn delete_all_registrations(&self) -> Result<WriteResult, ServiceError> {
+        let mut deleted = 0;
+        for id in self.ctx.store.registration_ids()? {
+            let result = self
+                .ctx
+                .ask_registration(id, |reply| RegistrationMsg::Delete {
+                    caller: None,
+                    reply,
+                })
+                .await??;
+            deleted += result.deleted;
+        }
+        Ok(WriteResult::deleted(deleted))
+    }
+
+    /// Subscribes the caller to a registration (anyone's).
+    pub async fn subscribe(
+        &self,
+        caller: &Caller,
+        registration: Option<Uuid>,
+    ) -> Result<Subscription, ServiceError> {
+        let registration =
+            registration.ok_or(ServiceError::NotFound(msg::NO_SUCH_REGISTRATION_SUBSCRIBE))?;
+        self.ctx
+            .ask_registration(registration, |reply| RegistrationMsg::Subscribe {
+                subscriber: caller.id,
+                reply,
+            })
+            .await?
+    }
+
+    /// A page of the caller's subscriptions.
+    pub fn list_own_subscriptions(
+        &self,
+        caller: &Caller,
+        req: PageRequest,
+    ) -> Result<Page<Subscription>, ServiceError> {
+        Ok(self
+            .ctx
+            .store
+            .list_subscriber_subscriptions(&caller.id, req)?)
+    }
+
+    /// A page of every subscription.
+    pub fn list_subscriptions(&self, req: PageRequest) -> Result<Page<Subscription>, ServiceError> {
+        Ok(self.ctx.store.list_subscriptions(req)?)
+    }
+
+    /// Removes a subscription (its subscriber, or an admin).
+    pub async fn delete_subscription(
+        &self,
+        caller: &Caller,
+        id: Option<Uuid>,
+    ) -> Result<WriteResult, ServiceError> {
+        let found = match id {
+            Some(id) => self.ctx.store.subscription(&id)?,
+            None => None,
+        };
+        let Some(subscription) = found else {
+            return if caller.is_admin {
+                Ok(WriteResult::skipped())
+            } else {
+                Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED))
+            };
+        };
+        self.ctx
+            .ask_registration(subscription.registration_id, |reply| {
+                RegistrationMsg::Unsubscribe {
+                    caller: caller.clone(),
+                    subscription: subscription.id,
+                    reply,
+                }
+            })
+            .await?
+    }
+
+    /// Deletes every subscription (admin).
+    pub async fn delete_all_subscriptions(&self) -> Result<WriteResult, ServiceError> {
+        let deleted = self.ctx.store.delete_all_subscriptions()?;
+        self.ctx.store.flush().await?;
+        Ok(WriteResult::deleted(deleted))
+    }
+
+    /// Triggers a registration (its owner only).
+    pub async fn trigger(
+        &self,
+        caller: &Caller,
+        registration: Option<Uuid>,
+    ) -> Result<Triggered, ServiceError> {
+        let registration =
+            registration.ok_or(ServiceError::NotFound(msg::NO_SUCH_REGISTRATION_TRIGGER))?;
+        self.ctx
+            .ask_registration(registration, |reply| RegistrationMsg::Trigger {
+                caller: caller.clone(),
+                reply,
+            })
+            .await?
+    }
+
+    /// A page of every triggered record.
+    pub fn list_triggered(&self, req: PageRequest) -> Result<Page<Triggered>, ServiceError> {
+        Ok(self.ctx.store.list_triggered(req)?)
+    }
+
+    /// True when storage answers (readiness).
+    pub fn is_ready(&self) -> bool {
+        self.ctx.store.is_healthy()
+    }
+}
+
+/// Replaces the admin's API key directly in storage (offline; the node must be stopped).
+///
+/// The admin has no endpoint, so this is its only way to recover a lost key.
+pub fn reset_admin_key_offline(
+    store: &crate::store::Store,
+    iterations: u32,
+) -> Result<String, ServiceError> {
+    let mut admin = store
+        .account_by_username(ADMIN_USERNAME)?
+        .ok_or_else(|| ServiceError::Internal("there is no admin account".into()))?;
+    let key = crypto::generate_key()?;
+    admin.api_key_hash = crypto::hash_key(&key, iterations)?;
+    store.update_account(&admin)?;
+    store.flush_blocking()?;
+    Ok(key)
+}

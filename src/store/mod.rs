@@ -1,0 +1,304 @@
+//! Storage: one sled database per node, a tree per concern, indexes shaped for the queries.
+//!
+//! Numbers in keys are big-endian so byte order is numeric order. Listings walk an
+//! `(epoch, id)` index instead of scanning records. Multi-key changes use sled transactions;
+//! deletes that may touch many rows first tombstone their root record (so readers see it
+//! gone at once and a restart can finish the job) and then remove the rows in chunks.
+//!
+//! Durability: callers that acknowledge a change call [`Store::flush`], a group commit shared
+//! by every writer that asked since the last flush.
+
+mod accounts;
+mod flusher;
+pub mod pagination;
+pub mod records;
+mod registrations;
+mod subscriptions;
+mod triggered;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
+
+pub use accounts::NewAccountError;
+pub use pagination::{Page, PageRequest};
+pub use records::{Account, KeyKind, PendingKey, Registration, Subscription, Triggered};
+pub use subscriptions::SubscribeError;
+
+use flusher::Flusher;
+
+/// Rows removed per transaction by chunked cascades.
+const CASCADE_CHUNK: usize = 512;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the database.
+    #[error("storage at {0} is locked by another process")]
+    Locked(String),
+    /// sled reported an error.
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record or key could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The database was created with another shard count.
+    #[error("storage was created with cluster.shards = {stored}, configuration says {configured}")]
+    ShardMismatch {
+        /// Shard count recorded in the database.
+        stored: u16,
+        /// Shard count of the configuration.
+        configured: u16,
+    },
+}
+
+impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
+    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+struct Trees {
+    meta: sled::Tree,
+    accounts: sled::Tree,
+    usernames: sled::Tree,
+    accounts_by_epoch: sled::Tree,
+    registrations: sled::Tree,
+    registrations_by_epoch: sled::Tree,
+    registrations_by_account: sled::Tree,
+    subscriptions: sled::Tree,
+    subscriptions_by_epoch: sled::Tree,
+    subscriptions_by_registration: sled::Tree,
+    subscriptions_by_subscriber: sled::Tree,
+    triggered: sled::Tree,
+    triggered_by_epoch: sled::Tree,
+}
+
+/// The node's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    t: Trees,
+    flusher: Flusher,
+    last_epoch_us: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database under `path`, sized by `cache_bytes`.
+    ///
+    /// `shards` is recorded on first open and must match on every later one.
+    pub fn open(path: &Path, cache_bytes: u64, shards: u16) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.to_string().contains("lock") => {
+                    StoreError::Locked(path.display().to_string())
+                }
+                other => StoreError::Sled(other),
+            })?;
+        let tree = |name: &str| db.open_tree(name);
+        let t = Trees {
+            meta: tree("meta")?,
+            accounts: tree("accounts")?,
+            usernames: tree("usernames")?,
+            accounts_by_epoch: tree("accounts_by_epoch")?,
+            registrations: tree("registrations")?,
+            registrations_by_epoch: tree("registrations_by_epoch")?,
+            registrations_by_account: tree("registrations_by_account")?,
+            subscriptions: tree("subscriptions")?,
+            subscriptions_by_epoch: tree("subscriptions_by_epoch")?,
+            subscriptions_by_registration: tree("subscriptions_by_registration")?,
+            subscriptions_by_subscriber: tree("subscriptions_by_subscriber")?,
+            triggered: tree("triggered")?,
+            triggered_by_epoch: tree("triggered_by_epoch")?,
+        };
+        match t.meta.get(b"shards")? {
+            Some(v) => {
+                let stored = u16::from_be_bytes(
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("meta.shards".into()))?,
+                );
+                if stored != shards {
+                    return Err(StoreError::ShardMismatch {
+                        stored,
+                        configured: shards,
+                    });
+                }
+            }
+            None => {
+                t.meta.insert(b"shards", &shards.to_be_bytes())?;
+            }
+        }
+        let mut last = 0;
+        for index in [
+            &t.accounts_by_epoch,
+            &t.registrations_by_epoch,
+            &t.subscriptions_by_epoch,
+            &t.triggered_by_epoch,
+        ] {
+            if let Some((k, _)) = index.last()? {
+                last = last.max(read_u64(&k, 0)?);
+            }
+        }
+        let flusher = Flusher::new(db.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                t,
+                flusher,
+                last_epoch_us: AtomicU64::new(last),
+            }),
+        })
+    }
+
+    fn t(&self) -> &Trees {
+        &self.inner.t
+    }
+
+    /// Waits until every write made before this call is on disk (group commit).
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.flusher.flush().await
+    }
+
+    /// Flushes synchronously (offline commands, shutdown).
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// A creation time in Unix µs, strictly greater than every earlier one of this node.
+    pub fn next_epoch_us(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let mut prev = self.inner.last_epoch_us.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self.inner.last_epoch_us.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(actual) => prev = actual,
+            }
+        }
+    }
+
+    /// Removes every record and index (the `init --reset` wipe); the shard count stays.
+    pub fn wipe(&self) -> Result<()> {
+        let t = self.t();
+        for tree in [
+            &t.accounts,
+            &t.usernames,
+            &t.accounts_by_epoch,
+            &t.registrations,
+            &t.registrations_by_epoch,
+            &t.registrations_by_account,
+            &t.subscriptions,
+            &t.subscriptions_by_epoch,
+            &t.subscriptions_by_registration,
+            &t.subscriptions_by_subscriber,
+            &t.triggered,
+            &t.triggered_by_epoch,
+        ] {
+            tree.clear()?;
+        }
+        self.flush_blocking()
+    }
+
+    /// True when the database answers reads.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.t.meta.get(b"shards").is_ok()
+    }
+}
+
+/// `epoch_us (8, big-endian) ++ id (16)`: the key of the epoch-ordered indexes.
+fn epoch_key(epoch_us: u64, id: &Uuid) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&epoch_us.to_be_bytes());
+    k[8..].copy_from_slice(id.as_bytes());
+    k
+}
+
+/// `owner (16) ++ epoch_us (8) ++ id (16)`: per-owner epoch-ordered indexes.
+fn owned_key(owner: &Uuid, epoch_us: u64, id: &Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(40);
+    k.extend_from_slice(owner.as_bytes());
+    k.extend_from_slice(&epoch_us.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> Result<u64> {
+    bytes
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt("short index key".into()))
+}
+
+fn read_uuid(bytes: &[u8], at: usize) -> Result<Uuid> {
+    bytes
+        .get(at..at + 16)
+        .and_then(|b| Uuid::from_slice(b).ok())
+        .ok_or_else(|| StoreError::Corrupt("short index key".into()))
+}
+
+/// The id at the end of an index key.
+fn trailing_id(key: &[u8]) -> Result<Uuid> {
+    read_uuid(key, key.len().saturating_sub(16))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8 * 1024 * 1024, 16).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn epochs_strictly_increase() {
+        let (_d, s) = temp_store();
+        let a = s.next_epoch_us();
+        let b = s.next_epoch_us();
+        assert!(b > a);
+    }
+
+    #[test]
+    fn shard_count_is_fixed_at_creation() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), 1 << 20, 16).unwrap());
+        match Store::open(dir.path(), 1 << 20, 32) {
+            Err(StoreError::ShardMismatch { stored: 16, .. }) => {}
+            other => panic!("{:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn epoch_keys_sort_numerically() {
+        let id = Uuid::nil();
+        assert!(epoch_key(255, &id) < epoch_key(256, &id));
+    }
+}

@@ -1,0 +1,166 @@
+//! The persisted records and their encoding.
+//!
+//! Records are stored as a version byte followed by JSON: JSON keeps `event_data` exactly as
+//! registered (key order, big numbers), and the version byte lets a later release migrate.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::StoreError;
+
+const RECORD_VERSION: u8 = 1;
+
+/// Encodes a record for storage.
+pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![RECORD_VERSION];
+    serde_json::to_writer(&mut out, record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(out)
+}
+
+/// Decodes a stored record.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, json)) => {
+            serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+        }
+        Some((v, _)) => Err(StoreError::Corrupt(format!("unknown record version {v}"))),
+        None => Err(StoreError::Corrupt("empty record".into())),
+    }
+}
+
+/// Which key a reset replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    /// The API key (stored hashed).
+    ApiKey,
+    /// The signing secret (stored in plaintext: it is needed for HMAC).
+    SecretKey,
+}
+
+impl KeyKind {
+    /// The query parameter the new key travels in (`?api_key=` / `?secret_key=`).
+    pub fn param(self) -> &'static str {
+        match self {
+            KeyKind::ApiKey => "api_key",
+            KeyKind::SecretKey => "secret_key",
+        }
+    }
+}
+
+/// A key reset that has been generated but not yet confirmed by the endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingKey {
+    /// Which key it replaces.
+    pub kind: KeyKind,
+    /// The value to commit: the hash for an API key, the plaintext for a secret.
+    pub stored_value: String,
+    /// When it was generated (Unix µs).
+    pub at_us: u64,
+}
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    /// Shard-aligned with the username.
+    pub id: Uuid,
+    /// Creation time, Unix µs (unique per node, so it also orders creations).
+    pub epoch_us: u64,
+    /// Unique login name.
+    pub username: String,
+    /// Where echo challenges, key resets and deliveries go (`""` for the admin).
+    pub endpoint: String,
+    /// Administrators may list and bulk-delete, and bypass ownership checks.
+    pub is_admin: bool,
+    /// Consecutive failed delivery attempts.
+    pub failed_count: u64,
+    /// Werkzeug-format PBKDF2 hash of the API key.
+    pub api_key_hash: String,
+    /// Signing secret, 40 hex.
+    pub secret_key: String,
+    /// A key reset waiting for the endpoint's confirmation.
+    #[serde(default)]
+    pub pending_key: Option<PendingKey>,
+    /// Times (Unix µs) of the key resets of the last hour, for the rate limit.
+    #[serde(default)]
+    pub key_resets_us: Vec<u64>,
+    /// Set while the account's cascade delete runs; the account is gone for every reader.
+    #[serde(default)]
+    pub deleting: bool,
+}
+
+/// A webhook registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    /// Shard-aligned with the owner account id.
+    pub id: Uuid,
+    /// Creation time, Unix µs.
+    pub epoch_us: u64,
+    /// The owner.
+    pub account_id: Uuid,
+    /// Sent as the `event` header.
+    pub event: String,
+    /// Free text, the only patchable field.
+    pub description: String,
+    /// The payload as JSON text, exactly as registered.
+    pub event_data: String,
+    /// Set while the cascade delete runs.
+    #[serde(default)]
+    pub deleting: bool,
+}
+
+/// A subscription of an account to a registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// Shard-aligned with the registration id.
+    pub id: Uuid,
+    /// Creation time, Unix µs.
+    pub epoch_us: u64,
+    /// The subscriber.
+    pub account_id: Uuid,
+    /// What it subscribes to.
+    pub registration_id: Uuid,
+}
+
+/// A record of one trigger of a registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Triggered {
+    /// Shard-aligned with the registration id.
+    pub id: Uuid,
+    /// Trigger time, Unix µs.
+    pub epoch_us: u64,
+    /// The registration that was triggered.
+    pub registration_id: Uuid,
+}
+
+/// Unix µs as the float seconds the API shows (`1441164550.515677`).
+pub fn epoch_secs(epoch_us: u64) -> f64 {
+    epoch_us as f64 / 1_000_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_event_data_text() {
+        let r = Registration {
+            id: Uuid::new_v4(),
+            epoch_us: 1,
+            account_id: Uuid::new_v4(),
+            event: "e".into(),
+            description: "d".into(),
+            event_data: r#"{"z": 1, "a": 123456789012345678901234567890}"#.into(),
+            deleting: false,
+        };
+        let back: Registration = decode(&encode(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn unknown_version_is_corrupt() {
+        assert!(decode::<Triggered>(b"\x09{}").is_err());
+        assert!(decode::<Triggered>(b"").is_err());
+    }
+}

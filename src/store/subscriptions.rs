@@ -1,0 +1,167 @@
+//! The `subscriptions` tree and its indexes: by epoch, by registration (the fan-out list)
+//! and by subscriber ("my subscriptions" and account cascades).
+
+use sled::Transactional;
+use uuid::Uuid;
+
+use super::accounts::tx_decode;
+use super::pagination::{Page, PageRequest};
+use super::records::{decode, encode, Account, Registration, Subscription};
+use super::{
+    epoch_key, owned_key, read_uuid, trailing_id, Result, Store, StoreError, CASCADE_CHUNK,
+};
+
+/// Why a subscription could not be inserted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// No live registration with that id.
+    NoRegistration,
+    /// The subscriber is not a live account.
+    NoSubscriber,
+}
+
+impl Store {
+    /// Inserts a subscription if the registration and the subscriber are both live.
+    pub fn insert_subscription(&self, s: &Subscription) -> Result<Result<(), SubscribeError>> {
+        let t = self.t();
+        let record = encode(s)?;
+        let outcome = (
+            &t.accounts,
+            &t.registrations,
+            &t.subscriptions,
+            &t.subscriptions_by_epoch,
+            &t.subscriptions_by_registration,
+            &t.subscriptions_by_subscriber,
+        )
+            .transaction(|(accounts, regs, subs, by_epoch, by_reg, by_sub)| {
+                match regs.get(s.registration_id.as_bytes())? {
+                    Some(r) if !tx_decode::<Registration>(&r)?.deleting => {}
+                    _ => return Ok(Err(SubscribeError::NoRegistration)),
+                }
+                match accounts.get(s.account_id.as_bytes())? {
+                    Some(a) if !tx_decode::<Account>(&a)?.deleting => {}
+                    _ => return Ok(Err(SubscribeError::NoSubscriber)),
+                }
+                subs.insert(s.id.as_bytes(), record.as_slice())?;
+                by_epoch.insert(&epoch_key(s.epoch_us, &s.id), &[])?;
+                by_reg.insert(
+                    owned_key(&s.registration_id, s.epoch_us, &s.id),
+                    s.account_id.as_bytes(),
+                )?;
+                by_sub.insert(
+                    owned_key(&s.account_id, s.epoch_us, &s.id),
+                    s.registration_id.as_bytes(),
+                )?;
+                Ok(Ok(()))
+            })
+            .map_err(StoreError::from)?;
+        Ok(outcome)
+    }
+
+    /// The subscription with `id`.
+    pub fn subscription(&self, id: &Uuid) -> Result<Option<Subscription>> {
+        self.t()
+            .subscriptions
+            .get(id.as_bytes())?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    /// Removes subscriptions and all their index entries, atomically.
+    pub fn delete_subscriptions(&self, subs: &[Subscription]) -> Result<()> {
+        let t = self.t();
+        (
+            &t.subscriptions,
+            &t.subscriptions_by_epoch,
+            &t.subscriptions_by_registration,
+            &t.subscriptions_by_subscriber,
+        )
+            .transaction(|(records, by_epoch, by_reg, by_sub)| {
+                for s in subs {
+                    records.remove(s.id.as_bytes())?;
+                    by_epoch.remove(&epoch_key(s.epoch_us, &s.id))?;
+                    by_reg.remove(owned_key(&s.registration_id, s.epoch_us, &s.id))?;
+                    by_sub.remove(owned_key(&s.account_id, s.epoch_us, &s.id))?;
+                }
+                Ok(())
+            })
+            .map_err(StoreError::from)
+    }
+
+    /// Removes every subscription listed under `prefix` of `index`, in chunks.
+    fn delete_subscriptions_under(&self, index: &sled::Tree, prefix: &[u8]) -> Result<u64> {
+        let mut removed = 0;
+        loop {
+            let mut chunk = Vec::with_capacity(CASCADE_CHUNK);
+            for key in index.scan_prefix(prefix).keys().take(CASCADE_CHUNK) {
+                let key = key?;
+                match self.subscription(&trailing_id(&key)?)? {
+                    Some(s) => chunk.push(s),
+                    // An index entry without its record: drop the stray entry.
+                    None => drop(index.remove(key)?),
+                }
+            }
+            if chunk.is_empty() {
+                return Ok(removed);
+            }
+            self.delete_subscriptions(&chunk)?;
+            removed += chunk.len() as u64;
+        }
+    }
+
+    /// Removes every subscription to `registration`; returns how many.
+    pub fn delete_subscriptions_of_registration(&self, registration: &Uuid) -> Result<u64> {
+        self.delete_subscriptions_under(
+            &self.t().subscriptions_by_registration,
+            registration.as_bytes(),
+        )
+    }
+
+    /// Removes every subscription held by `account`; returns how many.
+    pub fn delete_subscriptions_of_subscriber(&self, account: &Uuid) -> Result<u64> {
+        self.delete_subscriptions_under(&self.t().subscriptions_by_subscriber, account.as_bytes())
+    }
+
+    /// Removes every subscription; returns how many.
+    pub fn delete_all_subscriptions(&self) -> Result<u64> {
+        self.delete_subscriptions_under(&self.t().subscriptions_by_epoch, &[])
+    }
+
+    /// A page of every subscription, oldest first.
+    pub fn list_subscriptions(&self, req: PageRequest) -> Result<Page<Subscription>> {
+        let ids = self.page_index(&self.t().subscriptions_by_epoch, &[], req)?;
+        Ok(Page::new(
+            req,
+            self.load_all(ids, |id| self.subscription(id))?,
+        ))
+    }
+
+    /// A page of `account`'s subscriptions, oldest first.
+    pub fn list_subscriber_subscriptions(
+        &self,
+        account: &Uuid,
+        req: PageRequest,
+    ) -> Result<Page<Subscription>> {
+        let ids = self.page_index(
+            &self.t().subscriptions_by_subscriber,
+            account.as_bytes(),
+            req,
+        )?;
+        Ok(Page::new(
+            req,
+            self.load_all(ids, |id| self.subscription(id))?,
+        ))
+    }
+
+    /// `(subscription id, subscriber id)` of the subscriptions to `registration`, oldest first.
+    pub fn subscribers_of(&self, registration: &Uuid) -> Result<Vec<(Uuid, Uuid)>> {
+        self.t()
+            .subscriptions_by_registration
+            .scan_prefix(registration.as_bytes())
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((trailing_id(&k)?, read_uuid(&v, 0)?))
+            })
+            .collect()
+    }
+}
