@@ -153,6 +153,12 @@ pub struct DeliveryConfig {
     pub max_failed_count: u64,
     /// Delay before each retry after a failed attempt (fractions allowed).
     pub retry_delays_secs: Vec<f64>,
+    /// Delivery attempts running at once at most (the size of the worker pool).
+    pub max_in_flight: usize,
+    /// Finished deliveries and their attempt logs are removed after this many hours.
+    pub log_retention_hours: f64,
+    /// How often the retention sweep runs.
+    pub sweep_interval_secs: f64,
 }
 
 impl Default for DeliveryConfig {
@@ -160,6 +166,9 @@ impl Default for DeliveryConfig {
         Self {
             max_failed_count: 250,
             retry_delays_secs: vec![120.0, 120.0, 3600.0],
+            max_in_flight: 256,
+            log_retention_hours: 72.0,
+            sweep_interval_secs: 300.0,
         }
     }
 }
@@ -271,6 +280,20 @@ impl Config {
         positive("http.shutdown_grace_secs", self.http.shutdown_grace_secs)?;
         positive("http_client.timeout_secs", self.http_client.timeout_secs)?;
         positive("actors.idle_stop_secs", self.actors.idle_stop_secs)?;
+        positive(
+            "delivery.log_retention_hours",
+            self.delivery.log_retention_hours,
+        )?;
+        positive(
+            "delivery.sweep_interval_secs",
+            self.delivery.sweep_interval_secs,
+        )?;
+        if !(1..=100_000).contains(&self.delivery.max_in_flight) {
+            return Err(ConfigError::Invalid {
+                key: "delivery.max_in_flight",
+                reason: "must be between 1 and 100000".into(),
+            });
+        }
         if !self.security.auth_cache_ttl_secs.is_finite() || self.security.auth_cache_ttl_secs < 0.0
         {
             return Err(ConfigError::Invalid {

@@ -1,14 +1,17 @@
 //! Assembling a node from its configuration, and the daemon's life cycle.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::actors::{ActorSettings, Directory, NodeContext};
+use crate::actors::{ActorSettings, DeliveryContext, DeliverySupervisor, Directory, NodeContext};
 use crate::cluster::ShardMap;
 use crate::config::Config;
 use crate::crypto::AuthCache;
+use crate::delivery::metrics::DeliveryMetrics;
+use crate::delivery::retry::RetryPolicy;
 use crate::delivery::{EndpointClient, EndpointPolicy};
 use crate::http::metrics::Metrics;
 use crate::http::App;
@@ -73,6 +76,17 @@ pub fn build_node(config: &Config, store: Store) -> Result<Node, DaemonError> {
         },
         accounts: Directory::new("account"),
         registrations: Directory::new("registration"),
+        delivery: DeliveryContext {
+            supervisor: OnceLock::new(),
+            retry: RetryPolicy::from_secs(&config.delivery.retry_delays_secs),
+            max_failed_count: config.delivery.max_failed_count,
+            max_in_flight: config.delivery.max_in_flight,
+            attempt_timeout: Duration::from_secs_f64(config.http_client.timeout_secs),
+            retention: Duration::from_secs_f64(config.delivery.log_retention_hours * 3600.0),
+            sweep_interval: Duration::from_secs_f64(config.delivery.sweep_interval_secs),
+            metrics: DeliveryMetrics::default(),
+            bodies: Mutex::new(HashMap::new()),
+        },
     };
     Ok(Node::new(Arc::new(ctx)))
 }
@@ -112,6 +126,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     })?;
     let node = build_node(&config, store.clone())?;
     node.context().resume_cascades().await?;
+    let supervisor = DeliverySupervisor::start(node.context().clone())
+        .await
+        .map_err(|e| ServiceError::Internal(format!("starting the delivery engine: {e}")))?;
+    node.context().resume_fanouts()?;
     if let Some(admin) = node.bootstrap_admin().await? {
         print_admin_keys(&admin);
     }
@@ -125,6 +143,14 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     tracing::info!(%addr, node = %config.cluster.node_id, "webhookd listening");
     println!("listening on http://{addr}");
     crate::http::serve(listener, app, stop, config.shutdown_grace()).await;
+    // Outcomes buffered by the supervisor are written as it stops; attempts still running
+    // keep their due entries and run again at the next start.
+    if let Err(e) = supervisor
+        .stop_and_wait(None, Some(Duration::from_secs(5)))
+        .await
+    {
+        tracing::warn!(error = %e, "the delivery engine did not stop in time");
+    }
     store.flush_blocking()?;
     tracing::info!("storage flushed, bye");
     Ok(())

@@ -98,8 +98,8 @@ impl AccountActor {
             return Ok(WriteResult::unchanged());
         }
         account.endpoint = endpoint;
-        account.failed_count = 0;
         self.ctx.store.update_account(&account)?;
+        self.ctx.store.set_failed_count(&self.id, 0)?;
         self.ctx.store.flush().await?;
         Ok(WriteResult::replaced())
     }

@@ -6,6 +6,7 @@
 //! locks. Actors are spawned on first use and stop when idle.
 
 mod account;
+mod delivery;
 mod directory;
 mod registration;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use account::{AccountActor, AccountMsg};
+pub use delivery::{DeliveryContext, DeliveryMsg, DeliverySupervisor};
 pub use directory::Directory;
 pub use registration::{RegistrationActor, RegistrationMsg};
 
@@ -51,6 +53,8 @@ pub struct NodeContext {
     pub accounts: Directory<AccountMsg>,
     /// Live registration actors.
     pub registrations: Directory<RegistrationMsg>,
+    /// The delivery engine.
+    pub delivery: DeliveryContext,
 }
 
 impl NodeContext {
@@ -104,10 +108,29 @@ impl NodeContext {
         self.store.flush().await?;
         Ok(())
     }
+
+    /// Restarts the fan-outs a stop or crash interrupted.
+    pub fn resume_fanouts(self: &Arc<Self>) -> Result<(), ServiceError> {
+        for (triggered, cursor) in self.store.fanouts()? {
+            tracing::info!(%triggered, "resuming an interrupted fan-out");
+            let ctx = self.clone();
+            tokio::spawn(async move {
+                let started = ctx
+                    .ask_registration(cursor.registration_id, |reply| {
+                        RegistrationMsg::ResumeFanout { triggered, reply }
+                    })
+                    .await;
+                if let Err(e) = started {
+                    tracing::error!(error = %e, %triggered, "cannot resume a fan-out");
+                }
+            });
+        }
+        Ok(())
+    }
 }
 
-/// Unix time in µs.
-pub(crate) fn now_us() -> u64 {
+/// The current Unix time in µs.
+pub fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)

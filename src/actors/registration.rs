@@ -11,7 +11,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use ractor_cluster::RactorMessage;
 use uuid::Uuid;
 
-use super::NodeContext;
+use super::{now_us, NodeContext};
+use crate::delivery::metrics::Counted;
+use crate::delivery::pyjson::to_python_json;
 use crate::service::{msg, Caller, ServiceError, WriteResult};
 use crate::store::{SubscribeError, Subscription, Triggered};
 
@@ -53,13 +55,26 @@ pub enum RegistrationMsg {
         /// Write result.
         reply: Reply<WriteResult>,
     },
-    /// Record a trigger (owner only).
+    /// Record a trigger (owner only) and start its fan-out.
     Trigger {
         /// Who asks.
         caller: Caller,
-        /// The triggered record.
-        reply: Reply<Triggered>,
+        /// This trigger's payload as JSON text, replacing the registered `event_data`.
+        event_data: Option<String>,
+        /// An `Idempotency-Key`: a repeat within 24 h returns the first trigger.
+        idempotency_key: Option<String>,
+        /// The triggered record, and whether it is a replay of an earlier trigger.
+        reply: Reply<(Triggered, bool)>,
     },
+    /// Continue an unfinished fan-out (at start-up).
+    ResumeFanout {
+        /// The trigger.
+        triggered: Uuid,
+        /// Acknowledges that the fan-out is running.
+        reply: RpcReplyPort<()>,
+    },
+    /// Hand the next batch of subscribers to delivery (sent to itself).
+    ContinueFanout(Uuid),
     /// Timer tick: stop when idle.
     IdleCheck,
 }
@@ -70,9 +85,14 @@ pub struct RegistrationActor {
     id: Uuid,
 }
 
+/// Subscriptions handed to delivery per fan-out step; bounds the memory of a fan-out.
+const FANOUT_BATCH: usize = 1000;
+
 /// Mutable state between messages.
 pub struct RegistrationState {
     last_active: Instant,
+    /// Fan-outs in progress (the actor must not stop while any runs).
+    fanouts: usize,
 }
 
 impl RegistrationActor {
@@ -172,7 +192,12 @@ impl RegistrationActor {
         }
     }
 
-    async fn trigger(&self, caller: Caller) -> Result<Triggered, ServiceError> {
+    async fn trigger(
+        &self,
+        caller: Caller,
+        event_data: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<(Triggered, bool), ServiceError> {
         let registration = self
             .ctx
             .store
@@ -181,15 +206,57 @@ impl RegistrationActor {
         if registration.account_id != caller.id {
             return Err(ServiceError::Unauthorized(msg::NOT_REGISTRATION_OWNER));
         }
+        if let Some(key) = &idempotency_key {
+            if let Some(first) = self.ctx.store.idempotent_trigger(&self.id, key, now_us())? {
+                return Ok((first, true));
+            }
+        }
+        let data = event_data.as_deref().unwrap_or(&registration.event_data);
+        let value: serde_json::Value = serde_json::from_str(data)
+            .map_err(|e| ServiceError::Internal(format!("stored event_data: {e}")))?;
         let shards = &self.ctx.shards;
         let triggered = Triggered {
             id: shards.new_id_in(shards.shard_of_id(&self.id)),
             epoch_us: self.ctx.store.next_epoch_us(),
             registration_id: self.id,
+            account_id: registration.account_id,
+            event: registration.event,
+            body: to_python_json(&value),
         };
-        self.ctx.store.insert_triggered(&triggered)?;
+        self.ctx
+            .store
+            .insert_triggered(&triggered, idempotency_key.as_deref())?;
         self.ctx.store.flush().await?;
-        Ok(triggered)
+        Ok((triggered, false))
+    }
+
+    /// Hands the next batch of subscribers to delivery; true when more remain.
+    ///
+    /// Subscribers whose `failed_count` reached the limit are recorded as skipped. The
+    /// batch and the cursor move are one transaction, so a crash resumes exactly here.
+    fn fanout_step(&self, triggered: &Uuid) -> Result<bool, ServiceError> {
+        let store = &self.ctx.store;
+        let Some(cursor) = store.fanout(triggered)? else {
+            return Ok(false);
+        };
+        let batch = store.subscription_batch(&self.id, cursor.after.as_deref(), FANOUT_BATCH)?;
+        let finished = batch.len() < FANOUT_BATCH;
+        let after = batch.last().map(|(k, _)| k.clone()).or(cursor.after);
+        let limit = self.ctx.delivery.max_failed_count;
+        let mut items = Vec::with_capacity(batch.len());
+        for (_, item) in batch {
+            let skip = store.failed_count(&item.account_id)? >= limit;
+            items.push((item, skip));
+        }
+        let skipped = items.iter().filter(|(_, skip)| *skip).count() as u64;
+        let created = store.accept_batch(triggered, &self.id, &items, now_us(), after, finished)?;
+        let metrics = &self.ctx.delivery.metrics;
+        metrics.count(Counted::Skipped, skipped);
+        metrics
+            .due
+            .fetch_add(created as i64, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.delivery.wake();
+        Ok(!finished)
     }
 }
 
@@ -208,6 +275,7 @@ impl Actor for RegistrationActor {
         });
         Ok(RegistrationState {
             last_active: Instant::now(),
+            fanouts: 0,
         })
     }
 
@@ -217,7 +285,10 @@ impl Actor for RegistrationActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if !matches!(message, RegistrationMsg::IdleCheck) {
+        if !matches!(
+            message,
+            RegistrationMsg::IdleCheck | RegistrationMsg::ContinueFanout(_)
+        ) {
             state.last_active = Instant::now();
         }
         // A dropped reply port means the caller gave up; nothing to do about it.
@@ -242,11 +313,42 @@ impl Actor for RegistrationActor {
             } => {
                 let _ = reply.send(self.unsubscribe(caller, subscription).await);
             }
-            RegistrationMsg::Trigger { caller, reply } => {
-                let _ = reply.send(self.trigger(caller).await);
+            RegistrationMsg::Trigger {
+                caller,
+                event_data,
+                idempotency_key,
+                reply,
+            } => {
+                let result = self.trigger(caller, event_data, idempotency_key).await;
+                if let Ok((t, false)) = &result {
+                    state.fanouts += 1;
+                    let _ = myself.cast(RegistrationMsg::ContinueFanout(t.id));
+                }
+                let _ = reply.send(result);
+            }
+            RegistrationMsg::ResumeFanout { triggered, reply } => {
+                state.fanouts += 1;
+                let _ = myself.cast(RegistrationMsg::ContinueFanout(triggered));
+                let _ = reply.send(());
+            }
+            RegistrationMsg::ContinueFanout(triggered) => {
+                let more = match self.fanout_step(&triggered) {
+                    Ok(more) => more,
+                    Err(e) => {
+                        // The cursor is persisted: the fan-out resumes at the next start.
+                        tracing::error!(error = %e, %triggered, "fan-out step failed");
+                        false
+                    }
+                };
+                if more {
+                    let _ = myself.cast(RegistrationMsg::ContinueFanout(triggered));
+                } else {
+                    state.fanouts = state.fanouts.saturating_sub(1);
+                }
             }
             RegistrationMsg::IdleCheck => {
-                if state.last_active.elapsed() >= self.ctx.settings.idle_stop {
+                if state.fanouts == 0 && state.last_active.elapsed() >= self.ctx.settings.idle_stop
+                {
                     self.ctx.registrations.remove(&self.id, myself.get_id());
                     myself.stop(None);
                 }

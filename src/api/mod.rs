@@ -67,8 +67,12 @@ pub async fn handle(endpoint: Endpoint, req: ApiRequest, app: &App) -> ApiResult
         Endpoint::DeleteSubscriptions => subscriptions::delete_all(req, app).await,
         Endpoint::Trigger(id) => triggers::create(&id, req, app).await,
         Endpoint::ListTriggered => triggers::list(req, app).await,
+        Endpoint::TriggerStatus(id) => triggers::status(&id, req, app).await,
+        Endpoint::ListDeliveries(id) => triggers::deliveries(&id, req, app).await,
+        Endpoint::Redeliver(id) => triggers::redeliver(&id, req, app).await,
         Endpoint::Health => ops::health(),
         Endpoint::Ready => ops::ready(app),
         Endpoint::Metrics => ops::metrics(app),
+        Endpoint::OpenApi => ops::openapi(),
     }
 }

@@ -1,13 +1,16 @@
-//! `/v1/webhook/triggered`: fire a registration, list the triggered records.
+//! `/v1/webhook/triggered`: fire a registration, list triggers, inspect and redeliver.
 
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use super::{auth, ApiResult};
 use crate::http::request::{parse_id, ApiRequest};
-use crate::http::{response, App};
+use crate::http::{response, ApiError, App};
 use crate::store::records::epoch_secs;
-use crate::store::Triggered;
+use crate::store::{Attempt, Delivery, Triggered};
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// The triggered record as the API shows it.
 fn render(t: &Triggered) -> Value {
@@ -18,11 +21,61 @@ fn render(t: &Triggered) -> Value {
     })
 }
 
+fn render_attempt(a: &Attempt) -> Value {
+    json!({
+        "at": epoch_secs(a.at_us),
+        "duration_ms": a.duration_us as f64 / 1000.0,
+        "error": a.error,
+        "status_code": a.status,
+    })
+}
+
+fn render_delivery(d: &Delivery) -> Value {
+    json!({
+        "account_id": d.account_id.to_string(),
+        "attempts": d.attempts.iter().map(render_attempt).collect::<Vec<_>>(),
+        "id": d.id.to_string(),
+        "next_attempt": d.next_attempt_us.map(epoch_secs),
+        "state": d.state,
+        "subscription_id": d.subscription_id.to_string(),
+    })
+}
+
 /// POST /v1/webhook/triggered/<registration_id> — the owner only (no admin bypass).
-pub async fn create(registration: &str, req: ApiRequest, app: &App) -> ApiResult {
+///
+/// An optional body `{"event_data": ...}` replaces the payload for this trigger; an
+/// `Idempotency-Key` repeated within 24 h answers 200 with the first trigger.
+pub async fn create(registration: &str, mut req: ApiRequest, app: &App) -> ApiResult {
     let caller = auth(&req, app).await?;
-    let triggered = app.node.trigger(&caller, parse_id(registration)).await?;
-    Ok(response::json(StatusCode::CREATED, &render(&triggered)))
+    let idempotency_key = req.header("idempotency-key");
+    if idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
+    {
+        return Err(ApiError::BadRequest(
+            "Invalid Idempotency-Key header".into(),
+        ));
+    }
+    let event_data = match req.optional_json_object().await? {
+        Some(body) => match body.get("event_data") {
+            Some(v) => Some(
+                serde_json::to_string(v)
+                    .map_err(|_| ApiError::BadRequest("Invalid event_data field".into()))?,
+            ),
+            None => None,
+        },
+        None => None,
+    };
+    let (triggered, replayed) = app
+        .node
+        .trigger(&caller, parse_id(registration), event_data, idempotency_key)
+        .await?;
+    let status = if replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(response::json(status, &render(&triggered)))
 }
 
 /// GET /v1/webhook/triggered — every triggered record (auth before paging, api.md B.8).
@@ -30,4 +83,36 @@ pub async fn list(req: ApiRequest, app: &App) -> ApiResult {
     auth(&req, app).await?;
     let page = app.node.list_triggered(req.page()?)?;
     Ok(response::page("triggered_webhooks", page, |t| render(&t)))
+}
+
+/// GET /v1/webhook/triggered/<id> — the record with its delivery counts (owner or admin).
+pub async fn status(id: &str, req: ApiRequest, app: &App) -> ApiResult {
+    let caller = auth(&req, app).await?;
+    let (t, counts, fanout_complete) = app.node.trigger_status(&caller, parse_id(id))?;
+    let mut body = render(&t);
+    if let Value::Object(map) = &mut body {
+        map.insert("deliveries".into(), json!(counts));
+        map.insert("event".into(), json!(t.event));
+        map.insert("fanout_complete".into(), json!(fanout_complete));
+    }
+    Ok(response::json(StatusCode::OK, &body))
+}
+
+/// GET /v1/webhook/triggered/<id>/deliveries — one row per subscriber delivery.
+pub async fn deliveries(id: &str, req: ApiRequest, app: &App) -> ApiResult {
+    let caller = auth(&req, app).await?;
+    let page = app
+        .node
+        .list_deliveries(&caller, parse_id(id), req.page()?)?;
+    Ok(response::page("deliveries", page, |d| render_delivery(&d)))
+}
+
+/// POST /v1/webhook/triggered/<id>/redeliver — re-queue the failed deliveries.
+pub async fn redeliver(id: &str, req: ApiRequest, app: &App) -> ApiResult {
+    let caller = auth(&req, app).await?;
+    let requeued = app.node.redeliver(&caller, parse_id(id)).await?;
+    Ok(response::json(
+        StatusCode::OK,
+        &json!({ "requeued": requeued }),
+    ))
 }

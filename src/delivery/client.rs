@@ -155,6 +155,26 @@ impl EndpointClient {
     }
 }
 
+impl EndpointClient {
+    /// `POST <endpoint>` with `headers` and `body`; returns the status code.
+    pub async fn post(
+        &self,
+        endpoint: &str,
+        headers: reqwest::header::HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<u16, OutboundError> {
+        let url = self.target(endpoint)?;
+        let response = self
+            .http
+            .post(url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await?;
+        Ok(response.status().as_u16())
+    }
+}
+
 /// An absolute `http`/`https` URL with a host, or `None`.
 pub fn parse_endpoint(endpoint: &str) -> Option<Url> {
     let url = Url::parse(endpoint).ok()?;

@@ -1,9 +1,12 @@
 //! Everything that leaves the node towards account endpoints: the outbound HTTP client and
 //! its endpoint policy, the Python-compatible JSON body and the signatures.
 
+pub mod attempt;
 pub mod client;
+pub mod metrics;
 pub mod policy;
 pub mod pyjson;
+pub mod retry;
 pub mod signing;
 
 pub use client::{EndpointClient, OutboundError};

@@ -53,12 +53,20 @@ pub enum Endpoint {
     Trigger(String),
     /// GET /v1/webhook/triggered
     ListTriggered,
+    /// GET /v1/webhook/triggered/<id>
+    TriggerStatus(String),
+    /// GET /v1/webhook/triggered/<id>/deliveries
+    ListDeliveries(String),
+    /// POST /v1/webhook/triggered/<id>/redeliver
+    Redeliver(String),
     /// GET /health
     Health,
     /// GET /ready
     Ready,
     /// GET /metrics
     Metrics,
+    /// GET /v1/openapi.json (no auth, no Content-Type gate)
+    OpenApi,
 }
 
 impl Endpoint {
@@ -86,17 +94,24 @@ impl Endpoint {
             Endpoint::ListSubscriptions | Endpoint::DeleteSubscriptions => {
                 "/v1/webhook/subscriptions"
             }
-            Endpoint::Trigger(_) => "/v1/webhook/triggered/{id}",
+            Endpoint::Trigger(_) | Endpoint::TriggerStatus(_) => "/v1/webhook/triggered/{id}",
+            Endpoint::ListDeliveries(_) => "/v1/webhook/triggered/{id}/deliveries",
+            Endpoint::Redeliver(_) => "/v1/webhook/triggered/{id}/redeliver",
             Endpoint::ListTriggered => "/v1/webhook/triggered",
             Endpoint::Health => "/health",
             Endpoint::Ready => "/ready",
             Endpoint::Metrics => "/metrics",
+            Endpoint::OpenApi => "/v1/openapi.json",
         }
     }
 
-    /// True for `/v1` endpoints (the Content-Type gate applies).
+    /// True for the `/v1` API endpoints (the Content-Type gate applies); false for the
+    /// operations endpoints and the OpenAPI document.
     pub fn is_api(&self) -> bool {
-        !matches!(self, Endpoint::Health | Endpoint::Ready | Endpoint::Metrics)
+        !matches!(
+            self,
+            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics | Endpoint::OpenApi
+        )
     }
 }
 
@@ -189,6 +204,18 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, NoEndpoint> {
                 _ => Endpoint::Metrics,
             });
         }
+        ["v1", "openapi.json"] => {
+            // Like the operations endpoints: no Content-Type gate, even for a wrong method.
+            return if method == Method::GET {
+                Ok(Endpoint::OpenApi)
+            } else {
+                Err(NoEndpoint {
+                    error: ApiError::MethodNotAllowed { allow: ALLOW_GET },
+                    gated: false,
+                    template: "/v1/openapi.json",
+                })
+            };
+        }
         ["v1", "accounts"] => {
             return match *method {
                 Method::GET => Ok(Endpoint::ListAccounts),
@@ -227,6 +254,26 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, NoEndpoint> {
         ["v1", "webhook", "subscription", id] => (Resource::Subscription, Some(*id)),
         ["v1", "webhook", "triggered"] => (Resource::Triggered, None),
         ["v1", "webhook", "triggered", id] => (Resource::Triggered, Some(*id)),
+        ["v1", "webhook", "triggered", id, "deliveries"] => {
+            return if method == Method::GET {
+                Ok(Endpoint::ListDeliveries(id.to_string()))
+            } else {
+                Err(not_allowed(
+                    ALLOW_GET,
+                    "/v1/webhook/triggered/{id}/deliveries",
+                ))
+            };
+        }
+        ["v1", "webhook", "triggered", id, "redeliver"] => {
+            return if method == Method::POST {
+                Ok(Endpoint::Redeliver(id.to_string()))
+            } else {
+                Err(not_allowed(
+                    ALLOW_POST,
+                    "/v1/webhook/triggered/{id}/redeliver",
+                ))
+            };
+        }
         ["v1", ..] => return Err(not_found(true)),
         _ => return Err(not_found(false)),
     };
@@ -260,6 +307,7 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, NoEndpoint> {
         (R::Subscription, _, _) => Err(not_allowed(ALLOW_SUBSCRIPTION, template)),
 
         (R::Triggered, Method::POST, Some(id)) => Ok(Endpoint::Trigger(id)),
+        (R::Triggered, Method::GET, Some(id)) => Ok(Endpoint::TriggerStatus(id)),
         (R::Triggered, Method::GET, None) => Ok(Endpoint::ListTriggered),
         (R::Triggered, Method::POST, None) => Err(missing()),
         (R::Triggered, _, _) => Err(not_allowed(ALLOW_TRIGGERED, template)),
@@ -392,6 +440,9 @@ mod tests {
             (Method::GET, "/v1/webhook/registration/x"),
             (Method::GET, "/v1/webhook/subscription/x"),
             (Method::PATCH, "/v1/accounts"),
+            (Method::DELETE, "/v1/webhook/triggered/x"),
+            (Method::POST, "/v1/webhook/triggered/x/deliveries"),
+            (Method::GET, "/v1/webhook/triggered/x/redeliver"),
             (Method::DELETE, "/v1/webhook/triggered"),
             (Method::GET, "/v1/account/reset/apikey"),
         ] {
@@ -402,6 +453,25 @@ mod tests {
             );
             assert!(e.gated);
         }
+    }
+
+    #[test]
+    fn the_openapi_document_is_served_ungated() {
+        let e = ok(Method::GET, "/v1/openapi.json");
+        assert_eq!(e, Endpoint::OpenApi);
+        assert!(!e.is_api());
+        assert_eq!(e.template(), "/v1/openapi.json");
+        assert_eq!(ok(Method::GET, "/v1/openapi.json/"), Endpoint::OpenApi);
+        let e = err(Method::POST, "/v1/openapi.json");
+        assert!(matches!(
+            e.error,
+            ApiError::MethodNotAllowed { allow: "GET" }
+        ));
+        assert!(!e.gated);
+        assert!(matches!(
+            err(Method::GET, "/v1/openapi.yaml").error,
+            ApiError::NotFound
+        ));
     }
 
     #[test]

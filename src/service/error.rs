@@ -84,6 +84,8 @@ pub mod msg {
     /// §4.5.
     pub const NOT_REGISTRATION_OWNER: &str =
         "You don't have access to this registration record or it no longer exists";
+    /// api.md C.3: no triggered record with that id.
+    pub const NO_SUCH_TRIGGER: &str = "Triggered webhook not found";
     /// api.md B.4.
     pub const LAST_ADMIN: &str = "Cannot delete the last admin account";
 }

@@ -16,7 +16,8 @@ pub use write_result::WriteResult;
 use crate::actors::{AccountMsg, NodeContext, RegistrationMsg};
 use crate::crypto;
 use crate::store::{
-    Account, KeyKind, NewAccountError, Page, PageRequest, Registration, Subscription, Triggered,
+    Account, Delivery, DeliveryCounts, KeyKind, NewAccountError, Page, PageRequest, Registration,
+    Subscription, Triggered,
 };
 
 /// The authenticated account making a request.
@@ -393,25 +394,94 @@ impl Node {
         Ok(WriteResult::deleted(deleted))
     }
 
-    /// Triggers a registration (its owner only).
+    /// Triggers a registration (its owner only): records it, answers, then fans out.
+    ///
+    /// `event_data` (JSON text) replaces the registered payload for this trigger; a repeated
+    /// `idempotency_key` within 24 h returns the first trigger, flagged as a replay.
     pub async fn trigger(
         &self,
         caller: &Caller,
         registration: Option<Uuid>,
-    ) -> Result<Triggered, ServiceError> {
+        event_data: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<(Triggered, bool), ServiceError> {
         let registration =
             registration.ok_or(ServiceError::NotFound(msg::NO_SUCH_REGISTRATION_TRIGGER))?;
         self.ctx
             .ask_registration(registration, |reply| RegistrationMsg::Trigger {
                 caller: caller.clone(),
+                event_data: event_data.clone(),
+                idempotency_key: idempotency_key.clone(),
                 reply,
             })
             .await?
     }
 
+    /// A triggered record the caller may inspect (the registration's owner, or an admin).
+    fn visible_trigger(
+        &self,
+        caller: &Caller,
+        id: Option<Uuid>,
+    ) -> Result<Triggered, ServiceError> {
+        let found = match id {
+            Some(id) => self.ctx.store.triggered(&id)?,
+            None => None,
+        };
+        match found {
+            Some(t) if caller.is_admin || t.account_id == caller.id => Ok(t),
+            Some(_) => Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED)),
+            None => Err(ServiceError::NotFound(msg::NO_SUCH_TRIGGER)),
+        }
+    }
+
+    /// A trigger with its delivery counts and whether its fan-out finished.
+    pub fn trigger_status(
+        &self,
+        caller: &Caller,
+        id: Option<Uuid>,
+    ) -> Result<(Triggered, DeliveryCounts, bool), ServiceError> {
+        let t = self.visible_trigger(caller, id)?;
+        let counts = self.ctx.store.delivery_counts(&t.id)?;
+        let fanout_done = self.ctx.store.fanout(&t.id)?.is_none();
+        Ok((t, counts, fanout_done))
+    }
+
+    /// A page of a trigger's deliveries with their attempt logs.
+    pub fn list_deliveries(
+        &self,
+        caller: &Caller,
+        id: Option<Uuid>,
+        req: PageRequest,
+    ) -> Result<Page<Delivery>, ServiceError> {
+        let t = self.visible_trigger(caller, id)?;
+        Ok(self.ctx.store.list_deliveries(&t.id, req)?)
+    }
+
+    /// Re-queues a trigger's failed deliveries; returns how many.
+    pub async fn redeliver(&self, caller: &Caller, id: Option<Uuid>) -> Result<u64, ServiceError> {
+        let t = self.visible_trigger(caller, id)?;
+        let n = self
+            .ctx
+            .store
+            .requeue_failed(&t.id, crate::actors::now_us())?;
+        self.ctx.store.flush().await?;
+        self.ctx
+            .delivery
+            .metrics
+            .due
+            .fetch_add(n as i64, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.delivery.wake();
+        Ok(n)
+    }
+
     /// A page of every triggered record.
     pub fn list_triggered(&self, req: PageRequest) -> Result<Page<Triggered>, ServiceError> {
         Ok(self.ctx.store.list_triggered(req)?)
+    }
+
+    /// The delivery engine's metrics, as Prometheus text.
+    pub fn delivery_metrics(&self) -> String {
+        self.ctx.delivery.metrics.render()
     }
 
     /// True when storage answers (readiness).

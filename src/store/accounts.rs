@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::pagination::{Page, PageRequest};
 use super::records::{decode, encode, Account};
-use super::{epoch_key, trailing_id, Result, Store, StoreError};
+use super::{epoch_key, read_u64, trailing_id, Result, Store, StoreError};
 
 /// Why an account could not be inserted.
 #[derive(Debug, thiserror::Error)]
@@ -63,11 +63,32 @@ impl Store {
 
     /// The account with `id`, tombstoned or not.
     pub(super) fn account_any(&self, id: &Uuid) -> Result<Option<Account>> {
-        self.t()
-            .accounts
-            .get(id.as_bytes())?
-            .map(|v| decode(&v))
-            .transpose()
+        let Some(bytes) = self.t().accounts.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let mut account: Account = decode(&bytes)?;
+        account.failed_count = self.failed_count(id)?;
+        Ok(Some(account))
+    }
+
+    /// The account's `failed_count`.
+    pub fn failed_count(&self, id: &Uuid) -> Result<u64> {
+        match self.t().failed_counts.get(id.as_bytes())? {
+            Some(v) => read_u64(&v, 0),
+            None => Ok(0),
+        }
+    }
+
+    /// Sets the account's `failed_count` (0 re-enables delivery).
+    pub fn set_failed_count(&self, id: &Uuid, value: u64) -> Result<()> {
+        if value == 0 {
+            self.t().failed_counts.remove(id.as_bytes())?;
+        } else {
+            self.t()
+                .failed_counts
+                .insert(id.as_bytes(), &value.to_be_bytes())?;
+        }
+        Ok(())
     }
 
     /// The live account named `username`.
@@ -120,9 +141,15 @@ impl Store {
     /// Removes a tombstoned account's record and username (the last step of its cascade).
     pub fn finish_account_delete(&self, account: &Account) -> Result<()> {
         let t = self.t();
-        (&t.accounts, &t.usernames, &t.accounts_by_epoch)
-            .transaction(|(accounts, usernames, by_epoch)| {
+        (
+            &t.accounts,
+            &t.usernames,
+            &t.accounts_by_epoch,
+            &t.failed_counts,
+        )
+            .transaction(|(accounts, usernames, by_epoch, failed_counts)| {
                 accounts.remove(account.id.as_bytes())?;
+                failed_counts.remove(account.id.as_bytes())?;
                 if usernames.get(account.username.as_bytes())?.as_deref()
                     == Some(account.id.as_bytes().as_slice())
                 {

@@ -9,6 +9,7 @@
 //! by every writer that asked since the last flush.
 
 mod accounts;
+pub mod deliveries;
 mod flusher;
 pub mod pagination;
 pub mod records;
@@ -24,6 +25,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 pub use accounts::NewAccountError;
+pub use deliveries::{
+    Attempt, Delivery, DeliveryCounts, DeliveryState, DueEntry, FailedCountChange, FanoutCursor,
+    NewDelivery, Outcome,
+};
 pub use pagination::{Page, PageRequest};
 pub use records::{Account, KeyKind, PendingKey, Registration, Subscription, Triggered};
 pub use subscriptions::SubscribeError;
@@ -72,6 +77,7 @@ struct Trees {
     accounts: sled::Tree,
     usernames: sled::Tree,
     accounts_by_epoch: sled::Tree,
+    failed_counts: sled::Tree,
     registrations: sled::Tree,
     registrations_by_epoch: sled::Tree,
     registrations_by_account: sled::Tree,
@@ -81,6 +87,9 @@ struct Trees {
     subscriptions_by_subscriber: sled::Tree,
     triggered: sled::Tree,
     triggered_by_epoch: sled::Tree,
+    idempotency: sled::Tree,
+    fanout: sled::Tree,
+    deliveries: sled::Tree,
 }
 
 /// The node's database. Cheap to clone.
@@ -117,6 +126,7 @@ impl Store {
             accounts: tree("accounts")?,
             usernames: tree("usernames")?,
             accounts_by_epoch: tree("accounts_by_epoch")?,
+            failed_counts: tree("failed_counts")?,
             registrations: tree("registrations")?,
             registrations_by_epoch: tree("registrations_by_epoch")?,
             registrations_by_account: tree("registrations_by_account")?,
@@ -126,6 +136,9 @@ impl Store {
             subscriptions_by_subscriber: tree("subscriptions_by_subscriber")?,
             triggered: tree("triggered")?,
             triggered_by_epoch: tree("triggered_by_epoch")?,
+            idempotency: tree("idempotency")?,
+            fanout: tree("fanout")?,
+            deliveries: tree("deliveries")?,
         };
         match t.meta.get(b"shards")? {
             Some(v) => {
@@ -210,6 +223,7 @@ impl Store {
             &t.accounts,
             &t.usernames,
             &t.accounts_by_epoch,
+            &t.failed_counts,
             &t.registrations,
             &t.registrations_by_epoch,
             &t.registrations_by_account,
@@ -219,6 +233,9 @@ impl Store {
             &t.subscriptions_by_subscriber,
             &t.triggered,
             &t.triggered_by_epoch,
+            &t.idempotency,
+            &t.fanout,
+            &t.deliveries,
         ] {
             tree.clear()?;
         }

@@ -73,7 +73,10 @@ pub struct Account {
     pub endpoint: String,
     /// Administrators may list and bulk-delete, and bypass ownership checks.
     pub is_admin: bool,
-    /// Consecutive failed delivery attempts.
+    /// Consecutive failed delivery attempts. Kept in its own tree (`failed_counts`) so that
+    /// delivery outcomes update it atomically without rewriting the account; filled in by
+    /// the store on every read.
+    #[serde(skip)]
     pub failed_count: u64,
     /// Werkzeug-format PBKDF2 hash of the API key.
     pub api_key_hash: String,
@@ -132,6 +135,15 @@ pub struct Triggered {
     pub epoch_us: u64,
     /// The registration that was triggered.
     pub registration_id: Uuid,
+    /// The registration's owner (who may inspect the deliveries).
+    #[serde(default)]
+    pub account_id: Uuid,
+    /// The `event` header of its deliveries.
+    #[serde(default)]
+    pub event: String,
+    /// The exact body of its deliveries (Python `json.dumps` form of the event data).
+    #[serde(default)]
+    pub body: String,
 }
 
 /// Unix µs as the float seconds the API shows (`1441164550.515677`).
@@ -159,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_version_is_corrupt() {
+    fn unknown_version_is_corrupt_and_empty_is_refused() {
         assert!(decode::<Triggered>(b"\x09{}").is_err());
         assert!(decode::<Triggered>(b"").is_err());
     }

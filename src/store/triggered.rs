@@ -1,24 +1,87 @@
-//! The `triggered` tree and its `triggered_by_epoch` index.
+//! The `triggered` tree, its `triggered_by_epoch` index and the `idempotency` keys.
 
 use sled::Transactional;
 use uuid::Uuid;
 
+use super::deliveries::FanoutCursor;
 use super::pagination::{Page, PageRequest};
 use super::records::{decode, encode, Triggered};
-use super::{epoch_key, Result, Store, StoreError};
+use super::{epoch_key, read_u64, read_uuid, Result, Store, StoreError};
+
+/// How long an `Idempotency-Key` is remembered (api.md C.2).
+pub const IDEMPOTENCY_WINDOW_US: u64 = 24 * 3_600_000_000;
+
+fn idempotency_key(registration: &Uuid, key: &str) -> Vec<u8> {
+    let mut k = registration.as_bytes().to_vec();
+    k.extend_from_slice(key.as_bytes());
+    k
+}
 
 impl Store {
-    /// Records a trigger.
-    pub fn insert_triggered(&self, tr: &Triggered) -> Result<()> {
+    /// Records a trigger and its pending fan-out (and its idempotency key), atomically.
+    pub fn insert_triggered(&self, tr: &Triggered, idempotency: Option<&str>) -> Result<()> {
         let t = self.t();
         let record = encode(tr)?;
-        (&t.triggered, &t.triggered_by_epoch)
-            .transaction(|(records, by_epoch)| {
+        let cursor = encode(&FanoutCursor {
+            registration_id: tr.registration_id,
+            after: None,
+        })?;
+        let mut remembered = tr.epoch_us.to_be_bytes().to_vec();
+        remembered.extend_from_slice(tr.id.as_bytes());
+        (
+            &t.triggered,
+            &t.triggered_by_epoch,
+            &t.fanout,
+            &t.idempotency,
+        )
+            .transaction(|(records, by_epoch, fanout, idem)| {
                 records.insert(tr.id.as_bytes(), record.as_slice())?;
                 by_epoch.insert(&epoch_key(tr.epoch_us, &tr.id), &[])?;
+                fanout.insert(tr.id.as_bytes(), cursor.as_slice())?;
+                if let Some(key) = idempotency {
+                    idem.insert(
+                        idempotency_key(&tr.registration_id, key),
+                        remembered.as_slice(),
+                    )?;
+                }
                 Ok(())
             })
             .map_err(StoreError::from)
+    }
+
+    /// The trigger recorded under `key` for `registration` within the window, if any.
+    pub fn idempotent_trigger(
+        &self,
+        registration: &Uuid,
+        key: &str,
+        now_us: u64,
+    ) -> Result<Option<Triggered>> {
+        let Some(v) = self
+            .t()
+            .idempotency
+            .get(idempotency_key(registration, key))?
+        else {
+            return Ok(None);
+        };
+        if now_us.saturating_sub(read_u64(&v, 0)?) >= IDEMPOTENCY_WINDOW_US {
+            return Ok(None);
+        }
+        self.triggered(&read_uuid(&v, 8)?)
+    }
+
+    /// Forgets idempotency keys older than the window; returns how many.
+    pub fn sweep_idempotency(&self, now_us: u64) -> Result<u64> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.t().idempotency.iter() {
+            let (k, v) = item?;
+            if now_us.saturating_sub(read_u64(&v, 0)?) >= IDEMPOTENCY_WINDOW_US {
+                batch.remove(k);
+                n += 1;
+            }
+        }
+        self.t().idempotency.apply_batch(batch)?;
+        Ok(n)
     }
 
     /// The triggered record with `id`.

@@ -1,0 +1,537 @@
+//! The delivery engine: a per-node DeliverySupervisor and its pool of DeliveryWorkers.
+//!
+//! The supervisor takes due entries from the persisted due queue, hands each to an idle
+//! worker (so at most `delivery.max_in_flight` attempts run at once), and writes the
+//! outcomes in batches: the attempt log, the next due time and the subscriber's
+//! `failed_count` change in one transaction. A due entry leaves the queue only with its
+//! outcome, so a crash at any point re-runs the attempt after restart (at-least-once).
+//!
+//! Workers are linked children: a panicking worker is reported to the supervisor, which
+//! records the attempt as failed and starts a replacement; a worker stuck past its
+//! deadline is killed the same way.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+use uuid::Uuid;
+
+use super::{now_us, NodeContext};
+use crate::delivery::attempt::{self, Request};
+use crate::delivery::metrics::{Counted, DeliveryMetrics};
+use crate::delivery::retry::RetryPolicy;
+use crate::store::{
+    Attempt, Delivery, DeliveryState, DueEntry, FailedCountChange, Outcome, Triggered,
+};
+
+/// How often the supervisor looks for due work, flushes outcomes and checks deadlines.
+const TICK: Duration = Duration::from_millis(10);
+/// Outcomes written per transaction at most.
+const OUTCOME_BATCH: usize = 512;
+/// Extra time a worker gets beyond the HTTP timeout before it counts as stuck.
+const STUCK_GRACE: Duration = Duration::from_secs(5);
+/// Trigger bodies kept in memory for attempts.
+const BODY_CACHE: usize = 1024;
+
+/// The delivery engine's settings and shared state, part of the node context.
+pub struct DeliveryContext {
+    /// The running supervisor (set once it started).
+    pub supervisor: OnceLock<ActorRef<DeliveryMsg>>,
+    /// The retry schedule.
+    pub retry: RetryPolicy,
+    /// Subscribers at or above this `failed_count` are skipped at trigger time.
+    pub max_failed_count: u64,
+    /// Attempts running at once at most.
+    pub max_in_flight: usize,
+    /// Timeout of one outbound request.
+    pub attempt_timeout: Duration,
+    /// How long finished deliveries are kept.
+    pub retention: Duration,
+    /// How often the retention sweep runs.
+    pub sweep_interval: Duration,
+    /// Counters.
+    pub metrics: DeliveryMetrics,
+    /// Recently used trigger bodies.
+    pub bodies: Mutex<HashMap<Uuid, Arc<Triggered>>>,
+}
+
+impl DeliveryContext {
+    /// Tells the supervisor that new work may be due.
+    pub fn wake(&self) {
+        if let Some(s) = self.supervisor.get() {
+            let _ = s.cast(DeliveryMsg::Wake);
+        }
+    }
+}
+
+/// Requests the supervisor serves.
+#[derive(RactorMessage)]
+pub enum DeliveryMsg {
+    /// New work may be due now (after a fan-out batch or a redeliver).
+    Wake,
+    /// Periodic: poll, flush, check deadlines, run the retention sweep when due.
+    Tick,
+    /// A worker finished an attempt.
+    Done {
+        /// The worker.
+        worker: ActorId,
+        /// What to record.
+        outcome: Outcome,
+        /// For metrics.
+        counted: Counted,
+    },
+}
+
+/// Requests a worker serves.
+#[derive(RactorMessage)]
+pub enum WorkerMsg {
+    /// Make the attempt scheduled by this due entry.
+    Run(DueEntry),
+}
+
+/// The supervisor actor.
+pub struct DeliverySupervisor {
+    ctx: Arc<NodeContext>,
+}
+
+/// The supervisor's bookkeeping.
+pub struct SupervisorState {
+    idle: Vec<ActorRef<WorkerMsg>>,
+    running: HashMap<ActorId, (ActorRef<WorkerMsg>, DueEntry, Instant)>,
+    /// Record keys being attempted or whose outcome awaits writing.
+    busy: HashSet<Vec<u8>>,
+    outcomes: Vec<Outcome>,
+    last_sweep: Instant,
+}
+
+impl DeliverySupervisor {
+    /// Starts the supervisor and its workers, and registers it in the context.
+    pub async fn start(ctx: Arc<NodeContext>) -> Result<ActorRef<DeliveryMsg>, ractor::SpawnErr> {
+        let (actor, _) = Actor::spawn(None, DeliverySupervisor { ctx: ctx.clone() }, ()).await?;
+        let _ = ctx.delivery.supervisor.set(actor.clone());
+        Ok(actor)
+    }
+
+    async fn spawn_worker(
+        &self,
+        myself: &ActorRef<DeliveryMsg>,
+    ) -> Result<ActorRef<WorkerMsg>, ractor::SpawnErr> {
+        let worker = DeliveryWorker {
+            ctx: self.ctx.clone(),
+            supervisor: myself.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, worker, (), myself.get_cell()).await?;
+        Ok(actor)
+    }
+
+    /// Writes the buffered outcomes and frees their keys.
+    fn flush_outcomes(&self, state: &mut SupervisorState) {
+        if state.outcomes.is_empty() {
+            return;
+        }
+        let outcomes = std::mem::take(&mut state.outcomes);
+        match self.ctx.store.record_outcomes(&outcomes, now_us()) {
+            Ok(()) => {
+                let requeued = outcomes.iter().filter(|o| o.next_due_us.is_some()).count();
+                let done = outcomes.len() - requeued;
+                self.ctx
+                    .delivery
+                    .metrics
+                    .due
+                    .fetch_sub(done as i64, std::sync::atomic::Ordering::Relaxed);
+            }
+            // The due entries stay, so the attempts run again: at-least-once, never lost.
+            Err(e) => tracing::error!(error = %e, "recording delivery outcomes failed"),
+        }
+        for o in &outcomes {
+            state.busy.remove(&o.due.record_key);
+        }
+    }
+
+    /// Hands due entries to idle workers.
+    fn dispatch(&self, state: &mut SupervisorState) {
+        if state.idle.is_empty() {
+            return;
+        }
+        let busy = &state.busy;
+        let due = match self
+            .ctx
+            .store
+            .due_entries(now_us(), state.idle.len(), |k| busy.contains(k))
+        {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the due queue failed");
+                return;
+            }
+        };
+        for entry in due {
+            let Some(worker) = state.idle.pop() else {
+                break;
+            };
+            state.busy.insert(entry.record_key.clone());
+            if worker.cast(WorkerMsg::Run(entry.clone())).is_ok() {
+                self.ctx
+                    .delivery
+                    .metrics
+                    .in_flight
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                state
+                    .running
+                    .insert(worker.get_id(), (worker, entry, Instant::now()));
+            } else {
+                state.busy.remove(&entry.record_key);
+            }
+        }
+    }
+
+    /// Records a failed attempt for work whose worker died or hung.
+    async fn worker_lost(
+        &self,
+        myself: &ActorRef<DeliveryMsg>,
+        state: &mut SupervisorState,
+        worker: ActorId,
+        why: &str,
+    ) {
+        if let Some((_, due, started)) = state.running.remove(&worker) {
+            self.ctx
+                .delivery
+                .metrics
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let attempt = Attempt {
+                at_us: now_us().saturating_sub(started.elapsed().as_micros() as u64),
+                status: None,
+                error: Some(why.to_string()),
+                duration_us: started.elapsed().as_micros() as u64,
+            };
+            let record = self.ctx.store.delivery_at(&due.record_key).ok().flatten();
+            let attempts_made = record.map_or(1, |d| d.attempts.len() + 1);
+            let (outcome, counted) = failure(&self.ctx, due, attempt, attempts_made);
+            self.ctx.delivery.metrics.count(counted, 1);
+            state.outcomes.push(outcome);
+        }
+        match self.spawn_worker(myself).await {
+            Ok(w) => state.idle.push(w),
+            Err(e) => tracing::error!(error = %e, "cannot replace a delivery worker"),
+        }
+    }
+
+    fn maybe_sweep(&self, state: &mut SupervisorState) {
+        let every = self.ctx.delivery.sweep_interval;
+        if state.last_sweep.elapsed() < every {
+            return;
+        }
+        state.last_sweep = Instant::now();
+        let store = self.ctx.store.clone();
+        let cutoff = now_us().saturating_sub(self.ctx.delivery.retention.as_micros() as u64);
+        // A full scan: off the supervisor, which must keep dispatching.
+        tokio::task::spawn_blocking(move || {
+            match (
+                store.sweep_deliveries(cutoff),
+                store.sweep_idempotency(now_us()),
+            ) {
+                (Ok(d), Ok(i)) => {
+                    tracing::info!(deliveries = d, idempotency_keys = i, "retention sweep")
+                }
+                (Err(e), _) | (_, Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+            }
+        });
+    }
+}
+
+/// The outcome of a failed attempt: retry when the schedule allows, else give up.
+fn failure(
+    ctx: &NodeContext,
+    due: DueEntry,
+    attempt: Attempt,
+    attempts_made: usize,
+) -> (Outcome, Counted) {
+    let next = ctx.delivery.retry.next_due_us(attempts_made, now_us());
+    let (state, counted) = match next {
+        Some(_) => (DeliveryState::Pending, Counted::Retrying),
+        None => (DeliveryState::Failed, Counted::Failed),
+    };
+    (
+        Outcome {
+            due,
+            attempt: Some(attempt),
+            state,
+            next_due_us: next,
+            failed_count: FailedCountChange::Increment,
+        },
+        counted,
+    )
+}
+
+impl Actor for DeliverySupervisor {
+    type Msg = DeliveryMsg;
+    type State = SupervisorState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut idle = Vec::with_capacity(self.ctx.delivery.max_in_flight);
+        for _ in 0..self.ctx.delivery.max_in_flight {
+            idle.push(self.spawn_worker(&myself).await?);
+        }
+        self.ctx.delivery.metrics.due.store(
+            self.ctx.store.due_count() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        myself.send_interval(TICK, || DeliveryMsg::Tick);
+        Ok(SupervisorState {
+            idle,
+            running: HashMap::new(),
+            busy: HashSet::new(),
+            outcomes: Vec::new(),
+            last_sweep: Instant::now(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            DeliveryMsg::Wake => {
+                self.flush_outcomes(state);
+                self.dispatch(state);
+            }
+            DeliveryMsg::Tick => {
+                let deadline = self.ctx.delivery.attempt_timeout + STUCK_GRACE;
+                let stuck: Vec<ActorId> = state
+                    .running
+                    .iter()
+                    .filter(|(_, (_, _, started))| started.elapsed() > deadline)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in stuck {
+                    if let Some((worker, _, _)) = state.running.get(&id) {
+                        tracing::warn!("a delivery attempt is stuck; stopping its worker");
+                        worker.unlink(myself.get_cell());
+                        worker.kill();
+                    }
+                    self.worker_lost(&myself, state, id, "attempt stuck past its deadline")
+                        .await;
+                }
+                self.flush_outcomes(state);
+                self.dispatch(state);
+                self.maybe_sweep(state);
+            }
+            DeliveryMsg::Done {
+                worker,
+                outcome,
+                counted,
+            } => {
+                if let Some((w, _, _)) = state.running.remove(&worker) {
+                    self.ctx
+                        .delivery
+                        .metrics
+                        .in_flight
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    state.idle.push(w);
+                    self.ctx.delivery.metrics.count(counted, 1);
+                    state.outcomes.push(outcome);
+                }
+                // Refill in bulk: each dispatch scans past the keys in flight.
+                let refill = (self.ctx.delivery.max_in_flight / 8).max(1);
+                if state.outcomes.len() >= OUTCOME_BATCH || state.idle.len() >= refill {
+                    self.flush_outcomes(state);
+                    self.dispatch(state);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, error) => {
+                tracing::error!(%error, "a delivery worker failed");
+                self.worker_lost(&myself, state, cell.get_id(), "attempt crashed")
+                    .await;
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                if state.running.contains_key(&cell.get_id()) {
+                    self.worker_lost(&myself, state, cell.get_id(), "attempt stopped")
+                        .await;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        self.flush_outcomes(state);
+        Ok(())
+    }
+}
+
+/// A worker: makes one attempt at a time.
+pub struct DeliveryWorker {
+    ctx: Arc<NodeContext>,
+    supervisor: ActorRef<DeliveryMsg>,
+}
+
+impl DeliveryWorker {
+    /// Resolves the delivery's current target and makes the attempt.
+    async fn run(&self, due: DueEntry) -> (Outcome, Counted) {
+        let ctx = &self.ctx;
+        let ended = |due: DueEntry| {
+            (
+                Outcome {
+                    due,
+                    attempt: None,
+                    state: DeliveryState::Cancelled,
+                    next_due_us: None,
+                    failed_count: FailedCountChange::Keep,
+                },
+                Counted::Cancelled,
+            )
+        };
+        let delivery: Delivery = match ctx.store.delivery_at(&due.record_key) {
+            Ok(Some(d)) if d.state == DeliveryState::Pending => d,
+            Ok(_) => return ended(due),
+            Err(e) => {
+                let attempt = internal_attempt(e.to_string());
+                return failure(ctx, due, attempt, 1);
+            }
+        };
+        // Every attempt uses the subscriber's current endpoint and secret; a deleted
+        // subscription or account ends the delivery.
+        let target = (
+            ctx.store.subscription(&delivery.subscription_id),
+            ctx.store.account(&delivery.account_id),
+            self.trigger(&delivery),
+        );
+        let (account, triggered) = match target {
+            (Ok(Some(_)), Ok(Some(account)), Ok(Some(triggered))) => (account, triggered),
+            (Ok(_), Ok(_), Ok(_)) => return ended(due),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                let attempt = internal_attempt(e.to_string());
+                return failure(ctx, due, attempt, delivery.attempts.len() + 1);
+            }
+        };
+        let at_us = now_us();
+        let request = Request {
+            endpoint: &account.endpoint,
+            secret_key: &account.secret_key,
+            event: &triggered.event,
+            body: Bytes::from(triggered.body.clone()),
+            delivery_id: delivery.id,
+            timestamp: (at_us / 1_000_000) as i64,
+        };
+        let attempt = match tokio::time::timeout(
+            ctx.delivery.attempt_timeout + Duration::from_secs(1),
+            attempt::send(&ctx.client, request, at_us),
+        )
+        .await
+        {
+            Ok(attempt) => attempt,
+            Err(_) => Attempt {
+                at_us,
+                status: None,
+                error: Some("attempt timed out".into()),
+                duration_us: now_us().saturating_sub(at_us),
+            },
+        };
+        ctx.delivery.metrics.observe_attempt(attempt.duration_us);
+        if attempt::succeeded(&attempt) {
+            (
+                Outcome {
+                    due,
+                    attempt: Some(attempt),
+                    state: DeliveryState::Succeeded,
+                    next_due_us: None,
+                    failed_count: FailedCountChange::Reset,
+                },
+                Counted::Succeeded,
+            )
+        } else {
+            failure(ctx, due, attempt, delivery.attempts.len() + 1)
+        }
+    }
+
+    /// The trigger's body and event, from the shared cache or storage.
+    fn trigger(&self, d: &Delivery) -> Result<Option<Arc<Triggered>>, crate::store::StoreError> {
+        let cache = &self.ctx.delivery.bodies;
+        if let Some(t) = cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&d.triggered_id).cloned())
+        {
+            return Ok(Some(t));
+        }
+        let Some(t) = self.ctx.store.triggered(&d.triggered_id)? else {
+            return Ok(None);
+        };
+        let t = Arc::new(t);
+        if let Ok(mut c) = cache.lock() {
+            if c.len() >= BODY_CACHE {
+                c.clear();
+            }
+            c.insert(d.triggered_id, t.clone());
+        }
+        Ok(Some(t))
+    }
+}
+
+/// An attempt that could not be made because of a local failure.
+fn internal_attempt(error: String) -> Attempt {
+    Attempt {
+        at_us: now_us(),
+        status: None,
+        error: Some(format!("internal error: {error}")),
+        duration_us: 0,
+    }
+}
+
+impl Actor for DeliveryWorker {
+    type Msg = WorkerMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        _: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let WorkerMsg::Run(due) = message;
+        let (outcome, counted) = self.run(due).await;
+        // The supervisor stopping means the node is stopping; the due entry stays queued.
+        let _ = self.supervisor.cast(DeliveryMsg::Done {
+            worker: myself.get_id(),
+            outcome,
+            counted,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,602 @@
+//! Delivery state: fan-out cursors, one record per subscriber delivery, the due queue.
+//!
+//! The `deliveries` tree holds two kinds of keys so that a batch of outcomes is one atomic
+//! `apply_batch` together with its due-queue changes:
+//! - `r` ++ triggered id ++ subscription epoch ++ subscription id → [`Delivery`]
+//!   (so a trigger's deliveries list in subscription order, and the key is deterministic:
+//!   a resent fan-out batch overwrites nothing that exists);
+//! - `d` ++ due µs ++ the record key (without `r`) → () — the due queue, in time order.
+//!
+//! `fanout` holds, per trigger whose fan-out is not finished, the last subscription index
+//! key already handed to delivery, so a restart resumes where it stopped.
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use uuid::Uuid;
+
+use super::accounts::{tx_decode, tx_encode};
+use super::pagination::{Page, PageRequest};
+use super::records::{decode, encode};
+use super::{read_u64, read_uuid, Result, Store, StoreError};
+
+const RECORD: u8 = b'r';
+const DUE: u8 = b'd';
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting for its next attempt.
+    Pending,
+    /// An attempt got a 2xx.
+    Succeeded,
+    /// Every scheduled attempt failed.
+    Failed,
+    /// Not attempted: the subscriber's `failed_count` had reached the limit.
+    Skipped,
+    /// Ended because the subscription or the subscriber account was deleted.
+    Cancelled,
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When it started (Unix µs).
+    pub at_us: u64,
+    /// The endpoint's status code, when it answered.
+    pub status: Option<u16>,
+    /// Why it failed without a status (or with a non-2xx one).
+    pub error: Option<String>,
+    /// How long it took (µs).
+    pub duration_us: u64,
+}
+
+/// One subscriber's delivery of one trigger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Deterministic id (the `webhook-id` header), the same on every retry.
+    pub id: Uuid,
+    /// The trigger.
+    pub triggered_id: Uuid,
+    /// The triggered registration.
+    pub registration_id: Uuid,
+    /// The subscription it serves.
+    pub subscription_id: Uuid,
+    /// Creation time of that subscription (orders a trigger's deliveries).
+    pub subscription_epoch_us: u64,
+    /// The subscriber.
+    pub account_id: Uuid,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts so far, oldest first.
+    pub attempts: Vec<Attempt>,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_us: Option<u64>,
+    /// When it reached a final state.
+    pub finished_us: Option<u64>,
+}
+
+impl Delivery {
+    /// The record key without its kind byte: triggered ++ epoch ++ subscription.
+    fn key_body(&self) -> [u8; 40] {
+        key_body(
+            &self.triggered_id,
+            self.subscription_epoch_us,
+            &self.subscription_id,
+        )
+    }
+
+    /// The key of its record.
+    pub fn record_key(&self) -> Vec<u8> {
+        prefixed(RECORD, &self.key_body())
+    }
+}
+
+/// Counts of a trigger's deliveries by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DeliveryCounts {
+    /// Waiting for an attempt.
+    pub pending: u64,
+    /// Delivered.
+    pub succeeded: u64,
+    /// Gave up.
+    pub failed: u64,
+    /// Not attempted (failed_count limit).
+    pub skipped: u64,
+    /// Ended by a deletion.
+    pub cancelled: u64,
+}
+
+/// A fan-out in progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FanoutCursor {
+    /// The registration being fanned out.
+    pub registration_id: Uuid,
+    /// Last `subscriptions_by_registration` key already handed over.
+    pub after: Option<Vec<u8>>,
+}
+
+/// A delivery to create, from one subscription of a trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// The subscription.
+    pub subscription_id: Uuid,
+    /// Its creation time.
+    pub subscription_epoch_us: u64,
+    /// The subscriber.
+    pub account_id: Uuid,
+}
+
+/// A due entry: when, and which record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueEntry {
+    /// The full due-queue key (to remove it once the attempt is recorded).
+    pub due_key: Vec<u8>,
+    /// The record key.
+    pub record_key: Vec<u8>,
+    /// When it is due (Unix µs).
+    pub due_us: u64,
+}
+
+/// The recorded result of one attempt, to apply in a batch.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The due entry that scheduled this attempt.
+    pub due: DueEntry,
+    /// The attempt, or `None` when the delivery ended without one (deleted target).
+    pub attempt: Option<Attempt>,
+    /// The new state.
+    pub state: DeliveryState,
+    /// The next attempt's due time, when there is one.
+    pub next_due_us: Option<u64>,
+    /// `failed_count` change for the subscriber.
+    pub failed_count: FailedCountChange,
+}
+
+/// What an outcome does to the subscriber's `failed_count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedCountChange {
+    /// Leave it.
+    Keep,
+    /// +1 (a failed attempt).
+    Increment,
+    /// 0 (a success).
+    Reset,
+}
+
+fn key_body(triggered: &Uuid, epoch_us: u64, subscription: &Uuid) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..16].copy_from_slice(triggered.as_bytes());
+    k[16..24].copy_from_slice(&epoch_us.to_be_bytes());
+    k[24..].copy_from_slice(subscription.as_bytes());
+    k
+}
+
+fn prefixed(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + body.len());
+    k.push(kind);
+    k.extend_from_slice(body);
+    k
+}
+
+fn due_key(due_us: u64, key_body: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + key_body.len());
+    k.push(DUE);
+    k.extend_from_slice(&due_us.to_be_bytes());
+    k.extend_from_slice(key_body);
+    k
+}
+
+/// The deterministic delivery id of (trigger, subscription).
+pub fn delivery_id(triggered: &Uuid, subscription: &Uuid) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(triggered.as_bytes());
+    h.update(subscription.as_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+impl Store {
+    /// Records the fan-out of a new trigger (with the triggered row, atomically).
+    pub fn start_fanout(&self, triggered: &Uuid, cursor: &FanoutCursor) -> Result<()> {
+        self.t()
+            .fanout
+            .insert(triggered.as_bytes(), encode(cursor)?)?;
+        Ok(())
+    }
+
+    /// Every unfinished fan-out (resumed at start-up).
+    pub fn fanouts(&self) -> Result<Vec<(Uuid, FanoutCursor)>> {
+        self.t()
+            .fanout
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((read_uuid(&k, 0)?, decode(&v)?))
+            })
+            .collect()
+    }
+
+    /// The cursor of `triggered`'s fan-out, if unfinished.
+    pub fn fanout(&self, triggered: &Uuid) -> Result<Option<FanoutCursor>> {
+        self.t()
+            .fanout
+            .get(triggered.as_bytes())?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    /// The next `limit` subscriptions of `registration` after `after` (index keys included).
+    pub fn subscription_batch(
+        &self,
+        registration: &Uuid,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, NewDelivery)>> {
+        let prefix = registration.as_bytes().to_vec();
+        let index = &self.t().subscriptions_by_registration;
+        let range = match after {
+            Some(after) => {
+                let mut start = after.to_vec();
+                start.push(0);
+                index.range(start..)
+            }
+            None => index.range(prefix.clone()..),
+        };
+        let mut out = Vec::with_capacity(limit);
+        for item in range.take(limit) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push((
+                k.to_vec(),
+                NewDelivery {
+                    subscription_epoch_us: read_u64(&k, 16)?,
+                    subscription_id: read_uuid(&k, 24)?,
+                    account_id: read_uuid(&v, 0)?,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Creates the deliveries of one fan-out batch (pending and due `now_us`, or skipped)
+    /// and advances the cursor, atomically. Existing records are left as they are, so a
+    /// batch handed over twice creates no duplicates.
+    pub fn accept_batch(
+        &self,
+        triggered: &Uuid,
+        registration: &Uuid,
+        items: &[(NewDelivery, bool)],
+        now_us: u64,
+        cursor: Option<Vec<u8>>,
+        finished: bool,
+    ) -> Result<u64> {
+        let t = self.t();
+        let mut records = Vec::with_capacity(items.len());
+        for (item, skip) in items {
+            let delivery = Delivery {
+                id: delivery_id(triggered, &item.subscription_id),
+                triggered_id: *triggered,
+                registration_id: *registration,
+                subscription_id: item.subscription_id,
+                subscription_epoch_us: item.subscription_epoch_us,
+                account_id: item.account_id,
+                state: if *skip {
+                    DeliveryState::Skipped
+                } else {
+                    DeliveryState::Pending
+                },
+                attempts: Vec::new(),
+                next_attempt_us: (!skip).then_some(now_us),
+                finished_us: skip.then_some(now_us),
+            };
+            records.push((delivery.key_body(), encode(&delivery)?, *skip));
+        }
+        let cursor_value = encode(&FanoutCursor {
+            registration_id: *registration,
+            after: cursor,
+        })?;
+        let created = (&t.deliveries, &t.fanout)
+            .transaction(|(deliveries, fanout)| {
+                let mut created = 0u64;
+                for (body, record, skip) in &records {
+                    let key = prefixed(RECORD, body);
+                    if deliveries.get(&key)?.is_some() {
+                        continue;
+                    }
+                    deliveries.insert(key, record.as_slice())?;
+                    if !skip {
+                        deliveries.insert(due_key(now_us, body), &[])?;
+                        created += 1;
+                    }
+                }
+                if finished {
+                    fanout.remove(triggered.as_bytes())?;
+                } else {
+                    fanout.insert(triggered.as_bytes(), cursor_value.as_slice())?;
+                }
+                Ok(created)
+            })
+            .map_err(StoreError::from)?;
+        Ok(created)
+    }
+
+    /// Up to `limit` due entries with due time `<= now_us`, oldest first, skipping those
+    /// `busy` says are already in flight.
+    pub fn due_entries(
+        &self,
+        now_us: u64,
+        limit: usize,
+        busy: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<DueEntry>> {
+        let mut out = Vec::new();
+        for key in self.t().deliveries.scan_prefix([DUE]).keys() {
+            let key = key?;
+            let due_us = read_u64(&key, 1)?;
+            if due_us > now_us || out.len() >= limit {
+                break;
+            }
+            let record_key = prefixed(RECORD, &key[9..]);
+            if busy(&record_key) {
+                continue;
+            }
+            out.push(DueEntry {
+                due_key: key.to_vec(),
+                record_key,
+                due_us,
+            });
+        }
+        Ok(out)
+    }
+
+    /// When the earliest due entry is due.
+    pub fn next_due_us(&self) -> Result<Option<u64>> {
+        match self.t().deliveries.scan_prefix([DUE]).keys().next() {
+            Some(key) => Ok(Some(read_u64(&key?, 1)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Number of due entries (pending deliveries).
+    pub fn due_count(&self) -> usize {
+        self.t().deliveries.scan_prefix([DUE]).count()
+    }
+
+    /// The delivery stored under `record_key`.
+    pub fn delivery_at(&self, record_key: &[u8]) -> Result<Option<Delivery>> {
+        self.t()
+            .deliveries
+            .get(record_key)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    /// Applies attempt outcomes: record, due queue and `failed_count`, atomically.
+    pub fn record_outcomes(&self, outcomes: &[Outcome], now_us: u64) -> Result<()> {
+        let t = self.t();
+        (&t.deliveries, &t.failed_counts)
+            .transaction(|(deliveries, failed_counts)| {
+                for o in outcomes {
+                    deliveries.remove(o.due.due_key.as_slice())?;
+                    let Some(bytes) = deliveries.get(&o.due.record_key)? else {
+                        continue;
+                    };
+                    let mut d: Delivery = tx_decode(&bytes)?;
+                    if d.state != DeliveryState::Pending {
+                        continue;
+                    }
+                    d.attempts.extend(o.attempt.clone());
+                    d.state = o.state;
+                    d.next_attempt_us = o.next_due_us;
+                    if o.state != DeliveryState::Pending {
+                        d.finished_us = Some(now_us);
+                    }
+                    if let Some(next) = o.next_due_us {
+                        deliveries.insert(due_key(next, &o.due.record_key[1..]), &[])?;
+                    }
+                    deliveries.insert(o.due.record_key.as_slice(), tx_encode(&d)?)?;
+                    let account = d.account_id.as_bytes();
+                    match o.failed_count {
+                        FailedCountChange::Keep => {}
+                        FailedCountChange::Reset => {
+                            if failed_counts.get(account)?.is_some() {
+                                failed_counts.remove(account)?;
+                            }
+                        }
+                        FailedCountChange::Increment => {
+                            let current = match failed_counts.get(account)? {
+                                Some(v) => read_u64(&v, 0).map_err(
+                                    sled::transaction::ConflictableTransactionError::Abort,
+                                )?,
+                                None => 0,
+                            };
+                            failed_counts.insert(account, &(current + 1).to_be_bytes())?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .map_err(StoreError::from)
+    }
+
+    /// A page of `triggered`'s deliveries, in subscription order.
+    pub fn list_deliveries(&self, triggered: &Uuid, req: PageRequest) -> Result<Page<Delivery>> {
+        let skip = usize::try_from(req.start).unwrap_or(usize::MAX);
+        let take = usize::try_from(req.limit).unwrap_or(usize::MAX);
+        let items = self
+            .t()
+            .deliveries
+            .scan_prefix(prefixed(RECORD, triggered.as_bytes()))
+            .values()
+            .skip(skip)
+            .take(take)
+            .map(|v| decode(&v?))
+            .collect::<Result<Vec<Delivery>>>()?;
+        Ok(Page::new(req, items))
+    }
+
+    /// Counts of `triggered`'s deliveries by state.
+    pub fn delivery_counts(&self, triggered: &Uuid) -> Result<DeliveryCounts> {
+        let mut counts = DeliveryCounts::default();
+        for v in self
+            .t()
+            .deliveries
+            .scan_prefix(prefixed(RECORD, triggered.as_bytes()))
+            .values()
+        {
+            let d: Delivery = decode(&v?)?;
+            match d.state {
+                DeliveryState::Pending => counts.pending += 1,
+                DeliveryState::Succeeded => counts.succeeded += 1,
+                DeliveryState::Failed => counts.failed += 1,
+                DeliveryState::Skipped => counts.skipped += 1,
+                DeliveryState::Cancelled => counts.cancelled += 1,
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Puts `triggered`'s failed deliveries back in the queue, due `now_us`; returns how many.
+    pub fn requeue_failed(&self, triggered: &Uuid, now_us: u64) -> Result<u64> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self
+            .t()
+            .deliveries
+            .scan_prefix(prefixed(RECORD, triggered.as_bytes()))
+        {
+            let (k, v) = item?;
+            let mut d: Delivery = decode(&v)?;
+            if d.state != DeliveryState::Failed {
+                continue;
+            }
+            d.state = DeliveryState::Pending;
+            d.next_attempt_us = Some(now_us);
+            d.finished_us = None;
+            batch.insert(k.to_vec(), encode(&d)?);
+            batch.insert(due_key(now_us, &k[1..]), &[]);
+            n += 1;
+        }
+        self.t().deliveries.apply_batch(batch)?;
+        Ok(n)
+    }
+
+    /// Removes finished deliveries that ended before `cutoff_us`; pending ones are kept.
+    pub fn sweep_deliveries(&self, cutoff_us: u64) -> Result<u64> {
+        let mut removed = 0;
+        let mut batch = sled::Batch::default();
+        for item in self.t().deliveries.scan_prefix([RECORD]) {
+            let (k, v) = item?;
+            let d: Delivery = decode(&v)?;
+            if d.state != DeliveryState::Pending && d.finished_us.is_some_and(|f| f < cutoff_us) {
+                batch.remove(k);
+                removed += 1;
+            }
+        }
+        self.t().deliveries.apply_batch(batch)?;
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::temp_store;
+    use super::*;
+
+    fn item(n: u64) -> NewDelivery {
+        NewDelivery {
+            subscription_id: Uuid::new_v4(),
+            subscription_epoch_us: n,
+            account_id: Uuid::new_v4(),
+        }
+    }
+
+    #[test]
+    fn batches_are_idempotent_and_queue_due_entries() {
+        let (_d, s) = temp_store();
+        let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
+        let items = vec![(item(1), false), (item(2), true), (item(3), false)];
+        assert_eq!(s.accept_batch(&t, &r, &items, 10, None, true).unwrap(), 2);
+        assert_eq!(s.accept_batch(&t, &r, &items, 10, None, true).unwrap(), 0);
+        assert_eq!(s.due_count(), 2);
+        let counts = s.delivery_counts(&t).unwrap();
+        assert_eq!((counts.pending, counts.skipped), (2, 1));
+        assert!(s.due_entries(9, 10, |_| false).unwrap().is_empty());
+        let due = s.due_entries(10, 10, |_| false).unwrap();
+        assert_eq!(due.len(), 2);
+        assert_eq!(
+            s.due_entries(10, 10, |k| k == due[0].record_key)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn outcomes_move_state_queue_and_failed_count() {
+        let (_d, s) = temp_store();
+        let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
+        let it = item(1);
+        s.accept_batch(&t, &r, &[(it.clone(), false)], 5, None, true)
+            .unwrap();
+        let due = s.due_entries(5, 1, |_| false).unwrap().remove(0);
+        let attempt = Attempt {
+            at_us: 5,
+            status: Some(500),
+            error: None,
+            duration_us: 1,
+        };
+        s.record_outcomes(
+            &[Outcome {
+                due: due.clone(),
+                attempt: Some(attempt.clone()),
+                state: DeliveryState::Pending,
+                next_due_us: Some(50),
+                failed_count: FailedCountChange::Increment,
+            }],
+            6,
+        )
+        .unwrap();
+        assert_eq!(s.failed_count(&it.account_id).unwrap(), 1);
+        assert_eq!(s.next_due_us().unwrap(), Some(50));
+        let due = s.due_entries(50, 1, |_| false).unwrap().remove(0);
+        s.record_outcomes(
+            &[Outcome {
+                due,
+                attempt: Some(attempt),
+                state: DeliveryState::Succeeded,
+                next_due_us: None,
+                failed_count: FailedCountChange::Reset,
+            }],
+            51,
+        )
+        .unwrap();
+        assert_eq!(s.failed_count(&it.account_id).unwrap(), 0);
+        assert_eq!(s.due_count(), 0);
+        let page = s
+            .list_deliveries(
+                &t,
+                PageRequest {
+                    start: 0,
+                    limit: 10,
+                },
+            )
+            .unwrap();
+        assert_eq!(page.items[0].attempts.len(), 2);
+        assert_eq!(page.items[0].state, DeliveryState::Succeeded);
+        assert_eq!(s.sweep_deliveries(51).unwrap(), 0);
+        assert_eq!(s.sweep_deliveries(52).unwrap(), 1);
+    }
+
+    #[test]
+    fn delivery_ids_are_deterministic() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(delivery_id(&a, &b), delivery_id(&a, &b));
+        assert_ne!(delivery_id(&a, &b), delivery_id(&b, &a));
+    }
+}
