@@ -365,11 +365,11 @@ impl Actor for DeliverySupervisor {
                 self.worker_lost(&myself, state, cell.get_id(), "attempt crashed")
                     .await;
             }
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if state.running.contains_key(&cell.get_id()) {
-                    self.worker_lost(&myself, state, cell.get_id(), "attempt stopped")
-                        .await;
-                }
+            SupervisionEvent::ActorTerminated(cell, _, _)
+                if state.running.contains_key(&cell.get_id()) =>
+            {
+                self.worker_lost(&myself, state, cell.get_id(), "attempt stopped")
+                    .await;
             }
             _ => {}
         }
