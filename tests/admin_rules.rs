@@ -14,7 +14,10 @@ async fn bootstrap_admin_record() {
     assert_eq!(admin["username"], "admin");
     assert_eq!(admin["is_admin"], true);
     assert_eq!(admin["endpoint"], "");
-    assert_eq!(admin["failed_count"], 0, "B.4: the admin has failed_count 0");
+    assert_eq!(
+        admin["failed_count"], 0,
+        "B.4: the admin has failed_count 0"
+    );
     assert_eq!(admin["secret_key"], node.admin_secret.as_str());
     assert!(admin["api_key"]
         .as_str()
@@ -238,7 +241,10 @@ async fn secret_key_resets_are_rate_limited() {
         .await;
     assert_too_many(&r);
     assert_eq!(w.ep.keys(&w.john.endpoint, "secret_key").len(), 2);
-    assert_eq!(w.node.read_account(&w.john).await["secret_key"], last.as_str());
+    assert_eq!(
+        w.node.read_account(&w.john).await["secret_key"],
+        last.as_str()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

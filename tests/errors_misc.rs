@@ -140,10 +140,26 @@ async fn missing_path_id_comes_before_everything() {
     let cases = [
         ("GET", "/v1/account", "Missing account_id"),
         ("DELETE", "/v1/account", "Missing account_id"),
-        ("PATCH", "/v1/webhook/registration", "Missing registration_id"),
-        ("DELETE", "/v1/webhook/registration", "Missing registration_id"),
-        ("POST", "/v1/webhook/subscription", "Missing subscription_id"),
-        ("DELETE", "/v1/webhook/subscription", "Missing subscription_id"),
+        (
+            "PATCH",
+            "/v1/webhook/registration",
+            "Missing registration_id",
+        ),
+        (
+            "DELETE",
+            "/v1/webhook/registration",
+            "Missing registration_id",
+        ),
+        (
+            "POST",
+            "/v1/webhook/subscription",
+            "Missing subscription_id",
+        ),
+        (
+            "DELETE",
+            "/v1/webhook/subscription",
+            "Missing subscription_id",
+        ),
         ("POST", "/v1/webhook/triggered", "Missing registration_id"),
     ];
     for (method, path, message) in cases {
@@ -415,9 +431,19 @@ async fn odd_ids_never_cause_server_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_endpoints_need_no_content_type_or_auth() {
     let node = TestNode::spawn().await;
-    let r = node.get("/health").no_content_type().send().await.expect(200);
+    let r = node
+        .get("/health")
+        .no_content_type()
+        .send()
+        .await
+        .expect(200);
     assert_eq!(r.json(), &json!({"status": "ok"}));
-    let r = node.get("/ready").no_content_type().send().await.expect(200);
+    let r = node
+        .get("/ready")
+        .no_content_type()
+        .send()
+        .await
+        .expect(200);
     assert_eq!(r.json()["status"], "ready", "{r}");
     // make one counted API request, then look for it in the metrics
     node.get("/v1/accounts?start=0&limit=10")
