@@ -29,15 +29,22 @@ pub enum OutboundError {
     /// The endpoint's address is refused by the endpoint policy.
     #[error("endpoint address refused by the endpoint policy")]
     Refused,
-    /// Transport failure, timeout or refused resolution.
+    /// Transport failure, timeout or refused resolution (without the URL: its query may
+    /// carry a new key).
     #[error("request failed: {0}")]
-    Transport(#[from] reqwest::Error),
+    Transport(reqwest::Error),
     /// The endpoint answered, but not as required.
     #[error("unexpected answer: {0}")]
     Answer(String),
     /// No randomness for the challenge.
     #[error(transparent)]
     Random(#[from] crypto::RandomError),
+}
+
+impl From<reqwest::Error> for OutboundError {
+    fn from(e: reqwest::Error) -> Self {
+        OutboundError::Transport(e.without_url())
+    }
 }
 
 /// Resolves hostnames and drops every address the policy refuses.
