@@ -64,6 +64,16 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// How long a graceful stop waits for in-flight requests.
     pub shutdown_grace_secs: f64,
+    /// A request header must arrive completely within this time (slow clients are cut off).
+    pub header_read_timeout_secs: f64,
+    /// A keep-alive connection idle this long is closed.
+    pub keepalive_idle_secs: f64,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Largest request header section in bytes (431 above).
+    pub max_header_bytes: usize,
+    /// Most header fields per request (431 above).
+    pub max_headers: usize,
 }
 
 impl Default for HttpConfig {
@@ -72,6 +82,11 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             max_body_bytes: 1024 * 1024,
             shutdown_grace_secs: 10.0,
+            header_read_timeout_secs: 10.0,
+            keepalive_idle_secs: 60.0,
+            max_connections: 10_000,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
         }
     }
 }
@@ -324,6 +339,20 @@ impl Config {
             }
         }
         positive("http.shutdown_grace_secs", self.http.shutdown_grace_secs)?;
+        positive("http.header_read_timeout_secs", self.http.header_read_timeout_secs)?;
+        positive("http.keepalive_idle_secs", self.http.keepalive_idle_secs)?;
+        for (key, value, min) in [
+            ("http.max_connections", self.http.max_connections, 1),
+            ("http.max_header_bytes", self.http.max_header_bytes, 1024),
+            ("http.max_headers", self.http.max_headers, 8),
+        ] {
+            if value < min {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("must be at least {min}"),
+                });
+            }
+        }
         positive("http_client.timeout_secs", self.http_client.timeout_secs)?;
         positive("actors.idle_stop_secs", self.actors.idle_stop_secs)?;
         positive(
@@ -415,7 +444,10 @@ impl Config {
         if !c.members.iter().any(|m| m.id == c.node_id) {
             return invalid(
                 "cluster.members",
-                format!("does not list this node (cluster.node_id = {:?})", c.node_id),
+                format!(
+                    "does not list this node (cluster.node_id = {:?})",
+                    c.node_id
+                ),
             );
         }
         let mut ids: Vec<&str> = c.members.iter().map(|m| m.id.as_str()).collect();

@@ -7,14 +7,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::actors::{ActorSettings, DeliveryContext, DeliverySupervisor, Directory, NodeContext};
-use crate::cluster::ShardMap;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::crypto::AuthCache;
 use crate::delivery::metrics::DeliveryMetrics;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::{EndpointClient, EndpointPolicy};
 use crate::http::metrics::Metrics;
-use crate::http::App;
+use crate::http::{App, Limits};
 use crate::service::{NewAccount, Node, ServiceError};
 use crate::store::{Store, StoreError};
 
@@ -64,7 +64,7 @@ pub fn build_node(config: &Config, store: Store) -> Result<Node, DaemonError> {
     let ctx = NodeContext {
         store,
         client: EndpointClient::new(&config.http_client, policy)?,
-        shards: ShardMap::new(config.cluster.shards, vec![config.cluster.node_id.clone()]),
+        cluster: Arc::new(Cluster::new(&config.cluster)),
         auth_cache: AuthCache::new(
             Duration::from_secs_f64(config.security.auth_cache_ttl_secs),
             AUTH_CACHE_CAPACITY,
@@ -86,6 +86,7 @@ pub fn build_node(config: &Config, store: Store) -> Result<Node, DaemonError> {
             sweep_interval: Duration::from_secs_f64(config.delivery.sweep_interval_secs),
             metrics: DeliveryMetrics::default(),
             bodies: Mutex::new(HashMap::new()),
+            handoff_wake: tokio::sync::Notify::new(),
         },
     };
     Ok(Node::new(Arc::new(ctx)))
@@ -130,6 +131,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(|e| ServiceError::Internal(format!("starting the delivery engine: {e}")))?;
     node.context().resume_fanouts()?;
+    node.context().cluster.start(node.clone()).await?;
+    for peer in 0..node.context().cluster.peers().len() {
+        tokio::spawn(crate::actors::run_handoff(node.context().clone(), peer));
+    }
     if let Some(admin) = node.bootstrap_admin().await? {
         print_admin_keys(&admin);
     }
@@ -142,7 +147,14 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     });
     tracing::info!(%addr, node = %config.cluster.node_id, "webhookd listening");
     println!("listening on http://{addr}");
-    crate::http::serve(listener, app, stop, config.shutdown_grace()).await;
+    let limits = Limits {
+        max_connections: config.http.max_connections,
+        header_read_timeout: Duration::from_secs_f64(config.http.header_read_timeout_secs),
+        keepalive_idle: Duration::from_secs_f64(config.http.keepalive_idle_secs),
+        max_header_bytes: config.http.max_header_bytes,
+        max_headers: config.http.max_headers,
+    };
+    crate::http::serve(listener, app, limits, stop, config.shutdown_grace()).await;
     // Outcomes buffered by the supervisor are written as it stops; attempts still running
     // keep their due entries and run again at the next start.
     if let Err(e) = supervisor

@@ -1,19 +1,22 @@
 //! The OpenAPI contract (`openapi/openapi.json`), checked by schemathesis against a live node.
 //!
-//! Starts the real `webhookd serve` on loopback with its storage in a temp dir, plus an echo
-//! server in this process standing in for account endpoints; creates a non-admin account
-//! through the API; then runs `schemathesis run <node>/v1/openapi.json` authenticated as that
-//! account, with a bounded budget. The test fails when schemathesis reports a failure, and
+//! Starts the real `webhookd serve` on loopback with its storage in a temp dir, plus a server
+//! in this process standing in for account endpoints; creates a non-admin account (with one
+//! registration, a subscription and a trigger) through the API; then runs
+//! `schemathesis run openapi/openapi.json --url <node>` authenticated as that account, with a
+//! bounded budget and every check. The test fails when schemathesis reports a failure, and
 //! when schemathesis is missing: `.ci/run` installs the pinned version.
 //!
 //! Every outbound call of the node stays on loopback: `tests/schemathesis_hooks.py` rewrites
-//! any http(s) `endpoint` that schemathesis draws to the echo server, and the node's endpoint
-//! policy allows loopback only.
+//! any http(s) `endpoint` that schemathesis draws to the stand-in, and the node's endpoint
+//! policy allows loopback only. The hooks file also keeps the test's records alive and the
+//! credentials current (an API-key reset really replaces the key).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -90,47 +93,82 @@ async fn schemathesis_command() -> &'static str {
     );
 }
 
-/// The account endpoint stand-in: `GET ?echo=V` answers `{"echo": "V"}`; an API-key reset
-/// (`?api_key=`) is refused with 503 so that the key schemathesis authenticates with stays
-/// valid for the whole run (a refused reset keeps the old key, api.md B.10); anything else
-/// (secret-key resets) answers 200 `{}`.
-async fn answer_endpoint(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let query = req.uri().query().unwrap_or("");
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
-    let (status, body) = if let Some((_, value)) = pairs.iter().find(|(k, _)| k == "echo") {
-        (StatusCode::OK, json!({ "echo": value }))
-    } else if pairs.iter().any(|(k, _)| k == "api_key") {
-        (StatusCode::SERVICE_UNAVAILABLE, json!({}))
-    } else {
-        (StatusCode::OK, json!({}))
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
+/// The account endpoints' stand-in, shared by every account of the run.
+///
+/// * `GET ...?echo=V` answers 200 `{"echo": "V"}` (the echo challenge);
+/// * `GET /current-api-key` answers the test account's current API key (read by the auth
+///   provider in `tests/schemathesis_hooks.py`);
+/// * `GET ...?api_key=K` (an API-key reset) records `K` as that key and answers 200 `{}`;
+/// * anything else (secret-key resets) answers 200 `{}`.
+#[derive(Clone)]
+struct EndpointServer {
+    addr: SocketAddr,
+    api_key: Arc<Mutex<String>>,
 }
 
-/// Starts the endpoint stand-in on a loopback port; it lives as long as the test's runtime.
-async fn start_endpoint_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the endpoint server");
-    let addr = listener.local_addr().expect("endpoint server address");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(answer_endpoint))
-                    .await;
-            });
+impl EndpointServer {
+    /// Starts it on a loopback port; it lives as long as the test's runtime.
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the endpoint server");
+        let server = Self {
+            addr: listener.local_addr().expect("endpoint server address"),
+            api_key: Arc::new(Mutex::new(String::new())),
+        };
+        let shared = server.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(shared.answer(&req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        server
+    }
+
+    /// The URL accounts register as their endpoint.
+    fn endpoint(&self) -> String {
+        format!("http://{}/endpoint", self.addr)
+    }
+
+    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path() == "/current-api-key" {
+            let key = self.api_key.lock().unwrap().clone();
+            return respond("text/plain", key);
         }
-    });
-    addr
+        let query = req.uri().query().unwrap_or("");
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let body = if let Some((_, value)) = pairs.iter().find(|(k, _)| k == "echo") {
+            json!({ "echo": value })
+        } else {
+            if let Some((_, key)) = pairs.iter().find(|(k, _)| k == "api_key") {
+                *self.api_key.lock().unwrap() = key.clone();
+            }
+            json!({})
+        };
+        respond("application/json", body.to_string())
+    }
+}
+
+/// A 200 response.
+fn respond(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 /// Removes variables that would change a child's behaviour: `WEBHOOKD_*` overrides, log
@@ -225,7 +263,10 @@ timeout_secs = 1.0
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let admin_key = admin_key.expect("a first start prints `admin api_key: <hex>`");
     assert!(
-        admin_key.len() == 40 && admin_key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        admin_key.len() == 40
+            && admin_key
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
         "admin api_key is not 40 lowercase hex: {admin_key:?}"
     );
     assert!(
@@ -242,15 +283,55 @@ timeout_secs = 1.0
     )
 }
 
+/// A JSON request to the node; returns the status and the JSON body (`null` when empty).
+async fn call(
+    client: &reqwest::Client,
+    node: &Node,
+    method: reqwest::Method,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = client
+        .request(method.clone(), format!("{}{path}", node.base_url))
+        .header("content-type", "application/json");
+    if let Some((username, api_key)) = auth {
+        req = req.header("username", username).header("api-key", api_key);
+    }
+    if let Some(body) = body {
+        req = req.body(body.to_string());
+    }
+    let response = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.expect("read the response body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    };
+    (status, body)
+}
+
+/// A string field of a JSON record.
+fn field<'a>(record: &'a Value, name: &str) -> &'a str {
+    record[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("no `{name}` in {record}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_conforms_to_its_openapi_document() {
+    use reqwest::Method;
+
     let program = schemathesis_command().await;
     let dir = tempfile::Builder::new()
         .prefix("webhookd-schemathesis-")
         .tempdir()
         .expect("create a temp dir");
-    let endpoint_addr = start_endpoint_server().await;
-    let echo_endpoint = format!("http://{endpoint_addr}/endpoint");
+    let endpoints = EndpointServer::start().await;
     let (mut node, admin_key) = start_node(dir.path()).await;
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -258,7 +339,7 @@ async fn the_api_conforms_to_its_openapi_document() {
         .build()
         .expect("build the HTTP client");
 
-    // The document is served as is, without auth and without a JSON Content-Type.
+    // The document is served as shipped, without auth and without a JSON Content-Type.
     let served = client
         .get(format!("{}/v1/openapi.json", node.base_url))
         .send()
@@ -273,50 +354,134 @@ async fn the_api_conforms_to_its_openapi_document() {
     let shipped: Value = serde_json::from_str(include_str!("../openapi/openapi.json")).unwrap();
     assert_eq!(served, shipped);
 
-    // The admin key works (so the node is the one we configured), then a real non-admin
-    // account for schemathesis.
-    let admin_check = client
-        .get(format!("{}/v1/accounts?start=0&limit=1", node.base_url))
-        .header("content-type", "application/json")
-        .header("username", "admin")
-        .header("api-key", &admin_key)
-        .send()
-        .await
-        .expect("GET /v1/accounts as admin");
-    assert_eq!(admin_check.status(), 200);
-    let created = client
-        .post(format!("{}/v1/account", node.base_url))
-        .json(&json!({ "username": USERNAME, "endpoint": echo_endpoint }))
-        .send()
-        .await
-        .expect("POST /v1/account");
-    let status = created.status();
-    let created: Value = created.json().await.expect("account JSON");
-    assert_eq!(status, 201, "create account: {created}");
-    let api_key = created["api_key"].as_str().expect("api_key").to_string();
+    // The admin key printed on first start works: this is the node we configured.
+    let (status, _) = call(
+        &client,
+        &node,
+        Method::GET,
+        "/v1/accounts?start=0&limit=1",
+        Some(("admin", &admin_key)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "GET /v1/accounts as admin");
 
+    // The non-admin account schemathesis runs as, with one registration, a subscription to it
+    // and one trigger, so that the operations needing existing records also answer 2xx.
+    let (status, account) = call(
+        &client,
+        &node,
+        Method::POST,
+        "/v1/account",
+        None,
+        Some(json!({ "username": USERNAME, "endpoint": endpoints.endpoint() })),
+    )
+    .await;
+    assert_eq!(status, 201, "create account: {account}");
+    let (api_key, account_id) = (field(&account, "api_key"), field(&account, "id"));
+    *endpoints.api_key.lock().unwrap() = api_key.to_string();
+    let auth = Some((USERNAME, api_key));
+    let (status, registration) = call(
+        &client,
+        &node,
+        Method::POST,
+        "/v1/webhook/registration",
+        auth,
+        Some(json!({ "event": "contract.test", "description": "", "event_data": {"n": 1} })),
+    )
+    .await;
+    assert_eq!(status, 201, "create registration: {registration}");
+    let registration_id = field(&registration, "id");
+    let (status, subscription) = call(
+        &client,
+        &node,
+        Method::POST,
+        &format!("/v1/webhook/subscription/{registration_id}"),
+        auth,
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "subscribe: {subscription}");
+    let (status, triggered) = call(
+        &client,
+        &node,
+        Method::POST,
+        &format!("/v1/webhook/triggered/{registration_id}"),
+        auth,
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "trigger: {triggered}");
+    let triggered_id = field(&triggered, "id");
+
+    // Per-operation settings:
+    // * operations whose drawn ids would never exist use the records made above;
+    // * the API-key reset names the test account (a drawn username is almost always 404);
+    // * the `missing-id` operations exist only to answer `400 Missing <param>` (§4.6), so a
+    //   schema-valid request to them is rightly refused with 400.
+    let config = dir.path().join("schemathesis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[[operations]]
+include-name = "GET /v1/account/{{id}}"
+parameters = {{ "path.id" = "{account_id}" }}
+
+[[operations]]
+include-name = ["POST /v1/webhook/subscription/{{id}}", "POST /v1/webhook/triggered/{{id}}"]
+parameters = {{ "path.id" = "{registration_id}" }}
+
+[[operations]]
+include-name = ["GET /v1/webhook/triggered/{{id}}", "GET /v1/webhook/triggered/{{id}}/deliveries", "POST /v1/webhook/triggered/{{id}}/redeliver"]
+parameters = {{ "path.id" = "{triggered_id}" }}
+
+[[operations]]
+include-name = "POST /v1/account/reset/apikey"
+parameters = {{ "header.username" = "{USERNAME}" }}
+
+[[operations]]
+include-tag = "missing-id"
+checks.positive_data_acceptance.expected-statuses = ["400"]
+warnings = false
+"#
+        ),
+    )
+    .expect("write the schemathesis config");
+
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let report_dir = dir.path().join("schemathesis-report");
-    let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis_hooks.py");
     let mut cmd = Command::new(program);
     clean_env(&mut cmd);
-    cmd.arg("run")
-        .arg(format!("{}/v1/openapi.json", node.base_url))
+    cmd.arg("--config-file")
+        .arg(&config)
+        .arg("run")
+        .arg(manifest.join("openapi/openapi.json"))
+        .args(["--url", &node.base_url])
         .args(["--checks", "all"])
         .args(["--max-examples", MAX_EXAMPLES])
         .args(["--seed", SEED])
         .args(["--workers", "2"])
         .args(["--request-timeout", "10"])
         .args(["--generation-database", "none"])
-        .args(["--header", &format!("username: {USERNAME}")])
-        .args(["--header", &format!("api-key: {api_key}")])
-        // Every `/v1` request must carry it, GET and DELETE included (the 415 gate).
+        // Every `/v1` request must carry it, GET and DELETE included (the 415 gate). The
+        // `username` / `api-key` headers come from the auth provider in the hooks file.
         .args(["--header", "Content-Type: application/json"])
         .args(["--report", "junit"])
         .arg("--report-dir")
         .arg(&report_dir)
         .arg("--no-color")
-        .env("SCHEMATHESIS_HOOKS", &hooks)
-        .env("WEBHOOKD_TEST_ECHO_ENDPOINT", &echo_endpoint)
+        .env(
+            "SCHEMATHESIS_HOOKS",
+            manifest.join("tests/schemathesis_hooks.py"),
+        )
+        .env("WEBHOOKD_TEST_ECHO_ENDPOINT", endpoints.endpoint())
+        .env(
+            "WEBHOOKD_TEST_KEY_URL",
+            format!("http://{}/current-api-key", endpoints.addr),
+        )
+        .env("WEBHOOKD_TEST_USERNAME", USERNAME)
+        .env("WEBHOOKD_TEST_ACCOUNT_ID", account_id)
+        .env("WEBHOOKD_TEST_REGISTRATION_ID", registration_id)
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

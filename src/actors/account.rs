@@ -5,13 +5,14 @@
 //! cascade delete. Running them one at a time per account makes each atomic.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use ractor_cluster::RactorMessage;
 use uuid::Uuid;
 
 use super::{now_us, NodeContext, RegistrationMsg};
+use crate::cluster::protocol::Command;
 use crate::crypto;
 use crate::service::{msg, ServiceError, WriteResult};
 use crate::store::{Account, KeyKind, PendingKey, Registration};
@@ -85,7 +86,7 @@ impl AccountActor {
         self.ctx
             .store
             .account(&self.id)?
-            .ok_or(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME))
+            .ok_or(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME.into()))
     }
 
     async fn update_endpoint(&self, endpoint: String) -> Result<WriteResult, ServiceError> {
@@ -107,7 +108,7 @@ impl AccountActor {
     async fn reset_key(&self, kind: KeyKind) -> Result<(), ServiceError> {
         let mut account = self.live()?;
         if account.endpoint.is_empty() {
-            return Err(ServiceError::NotFound(msg::ENDPOINT_NOT_FOUND));
+            return Err(ServiceError::NotFound(msg::ENDPOINT_NOT_FOUND.into()));
         }
         let now = now_us();
         account
@@ -171,7 +172,7 @@ impl AccountActor {
         description: String,
         event_data: String,
     ) -> Result<Registration, ServiceError> {
-        let shards = &self.ctx.shards;
+        let shards = self.ctx.cluster.map();
         let registration = Registration {
             id: shards.new_id_in(shards.shard_of_id(&self.id)),
             epoch_us: self.ctx.store.next_epoch_us(),
@@ -182,7 +183,7 @@ impl AccountActor {
             deleting: false,
         };
         if !self.ctx.store.insert_registration(&registration)? {
-            return Err(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME));
+            return Err(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME.into()));
         }
         self.ctx.store.flush().await?;
         Ok(registration)
@@ -207,6 +208,10 @@ impl AccountActor {
 
 /// Removes a tombstoned account's subscriptions, its registrations (with everyone's
 /// subscriptions to them) and finally the account. Idempotent, so a restart can rerun it.
+///
+/// The account's own subscriptions live with the registrations they subscribe to, on
+/// any node: every peer is told to drop them. While a peer is unreachable the tombstone
+/// stays (the account is already gone for every reader) and a background task retries.
 pub(super) async fn cascade(ctx: &Arc<NodeContext>, account: &Account) -> Result<(), ServiceError> {
     ctx.store.delete_subscriptions_of_subscriber(&account.id)?;
     for registration in ctx.store.registration_ids_of(&account.id)? {
@@ -216,8 +221,35 @@ pub(super) async fn cascade(ctx: &Arc<NodeContext>, account: &Account) -> Result
         })
         .await??;
     }
-    ctx.store.finish_account_delete(account)?;
+    if remote_cleanup(ctx, &account.id).await {
+        ctx.store.finish_account_delete(account)?;
+    } else {
+        let (ctx, account) = (ctx.clone(), account.clone());
+        tokio::spawn(async move {
+            while !remote_cleanup(&ctx, &account.id).await {
+                tokio::time::sleep(CLEANUP_RETRY).await;
+            }
+            if let Err(e) = ctx.store.finish_account_delete(&account) {
+                tracing::error!(error = %e, account = %account.id, "finishing a delete failed");
+            }
+        });
+    }
     Ok(())
+}
+
+/// How often an account cascade waiting for an unreachable peer retries.
+const CLEANUP_RETRY: Duration = Duration::from_secs(1);
+
+/// Tells every peer to drop the subscriptions held by `account`; true when all did.
+async fn remote_cleanup(ctx: &NodeContext, account: &Uuid) -> bool {
+    let mut all = true;
+    for peer in ctx.cluster.peers() {
+        let command = Command::DeleteSubscriptionsOf { account: *account };
+        if ctx.cluster.call(peer, &command).await.is_err() {
+            all = false;
+        }
+    }
+    all
 }
 
 impl Actor for AccountActor {

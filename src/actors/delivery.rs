@@ -20,11 +20,13 @@ use ractor_cluster::RactorMessage;
 use uuid::Uuid;
 
 use super::{now_us, NodeContext};
+use crate::cluster::protocol::{Answer, Command};
 use crate::delivery::attempt::{self, Request};
 use crate::delivery::metrics::{Counted, DeliveryMetrics};
 use crate::delivery::retry::RetryPolicy;
 use crate::store::{
-    Attempt, Delivery, DeliveryState, DueEntry, FailedCountChange, Outcome, Triggered,
+    Attempt, Delivery, DeliveryState, DueEntry, FailedCountChange, FanoutStep, Handoff,
+    NewDelivery, Outcome, Triggered,
 };
 
 /// How often the supervisor looks for due work, flushes outcomes and checks deadlines.
@@ -35,6 +37,8 @@ const OUTCOME_BATCH: usize = 512;
 const STUCK_GRACE: Duration = Duration::from_secs(5);
 /// Trigger bodies kept in memory for attempts.
 const BODY_CACHE: usize = 1024;
+/// How often queued handoffs to an unavailable peer are retried.
+const HANDOFF_RETRY: Duration = Duration::from_secs(1);
 
 /// The delivery engine's settings and shared state, part of the node context.
 pub struct DeliveryContext {
@@ -56,6 +60,8 @@ pub struct DeliveryContext {
     pub metrics: DeliveryMetrics,
     /// Recently used trigger bodies.
     pub bodies: Mutex<HashMap<Uuid, Arc<Triggered>>>,
+    /// Wakes the handoff senders after a fan-out step queued batches for peers.
+    pub handoff_wake: tokio::sync::Notify,
 }
 
 impl DeliveryContext {
@@ -63,6 +69,106 @@ impl DeliveryContext {
     pub fn wake(&self) {
         if let Some(s) = self.supervisor.get() {
             let _ = s.cast(DeliveryMsg::Wake);
+        }
+    }
+}
+
+/// Persists deliveries for subscribers owned by this node (skipping those at the
+/// `failed_count` limit) and wakes the supervisor; `step` also moves a fan-out cursor.
+pub fn accept_local(
+    ctx: &NodeContext,
+    triggered: &Uuid,
+    registration: &Uuid,
+    items: Vec<NewDelivery>,
+    step: Option<FanoutStep>,
+) -> Result<u64, crate::store::StoreError> {
+    let limit = ctx.delivery.max_failed_count;
+    let mut judged = Vec::with_capacity(items.len());
+    for item in items {
+        let skip = ctx.store.failed_count(&item.account_id)? >= limit;
+        judged.push((item, skip));
+    }
+    let skipped = judged.iter().filter(|(_, skip)| *skip).count() as u64;
+    let created = ctx
+        .store
+        .accept_deliveries(triggered, registration, &judged, now_us(), step)?;
+    let metrics = &ctx.delivery.metrics;
+    metrics.count(Counted::Skipped, skipped);
+    metrics
+        .due
+        .fetch_add(created as i64, std::sync::atomic::Ordering::Relaxed);
+    ctx.delivery.wake();
+    Ok(created)
+}
+
+/// Persists a batch handed over by the node that owns the trigger.
+pub fn accept_remote_batch(
+    ctx: &NodeContext,
+    triggered: &Triggered,
+    items: &[NewDelivery],
+) -> Result<u64, crate::store::StoreError> {
+    ctx.store.keep_remote_trigger(triggered)?;
+    accept_local(
+        ctx,
+        &triggered.id,
+        &triggered.registration_id,
+        items.to_vec(),
+        None,
+    )
+}
+
+/// Hands queued fan-out batches to `peer`, removing each only once the peer persisted it.
+pub async fn run_handoff(ctx: Arc<NodeContext>, peer_index: usize) {
+    let Some(peer) = ctx.cluster.peers().get(peer_index) else {
+        return;
+    };
+    loop {
+        let batches = match ctx.store.handoffs_for(&peer.member.id, 16) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the handoff queue failed");
+                Vec::new()
+            }
+        };
+        let mut progressed = false;
+        for Handoff {
+            key,
+            triggered,
+            items,
+        } in batches
+        {
+            let trigger = match ctx.store.triggered(&triggered) {
+                Ok(Some(t)) => t,
+                // The trigger is gone (wiped): nothing left to deliver.
+                Ok(None) => {
+                    let _ = ctx.store.remove_handoff(&key);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading a trigger for handoff failed");
+                    break;
+                }
+            };
+            let command = Command::AcceptDeliveries {
+                triggered: trigger,
+                items,
+            };
+            match ctx.cluster.call(peer, &command).await {
+                Ok(_) => {
+                    if let Err(e) = ctx.store.remove_handoff(&key) {
+                        tracing::error!(error = %e, "removing a handed-over batch failed");
+                    }
+                    progressed = true;
+                }
+                // The peer is down: the batch waits; resending later creates no duplicates.
+                Err(_) => break,
+            }
+        }
+        if !progressed {
+            tokio::select! {
+                () = ctx.delivery.handoff_wake.notified() => {}
+                () = tokio::time::sleep(HANDOFF_RETRY) => {}
+            }
         }
     }
 }
@@ -419,12 +525,12 @@ impl DeliveryWorker {
         // Every attempt uses the subscriber's current endpoint and secret; a deleted
         // subscription or account ends the delivery.
         let target = (
-            ctx.store.subscription(&delivery.subscription_id),
+            self.subscription_exists(&delivery).await,
             ctx.store.account(&delivery.account_id),
             self.trigger(&delivery),
         );
         let (account, triggered) = match target {
-            (Ok(Some(_)), Ok(Some(account)), Ok(Some(triggered))) => (account, triggered),
+            (Ok(true), Ok(Some(account)), Ok(Some(triggered))) => (account, triggered),
             (Ok(_), Ok(_), Ok(_)) => return ended(due),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 let attempt = internal_attempt(e.to_string());
@@ -471,6 +577,26 @@ impl DeliveryWorker {
         }
     }
 
+    /// Whether the delivery's subscription still exists. It lives with its registration,
+    /// possibly on another node: that node is asked only before a retry (a first attempt
+    /// follows the fan-out within moments), and an unreachable node counts as a yes.
+    async fn subscription_exists(&self, d: &Delivery) -> Result<bool, crate::store::StoreError> {
+        let cluster = &self.ctx.cluster;
+        match cluster.remote_owner(cluster.map().shard_of_id(&d.subscription_id)) {
+            None => Ok(self.ctx.store.subscription(&d.subscription_id)?.is_some()),
+            Some(_) if d.attempts.is_empty() => Ok(true),
+            Some(peer) => {
+                let ask = Command::SubscriptionExists {
+                    id: d.subscription_id,
+                };
+                Ok(!matches!(
+                    cluster.call(peer, &ask).await,
+                    Ok(Answer::Bool(false))
+                ))
+            }
+        }
+    }
+
     /// The trigger's body and event, from the shared cache or storage.
     fn trigger(&self, d: &Delivery) -> Result<Option<Arc<Triggered>>, crate::store::StoreError> {
         let cache = &self.ctx.delivery.bodies;
@@ -481,7 +607,7 @@ impl DeliveryWorker {
         {
             return Ok(Some(t));
         }
-        let Some(t) = self.ctx.store.triggered(&d.triggered_id)? else {
+        let Some(t) = self.ctx.store.trigger_for_delivery(&d.triggered_id)? else {
             return Ok(None);
         };
         let t = Arc::new(t);

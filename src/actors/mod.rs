@@ -16,11 +16,13 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use account::{AccountActor, AccountMsg};
-pub use delivery::{DeliveryContext, DeliveryMsg, DeliverySupervisor};
+pub use delivery::{
+    accept_remote_batch, run_handoff, DeliveryContext, DeliveryMsg, DeliverySupervisor,
+};
 pub use directory::Directory;
 pub use registration::{RegistrationActor, RegistrationMsg};
 
-use crate::cluster::ShardMap;
+use crate::cluster::Cluster;
 use crate::crypto::AuthCache;
 use crate::delivery::EndpointClient;
 use crate::service::ServiceError;
@@ -43,8 +45,8 @@ pub struct NodeContext {
     pub store: Store,
     /// Outbound calls to endpoints.
     pub client: EndpointClient,
-    /// Shards and their owners.
-    pub shards: ShardMap,
+    /// Shards, their owners and the peers.
+    pub cluster: Arc<Cluster>,
     /// Recent successful API key verifications.
     pub auth_cache: AuthCache,
     /// Tunables.

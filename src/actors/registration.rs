@@ -4,6 +4,7 @@
 //! registration all pass through its actor, so a subscribe can never race with the delete
 //! that would orphan it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,11 +12,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use ractor_cluster::RactorMessage;
 use uuid::Uuid;
 
+use super::delivery::accept_local;
 use super::{now_us, NodeContext};
-use crate::delivery::metrics::Counted;
 use crate::delivery::pyjson::to_python_json;
 use crate::service::{msg, Caller, ServiceError, WriteResult};
-use crate::store::{SubscribeError, Subscription, Triggered};
+use crate::store::{FanoutStep, NewDelivery, SubscribeError, Subscription, Triggered};
 
 /// Reply of a registration operation.
 pub type Reply<T> = RpcReplyPort<Result<T, ServiceError>>;
@@ -117,7 +118,7 @@ impl RegistrationActor {
                 description?;
                 return Ok(WriteResult::skipped());
             }
-            _ => return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED)),
+            _ => return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into())),
         };
         let description = description?;
         if registration.description == description {
@@ -138,7 +139,7 @@ impl RegistrationActor {
             (Some(c), None) => c.is_admin,
         };
         if !allowed {
-            return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED));
+            return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()));
         }
         let Some(registration) = self.ctx.store.begin_registration_delete(&self.id)? else {
             return Ok(WriteResult::deleted(0));
@@ -149,20 +150,28 @@ impl RegistrationActor {
     }
 
     async fn subscribe(&self, subscriber: Uuid) -> Result<Subscription, ServiceError> {
-        let shards = &self.ctx.shards;
+        let shards = self.ctx.cluster.map();
         let subscription = Subscription {
             id: shards.new_id_in(shards.shard_of_id(&self.id)),
             epoch_us: self.ctx.store.next_epoch_us(),
             account_id: subscriber,
             registration_id: self.id,
         };
-        match self.ctx.store.insert_subscription(&subscription)? {
+        let subscriber_local =
+            shards.owner(shards.shard_of_id(&subscriber)) == Some(self.ctx.cluster.node_id());
+        match self
+            .ctx
+            .store
+            .insert_subscription(&subscription, subscriber_local)?
+        {
             Ok(()) => {}
             Err(SubscribeError::NoRegistration) => {
-                return Err(ServiceError::NotFound(msg::NO_SUCH_REGISTRATION_SUBSCRIBE))
+                return Err(ServiceError::NotFound(
+                    msg::NO_SUCH_REGISTRATION_SUBSCRIBE.into(),
+                ))
             }
             Err(SubscribeError::NoSubscriber) => {
-                return Err(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME))
+                return Err(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME.into()))
             }
         }
         self.ctx.store.flush().await?;
@@ -188,7 +197,7 @@ impl RegistrationActor {
                 Ok(WriteResult::deleted(1))
             }
             None if caller.is_admin => Ok(WriteResult::skipped()),
-            _ => Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED)),
+            _ => Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into())),
         }
     }
 
@@ -202,9 +211,13 @@ impl RegistrationActor {
             .ctx
             .store
             .registration(&self.id)?
-            .ok_or(ServiceError::NotFound(msg::NO_SUCH_REGISTRATION_TRIGGER))?;
+            .ok_or(ServiceError::NotFound(
+                msg::NO_SUCH_REGISTRATION_TRIGGER.into(),
+            ))?;
         if registration.account_id != caller.id {
-            return Err(ServiceError::Unauthorized(msg::NOT_REGISTRATION_OWNER));
+            return Err(ServiceError::Unauthorized(
+                msg::NOT_REGISTRATION_OWNER.into(),
+            ));
         }
         if let Some(key) = &idempotency_key {
             if let Some(first) = self.ctx.store.idempotent_trigger(&self.id, key, now_us())? {
@@ -214,7 +227,7 @@ impl RegistrationActor {
         let data = event_data.as_deref().unwrap_or(&registration.event_data);
         let value: serde_json::Value = serde_json::from_str(data)
             .map_err(|e| ServiceError::Internal(format!("stored event_data: {e}")))?;
-        let shards = &self.ctx.shards;
+        let shards = self.ctx.cluster.map();
         let triggered = Triggered {
             id: shards.new_id_in(shards.shard_of_id(&self.id)),
             epoch_us: self.ctx.store.next_epoch_us(),
@@ -242,20 +255,27 @@ impl RegistrationActor {
         let batch = store.subscription_batch(&self.id, cursor.after.as_deref(), FANOUT_BATCH)?;
         let finished = batch.len() < FANOUT_BATCH;
         let after = batch.last().map(|(k, _)| k.clone()).or(cursor.after);
-        let limit = self.ctx.delivery.max_failed_count;
-        let mut items = Vec::with_capacity(batch.len());
+        // Deliveries run on the node owning the subscriber (it keeps failed_count):
+        // local subscribers are accepted here, the others queued for their node.
+        let mut local = Vec::with_capacity(batch.len());
+        let mut remote: HashMap<String, Vec<NewDelivery>> = HashMap::new();
+        let cluster = &self.ctx.cluster;
         for (_, item) in batch {
-            let skip = store.failed_count(&item.account_id)? >= limit;
-            items.push((item, skip));
+            match cluster.remote_owner(cluster.map().shard_of_id(&item.account_id)) {
+                Some(peer) => remote.entry(peer.member.id.clone()).or_default().push(item),
+                None => local.push(item),
+            }
         }
-        let skipped = items.iter().filter(|(_, skip)| *skip).count() as u64;
-        let created = store.accept_batch(triggered, &self.id, &items, now_us(), after, finished)?;
-        let metrics = &self.ctx.delivery.metrics;
-        metrics.count(Counted::Skipped, skipped);
-        metrics
-            .due
-            .fetch_add(created as i64, std::sync::atomic::Ordering::Relaxed);
-        self.ctx.delivery.wake();
+        let step = FanoutStep {
+            after,
+            finished,
+            handoffs: remote.into_iter().collect(),
+        };
+        let has_handoffs = !step.handoffs.is_empty();
+        accept_local(&self.ctx, triggered, &self.id, local, Some(step))?;
+        if has_handoffs {
+            self.ctx.delivery.handoff_wake.notify_waiters();
+        }
         Ok(!finished)
     }
 }

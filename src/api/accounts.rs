@@ -58,7 +58,7 @@ pub async fn create(mut req: ApiRequest, app: &App) -> ApiResult {
 /// GET /v1/account/<id> — the caller's own record only.
 pub async fn get(id: &str, req: ApiRequest, app: &App) -> ApiResult {
     let caller = auth(&req, app).await?;
-    let account = app.node.get_account(&caller, parse_id(id))?;
+    let account = app.node.get_account(&caller, parse_id(id)).await?;
     Ok(response::json(StatusCode::OK, &render(&account, None)))
 }
 
@@ -81,7 +81,7 @@ pub async fn delete(id: &str, req: ApiRequest, app: &App) -> ApiResult {
 /// GET /v1/accounts — admin.
 pub async fn list(req: ApiRequest, app: &App) -> ApiResult {
     auth_admin(&req, app).await?;
-    let page = app.node.list_accounts(req.page()?)?;
+    let page = app.node.list_accounts(req.page()?).await?;
     Ok(response::page("accounts", page, |a| render(&a, None)))
 }
 

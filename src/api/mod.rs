@@ -70,6 +70,7 @@ pub async fn handle(endpoint: Endpoint, req: ApiRequest, app: &App) -> ApiResult
         Endpoint::TriggerStatus(id) => triggers::status(&id, req, app).await,
         Endpoint::ListDeliveries(id) => triggers::deliveries(&id, req, app).await,
         Endpoint::Redeliver(id) => triggers::redeliver(&id, req, app).await,
+        Endpoint::Cluster => ops::cluster(req, app).await,
         Endpoint::Health => ops::health(),
         Endpoint::Ready => ops::ready(app),
         Endpoint::Metrics => ops::metrics(app),

@@ -46,14 +46,17 @@ pub async fn create(mut req: ApiRequest, app: &App) -> ApiResult {
 /// GET /v1/webhook/registration — the caller's own.
 pub async fn list_own(req: ApiRequest, app: &App) -> ApiResult {
     let caller = auth(&req, app).await?;
-    let page = app.node.list_own_registrations(&caller, req.page()?)?;
+    let page = app
+        .node
+        .list_own_registrations(&caller, req.page()?)
+        .await?;
     Ok(response::page("registrations", page, |r| render(&r)))
 }
 
 /// GET /v1/webhook/registrations — everyone's.
 pub async fn list(req: ApiRequest, app: &App) -> ApiResult {
     auth(&req, app).await?;
-    let page = app.node.list_registrations(req.page()?)?;
+    let page = app.node.list_registrations(req.page()?).await?;
     Ok(response::page("registrations", page, |r| render(&r)))
 }
 

@@ -29,14 +29,17 @@ pub async fn create(registration: &str, req: ApiRequest, app: &App) -> ApiResult
 /// GET /v1/webhook/subscription — the caller's own.
 pub async fn list_own(req: ApiRequest, app: &App) -> ApiResult {
     let caller = auth(&req, app).await?;
-    let page = app.node.list_own_subscriptions(&caller, req.page()?)?;
+    let page = app
+        .node
+        .list_own_subscriptions(&caller, req.page()?)
+        .await?;
     Ok(response::page("subscriptions", page, |s| render(&s)))
 }
 
 /// GET /v1/webhook/subscriptions — everyone's (auth before paging, api.md B.8).
 pub async fn list(req: ApiRequest, app: &App) -> ApiResult {
     auth(&req, app).await?;
-    let page = app.node.list_subscriptions(req.page()?)?;
+    let page = app.node.list_subscriptions(req.page()?).await?;
     Ok(response::page("subscriptions", page, |s| render(&s)))
 }
 

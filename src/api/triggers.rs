@@ -81,14 +81,14 @@ pub async fn create(registration: &str, mut req: ApiRequest, app: &App) -> ApiRe
 /// GET /v1/webhook/triggered — every triggered record (auth before paging, api.md B.8).
 pub async fn list(req: ApiRequest, app: &App) -> ApiResult {
     auth(&req, app).await?;
-    let page = app.node.list_triggered(req.page()?)?;
+    let page = app.node.list_triggered(req.page()?).await?;
     Ok(response::page("triggered_webhooks", page, |t| render(&t)))
 }
 
 /// GET /v1/webhook/triggered/<id> — the record with its delivery counts (owner or admin).
 pub async fn status(id: &str, req: ApiRequest, app: &App) -> ApiResult {
     let caller = auth(&req, app).await?;
-    let (t, counts, fanout_complete) = app.node.trigger_status(&caller, parse_id(id))?;
+    let (t, counts, fanout_complete) = app.node.trigger_status(&caller, parse_id(id)).await?;
     let mut body = render(&t);
     if let Value::Object(map) = &mut body {
         map.insert("deliveries".into(), json!(counts));
@@ -103,7 +103,8 @@ pub async fn deliveries(id: &str, req: ApiRequest, app: &App) -> ApiResult {
     let caller = auth(&req, app).await?;
     let page = app
         .node
-        .list_deliveries(&caller, parse_id(id), req.page()?)?;
+        .list_deliveries(&caller, parse_id(id), req.page()?)
+        .await?;
     Ok(response::page("deliveries", page, |d| render_delivery(&d)))
 }
 

@@ -52,7 +52,9 @@ impl ApiError {
                 ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
                 ServiceError::UsernameTaken => StatusCode::CONFLICT,
                 ServiceError::TooManyKeyResets { .. } => StatusCode::TOO_MANY_REQUESTS,
-                ServiceError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                ServiceError::Unavailable { .. } | ServiceError::Refused { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -59,6 +59,8 @@ pub enum Endpoint {
     ListDeliveries(String),
     /// POST /v1/webhook/triggered/<id>/redeliver
     Redeliver(String),
+    /// GET /v1/cluster
+    Cluster,
     /// GET /health
     Health,
     /// GET /ready
@@ -98,6 +100,7 @@ impl Endpoint {
             Endpoint::ListDeliveries(_) => "/v1/webhook/triggered/{id}/deliveries",
             Endpoint::Redeliver(_) => "/v1/webhook/triggered/{id}/redeliver",
             Endpoint::ListTriggered => "/v1/webhook/triggered",
+            Endpoint::Cluster => "/v1/cluster",
             Endpoint::Health => "/health",
             Endpoint::Ready => "/ready",
             Endpoint::Metrics => "/metrics",
@@ -157,6 +160,19 @@ impl Resource {
         }
     }
 
+    /// The methods a path of this resource accepts, with or without its id.
+    fn allow(self, with_id: bool) -> &'static str {
+        match (self, with_id) {
+            (Resource::Account, false) => "DELETE, GET, PATCH, POST",
+            (Resource::Account, true) => "DELETE, GET",
+            (Resource::Registration, false) => "DELETE, GET, PATCH, POST",
+            (Resource::Registration, true) => "DELETE, PATCH",
+            (Resource::Subscription, false) => "DELETE, GET, POST",
+            (Resource::Subscription, true) => "DELETE, POST",
+            (Resource::Triggered, _) => "GET, POST",
+        }
+    }
+
     /// The name in `Missing <param>` (the subscription POST reports `subscription_id`, as
     /// the original did, although it takes a registration id).
     fn param(self) -> &'static str {
@@ -169,12 +185,9 @@ impl Resource {
     }
 }
 
-const ALLOW_ACCOUNT: &str = "DELETE, GET, PATCH, POST";
 const ALLOW_COLLECTION: &str = "DELETE, GET";
 const ALLOW_POST: &str = "POST";
 const ALLOW_GET: &str = "GET";
-const ALLOW_SUBSCRIPTION: &str = "DELETE, GET, POST";
-const ALLOW_TRIGGERED: &str = "GET, POST";
 
 /// Resolves `method` + `path` to an endpoint.
 pub fn route(method: &Method, path: &str) -> Result<Endpoint, NoEndpoint> {
@@ -203,6 +216,13 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, NoEndpoint> {
                 "ready" => Endpoint::Ready,
                 _ => Endpoint::Metrics,
             });
+        }
+        ["v1", "cluster"] => {
+            return if method == Method::GET {
+                Ok(Endpoint::Cluster)
+            } else {
+                Err(not_allowed(ALLOW_GET, "/v1/cluster"))
+            };
         }
         ["v1", "openapi.json"] => {
             // Like the operations endpoints: no Content-Type gate, even for a wrong method.
@@ -279,6 +299,7 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, NoEndpoint> {
     };
     let id = id.map(str::to_string);
     let template = resource.template(id.is_some());
+    let allow = resource.allow(id.is_some());
     let missing = || NoEndpoint {
         error: ApiError::MissingPathId(resource.param()),
         gated: false,
@@ -291,26 +312,26 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, NoEndpoint> {
         (R::Account, Method::GET, Some(id)) => Ok(Endpoint::GetAccount(id)),
         (R::Account, Method::DELETE, Some(id)) => Ok(Endpoint::DeleteAccount(id)),
         (R::Account, Method::GET | Method::DELETE, None) => Err(missing()),
-        (R::Account, _, _) => Err(not_allowed(ALLOW_ACCOUNT, template)),
+        (R::Account, _, _) => Err(not_allowed(allow, template)),
 
         (R::Registration, Method::POST, None) => Ok(Endpoint::CreateRegistration),
         (R::Registration, Method::GET, None) => Ok(Endpoint::ListOwnRegistrations),
         (R::Registration, Method::PATCH, Some(id)) => Ok(Endpoint::UpdateRegistration(id)),
         (R::Registration, Method::DELETE, Some(id)) => Ok(Endpoint::DeleteRegistration(id)),
         (R::Registration, Method::PATCH | Method::DELETE, None) => Err(missing()),
-        (R::Registration, _, _) => Err(not_allowed(ALLOW_ACCOUNT, template)),
+        (R::Registration, _, _) => Err(not_allowed(allow, template)),
 
         (R::Subscription, Method::POST, Some(id)) => Ok(Endpoint::Subscribe(id)),
         (R::Subscription, Method::GET, None) => Ok(Endpoint::ListOwnSubscriptions),
         (R::Subscription, Method::DELETE, Some(id)) => Ok(Endpoint::DeleteSubscription(id)),
         (R::Subscription, Method::POST | Method::DELETE, None) => Err(missing()),
-        (R::Subscription, _, _) => Err(not_allowed(ALLOW_SUBSCRIPTION, template)),
+        (R::Subscription, _, _) => Err(not_allowed(allow, template)),
 
         (R::Triggered, Method::POST, Some(id)) => Ok(Endpoint::Trigger(id)),
         (R::Triggered, Method::GET, Some(id)) => Ok(Endpoint::TriggerStatus(id)),
         (R::Triggered, Method::GET, None) => Ok(Endpoint::ListTriggered),
         (R::Triggered, Method::POST, None) => Err(missing()),
-        (R::Triggered, _, _) => Err(not_allowed(ALLOW_TRIGGERED, template)),
+        (R::Triggered, _, _) => Err(not_allowed(allow, template)),
     }
 }
 

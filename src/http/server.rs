@@ -14,12 +14,30 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::connection::{Activity, TrackedIo};
 
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::request::ApiRequest;
 use super::router::route;
 use crate::service::Node;
+
+/// Connection-level limits (`[http]`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// A request header must arrive completely within this time.
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this time.
+    pub keepalive_idle: Duration,
+    /// Largest request header section, bytes (431 above).
+    pub max_header_bytes: usize,
+    /// Most header fields in a request (431 above).
+    pub max_headers: usize,
+}
 
 /// What every request handler shares.
 pub struct App {
@@ -32,6 +50,9 @@ pub struct App {
     /// This node's id (shown by `/ready`).
     pub node_id: String,
 }
+
+/// hyper's smallest allowed read buffer.
+const MIN_BUF: usize = 8192;
 
 /// Answers one request and logs it (method, route template, status, latency; never keys).
 async fn answer(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
@@ -75,14 +96,28 @@ async fn answer(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder.keep_alive(true);
+    builder
+        .keep_alive(true)
+        .max_headers(limits.max_headers)
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(MIN_BUF));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
+        // At the connection limit, stop accepting: new clients wait in the backlog.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = match accepted {
@@ -95,16 +130,33 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let activity = Activity::new();
                 let app = app.clone();
+                let tracker = activity.clone();
                 let service = service_fn(move |req| {
                     let app = app.clone();
-                    async move { Ok::<_, Infallible>(answer(req, &app).await) }
-                });
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    let tracker = tracker.clone();
+                    async move {
+                        tracker.request_started();
+                        let response = answer(req, &app).await;
+                        tracker.request_done();
+                        Ok::<_, Infallible>(response)
                     }
+                });
+                let io = TokioIo::new(TrackedIo::new(stream, activity.clone()));
+                let conn = graceful.watch(builder.serve_connection(io, service));
+                let (header_timeout, idle) = (limits.header_read_timeout, limits.keepalive_idle);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        result = conn => {
+                            if let Err(e) = result {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        }
+                        // Dropping the connection closes the socket.
+                        () = activity.expired(header_timeout, idle) => {}
+                    }
+                    drop(permit);
                 });
             }
             () = &mut shutdown => break,

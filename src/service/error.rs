@@ -2,20 +2,24 @@
 //!
 //! The messages are the API's exact strings; `http::error` maps each variant to its status.
 
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
 use crate::store::StoreError;
 
-/// A failed domain operation.
-#[derive(Debug, Clone, thiserror::Error)]
+/// A failed domain operation. Serializable: peers return it over the cluster as it is.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
 pub enum ServiceError {
     /// 400 with the given message (validation, echo failure, …).
     #[error("{0}")]
     BadRequest(String),
     /// 401 with the given message (authentication and ownership).
     #[error("{0}")]
-    Unauthorized(&'static str),
+    Unauthorized(Cow<'static, str>),
     /// 404 with the given message.
     #[error("{0}")]
-    NotFound(&'static str),
+    NotFound(Cow<'static, str>),
     /// 409: the username is taken.
     #[error("Username already exists")]
     UsernameTaken,
@@ -32,6 +36,12 @@ pub enum ServiceError {
         message: String,
         /// Seconds after which a retry may succeed.
         retry_after_secs: u64,
+    },
+    /// A peer refused this node: their cluster configurations differ.
+    #[error("cluster configuration differs from the peer's")]
+    Refused {
+        /// The refusing peer's (shards, members) digest.
+        digest: u64,
     },
     /// 500: a bug or a storage failure; details are logged, not shown.
     #[error("internal error: {0}")]

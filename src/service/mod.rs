@@ -4,6 +4,8 @@
 //! store for listings) and returns domain results. Handlers never see sled or actors.
 
 mod error;
+mod listing;
+mod remote;
 mod write_result;
 
 use std::sync::Arc;
@@ -14,6 +16,7 @@ pub use error::{msg, ServiceError};
 pub use write_result::WriteResult;
 
 use crate::actors::{AccountMsg, NodeContext, RegistrationMsg};
+use crate::cluster::protocol::{Answer, Command, Table};
 use crate::crypto;
 use crate::store::{
     Account, Delivery, DeliveryCounts, KeyKind, NewAccountError, Page, PageRequest, Registration,
@@ -21,7 +24,7 @@ use crate::store::{
 };
 
 /// The authenticated account making a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Caller {
     /// Its account id.
     pub id: Uuid,
@@ -32,6 +35,7 @@ pub struct Caller {
 }
 
 /// A freshly created account and its plaintext API key (shown once).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewAccount {
     /// The stored record.
     pub account: Account,
@@ -42,7 +46,20 @@ pub struct NewAccount {
 /// The reserved username of the bootstrap administrator.
 pub const ADMIN_USERNAME: &str = "admin";
 
-/// The node's operations. Cheap to clone.
+/// Forwards to the peer owning `$shard` and returns its answer (matched by `$pat`), or
+/// falls through when the shard is local.
+macro_rules! forward {
+    ($self:ident, $shard:expr, $command:expr, $pat:pat => $out:expr) => {
+        if let Some(peer) = $self.ctx.cluster.remote_owner($shard) {
+            return match $self.ctx.cluster.call(peer, &$command).await? {
+                $pat => Ok($out),
+                other => Err(remote::unexpected(other)),
+            };
+        }
+    };
+}
+
+/// The node's operations, wherever the shard lives. Cheap to clone.
 #[derive(Clone)]
 pub struct Node {
     ctx: Arc<NodeContext>,
@@ -65,13 +82,17 @@ impl Node {
         api_key: Option<&str>,
         username: Option<&str>,
     ) -> Result<Caller, ServiceError> {
-        let api_key = api_key.ok_or(ServiceError::Unauthorized(msg::MISSING_API_KEY))?;
-        let username = username.ok_or(ServiceError::Unauthorized(msg::MISSING_USERNAME))?;
+        let api_key = api_key.ok_or(ServiceError::Unauthorized(msg::MISSING_API_KEY.into()))?;
+        let username = username.ok_or(ServiceError::Unauthorized(msg::MISSING_USERNAME.into()))?;
+        forward!(self, self.username_shard(username), Command::Authenticate {
+            api_key: api_key.to_string(),
+            username: username.to_string(),
+        }, Answer::Caller(c) => c);
         let account = self
             .ctx
             .store
             .account_by_username(username)?
-            .ok_or(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME))?;
+            .ok_or(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME.into()))?;
         let cache = &self.ctx.auth_cache;
         if !cache.hit(username, api_key, &account.api_key_hash) {
             let (key, hash) = (api_key.to_string(), account.api_key_hash.clone());
@@ -79,7 +100,7 @@ impl Node {
                 .await
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
             if !valid {
-                return Err(ServiceError::Unauthorized(msg::INVALID_API_KEY));
+                return Err(ServiceError::Unauthorized(msg::INVALID_API_KEY.into()));
             }
             cache.insert(username, api_key, &account.api_key_hash);
         }
@@ -100,7 +121,7 @@ impl Node {
         if caller.is_admin {
             Ok(caller)
         } else {
-            Err(ServiceError::Unauthorized(msg::NOT_ADMIN))
+            Err(ServiceError::Unauthorized(msg::NOT_ADMIN.into()))
         }
     }
 
@@ -110,6 +131,10 @@ impl Node {
         username: String,
         endpoint: String,
     ) -> Result<NewAccount, ServiceError> {
+        forward!(self, self.username_shard(&username), Command::CreateAccount {
+            username: username.clone(),
+            endpoint: endpoint.clone(),
+        }, Answer::NewAccount(a) => a);
         if username == ADMIN_USERNAME || self.ctx.store.username_taken(&username)? {
             return Err(ServiceError::UsernameTaken);
         }
@@ -127,7 +152,7 @@ impl Node {
         is_admin: bool,
     ) -> Result<NewAccount, ServiceError> {
         let api_key = crypto::generate_key()?;
-        let shards = &self.ctx.shards;
+        let shards = self.ctx.cluster.map();
         let account = Account {
             id: shards.new_id_in(shards.shard_of(username.as_bytes())),
             epoch_us: self.ctx.store.next_epoch_us(),
@@ -152,7 +177,13 @@ impl Node {
 
     /// Creates the admin account unless one exists; returns it (with its key) when created.
     pub async fn bootstrap_admin(&self) -> Result<Option<NewAccount>, ServiceError> {
-        if self.ctx.store.username_taken(ADMIN_USERNAME)? {
+        if self
+            .ctx
+            .cluster
+            .remote_owner(self.username_shard(ADMIN_USERNAME))
+            .is_some()
+            || self.ctx.store.username_taken(ADMIN_USERNAME)?
+        {
             return Ok(None);
         }
         self.insert_account(ADMIN_USERNAME.into(), String::new(), true)
@@ -161,14 +192,22 @@ impl Node {
     }
 
     /// The caller's own account (no admin bypass, as in the original).
-    pub fn get_account(&self, caller: &Caller, id: Option<Uuid>) -> Result<Account, ServiceError> {
+    pub async fn get_account(
+        &self,
+        caller: &Caller,
+        id: Option<Uuid>,
+    ) -> Result<Account, ServiceError> {
         if id != Some(caller.id) {
-            return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED));
+            return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()));
         }
+        forward!(self, self.id_shard(&caller.id), Command::GetAccount {
+            caller: caller.clone(),
+            id: caller.id,
+        }, Answer::Account(a) => a);
         self.ctx
             .store
             .account(&caller.id)?
-            .ok_or(ServiceError::Unauthorized(msg::NOT_AUTHORIZED))
+            .ok_or(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()))
     }
 
     /// Changes the caller's endpoint (echo-checked) and resets its `failed_count`.
@@ -177,6 +216,10 @@ impl Node {
         caller: &Caller,
         endpoint: String,
     ) -> Result<WriteResult, ServiceError> {
+        forward!(self, self.id_shard(&caller.id), Command::UpdateEndpoint {
+            caller: caller.clone(),
+            endpoint: endpoint.clone(),
+        }, Answer::Write(w) => w);
         self.ctx
             .ask_account(caller.id, |reply| AccountMsg::UpdateEndpoint {
                 endpoint: endpoint.clone(),
@@ -192,23 +235,34 @@ impl Node {
         id: Option<Uuid>,
     ) -> Result<WriteResult, ServiceError> {
         if !caller.is_admin && id != Some(caller.id) {
-            return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED));
+            return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()));
         }
         let Some(id) = id else {
             return Ok(WriteResult::skipped());
         };
+        forward!(self, self.id_shard(&id), Command::DeleteAccount {
+            caller: caller.clone(),
+            id,
+        }, Answer::Write(w) => w);
         self.ctx
             .ask_account(id, |reply| AccountMsg::Delete { reply })
             .await?
     }
 
-    /// A page of all accounts (admin).
-    pub fn list_accounts(&self, req: PageRequest) -> Result<Page<Account>, ServiceError> {
-        Ok(self.ctx.store.list_accounts(req)?)
+    /// A page of all accounts (admin), merged from every node.
+    pub async fn list_accounts(&self, req: PageRequest) -> Result<Page<Account>, ServiceError> {
+        self.global_page(Table::Accounts, req).await
     }
 
-    /// Deletes every non-admin account, each with its cascade (admin).
+    /// Deletes every non-admin account, each with its cascade (admin), on every node.
     pub async fn delete_all_accounts(&self) -> Result<WriteResult, ServiceError> {
+        let deleted = self.local_delete_accounts().await?
+            + self.broadcast_count(&Command::DeleteLocalAccounts).await?;
+        Ok(WriteResult::deleted(deleted))
+    }
+
+    /// Deletes this node's non-admin accounts.
+    async fn local_delete_accounts(&self) -> Result<u64, ServiceError> {
         let mut deleted = 0;
         for (id, is_admin) in self.ctx.store.account_ids()? {
             if !is_admin {
@@ -219,16 +273,20 @@ impl Node {
                 deleted += result.deleted;
             }
         }
-        Ok(WriteResult::deleted(deleted))
+        Ok(deleted)
     }
 
     /// Resets a key of the account named `username` (already authenticated for secrets).
     pub async fn reset_key(&self, username: &str, kind: KeyKind) -> Result<(), ServiceError> {
+        forward!(self, self.username_shard(username), Command::ResetKey {
+            username: username.to_string(),
+            kind,
+        }, Answer::Done => ());
         let account = self
             .ctx
             .store
             .account_by_username(username)?
-            .ok_or(ServiceError::NotFound(msg::USERNAME_NOT_FOUND))?;
+            .ok_or(ServiceError::NotFound(msg::USERNAME_NOT_FOUND.into()))?;
         self.ctx
             .ask_account(account.id, |reply| AccountMsg::ResetKey { kind, reply })
             .await?
@@ -242,6 +300,12 @@ impl Node {
         description: String,
         event_data: String,
     ) -> Result<Registration, ServiceError> {
+        forward!(self, self.id_shard(&caller.id), Command::CreateRegistration {
+            caller: caller.clone(),
+            event: event.clone(),
+            description: description.clone(),
+            event_data: event_data.clone(),
+        }, Answer::Registration(r) => r);
         self.ctx
             .ask_account(caller.id, |reply| AccountMsg::CreateRegistration {
                 event: event.clone(),
@@ -252,18 +316,25 @@ impl Node {
             .await?
     }
 
-    /// A page of the caller's registrations.
-    pub fn list_own_registrations(
+    /// A page of the caller's registrations (they live on the caller's shard).
+    pub async fn list_own_registrations(
         &self,
         caller: &Caller,
         req: PageRequest,
     ) -> Result<Page<Registration>, ServiceError> {
+        forward!(self, self.id_shard(&caller.id), Command::ListOwnRegistrations {
+            caller: caller.clone(),
+            req,
+        }, Answer::Registrations(p) => p);
         Ok(self.ctx.store.list_account_registrations(&caller.id, req)?)
     }
 
-    /// A page of every registration.
-    pub fn list_registrations(&self, req: PageRequest) -> Result<Page<Registration>, ServiceError> {
-        Ok(self.ctx.store.list_registrations(req)?)
+    /// A page of every registration, merged from every node.
+    pub async fn list_registrations(
+        &self,
+        req: PageRequest,
+    ) -> Result<Page<Registration>, ServiceError> {
+        self.global_page(Table::Registrations, req).await
     }
 
     /// Changes a registration's description (owner or admin; access before body).
@@ -275,11 +346,16 @@ impl Node {
     ) -> Result<WriteResult, ServiceError> {
         let Some(id) = id else {
             if !caller.is_admin {
-                return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED));
+                return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()));
             }
             description?;
             return Ok(WriteResult::skipped());
         };
+        forward!(self, self.id_shard(&id), Command::PatchRegistration {
+            caller: caller.clone(),
+            id,
+            description: description.clone(),
+        }, Answer::Write(w) => w);
         self.ctx
             .ask_registration(id, |reply| RegistrationMsg::Patch {
                 caller: caller.clone(),
@@ -299,9 +375,13 @@ impl Node {
             return if caller.is_admin {
                 Ok(WriteResult::deleted(0))
             } else {
-                Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED))
+                Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()))
             };
         };
+        forward!(self, self.id_shard(&id), Command::DeleteRegistration {
+            caller: caller.clone(),
+            id,
+        }, Answer::Write(w) => w);
         self.ctx
             .ask_registration(id, |reply| RegistrationMsg::Delete {
                 caller: Some(caller.clone()),
@@ -310,8 +390,17 @@ impl Node {
             .await?
     }
 
-    /// Deletes every registration with its subscriptions (admin).
+    /// Deletes every registration with its subscriptions (admin), on every node.
     pub async fn delete_all_registrations(&self) -> Result<WriteResult, ServiceError> {
+        let deleted = self.local_delete_registrations().await?
+            + self
+                .broadcast_count(&Command::DeleteLocalRegistrations)
+                .await?;
+        Ok(WriteResult::deleted(deleted))
+    }
+
+    /// Deletes this node's registrations.
+    async fn local_delete_registrations(&self) -> Result<u64, ServiceError> {
         let mut deleted = 0;
         for id in self.ctx.store.registration_ids()? {
             let result = self
@@ -323,7 +412,7 @@ impl Node {
                 .await??;
             deleted += result.deleted;
         }
-        Ok(WriteResult::deleted(deleted))
+        Ok(deleted)
     }
 
     /// Subscribes the caller to a registration (anyone's).
@@ -332,8 +421,13 @@ impl Node {
         caller: &Caller,
         registration: Option<Uuid>,
     ) -> Result<Subscription, ServiceError> {
-        let registration =
-            registration.ok_or(ServiceError::NotFound(msg::NO_SUCH_REGISTRATION_SUBSCRIBE))?;
+        let registration = registration.ok_or(ServiceError::NotFound(
+            msg::NO_SUCH_REGISTRATION_SUBSCRIBE.into(),
+        ))?;
+        forward!(self, self.id_shard(&registration), Command::Subscribe {
+            caller: caller.clone(),
+            registration,
+        }, Answer::Subscription(s) => s);
         self.ctx
             .ask_registration(registration, |reply| RegistrationMsg::Subscribe {
                 subscriber: caller.id,
@@ -342,21 +436,22 @@ impl Node {
             .await?
     }
 
-    /// A page of the caller's subscriptions.
-    pub fn list_own_subscriptions(
+    /// A page of the caller's subscriptions (spread over the registrations' nodes).
+    pub async fn list_own_subscriptions(
         &self,
         caller: &Caller,
         req: PageRequest,
     ) -> Result<Page<Subscription>, ServiceError> {
-        Ok(self
-            .ctx
-            .store
-            .list_subscriber_subscriptions(&caller.id, req)?)
+        self.global_page(Table::Subscriptions(Some(caller.id)), req)
+            .await
     }
 
-    /// A page of every subscription.
-    pub fn list_subscriptions(&self, req: PageRequest) -> Result<Page<Subscription>, ServiceError> {
-        Ok(self.ctx.store.list_subscriptions(req)?)
+    /// A page of every subscription, merged from every node.
+    pub async fn list_subscriptions(
+        &self,
+        req: PageRequest,
+    ) -> Result<Page<Subscription>, ServiceError> {
+        self.global_page(Table::Subscriptions(None), req).await
     }
 
     /// Removes a subscription (its subscriber, or an admin).
@@ -365,6 +460,12 @@ impl Node {
         caller: &Caller,
         id: Option<Uuid>,
     ) -> Result<WriteResult, ServiceError> {
+        if let Some(id) = id {
+            forward!(self, self.id_shard(&id), Command::DeleteSubscription {
+                caller: caller.clone(),
+                id,
+            }, Answer::Write(w) => w);
+        }
         let found = match id {
             Some(id) => self.ctx.store.subscription(&id)?,
             None => None,
@@ -373,7 +474,7 @@ impl Node {
             return if caller.is_admin {
                 Ok(WriteResult::skipped())
             } else {
-                Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED))
+                Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()))
             };
         };
         self.ctx
@@ -387,11 +488,19 @@ impl Node {
             .await?
     }
 
-    /// Deletes every subscription (admin).
+    /// Deletes every subscription (admin), on every node.
     pub async fn delete_all_subscriptions(&self) -> Result<WriteResult, ServiceError> {
+        let deleted = self.local_delete_subscriptions().await?
+            + self
+                .broadcast_count(&Command::DeleteLocalSubscriptions)
+                .await?;
+        Ok(WriteResult::deleted(deleted))
+    }
+
+    async fn local_delete_subscriptions(&self) -> Result<u64, ServiceError> {
         let deleted = self.ctx.store.delete_all_subscriptions()?;
         self.ctx.store.flush().await?;
-        Ok(WriteResult::deleted(deleted))
+        Ok(deleted)
     }
 
     /// Triggers a registration (its owner only): records it, answers, then fans out.
@@ -405,8 +514,15 @@ impl Node {
         event_data: Option<String>,
         idempotency_key: Option<String>,
     ) -> Result<(Triggered, bool), ServiceError> {
-        let registration =
-            registration.ok_or(ServiceError::NotFound(msg::NO_SUCH_REGISTRATION_TRIGGER))?;
+        let registration = registration.ok_or(ServiceError::NotFound(
+            msg::NO_SUCH_REGISTRATION_TRIGGER.into(),
+        ))?;
+        forward!(self, self.id_shard(&registration), Command::Trigger {
+            caller: caller.clone(),
+            registration,
+            event_data: event_data.clone(),
+            idempotency_key: idempotency_key.clone(),
+        }, Answer::Triggered(t, replayed) => (t, replayed));
         self.ctx
             .ask_registration(registration, |reply| RegistrationMsg::Trigger {
                 caller: caller.clone(),
@@ -417,53 +533,80 @@ impl Node {
             .await?
     }
 
-    /// A triggered record the caller may inspect (the registration's owner, or an admin).
-    fn visible_trigger(
+    /// A trigger the caller may inspect (the registration's owner, or an admin), and
+    /// whether its fan-out finished.
+    async fn visible_trigger(
         &self,
         caller: &Caller,
         id: Option<Uuid>,
-    ) -> Result<Triggered, ServiceError> {
-        let found = match id {
-            Some(id) => self.ctx.store.triggered(&id)?,
-            None => None,
-        };
-        match found {
-            Some(t) if caller.is_admin || t.account_id == caller.id => Ok(t),
-            Some(_) => Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED)),
-            None => Err(ServiceError::NotFound(msg::NO_SUCH_TRIGGER)),
+    ) -> Result<(Triggered, bool), ServiceError> {
+        let id = id.ok_or(ServiceError::NotFound(msg::NO_SUCH_TRIGGER.into()))?;
+        forward!(self, self.id_shard(&id), Command::GetTrigger {
+            caller: caller.clone(),
+            id,
+        }, Answer::Triggered(t, done) => (t, done));
+        match self.ctx.store.triggered(&id)? {
+            Some(t) if caller.is_admin || t.account_id == caller.id => {
+                let done = self.ctx.store.fanout(&t.id)?.is_none();
+                Ok((t, done))
+            }
+            Some(_) => Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into())),
+            None => Err(ServiceError::NotFound(msg::NO_SUCH_TRIGGER.into())),
         }
     }
 
-    /// A trigger with its delivery counts and whether its fan-out finished.
-    pub fn trigger_status(
+    /// A trigger with its delivery counts (summed over the nodes that deliver it) and
+    /// whether its fan-out finished.
+    pub async fn trigger_status(
         &self,
         caller: &Caller,
         id: Option<Uuid>,
     ) -> Result<(Triggered, DeliveryCounts, bool), ServiceError> {
-        let t = self.visible_trigger(caller, id)?;
-        let counts = self.ctx.store.delivery_counts(&t.id)?;
-        let fanout_done = self.ctx.store.fanout(&t.id)?.is_none();
+        let (t, fanout_done) = self.visible_trigger(caller, id).await?;
+        let mut counts = self.ctx.store.delivery_counts(&t.id)?;
+        for answer in self
+            .broadcast(&Command::DeliveryCounts { triggered: t.id })
+            .await?
+        {
+            match answer {
+                Answer::Counts(c) => {
+                    counts.pending += c.pending;
+                    counts.succeeded += c.succeeded;
+                    counts.failed += c.failed;
+                    counts.skipped += c.skipped;
+                    counts.cancelled += c.cancelled;
+                }
+                other => return Err(remote::unexpected(other)),
+            }
+        }
         Ok((t, counts, fanout_done))
     }
 
-    /// A page of a trigger's deliveries with their attempt logs.
-    pub fn list_deliveries(
+    /// A page of a trigger's deliveries with their attempt logs, from every node.
+    pub async fn list_deliveries(
         &self,
         caller: &Caller,
         id: Option<Uuid>,
         req: PageRequest,
     ) -> Result<Page<Delivery>, ServiceError> {
-        let t = self.visible_trigger(caller, id)?;
-        Ok(self.ctx.store.list_deliveries(&t.id, req)?)
+        let (t, _) = self.visible_trigger(caller, id).await?;
+        self.global_page(Table::Deliveries(t.id), req).await
     }
 
-    /// Re-queues a trigger's failed deliveries; returns how many.
+    /// Re-queues a trigger's failed deliveries on every node; returns how many.
     pub async fn redeliver(&self, caller: &Caller, id: Option<Uuid>) -> Result<u64, ServiceError> {
-        let t = self.visible_trigger(caller, id)?;
+        let (t, _) = self.visible_trigger(caller, id).await?;
+        Ok(self.local_requeue(&t.id).await?
+            + self
+                .broadcast_count(&Command::Requeue { triggered: t.id })
+                .await?)
+    }
+
+    async fn local_requeue(&self, triggered: &Uuid) -> Result<u64, ServiceError> {
         let n = self
             .ctx
             .store
-            .requeue_failed(&t.id, crate::actors::now_us())?;
+            .requeue_failed(triggered, crate::actors::now_us())?;
         self.ctx.store.flush().await?;
         self.ctx
             .delivery
@@ -474,9 +617,9 @@ impl Node {
         Ok(n)
     }
 
-    /// A page of every triggered record.
-    pub fn list_triggered(&self, req: PageRequest) -> Result<Page<Triggered>, ServiceError> {
-        Ok(self.ctx.store.list_triggered(req)?)
+    /// A page of every triggered record, merged from every node.
+    pub async fn list_triggered(&self, req: PageRequest) -> Result<Page<Triggered>, ServiceError> {
+        self.global_page(Table::Triggered, req).await
     }
 
     /// The delivery engine's metrics, as Prometheus text.
@@ -484,9 +627,24 @@ impl Node {
         self.ctx.delivery.metrics.render()
     }
 
+    /// This node's view of the cluster.
+    pub fn cluster(&self) -> &crate::cluster::Cluster {
+        &self.ctx.cluster
+    }
+
     /// True when storage answers (readiness).
     pub fn is_ready(&self) -> bool {
         self.ctx.store.is_healthy()
+    }
+
+    /// The shard of a username (and so of its account).
+    fn username_shard(&self, username: &str) -> crate::cluster::ShardId {
+        self.ctx.cluster.map().shard_of(username.as_bytes())
+    }
+
+    /// The shard of an id.
+    fn id_shard(&self, id: &Uuid) -> crate::cluster::ShardId {
+        self.ctx.cluster.map().shard_of_id(id)
     }
 }
 

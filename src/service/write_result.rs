@@ -1,9 +1,9 @@
 //! The RethinkDB-shaped write summary that mutating routes answer with (§3.8).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Six counters; which one moves depends on the operation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteResult {
     /// Rows deleted.
     pub deleted: u64,

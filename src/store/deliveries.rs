@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::accounts::{tx_decode, tx_encode};
 use super::pagination::{Page, PageRequest};
-use super::records::{decode, encode};
+use super::records::{decode, encode, Triggered};
 use super::{read_u64, read_uuid, Result, Store, StoreError};
 
 const RECORD: u8 = b'r';
@@ -93,7 +93,7 @@ impl Delivery {
 }
 
 /// Counts of a trigger's deliveries by state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryCounts {
     /// Waiting for an attempt.
     pub pending: u64,
@@ -116,8 +116,31 @@ pub struct FanoutCursor {
     pub after: Option<Vec<u8>>,
 }
 
+/// The fan-out side of [`Store::accept_deliveries`]: where the cursor moves and what other
+/// nodes must receive.
+#[derive(Debug, Clone, Default)]
+pub struct FanoutStep {
+    /// Last subscription index key handed over.
+    pub after: Option<Vec<u8>>,
+    /// True when no subscription remains.
+    pub finished: bool,
+    /// Batches for subscribers owned by other nodes, by node id.
+    pub handoffs: Vec<(String, Vec<NewDelivery>)>,
+}
+
+/// A fan-out batch waiting for the node that owns its subscribers.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    /// Its key in the `handoff` tree (to remove it once handed over).
+    pub key: Vec<u8>,
+    /// The trigger.
+    pub triggered: Uuid,
+    /// The subscribers to serve.
+    pub items: Vec<NewDelivery>,
+}
+
 /// A delivery to create, from one subscription of a trigger.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewDelivery {
     /// The subscription.
     pub subscription_id: Uuid,
@@ -162,6 +185,12 @@ pub enum FailedCountChange {
     Increment,
     /// 0 (a success).
     Reset,
+}
+
+fn handoff_prefix(peer: &str) -> Vec<u8> {
+    let mut k = peer.as_bytes().to_vec();
+    k.push(0);
+    k
 }
 
 fn key_body(triggered: &Uuid, epoch_us: u64, subscription: &Uuid) -> [u8; 40] {
@@ -264,17 +293,17 @@ impl Store {
         Ok(out)
     }
 
-    /// Creates the deliveries of one fan-out batch (pending and due `now_us`, or skipped)
-    /// and advances the cursor, atomically. Existing records are left as they are, so a
-    /// batch handed over twice creates no duplicates.
-    pub fn accept_batch(
+    /// Creates deliveries (pending and due `now_us`, or skipped) and, for a fan-out step,
+    /// queues the batches for other nodes and moves the cursor — all in one transaction.
+    /// Existing records are left as they are, so a batch handed over twice creates no
+    /// duplicates. Returns how many pending deliveries were created.
+    pub fn accept_deliveries(
         &self,
         triggered: &Uuid,
         registration: &Uuid,
         items: &[(NewDelivery, bool)],
         now_us: u64,
-        cursor: Option<Vec<u8>>,
-        finished: bool,
+        step: Option<FanoutStep>,
     ) -> Result<u64> {
         let t = self.t();
         let mut records = Vec::with_capacity(items.len());
@@ -297,12 +326,23 @@ impl Store {
             };
             records.push((delivery.key_body(), encode(&delivery)?, *skip));
         }
-        let cursor_value = encode(&FanoutCursor {
-            registration_id: *registration,
-            after: cursor,
-        })?;
-        let created = (&t.deliveries, &t.fanout)
-            .transaction(|(deliveries, fanout)| {
+        let mut handoffs = Vec::new();
+        let mut cursor_value = None;
+        if let Some(step) = &step {
+            for (i, (peer, batch)) in step.handoffs.iter().enumerate() {
+                let mut key = handoff_prefix(peer);
+                key.extend_from_slice(triggered.as_bytes());
+                key.extend_from_slice(&now_us.to_be_bytes());
+                key.extend_from_slice(&(i as u32).to_be_bytes());
+                handoffs.push((key, encode(batch)?));
+            }
+            cursor_value = Some(encode(&FanoutCursor {
+                registration_id: *registration,
+                after: step.after.clone(),
+            })?);
+        }
+        let created = (&t.deliveries, &t.fanout, &t.handoff)
+            .transaction(|(deliveries, fanout, handoff)| {
                 let mut created = 0u64;
                 for (body, record, skip) in &records {
                     let key = prefixed(RECORD, body);
@@ -315,15 +355,69 @@ impl Store {
                         created += 1;
                     }
                 }
-                if finished {
-                    fanout.remove(triggered.as_bytes())?;
-                } else {
-                    fanout.insert(triggered.as_bytes(), cursor_value.as_slice())?;
+                for (key, batch) in &handoffs {
+                    handoff.insert(key.as_slice(), batch.as_slice())?;
+                }
+                match (&step, &cursor_value) {
+                    (Some(s), _) if s.finished => {
+                        fanout.remove(triggered.as_bytes())?;
+                    }
+                    (Some(_), Some(cursor)) => {
+                        fanout.insert(triggered.as_bytes(), cursor.as_slice())?;
+                    }
+                    _ => {}
                 }
                 Ok(created)
             })
             .map_err(StoreError::from)?;
         Ok(created)
+    }
+
+    /// The oldest batches waiting to be handed to `peer`.
+    pub fn handoffs_for(&self, peer: &str, limit: usize) -> Result<Vec<Handoff>> {
+        let prefix = handoff_prefix(peer);
+        self.t()
+            .handoff
+            .scan_prefix(&prefix)
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok(Handoff {
+                    triggered: read_uuid(&k, prefix.len())?,
+                    key: k.to_vec(),
+                    items: decode(&v)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets a batch the peer has persisted.
+    pub fn remove_handoff(&self, key: &[u8]) -> Result<()> {
+        self.t().handoff.remove(key)?;
+        Ok(())
+    }
+
+    /// Keeps a copy of another node's trigger (its body and event) for local deliveries.
+    pub fn keep_remote_trigger(&self, t: &Triggered) -> Result<()> {
+        if !self.t().remote_triggers.contains_key(t.id.as_bytes())? {
+            self.t()
+                .remote_triggers
+                .insert(t.id.as_bytes(), encode(t)?)?;
+        }
+        Ok(())
+    }
+
+    /// A trigger recorded here, or the copy of another node's.
+    pub fn trigger_for_delivery(&self, id: &Uuid) -> Result<Option<Triggered>> {
+        match self.triggered(id)? {
+            Some(t) => Ok(Some(t)),
+            None => self
+                .t()
+                .remote_triggers
+                .get(id.as_bytes())?
+                .map(|v| decode(&v))
+                .transpose(),
+        }
     }
 
     /// Up to `limit` due entries with due time `<= now_us`, oldest first, skipping those
@@ -521,8 +615,8 @@ mod tests {
         let (_d, s) = temp_store();
         let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
         let items = vec![(item(1), false), (item(2), true), (item(3), false)];
-        assert_eq!(s.accept_batch(&t, &r, &items, 10, None, true).unwrap(), 2);
-        assert_eq!(s.accept_batch(&t, &r, &items, 10, None, true).unwrap(), 0);
+        assert_eq!(s.accept_deliveries(&t, &r, &items, 10, None).unwrap(), 2);
+        assert_eq!(s.accept_deliveries(&t, &r, &items, 10, None).unwrap(), 0);
         assert_eq!(s.due_count(), 2);
         let counts = s.delivery_counts(&t).unwrap();
         assert_eq!((counts.pending, counts.skipped), (2, 1));
@@ -542,7 +636,7 @@ mod tests {
         let (_d, s) = temp_store();
         let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
         let it = item(1);
-        s.accept_batch(&t, &r, &[(it.clone(), false)], 5, None, true)
+        s.accept_deliveries(&t, &r, &[(it.clone(), false)], 5, None)
             .unwrap();
         let due = s.due_entries(5, 1, |_| false).unwrap().remove(0);
         let attempt = Attempt {

@@ -27,7 +27,7 @@ use uuid::Uuid;
 pub use accounts::NewAccountError;
 pub use deliveries::{
     Attempt, Delivery, DeliveryCounts, DeliveryState, DueEntry, FailedCountChange, FanoutCursor,
-    NewDelivery, Outcome,
+    FanoutStep, Handoff, NewDelivery, Outcome,
 };
 pub use pagination::{Page, PageRequest};
 pub use records::{Account, KeyKind, PendingKey, Registration, Subscription, Triggered};
@@ -90,6 +90,8 @@ struct Trees {
     idempotency: sled::Tree,
     fanout: sled::Tree,
     deliveries: sled::Tree,
+    handoff: sled::Tree,
+    remote_triggers: sled::Tree,
 }
 
 /// The node's database. Cheap to clone.
@@ -139,6 +141,8 @@ impl Store {
             idempotency: tree("idempotency")?,
             fanout: tree("fanout")?,
             deliveries: tree("deliveries")?,
+            handoff: tree("handoff")?,
+            remote_triggers: tree("remote_triggers")?,
         };
         match t.meta.get(b"shards")? {
             Some(v) => {
@@ -236,6 +240,8 @@ impl Store {
             &t.idempotency,
             &t.fanout,
             &t.deliveries,
+            &t.handoff,
+            &t.remote_triggers,
         ] {
             tree.clear()?;
         }

@@ -9,7 +9,7 @@ pub const MAX_START: u64 = 999_999_999_999_999;
 pub const MAX_LIMIT: u64 = 100;
 
 /// A validated page request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PageRequest {
     /// Rows to skip.
     pub start: u64,
@@ -43,7 +43,7 @@ fn parse_digits(s: &str) -> Result<u64, InvalidPage> {
 }
 
 /// One page of rows.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Page<T> {
     /// The rows, oldest first.
     pub items: Vec<T>,

@@ -73,10 +73,10 @@ pub struct Account {
     pub endpoint: String,
     /// Administrators may list and bulk-delete, and bypass ownership checks.
     pub is_admin: bool,
-    /// Consecutive failed delivery attempts. Kept in its own tree (`failed_counts`) so that
-    /// delivery outcomes update it atomically without rewriting the account; filled in by
-    /// the store on every read.
-    #[serde(skip)]
+    /// Consecutive failed delivery attempts. The truth lives in its own tree
+    /// (`failed_counts`) so that delivery outcomes update it atomically without rewriting
+    /// the account; the store fills this field in on every read.
+    #[serde(default)]
     pub failed_count: u64,
     /// Werkzeug-format PBKDF2 hash of the API key.
     pub api_key_hash: String,

@@ -21,8 +21,13 @@ pub enum SubscribeError {
 }
 
 impl Store {
-    /// Inserts a subscription if the registration and the subscriber are both live.
-    pub fn insert_subscription(&self, s: &Subscription) -> Result<Result<(), SubscribeError>> {
+    /// Inserts a subscription if the registration is live, and — when the subscriber's
+    /// account is stored here too (`subscriber_local`) — the subscriber as well.
+    pub fn insert_subscription(
+        &self,
+        s: &Subscription,
+        subscriber_local: bool,
+    ) -> Result<Result<(), SubscribeError>> {
         let t = self.t();
         let record = encode(s)?;
         let outcome = (
@@ -38,9 +43,11 @@ impl Store {
                     Some(r) if !tx_decode::<Registration>(&r)?.deleting => {}
                     _ => return Ok(Err(SubscribeError::NoRegistration)),
                 }
-                match accounts.get(s.account_id.as_bytes())? {
-                    Some(a) if !tx_decode::<Account>(&a)?.deleting => {}
-                    _ => return Ok(Err(SubscribeError::NoSubscriber)),
+                if subscriber_local {
+                    match accounts.get(s.account_id.as_bytes())? {
+                        Some(a) if !tx_decode::<Account>(&a)?.deleting => {}
+                        _ => return Ok(Err(SubscribeError::NoSubscriber)),
+                    }
                 }
                 subs.insert(s.id.as_bytes(), record.as_slice())?;
                 by_epoch.insert(&epoch_key(s.epoch_us, &s.id), &[])?;

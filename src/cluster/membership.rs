@@ -1,0 +1,378 @@
+//! Membership: the configured peers, their connections and their liveness.
+//!
+//! ractor_cluster connects nodes but neither reconnects nor notices a hung peer, so each
+//! peer gets a task that dials it (with backoff) until its gateway appears, then pings it
+//! every `cluster.heartbeat_interval_ms`. A peer that has not answered for
+//! `cluster.down_after_ms` is down: calls for its shards answer 503 at once instead of
+//! queueing behind a peer that may never read them. A peer whose (shards, members) digest
+//! differs is refused and logged.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef};
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
+
+use super::gateway::{GatewayMsg, NodeGateway, GATEWAY_GROUP, GATEWAY_SCOPE};
+use super::protocol::{decode, encode, Answer, Command, Reply};
+use super::shard::{ShardId, ShardMap};
+use crate::config::{ClusterConfig, Member};
+use crate::service::{Node, ServiceError};
+
+/// Seconds a client is told to wait before retrying a call for a down node's shard.
+const RETRY_AFTER_SECS: u64 = 5;
+/// Longest wait between two dials of an unreachable peer.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What this node knows of a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerState {
+    /// Not connected yet (or reconnecting).
+    Connecting,
+    /// Answering pings.
+    Up,
+    /// Connected but silent past `down_after`, or disconnected.
+    Down,
+    /// Its cluster configuration differs; never used.
+    Refused(String),
+}
+
+impl PeerState {
+    /// The state's name as the API shows it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PeerState::Connecting => "connecting",
+            PeerState::Up => "up",
+            PeerState::Down => "down",
+            PeerState::Refused(_) => "refused",
+        }
+    }
+
+    /// Why the peer was refused.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            PeerState::Refused(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
+struct PeerInner {
+    state: PeerState,
+    gateway: Option<ActorRef<GatewayMsg>>,
+}
+
+/// One configured peer.
+pub struct Peer {
+    /// Its configuration entry.
+    pub member: Member,
+    inner: Mutex<PeerInner>,
+}
+
+impl Peer {
+    /// Its current state.
+    pub fn state(&self) -> PeerState {
+        self.inner
+            .lock()
+            .map(|i| i.state.clone())
+            .unwrap_or(PeerState::Down)
+    }
+
+    fn set(&self, state: PeerState, gateway: Option<ActorRef<GatewayMsg>>) {
+        if let Ok(mut i) = self.inner.lock() {
+            if i.state != state {
+                match &state {
+                    PeerState::Up => tracing::info!(peer = %self.member.id, "peer is up"),
+                    PeerState::Down => tracing::warn!(peer = %self.member.id, "peer is down"),
+                    PeerState::Refused(why) => {
+                        tracing::error!(peer = %self.member.id, reason = %why, "peer refused")
+                    }
+                    PeerState::Connecting => {}
+                }
+            }
+            i.state = state;
+            i.gateway = gateway;
+        }
+    }
+
+    /// Its gateway, when the peer is up.
+    fn usable_gateway(&self) -> Option<ActorRef<GatewayMsg>> {
+        let i = self.inner.lock().ok()?;
+        (i.state == PeerState::Up)
+            .then(|| i.gateway.clone())
+            .flatten()
+    }
+}
+
+/// Who serves a shard.
+pub enum Owner<'a> {
+    /// This node.
+    Local,
+    /// A peer.
+    Remote(&'a Peer),
+}
+
+/// This node's view of the cluster.
+pub struct Cluster {
+    node_id: String,
+    map: ShardMap,
+    config: ClusterConfig,
+    peers: Vec<Peer>,
+}
+
+impl Cluster {
+    /// The cluster described by `[cluster]` (a cluster of one when no peers are listed).
+    pub fn new(config: &ClusterConfig) -> Self {
+        let peers = config
+            .members
+            .iter()
+            .filter(|m| m.id != config.node_id)
+            .map(|m| Peer {
+                member: m.clone(),
+                inner: Mutex::new(PeerInner {
+                    state: PeerState::Connecting,
+                    gateway: None,
+                }),
+            })
+            .collect();
+        Self {
+            node_id: config.node_id.clone(),
+            map: ShardMap::new(config.shards, config.member_ids()),
+            config: config.clone(),
+            peers,
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The shard map.
+    pub fn map(&self) -> &ShardMap {
+        &self.map
+    }
+
+    /// The peers (every member but this node).
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
+    }
+
+    /// True when every peer is up.
+    pub fn all_up(&self) -> bool {
+        self.peers.iter().all(|p| p.state() == PeerState::Up)
+    }
+
+    /// Who serves `shard`.
+    pub fn owner(&self, shard: ShardId) -> Owner<'_> {
+        match self.map.owner(shard) {
+            Some(id) if id != self.node_id => self
+                .peers
+                .iter()
+                .find(|p| p.member.id == id)
+                .map_or(Owner::Local, Owner::Remote),
+            _ => Owner::Local,
+        }
+    }
+
+    /// The peer serving `shard`, or `None` when this node does.
+    pub fn remote_owner(&self, shard: ShardId) -> Option<&Peer> {
+        match self.owner(shard) {
+            Owner::Remote(p) => Some(p),
+            Owner::Local => None,
+        }
+    }
+
+    fn unavailable(peer: &Peer) -> ServiceError {
+        ServiceError::Unavailable {
+            message: format!("Node {} is unavailable, try again later", peer.member.id),
+            retry_after_secs: RETRY_AFTER_SECS,
+        }
+    }
+
+    async fn send(
+        &self,
+        gateway: &ActorRef<GatewayMsg>,
+        command: &Command,
+        timeout: Duration,
+    ) -> Option<Reply> {
+        let bytes = encode(command);
+        match gateway
+            .call(|port| GatewayMsg::Call(bytes, port), Some(timeout))
+            .await
+        {
+            Ok(CallResult::Success(reply)) => match decode::<Reply>(&reply) {
+                Ok(reply) => Some(reply),
+                Err(e) => Some(Err(ServiceError::Internal(format!("peer reply: {e}")))),
+            },
+            _ => None,
+        }
+    }
+
+    /// Asks `peer` to execute `command`; 503 when it is not up or does not answer.
+    pub async fn call(&self, peer: &Peer, command: &Command) -> Result<Answer, ServiceError> {
+        let gateway = peer
+            .usable_gateway()
+            .ok_or_else(|| Self::unavailable(peer))?;
+        let timeout = Duration::from_millis(self.config.rpc_timeout_ms);
+        match self.send(&gateway, command, timeout).await {
+            Some(reply) => reply,
+            None => Err(Self::unavailable(peer)),
+        }
+    }
+
+    /// Starts the cluster side of this node: listener, gateway, dialers and heartbeats.
+    pub async fn start(self: &Arc<Self>, node: Node) -> Result<(), ServiceError> {
+        if self.peers.is_empty() {
+            return Ok(());
+        }
+        let internal = |e: String| ServiceError::Internal(e);
+        let listen = self.config.listen;
+        let server = NodeServer::new(
+            listen.port(),
+            self.config.cookie.clone(),
+            self.node_id.clone(),
+            listen.ip().to_string(),
+            None,
+            None,
+        )
+        .with_listen_addr(listen.ip());
+        let (server, _) = Actor::spawn(None, server, ())
+            .await
+            .map_err(|e| internal(format!("starting the cluster listener on {listen}: {e}")))?;
+        let _ = server.cast(NodeServerMessage::SubscribeToEvents {
+            id: "webhookd-membership".into(),
+            subscription: Box::new(SessionLog::default()),
+        });
+        NodeGateway::start(&self.node_id, node)
+            .await
+            .map_err(|e| internal(format!("starting the gateway: {e}")))?;
+        for index in 0..self.peers.len() {
+            let cluster = self.clone();
+            let server = server.clone();
+            tokio::spawn(async move { cluster.watch_peer(index, server).await });
+        }
+        Ok(())
+    }
+
+    /// Dials, pings and judges one peer, forever.
+    async fn watch_peer(self: Arc<Self>, index: usize, server: ActorRef<NodeServerMessage>) {
+        let Some(peer) = self.peers.get(index) else {
+            return;
+        };
+        let interval = Duration::from_millis(self.config.heartbeat_interval_ms);
+        let down_after = Duration::from_millis(self.config.down_after_ms);
+        let mut last_ok: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut last_dial: Option<Instant> = None;
+        loop {
+            let Some(gateway) = find_gateway(&peer.member.id) else {
+                if peer.state() == PeerState::Up {
+                    peer.set(PeerState::Down, None);
+                }
+                if last_dial.is_none_or(|t| t.elapsed() >= backoff) {
+                    last_dial = Some(Instant::now());
+                    if let Err(e) =
+                        ractor_cluster::client_connect(&server, peer.member.cluster_addr.as_str())
+                            .await
+                    {
+                        tracing::debug!(peer = %peer.member.id, error = %e, "dial failed");
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                tokio::time::sleep(interval.min(backoff)).await;
+                continue;
+            };
+            backoff = Duration::from_millis(100);
+            let ping = Command::Ping {
+                from: self.node_id.clone(),
+                digest: self.map.digest(),
+            };
+            match self.send(&gateway, &ping, down_after).await {
+                Some(Ok(Answer::Pong { digest })) if digest == self.map.digest() => {
+                    last_ok = Some(Instant::now());
+                    peer.set(PeerState::Up, Some(gateway));
+                }
+                Some(Ok(Answer::Pong { digest })) | Some(Err(ServiceError::Refused { digest })) => {
+                    peer.set(
+                        PeerState::Refused(format!(
+                            "cluster configuration differs (shards/members digest {digest:016x}, \
+                             ours {:016x}): check cluster.shards and cluster.members on both nodes",
+                            self.map.digest()
+                        )),
+                        None,
+                    );
+                    tokio::time::sleep(MAX_BACKOFF).await;
+                }
+                _ => {
+                    if last_ok.is_none_or(|t| t.elapsed() >= down_after) {
+                        peer.set(PeerState::Down, None);
+                    }
+                }
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// This node's answer to a ping: refuse a peer whose digest differs.
+    pub fn pong(&self, from: &str, digest: u64) -> Result<Answer, ServiceError> {
+        let ours = self.map.digest();
+        if digest != ours {
+            tracing::error!(
+                peer = %from,
+                "refusing peer: cluster configuration differs (shards/members digest \
+                 {digest:016x}, ours {ours:016x})"
+            );
+            return Err(ServiceError::Refused { digest: ours });
+        }
+        Ok(Answer::Pong { digest: ours })
+    }
+}
+
+/// The remote gateway of `node_id`, if its node is connected.
+fn find_gateway(node_id: &str) -> Option<ActorRef<GatewayMsg>> {
+    let name = NodeGateway::name(node_id);
+    ractor::pg::get_scoped_members(&GATEWAY_SCOPE.to_string(), &GATEWAY_GROUP.to_string())
+        .into_iter()
+        .find(|cell| !cell.get_id().is_local() && cell.get_name().as_deref() == Some(name.as_str()))
+        .map(ActorRef::<GatewayMsg>::from)
+}
+
+/// Logs sessions; one that ends before authenticating most likely had the wrong cookie.
+#[derive(Default)]
+struct SessionLog {
+    authenticated: Arc<Mutex<HashSet<u64>>>,
+}
+
+impl NodeEventSubscription for SessionLog {
+    fn node_session_opened(&self, ses: NodeServerSessionInformation) {
+        tracing::debug!(peer = %ses.peer_addr, "cluster session opened");
+    }
+
+    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        if let Ok(mut a) = self.authenticated.lock() {
+            a.insert(ses.node_id);
+        }
+        tracing::info!(peer = %ses.peer_addr, "cluster session authenticated");
+    }
+
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        let was_authenticated = self
+            .authenticated
+            .lock()
+            .map(|mut a| a.remove(&ses.node_id))
+            .unwrap_or(false);
+        if was_authenticated {
+            tracing::warn!(peer = %ses.peer_addr, "cluster session closed");
+        } else {
+            tracing::error!(
+                peer = %ses.peer_addr,
+                "cluster peer refused: the session closed before authenticating \
+                 (is cluster.cookie the same on both nodes?)"
+            );
+        }
+    }
+}

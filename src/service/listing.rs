@@ -1,0 +1,126 @@
+//! Global pages: every node's epoch-ordered rows merged into one order, so `start`,
+//! `limit`, `next_start` and 204 behave exactly as on one node.
+//!
+//! Each node returns its first `start + limit` rows of the table; the merge of those holds
+//! the global rows `start..start + limit`.
+
+use uuid::Uuid;
+
+use super::remote::unexpected;
+use super::{Node, ServiceError};
+use crate::cluster::protocol::{Answer, Command, Rows, Table};
+use crate::store::{Account, Delivery, Page, PageRequest, Registration, Subscription, Triggered};
+
+/// A row of a global listing: how it sorts, and how to pick it out of [`Rows`].
+pub trait Listed: Sized {
+    /// The global order: creation time, then id.
+    fn order(&self) -> (u64, Uuid);
+    /// The rows of this type, if `rows` holds them.
+    fn from_rows(rows: Rows) -> Option<Vec<Self>>;
+}
+
+impl Listed for Account {
+    fn order(&self) -> (u64, Uuid) {
+        (self.epoch_us, self.id)
+    }
+    fn from_rows(rows: Rows) -> Option<Vec<Self>> {
+        match rows {
+            Rows::Accounts(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl Listed for Registration {
+    fn order(&self) -> (u64, Uuid) {
+        (self.epoch_us, self.id)
+    }
+    fn from_rows(rows: Rows) -> Option<Vec<Self>> {
+        match rows {
+            Rows::Registrations(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl Listed for Subscription {
+    fn order(&self) -> (u64, Uuid) {
+        (self.epoch_us, self.id)
+    }
+    fn from_rows(rows: Rows) -> Option<Vec<Self>> {
+        match rows {
+            Rows::Subscriptions(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl Listed for Triggered {
+    fn order(&self) -> (u64, Uuid) {
+        (self.epoch_us, self.id)
+    }
+    fn from_rows(rows: Rows) -> Option<Vec<Self>> {
+        match rows {
+            Rows::Triggered(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl Listed for Delivery {
+    fn order(&self) -> (u64, Uuid) {
+        (self.subscription_epoch_us, self.subscription_id)
+    }
+    fn from_rows(rows: Rows) -> Option<Vec<Self>> {
+        match rows {
+            Rows::Deliveries(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl Node {
+    /// This node's page of `table` for `req`.
+    pub(super) fn local_rows(&self, table: Table, req: PageRequest) -> Result<Rows, ServiceError> {
+        let store = &self.ctx.store;
+        Ok(match table {
+            Table::Accounts => Rows::Accounts(store.list_accounts(req)?.items),
+            Table::Registrations => Rows::Registrations(store.list_registrations(req)?.items),
+            Table::Subscriptions(None) => Rows::Subscriptions(store.list_subscriptions(req)?.items),
+            Table::Subscriptions(Some(account)) => {
+                Rows::Subscriptions(store.list_subscriber_subscriptions(&account, req)?.items)
+            }
+            Table::Triggered => Rows::Triggered(store.list_triggered(req)?.items),
+            Table::Deliveries(triggered) => {
+                Rows::Deliveries(store.list_deliveries(&triggered, req)?.items)
+            }
+        })
+    }
+
+    /// The page `req` of `table` across the whole cluster (503 if a node is down).
+    pub(super) async fn global_page<T: Listed>(
+        &self,
+        table: Table,
+        req: PageRequest,
+    ) -> Result<Page<T>, ServiceError> {
+        let wrong = || ServiceError::Internal("rows of another table".into());
+        if self.ctx.cluster.peers().is_empty() {
+            let rows = T::from_rows(self.local_rows(table, req)?).ok_or_else(wrong)?;
+            return Ok(Page::new(req, rows));
+        }
+        let limit = req.start.saturating_add(req.limit);
+        let first = PageRequest { start: 0, limit };
+        let mut all = T::from_rows(self.local_rows(table, first)?).ok_or_else(wrong)?;
+        for answer in self.broadcast(&Command::LocalRows { table, limit }).await? {
+            match answer {
+                Answer::Rows(rows) => all.extend(T::from_rows(rows).ok_or_else(wrong)?),
+                other => return Err(unexpected(other)),
+            }
+        }
+        all.sort_by_key(Listed::order);
+        let skip = usize::try_from(req.start).unwrap_or(usize::MAX);
+        let take = usize::try_from(req.limit).unwrap_or(usize::MAX);
+        let items = all.into_iter().skip(skip).take(take).collect();
+        Ok(Page::new(req, items))
+    }
+}
