@@ -124,6 +124,8 @@ pub struct SecurityConfig {
     pub endpoint_deny_cidrs: Vec<IpNet>,
     /// When not empty, endpoints must resolve into one of these networks.
     pub endpoint_allow_cidrs: Vec<IpNet>,
+    /// Largest `event_data` (as compact JSON) accepted at registration and trigger.
+    pub max_event_data_bytes: usize,
 }
 
 impl Default for SecurityConfig {
@@ -137,6 +139,7 @@ impl Default for SecurityConfig {
                 "fe80::/10".parse().unwrap_or_else(|_| unreachable!()),
             ],
             endpoint_allow_cidrs: Vec::new(),
+            max_event_data_bytes: 256 * 1024,
         }
     }
 }

@@ -143,6 +143,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         node,
         metrics: Metrics::default(),
         max_body: config.http.max_body_bytes,
+        max_event_data: config.security.max_event_data_bytes,
         node_id: config.cluster.node_id.clone(),
     });
     tracing::info!(%addr, node = %config.cluster.node_id, "webhookd listening");

@@ -36,6 +36,9 @@ pub async fn create(mut req: ApiRequest, app: &App) -> ApiResult {
         .get("event_data")
         .ok_or_else(|| ApiError::BadRequest("Missing event_data field".into()))?;
     let event_data = serde_json::to_string(event_data).map_err(|_| invalid_field("event_data"))?;
+    if event_data.len() > app.max_event_data {
+        return Err(ApiError::EventDataTooLarge);
+    }
     let registration = app
         .node
         .create_registration(&caller, event, description, event_data)

@@ -66,6 +66,12 @@ pub async fn create(registration: &str, mut req: ApiRequest, app: &App) -> ApiRe
         },
         None => None,
     };
+    if event_data
+        .as_ref()
+        .is_some_and(|d| d.len() > app.max_event_data)
+    {
+        return Err(ApiError::EventDataTooLarge);
+    }
     let (triggered, replayed) = app
         .node
         .trigger(&caller, parse_id(registration), event_data, idempotency_key)

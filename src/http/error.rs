@@ -35,6 +35,9 @@ pub enum ApiError {
     /// The body exceeds `http.max_body_bytes`.
     #[error("Request body too large")]
     PayloadTooLarge,
+    /// `event_data` exceeds `security.max_event_data_bytes`.
+    #[error("event_data too large")]
+    EventDataTooLarge,
 }
 
 /// The JSON error body `{"Error": message}`.
@@ -61,7 +64,9 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::MissingPathId(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge | ApiError::EventDataTooLarge => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
         }
     }
 

@@ -47,6 +47,8 @@ pub struct App {
     pub metrics: Metrics,
     /// `http.max_body_bytes`.
     pub max_body: usize,
+    /// `security.max_event_data_bytes`.
+    pub max_event_data: usize,
     /// This node's id (shown by `/ready`).
     pub node_id: String,
 }
