@@ -8,6 +8,7 @@
 mod account;
 mod delivery;
 mod directory;
+mod fanout;
 mod registration;
 
 use std::sync::Arc;
@@ -115,17 +116,11 @@ impl NodeContext {
     pub fn resume_fanouts(self: &Arc<Self>) -> Result<(), ServiceError> {
         for (triggered, cursor) in self.store.fanouts()? {
             tracing::info!(%triggered, "resuming an interrupted fan-out");
-            let ctx = self.clone();
-            tokio::spawn(async move {
-                let started = ctx
-                    .ask_registration(cursor.registration_id, |reply| {
-                        RegistrationMsg::ResumeFanout { triggered, reply }
-                    })
-                    .await;
-                if let Err(e) = started {
-                    tracing::error!(error = %e, %triggered, "cannot resume a fan-out");
-                }
-            });
+            tokio::spawn(fanout::run_fanout(
+                self.clone(),
+                cursor.registration_id,
+                triggered,
+            ));
         }
         Ok(())
     }

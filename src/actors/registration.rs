@@ -4,7 +4,6 @@
 //! registration all pass through its actor, so a subscribe can never race with the delete
 //! that would orphan it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,11 +11,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use ractor_cluster::RactorMessage;
 use uuid::Uuid;
 
-use super::delivery::accept_local;
+use super::fanout::run_fanout;
 use super::{now_us, NodeContext};
 use crate::delivery::pyjson::to_python_json;
 use crate::service::{msg, Caller, ServiceError, WriteResult};
-use crate::store::{FanoutStep, NewDelivery, SubscribeError, Subscription, Triggered};
+use crate::store::{SubscribeError, Subscription, Triggered};
 
 /// Reply of a registration operation.
 pub type Reply<T> = RpcReplyPort<Result<T, ServiceError>>;
@@ -67,15 +66,6 @@ pub enum RegistrationMsg {
         /// The triggered record, and whether it is a replay of an earlier trigger.
         reply: Reply<(Triggered, bool)>,
     },
-    /// Continue an unfinished fan-out (at start-up).
-    ResumeFanout {
-        /// The trigger.
-        triggered: Uuid,
-        /// Acknowledges that the fan-out is running.
-        reply: RpcReplyPort<()>,
-    },
-    /// Hand the next batch of subscribers to delivery (sent to itself).
-    ContinueFanout(Uuid),
     /// Timer tick: stop when idle.
     IdleCheck,
 }
@@ -86,14 +76,9 @@ pub struct RegistrationActor {
     id: Uuid,
 }
 
-/// Subscriptions handed to delivery per fan-out step; bounds the memory of a fan-out.
-const FANOUT_BATCH: usize = 1000;
-
 /// Mutable state between messages.
 pub struct RegistrationState {
     last_active: Instant,
-    /// Fan-outs in progress (the actor must not stop while any runs).
-    fanouts: usize,
 }
 
 impl RegistrationActor {
@@ -243,41 +228,6 @@ impl RegistrationActor {
         Ok((triggered, false))
     }
 
-    /// Hands the next batch of subscribers to delivery; true when more remain.
-    ///
-    /// Subscribers whose `failed_count` reached the limit are recorded as skipped. The
-    /// batch and the cursor move are one transaction, so a crash resumes exactly here.
-    fn fanout_step(&self, triggered: &Uuid) -> Result<bool, ServiceError> {
-        let store = &self.ctx.store;
-        let Some(cursor) = store.fanout(triggered)? else {
-            return Ok(false);
-        };
-        let batch = store.subscription_batch(&self.id, cursor.after.as_deref(), FANOUT_BATCH)?;
-        let finished = batch.len() < FANOUT_BATCH;
-        let after = batch.last().map(|(k, _)| k.clone()).or(cursor.after);
-        // Deliveries run on the node owning the subscriber (it keeps failed_count):
-        // local subscribers are accepted here, the others queued for their node.
-        let mut local = Vec::with_capacity(batch.len());
-        let mut remote: HashMap<String, Vec<NewDelivery>> = HashMap::new();
-        let cluster = &self.ctx.cluster;
-        for (_, item) in batch {
-            match cluster.remote_owner(cluster.map().shard_of_id(&item.account_id)) {
-                Some(peer) => remote.entry(peer.member.id.clone()).or_default().push(item),
-                None => local.push(item),
-            }
-        }
-        let step = FanoutStep {
-            after,
-            finished,
-            handoffs: remote.into_iter().collect(),
-        };
-        let has_handoffs = !step.handoffs.is_empty();
-        accept_local(&self.ctx, triggered, &self.id, local, Some(step))?;
-        if has_handoffs {
-            self.ctx.delivery.handoff_wake.notify_waiters();
-        }
-        Ok(!finished)
-    }
 }
 
 impl Actor for RegistrationActor {
@@ -295,7 +245,6 @@ impl Actor for RegistrationActor {
         });
         Ok(RegistrationState {
             last_active: Instant::now(),
-            fanouts: 0,
         })
     }
 
@@ -305,10 +254,7 @@ impl Actor for RegistrationActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if !matches!(
-            message,
-            RegistrationMsg::IdleCheck | RegistrationMsg::ContinueFanout(_)
-        ) {
+        if !matches!(message, RegistrationMsg::IdleCheck) {
             state.last_active = Instant::now();
         }
         // A dropped reply port means the caller gave up; nothing to do about it.
@@ -341,34 +287,13 @@ impl Actor for RegistrationActor {
             } => {
                 let result = self.trigger(caller, event_data, idempotency_key).await;
                 if let Ok((t, false)) = &result {
-                    state.fanouts += 1;
-                    let _ = myself.cast(RegistrationMsg::ContinueFanout(t.id));
+                    // Streamed by its own task, so the next trigger is not held up.
+                    tokio::spawn(run_fanout(self.ctx.clone(), self.id, t.id));
                 }
                 let _ = reply.send(result);
             }
-            RegistrationMsg::ResumeFanout { triggered, reply } => {
-                state.fanouts += 1;
-                let _ = myself.cast(RegistrationMsg::ContinueFanout(triggered));
-                let _ = reply.send(());
-            }
-            RegistrationMsg::ContinueFanout(triggered) => {
-                let more = match self.fanout_step(&triggered) {
-                    Ok(more) => more,
-                    Err(e) => {
-                        // The cursor is persisted: the fan-out resumes at the next start.
-                        tracing::error!(error = %e, %triggered, "fan-out step failed");
-                        false
-                    }
-                };
-                if more {
-                    let _ = myself.cast(RegistrationMsg::ContinueFanout(triggered));
-                } else {
-                    state.fanouts = state.fanouts.saturating_sub(1);
-                }
-            }
             RegistrationMsg::IdleCheck => {
-                if state.fanouts == 0 && state.last_active.elapsed() >= self.ctx.settings.idle_stop
-                {
+                if state.last_active.elapsed() >= self.ctx.settings.idle_stop {
                     self.ctx.registrations.remove(&self.id, myself.get_id());
                     myself.stop(None);
                 }

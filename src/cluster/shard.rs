@@ -85,13 +85,21 @@ impl ShardMap {
             .map(String::as_str)
     }
 
-    /// A fresh UUIDv4 that lives on `shard`: drawn until it hashes there.
+    /// A fresh UUIDv4 that lives on `shard`.
+    ///
+    /// One random draw, then candidates that step a counter through its random bits until
+    /// one hashes to `shard` (expected `shards` steps): the id stays unpredictable without
+    /// paying a system call per candidate.
     pub fn new_id_in(&self, shard: ShardId) -> Uuid {
+        let base = Uuid::new_v4().as_u128();
+        let mut step: u128 = 0;
         loop {
-            let id = Uuid::new_v4();
+            let bytes = base.wrapping_add(step).to_be_bytes();
+            let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
             if self.shard_of_id(&id) == shard {
                 return id;
             }
+            step += 1;
         }
     }
 
