@@ -233,13 +233,18 @@ impl DeliverySupervisor {
         Ok(actor)
     }
 
-    /// Writes the buffered outcomes and frees their keys.
-    fn flush_outcomes(&self, state: &mut SupervisorState) {
+    /// Writes the buffered outcomes (durably: one group commit per batch) and frees their
+    /// keys.
+    async fn flush_outcomes(&self, state: &mut SupervisorState) {
         if state.outcomes.is_empty() {
             return;
         }
         let outcomes = std::mem::take(&mut state.outcomes);
-        match self.ctx.store.record_outcomes(&outcomes, now_us()) {
+        let recorded = match self.ctx.store.record_outcomes(&outcomes, now_us()) {
+            Ok(()) => self.ctx.store.flush().await,
+            Err(e) => Err(e),
+        };
+        match recorded {
             Ok(()) => {
                 let requeued = outcomes.iter().filter(|o| o.next_due_us.is_some()).count();
                 let done = outcomes.len() - requeued;
@@ -409,7 +414,7 @@ impl Actor for DeliverySupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             DeliveryMsg::Wake => {
-                self.flush_outcomes(state);
+                self.flush_outcomes(state).await;
                 self.dispatch(state);
             }
             DeliveryMsg::Tick => {
@@ -429,7 +434,7 @@ impl Actor for DeliverySupervisor {
                     self.worker_lost(&myself, state, id, "attempt stuck past its deadline")
                         .await;
                 }
-                self.flush_outcomes(state);
+                self.flush_outcomes(state).await;
                 self.dispatch(state);
                 self.maybe_sweep(state);
             }
@@ -451,7 +456,7 @@ impl Actor for DeliverySupervisor {
                 // Refill in bulk: each dispatch scans past the keys in flight.
                 let refill = (self.ctx.delivery.max_in_flight / 8).max(1);
                 if state.outcomes.len() >= OUTCOME_BATCH || state.idle.len() >= refill {
-                    self.flush_outcomes(state);
+                    self.flush_outcomes(state).await;
                     self.dispatch(state);
                 }
             }
@@ -487,7 +492,7 @@ impl Actor for DeliverySupervisor {
         _: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        self.flush_outcomes(state);
+        self.flush_outcomes(state).await;
         Ok(())
     }
 }

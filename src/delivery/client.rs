@@ -29,10 +29,10 @@ pub enum OutboundError {
     /// The endpoint's address is refused by the endpoint policy.
     #[error("endpoint address refused by the endpoint policy")]
     Refused,
-    /// Transport failure, timeout or refused resolution (without the URL: its query may
-    /// carry a new key).
+    /// Transport failure, timeout or refused resolution, with its causes (but without the
+    /// URL: its query may carry a new key).
     #[error("request failed: {0}")]
-    Transport(reqwest::Error),
+    Transport(String),
     /// The endpoint answered, but not as required.
     #[error("unexpected answer: {0}")]
     Answer(String),
@@ -43,7 +43,22 @@ pub enum OutboundError {
 
 impl From<reqwest::Error> for OutboundError {
     fn from(e: reqwest::Error) -> Self {
-        OutboundError::Transport(e.without_url())
+        if e.is_timeout() {
+            return OutboundError::Transport("timed out".into());
+        }
+        // reqwest's own message ("error sending request") hides the cause: walk the chain.
+        let e = e.without_url();
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        OutboundError::Transport(text)
     }
 }
 

@@ -11,7 +11,10 @@
 //!   poll with a deadline instead of sleeping.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+pub mod cluster;
+pub mod scenario;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -646,6 +649,15 @@ impl Drop for TestNode {
 
 /// Spawns `webhookd serve --config <file>` and reads stdout until `listening on http://...`.
 async fn launch(config: &TestConfig) -> (Child, Startup, Arc<Mutex<Vec<String>>>) {
+    try_launch(config).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A started `serve` process, what it printed until ready, and its later stdout lines.
+type Launched = (Child, Startup, Arc<Mutex<Vec<String>>>);
+
+/// Like [`launch`], but a process that exits (or stays silent) before `listening on` is an
+/// `Err` describing it (the process is reaped or killed), so a caller can retry.
+async fn try_launch(config: &TestConfig) -> Result<Launched, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -678,18 +690,18 @@ async fn launch(config: &TestConfig) -> (Child, Startup, Arc<Mutex<Vec<String>>>
             }
             Ok(Ok(None)) => {
                 let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                panic!(
+                return Err(format!(
                     "webhookd exited before `listening on` ({status:?}); stdout: {lines:?}\n--- stderr ---\n{}",
                     config.log()
-                );
+                ));
             }
             Ok(Err(e)) => panic!("reading webhookd stdout: {e}"),
             Err(_) => {
                 let _ = child.kill().await;
-                panic!(
+                return Err(format!(
                     "webhookd did not print `listening on` within {STARTUP_DEADLINE:?}; stdout: {lines:?}\n--- stderr ---\n{}",
                     config.log()
-                );
+                ));
             }
         }
     };
@@ -701,7 +713,7 @@ async fn launch(config: &TestConfig) -> (Child, Startup, Arc<Mutex<Vec<String>>>
             sink.lock().unwrap().push(line);
         }
     });
-    (child, Startup { lines, addr }, later)
+    Ok((child, Startup { lines, addr }, later))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -886,6 +898,14 @@ impl Req {
 
     /// Sends the request. Panics on transport errors and on any 5xx answer.
     pub async fn send(self) -> Resp {
+        let r = self.send_unchecked().await;
+        assert!(r.status < 500, "server error (never allowed): {r}");
+        r
+    }
+
+    /// Sends the request; panics on transport errors only (a 5xx is returned, for the
+    /// tests where one is expected, e.g. a cluster node that is down).
+    pub async fn send_unchecked(self) -> Resp {
         let what = self.describe();
         let mut rb = self.client.request(self.method, &self.url);
         if let Some(ct) = &self.content_type {
@@ -908,15 +928,13 @@ impl Req {
             .await
             .unwrap_or_else(|e| panic!("{what}: reading body failed: {e:?}"));
         let json = serde_json::from_slice(&body).ok();
-        let r = Resp {
+        Resp {
             what,
             status,
             headers,
             body,
             json,
-        };
-        assert!(r.status < 500, "server error (never allowed): {r}");
-        r
+        }
     }
 }
 
@@ -1228,12 +1246,52 @@ pub struct RecordedPost {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the request (headers and body) had arrived.
+    pub at: Instant,
+    /// The status this server answered (or will answer, for a held POST).
+    pub answered: u16,
+}
+
+impl RecordedPost {
+    /// A header's value as text (`None` when absent or not visible ASCII).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+/// How the endpoint server answers one POST to a scripted path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PostAnswer {
+    /// The status code.
+    pub status: u16,
+    /// How long to hold the request before answering (bounded; `ZERO` answers at once).
+    pub hold: Duration,
+}
+
+impl PostAnswer {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            hold: Duration::ZERO,
+        }
+    }
+}
+
+/// The answers programmed for the POSTs to one path: `queue` first, then `then` forever.
+struct PostScript {
+    queue: VecDeque<PostAnswer>,
+    then: PostAnswer,
 }
 
 #[derive(Default)]
 struct EndpointState {
     gets: Vec<RecordedGet>,
     posts: Vec<RecordedPost>,
+    /// Per path (exactly as received), how POSTs are answered; GETs are never affected.
+    scripts: HashMap<String, PostScript>,
 }
 
 /// Answers like the README's sample endpoint:
@@ -1379,6 +1437,52 @@ impl EndpointServer {
         .await
     }
 
+    /// Programs the POSTs to this endpoint: the next ones get `first` (in order), every later
+    /// one `then`. GETs (echo, key resets) keep their normal answers, so an account can be
+    /// created on a path whose deliveries fail. Replaces any earlier program of the path.
+    pub fn script_posts(&self, url_or_name: &str, first: &[u16], then: u16) {
+        self.script_post_answers(
+            url_or_name,
+            first.iter().map(|s| PostAnswer::status(*s)).collect(),
+            PostAnswer::status(then),
+        );
+    }
+
+    /// Every later POST to this endpoint is answered `code` at once.
+    pub fn set_post_status(&self, url_or_name: &str, code: u16) {
+        self.script_posts(url_or_name, &[], code);
+    }
+
+    /// Every later POST to this endpoint is held for `hold` (the connection stays open,
+    /// nothing is sent), then answered 200. Bounded: the hold ends, or the server stops.
+    pub fn hold_posts(&self, url_or_name: &str, hold: Duration) {
+        self.script_post_answers(
+            url_or_name,
+            VecDeque::new(),
+            PostAnswer { status: 200, hold },
+        );
+    }
+
+    /// The general form of [`Self::script_posts`].
+    pub fn script_post_answers(
+        &self,
+        url_or_name: &str,
+        first: VecDeque<PostAnswer>,
+        then: PostAnswer,
+    ) {
+        let path = self.path_of(url_or_name);
+        self.state
+            .lock()
+            .unwrap()
+            .scripts
+            .insert(path, PostScript { queue: first, then });
+    }
+
+    /// Number of POSTs received so far (all paths).
+    pub fn post_count(&self) -> usize {
+        self.state.lock().unwrap().posts.len()
+    }
+
     /// Stops accepting and drops every open connection (the endpoint becomes unreachable).
     pub fn shutdown(&self) {
         self.accept.abort();
@@ -1460,13 +1564,20 @@ async fn endpoint_handle(
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
+    let mut scripted: Option<PostAnswer> = None;
     {
         let mut st = state.lock().unwrap();
         if method == hyper::Method::POST {
+            scripted = st.scripts.get_mut(&path).map(|script| {
+                let then = script.then;
+                script.queue.pop_front().unwrap_or(then)
+            });
             st.posts.push(RecordedPost {
                 path: path.clone(),
                 headers: headers.clone(),
                 body: body.clone(),
+                at: Instant::now(),
+                answered: scripted.map_or_else(|| unscripted_post_status(&path), |a| a.status),
             });
         } else if method == hyper::Method::GET {
             st.gets.push(RecordedGet {
@@ -1475,6 +1586,12 @@ async fn endpoint_handle(
                 headers: headers.clone(),
             });
         }
+    }
+    if let Some(answer) = scripted {
+        if !answer.hold.is_zero() {
+            tokio::time::sleep(answer.hold).await;
+        }
+        return Ok(endpoint_response(answer.status, "{}"));
     }
     // `/slow/<ms>/rest`: wait, then behave like `/rest`.
     let path = match strip_numbered(&path, "/slow/") {
@@ -1485,6 +1602,18 @@ async fn endpoint_handle(
         None => path,
     };
     Ok(answer(&path, &method, &query))
+}
+
+/// What [`answer`] gives an unscripted POST to `path` (through `/slow/<ms>/`).
+fn unscripted_post_status(path: &str) -> u16 {
+    let path = match strip_numbered(path, "/slow/") {
+        Some((_, rest)) => format!("/{rest}"),
+        None => path.to_string(),
+    };
+    match strip_numbered(&path, "/status/") {
+        Some((code, _)) => StatusCode::from_u16(code as u16).map_or(200, |s| s.as_u16()),
+        None => 200,
+    }
 }
 
 fn answer(path: &str, method: &hyper::Method, query: &[(String, String)]) -> Response<Full<Bytes>> {
@@ -1553,5 +1682,307 @@ impl World {
 
     pub fn admin(&self) -> Creds {
         self.node.admin()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery engine helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Sends every request with at most `concurrency` in flight; the responses in request order.
+/// (Each [`Req`] owns its client and strings, so it can run on its own task.)
+pub async fn send_all(reqs: Vec<Req>, concurrency: usize) -> Vec<Resp> {
+    let n = reqs.len();
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, req) in reqs.into_iter().enumerate() {
+        let permits = permits.clone();
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("semaphore closed");
+            (i, req.send().await)
+        });
+    }
+    let mut out: Vec<Option<Resp>> = (0..n).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((i, resp)) => out[i] = Some(resp),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("request task failed: {e}"),
+        }
+    }
+    out.into_iter()
+        .map(|r| r.expect("every request answered"))
+        .collect()
+}
+
+/// Lowercase hex HMAC-SHA1(key = `secret_key` as UTF-8, message = `body`): the expected
+/// `pywebhooks-signature` (computed here independently of the daemon's code).
+pub fn expected_pywebhooks_signature(secret_key: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(secret_key.as_bytes())
+        .expect("HMAC takes any key length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// `v1,` + base64(HMAC-SHA256(key = `secret_key` as UTF-8, "{id}.{timestamp}.{body}")): the
+/// expected Standard Webhooks `webhook-signature`.
+pub fn expected_standard_signature(
+    secret_key: &str,
+    webhook_id: &str,
+    timestamp: &str,
+    body: &[u8],
+) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret_key.as_bytes())
+        .expect("HMAC takes any key length");
+    mac.update(webhook_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", base64(&mac.finalize().into_bytes()))
+}
+
+fn unix_now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// Asserts everything a delivery POST must carry (api.md A.7, C.1), verified with the
+/// subscriber's own `secret_key` over the raw received body: both signatures, `content-type`
+/// and `accept` `application/json`, the `event` header (absent when `event` is empty), a UUID
+/// `webhook-id` and a current `webhook-timestamp`. Returns the `webhook-id`.
+#[track_caller]
+pub fn assert_signed_delivery(post: &RecordedPost, secret_key: &str, event: &str) -> String {
+    let h = |name: &str| {
+        post.header(name)
+            .unwrap_or_else(|| panic!("delivery to {} lacks header `{name}`: {post:?}", post.path))
+    };
+    assert_eq!(h("content-type"), "application/json", "{post:?}");
+    assert_eq!(h("accept"), "application/json", "{post:?}");
+    if event.is_empty() {
+        assert!(
+            post.header("event").is_none(),
+            "empty event must be left out: {post:?}"
+        );
+    } else {
+        assert_eq!(h("event"), event, "{post:?}");
+    }
+    assert_eq!(
+        h("pywebhooks-signature"),
+        expected_pywebhooks_signature(secret_key, &post.body),
+        "pywebhooks-signature does not verify with the subscriber's secret_key over the raw body; {post:?}"
+    );
+    let id = h("webhook-id");
+    assert!(
+        uuid::Uuid::parse_str(&id).is_ok(),
+        "webhook-id is not a UUID: {id}"
+    );
+    let ts = h("webhook-timestamp");
+    let secs: i64 = ts
+        .parse()
+        .unwrap_or_else(|_| panic!("webhook-timestamp is not integer seconds: {ts:?}"));
+    assert!(
+        (secs - unix_now_secs()).abs() <= 300,
+        "webhook-timestamp {secs} is not the current Unix time in seconds"
+    );
+    assert_eq!(
+        h("webhook-signature"),
+        expected_standard_signature(secret_key, &id, &ts, &post.body),
+        "webhook-signature does not verify with the subscriber's secret_key; {post:?}"
+    );
+    id
+}
+
+/// The `deliveries` counts object of a trigger status with the given counts, every other
+/// counter 0.
+pub fn delivery_counts(counts: &[(&str, u64)]) -> Value {
+    let mut out = serde_json::Map::new();
+    for k in ["pending", "succeeded", "failed", "skipped", "cancelled"] {
+        let v = counts.iter().find(|(n, _)| *n == k).map_or(0, |(_, v)| *v);
+        out.insert(k.into(), json!(v));
+    }
+    for (name, _) in counts {
+        assert!(out.contains_key(*name), "not a delivery counter: {name}");
+    }
+    Value::Object(out)
+}
+
+/// The value of the Prometheus sample whose line starts with `series` (name and labels).
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+impl TestNode {
+    /// POST /v1/webhook/registration with `event_data_json` inserted verbatim (so number
+    /// spellings and key order reach the daemon exactly as written) → 201; returns the record.
+    pub async fn register_raw(
+        &self,
+        who: &impl AsCreds,
+        event: &str,
+        event_data_json: &str,
+    ) -> Value {
+        let event_json = serde_json::to_string(event).unwrap();
+        let body = format!(
+            r#"{{"event": {event_json}, "description": "delivery test", "event_data": {event_data_json}}}"#
+        );
+        let r = self
+            .post("/v1/webhook/registration")
+            .auth(who)
+            .body(body)
+            .send()
+            .await
+            .expect(201);
+        r.json().clone()
+    }
+
+    /// POST /v1/webhook/triggered/<registration_id> with an optional raw body and
+    /// `Idempotency-Key`; no status asserted.
+    pub async fn trigger_with(
+        &self,
+        who: &impl AsCreds,
+        registration_id: &str,
+        body: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> Resp {
+        let mut req = self
+            .post(&format!("/v1/webhook/triggered/{registration_id}"))
+            .auth(who);
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        if let Some(key) = idempotency_key {
+            req = req.header("idempotency-key", key);
+        }
+        req.send().await
+    }
+
+    /// GET /v1/webhook/triggered/<id> → 200; the status record.
+    pub async fn trigger_status(&self, who: &impl AsCreds, triggered_id: &str) -> Value {
+        self.get(&format!("/v1/webhook/triggered/{triggered_id}"))
+            .auth(who)
+            .send()
+            .await
+            .expect(200)
+            .json()
+            .clone()
+    }
+
+    /// Every delivery row of a trigger (all pages).
+    pub async fn deliveries(&self, who: &impl AsCreds, triggered_id: &str) -> Vec<Value> {
+        self.list_all(
+            &format!("/v1/webhook/triggered/{triggered_id}/deliveries"),
+            who,
+            "deliveries",
+        )
+        .await
+    }
+
+    /// Polls the trigger status until its fan-out is complete and its counts are exactly
+    /// `expected` (see [`delivery_counts`]); returns the status.
+    pub async fn wait_trigger_counts(
+        &self,
+        who: &impl AsCreds,
+        triggered_id: &str,
+        expected: &Value,
+        deadline: Duration,
+    ) -> Value {
+        let last = Mutex::new(Value::Null);
+        let what = format!("trigger {triggered_id} to reach deliveries {expected}");
+        let found = eventually_quiet(deadline, || async {
+            let status = self.trigger_status(who, triggered_id).await;
+            let done =
+                status["fanout_complete"] == json!(true) && status["deliveries"] == *expected;
+            *last.lock().unwrap() = status.clone();
+            done.then_some(status)
+        })
+        .await;
+        match found {
+            Some(status) => status,
+            None => panic!(
+                "timed out after {deadline:?} waiting for {what}; last status: {}",
+                last.lock().unwrap()
+            ),
+        }
+    }
+
+    /// Polls a trigger's delivery rows until `done(rows)`; returns them.
+    pub async fn wait_deliveries(
+        &self,
+        who: &impl AsCreds,
+        triggered_id: &str,
+        what: &str,
+        deadline: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let last = Mutex::new(Vec::new());
+        let found = eventually_quiet(deadline, || async {
+            let rows = self.deliveries(who, triggered_id).await;
+            let ok = done(&rows);
+            *last.lock().unwrap() = rows.clone();
+            ok.then_some(rows)
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            panic!(
+                "timed out after {deadline:?} waiting for {what} (trigger {triggered_id}); last rows: {}",
+                Value::Array(last.lock().unwrap().clone())
+            )
+        })
+    }
+
+    /// The account's `failed_count`, read by the account itself.
+    pub async fn failed_count(&self, who: &Account) -> u64 {
+        let record = self.read_account(who).await;
+        record["failed_count"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("account record without integer failed_count: {record}"))
+    }
+
+    /// Polls the account's `failed_count` until it equals `expected`.
+    pub async fn wait_failed_count(&self, who: &Account, expected: u64, deadline: Duration) {
+        let last = Mutex::new(None);
+        let found = eventually_quiet(deadline, || async {
+            let n = self.failed_count(who).await;
+            *last.lock().unwrap() = Some(n);
+            (n == expected).then_some(())
+        })
+        .await;
+        assert!(
+            found.is_some(),
+            "timed out after {deadline:?} waiting for {}'s failed_count to be {expected}; last: {:?}",
+            who.username,
+            last.lock().unwrap()
+        );
+    }
+
+    /// GET /metrics → 200; the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").send().await.expect(200).text()
+    }
+}
+
+/// Like [`eventually`], but returns `None` at the deadline instead of panicking (so the
+/// caller can report what it last saw).
+pub async fn eventually_quiet<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
