@@ -22,8 +22,14 @@ pid_of() { cat "$run_dir/node$1.pid" 2>/dev/null || true; }
 alive() { local pid; pid="$(pid_of "$1")"; [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
 
 start() {
-  cargo build --release --quiet
+  echo "building (cargo build --release; the first build takes several minutes)..."
+  cargo build --release
   mkdir -p "$run_dir" "$log_dir"
+  # Remember where each log ends, to show only what this start printed.
+  declare -A log_lines
+  for n in "${nodes[@]}"; do
+    log_lines[$n]=$(wc -l < "$log_dir/node$n.log" 2>/dev/null || echo 0)
+  done
   if [ ! -s "$run_dir/cookie" ]; then
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$run_dir/cookie"
   fi
@@ -49,10 +55,14 @@ start() {
     sleep 0.2
   done
   status
-  if grep -h "^admin " "$log_dir"/node*.log >/dev/null 2>&1; then
+  local keys=""
+  for n in "${nodes[@]}"; do
+    keys+="$(tail -n +"$((log_lines[$n] + 1))" "$log_dir/node$n.log" 2>/dev/null | grep "^admin " || true)"
+  done
+  if [ -n "$keys" ]; then
     echo
-    echo "Admin keys (printed once, on the cluster's first start):"
-    grep -h "^admin " "$log_dir"/node*.log
+    echo "Admin account created. Record these keys now: they are never shown again."
+    echo "$keys"
   fi
 }
 
