@@ -309,3 +309,219 @@ mod tests {
         assert_eq!(to_python_json(&serde_json::json!(-0.0)), "-0.0");
     }
 }
+
+/// Property test of the writer: its output, parsed back, is the input.
+///
+/// Equality is JSON's as Python sees it: integers compare exactly (any length; `-0` is `0`),
+/// floats compare as the `f64` they denote, bit for bit (so `-0.0` stays negative), an
+/// integer never comes back as a float nor the reverse, and objects keep their key order.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            // Never write regression files into the source tree.
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Parses a JSON text the test itself built.
+    fn parse(text: &str) -> Value {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("test JSON {text:?}: {e}"))
+    }
+
+    /// Finite floats of every class (normal, subnormal, zeros, both signs).
+    fn finite_f64() -> impl Strategy<Value = f64> {
+        prop::num::f64::POSITIVE
+            | prop::num::f64::NEGATIVE
+            | prop::num::f64::NORMAL
+            | prop::num::f64::SUBNORMAL
+            | prop::num::f64::ZERO
+    }
+
+    /// Number literals as a client may write them: with a fraction, an exponent (`e`/`E`,
+    /// optional sign) or both, including underflow to zero; finite by construction.
+    fn float_literal() -> impl Strategy<Value = Value> {
+        (
+            "-?(0|[1-9][0-9]{0,16})",
+            prop::option::of("[0-9]{1,17}"),
+            prop::option::of(("[eE]", "[-+]?", -400i32..=290)),
+        )
+            .prop_filter(
+                "a float literal has a fraction or an exponent",
+                |(_, f, e)| f.is_some() || e.is_some(),
+            )
+            .prop_map(|(int, frac, exp)| {
+                let mut text = int;
+                if let Some(frac) = frac {
+                    text.push('.');
+                    text.push_str(&frac);
+                }
+                if let Some((marker, sign, value)) = exp {
+                    text.push_str(&marker);
+                    if value < 0 {
+                        text.push('-');
+                    } else {
+                        text.push_str(&sign.replace('-', ""));
+                    }
+                    text.push_str(&value.unsigned_abs().to_string());
+                }
+                parse(&text)
+            })
+    }
+
+    fn number() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            // Integers beyond 64 bits, and `-0`.
+            "-?[1-9][0-9]{18,60}".prop_map(|t| parse(&t)),
+            Just(parse("-0")),
+            finite_f64().prop_map(|f| Value::Number(Number::from_f64(f).expect("finite"))),
+            float_literal(),
+        ]
+    }
+
+    /// Strings mixing ASCII, the short escapes, control characters, DEL, BMP (around the
+    /// surrogate gap, U+2028/9, BOM) and astral characters.
+    fn text() -> impl Strategy<Value = String> {
+        let special = prop::sample::select(vec![
+            '"',
+            '\\',
+            '/',
+            '\u{7f}',
+            '\u{80}',
+            '\u{a0}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{d7ff}',
+            '\u{e000}',
+            '\u{feff}',
+            '\u{fffd}',
+            '\u{ffff}',
+            '\u{10000}',
+            '\u{1f600}',
+            '\u{10ffff}',
+        ]);
+        prop::collection::vec(
+            prop_oneof![
+                prop::char::range(' ', '~'),
+                prop::char::range('\0', '\u{1f}'),
+                special,
+                any::<char>(),
+            ],
+            0..12,
+        )
+        .prop_map(String::from_iter)
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            number(),
+            text().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 96, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::vec((text(), inner), 0..8)
+                    .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn is_float_text(text: &str) -> bool {
+        text.contains(['.', 'e', 'E'])
+    }
+
+    /// An integer literal without sign on zero or leading zeros.
+    fn canonical_integer(text: &str) -> String {
+        let (negative, digits) = match text.strip_prefix('-') {
+            Some(digits) => (true, digits),
+            None => (false, text),
+        };
+        let digits = digits.trim_start_matches('0');
+        match (digits.is_empty(), negative) {
+            (true, _) => "0".into(),
+            (false, true) => format!("-{digits}"),
+            (false, false) => digits.into(),
+        }
+    }
+
+    /// `Err(where and what)` on the first difference.
+    fn same(expected: &Value, got: &Value, path: &str) -> Result<(), String> {
+        let differ = || Err(format!("at {path}: expected {expected}, got {got}"));
+        match (expected, got) {
+            (Value::Null, Value::Null) => Ok(()),
+            (Value::Bool(a), Value::Bool(b)) if a == b => Ok(()),
+            (Value::String(a), Value::String(b)) if a == b => Ok(()),
+            (Value::Number(a), Value::Number(b)) => {
+                let (a, b) = (a.as_str(), b.as_str());
+                let equal = match (is_float_text(a), is_float_text(b)) {
+                    (false, false) => canonical_integer(a) == canonical_integer(b),
+                    (true, true) => match (a.parse::<f64>(), b.parse::<f64>()) {
+                        (Ok(x), Ok(y)) => x.to_bits() == y.to_bits(),
+                        _ => false,
+                    },
+                    _ => false,
+                };
+                if equal {
+                    Ok(())
+                } else {
+                    differ()
+                }
+            }
+            (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    same(x, y, &format!("{path}[{i}]"))?;
+                }
+                Ok(())
+            }
+            (Value::Object(a), Value::Object(b)) if a.len() == b.len() => {
+                for ((ka, va), (kb, vb)) in a.iter().zip(b) {
+                    if ka != kb {
+                        return Err(format!("at {path}: key {ka:?} came back as {kb:?}"));
+                    }
+                    same(va, vb, &format!("{path}.{ka:?}"))?;
+                }
+                Ok(())
+            }
+            _ => differ(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// `json.loads(json.dumps(v)) == v`, with the output pure ASCII and a fixed point of
+        /// the writer (rendering the parsed-back value gives the same bytes).
+        #[test]
+        fn output_parses_back_to_the_input(value in json_value()) {
+            let text = to_python_json(&value);
+            prop_assert!(text.is_ascii(), "not ASCII: {}", text);
+            let back: Value = serde_json::from_str(&text)
+                .map_err(|e| TestCaseError::fail(format!("output is not JSON ({e}): {text}")))?;
+            if let Err(diff) = same(&value, &back, "$") {
+                return Err(TestCaseError::fail(format!("{diff}\noutput: {text}")));
+            }
+            prop_assert_eq!(to_python_json(&back), text);
+        }
+
+        /// The same for values that came from JSON text, as event_data does.
+        #[test]
+        fn parsed_input_round_trips(value in json_value()) {
+            let input: Value = parse(&serde_json::to_string(&value).expect("serialisable"));
+            let text = to_python_json(&input);
+            let back: Value = serde_json::from_str(&text)
+                .map_err(|e| TestCaseError::fail(format!("output is not JSON ({e}): {text}")))?;
+            if let Err(diff) = same(&input, &back, "$") {
+                return Err(TestCaseError::fail(format!("{diff}\noutput: {text}")));
+            }
+        }
+    }
+}

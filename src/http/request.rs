@@ -178,3 +178,158 @@ mod tests {
         );
     }
 }
+
+/// Property tests of the Content-Type gate and of path ids.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use hyper::header::HeaderValue;
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            // Never write regression files into the source tree.
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// A request carrying only `content_type` (no body: the gate never reads it).
+    fn request_with(content_type: Option<&[u8]>) -> ApiRequest {
+        let mut headers = HeaderMap::new();
+        if let Some(raw) = content_type {
+            let value = HeaderValue::from_bytes(raw).expect("strategy yields valid header bytes");
+            headers.insert(CONTENT_TYPE, value);
+        }
+        ApiRequest {
+            headers,
+            query: None,
+            body: None,
+            max_body: 0,
+        }
+    }
+
+    /// The gate's specification: the value starts with `application/json`, ASCII
+    /// case-insensitively.
+    fn spec_passes(raw: &[u8]) -> bool {
+        raw.to_ascii_lowercase().starts_with(b"application/json")
+    }
+
+    /// Bytes a header value may hold: HTAB, visible ASCII, space and obs-text.
+    fn header_byte() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            Just(b'\t'),
+            0x20u8..0x7f,
+            0x80u8..=0xff,
+            prop::sample::select(b";= ,/+-.Jj\"".to_vec()),
+        ]
+    }
+
+    fn header_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(header_byte(), 0..max)
+    }
+
+    /// `application/json` with each letter's case chosen at random.
+    fn json_any_case() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<bool>(), 16).prop_map(|upper| {
+            b"application/json"
+                .iter()
+                .zip(upper)
+                .map(|(b, up)| if up { b.to_ascii_uppercase() } else { *b })
+                .collect()
+        })
+    }
+
+    /// A canonical (8-4-4-4-12) UUID text check, independent of the uuid crate.
+    fn canonical_shape(raw: &str) -> bool {
+        raw.len() == 36
+            && raw.bytes().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// Any value starting with `application/json` in any case passes, whatever follows.
+        #[test]
+        fn json_prefix_in_any_case_passes(prefix in json_any_case(), rest in header_bytes(40)) {
+            let raw = [prefix, rest].concat();
+            prop_assert!(request_with(Some(&raw)).require_json_content_type().is_ok());
+        }
+
+        /// Arbitrary values pass exactly when the specification says so.
+        #[test]
+        fn arbitrary_values_agree_with_the_specification(raw in header_bytes(40)) {
+            let got = request_with(Some(&raw)).require_json_content_type();
+            prop_assert_eq!(got.is_ok(), spec_passes(&raw), "value {:?}", String::from_utf8_lossy(&raw));
+            if let Err(e) = got {
+                prop_assert!(matches!(e, ApiError::UnsupportedMediaType));
+            }
+        }
+
+        /// Near misses fail: one byte of `application/json` changed (to anything but the
+        /// other case of the same letter), the prefix cut short, or something before it.
+        #[test]
+        fn near_misses_fail(
+            prefix in json_any_case(),
+            at in 0usize..16,
+            replacement in header_byte(),
+            cut in 0usize..16,
+            lead in prop::collection::vec(header_byte(), 1..4),
+            rest in header_bytes(12),
+        ) {
+            let mut changed = prefix.clone();
+            if !changed[at].eq_ignore_ascii_case(&replacement) {
+                changed[at] = replacement;
+                let raw = [changed, rest.clone()].concat();
+                prop_assert!(request_with(Some(&raw)).require_json_content_type().is_err());
+            }
+            // Cut short.
+            let short: Vec<u8> = prefix[..cut].to_vec();
+            prop_assert!(request_with(Some(&short)).require_json_content_type().is_err());
+            let led = [lead, prefix].concat();
+            prop_assert!(request_with(Some(&led)).require_json_content_type().is_err());
+        }
+
+        /// Every UUID, in its canonical text in lower, upper or mixed case, is a path id.
+        #[test]
+        fn every_canonical_uuid_parses(bytes in any::<[u8; 16]>(), case in prop::collection::vec(any::<bool>(), 36)) {
+            let id = Uuid::from_bytes(bytes);
+            let lower = id.hyphenated().to_string();
+            prop_assert_eq!(parse_id(&lower), Some(id));
+            prop_assert_eq!(parse_id(&lower.to_ascii_uppercase()), Some(id));
+            let mixed: String = lower
+                .chars()
+                .zip(case)
+                .map(|(c, up)| if up { c.to_ascii_uppercase() } else { c })
+                .collect();
+            prop_assert_eq!(parse_id(&mixed), Some(id));
+            // The other spellings the uuid crate knows are not path ids.
+            prop_assert_eq!(parse_id(&id.simple().to_string()), None);
+            prop_assert_eq!(parse_id(&id.braced().to_string()), None);
+            prop_assert_eq!(parse_id(&id.urn().to_string()), None);
+        }
+
+        /// Arbitrary text never panics, and parses exactly when it has the canonical shape
+        /// (then to the UUID that text spells).
+        #[test]
+        fn arbitrary_segments_parse_only_in_canonical_form(
+            raw in prop_oneof![
+                any::<String>(),
+                "[0-9a-fA-F-]{34,38}",
+                "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                "[0-9a-fA-FgG{}:]{1}[0-9a-fA-F]{7}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{11}[0-9a-f}g]",
+                "[0-9a-f]{8}[-_+ ][0-9a-f]{4}-[0-9a-f]{4}[-_+ ][0-9a-f]{4}-[0-9a-f]{12}",
+            ]
+        ) {
+            let parsed = parse_id(&raw);
+            prop_assert_eq!(parsed.is_some(), canonical_shape(&raw), "segment {:?}", raw);
+            if let Some(id) = parsed {
+                prop_assert_eq!(id.hyphenated().to_string(), raw.to_ascii_lowercase());
+            }
+        }
+    }
+}

@@ -9,6 +9,9 @@
 //!   endpoints (echo challenge, key resets, deliveries).
 //! * guard checkers (`assert_*`) shared by the per-route error tests, and [`eventually`] to
 //!   poll with a deadline instead of sleeping.
+//! * [`cluster`]: several nodes on loopback joined into one cluster (`tests/cluster.rs`);
+//!   [`scenario`]: the §13.2 functional scenario, shared by `tests/functional.rs` (one node)
+//!   and `tests/cluster.rs` (each request to a random node).
 #![allow(dead_code)]
 
 pub mod cluster;
