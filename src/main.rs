@@ -47,6 +47,8 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Benchmark a running node: fan-out deliveries/s and trigger-to-delivery latency.
+    Bench(webhookd::bench::cli::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -130,6 +132,9 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Bench(args) => runtime()?
+            .block_on(webhookd::bench::cli::run(args))
+            .map_err(|e| e.to_string()),
     }
 }
 

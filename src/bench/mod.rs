@@ -1,0 +1,28 @@
+//! The benchmark harness, shared by `webhookd bench` (a running node, from the outside)
+//! and `cargo bench --bench fanout` (a node started for the run).
+//!
+//! * [`sink`]: the receiving server every subscriber's endpoint points at; it records
+//!   each delivery's arrival time and trigger.
+//! * [`client`]: the `/v1` API client for setup calls and triggers.
+//! * [`pool`]: bounded-concurrency job runner.
+//! * [`run`]: the scenarios (setup, fan-out, idle latency) and their figures.
+//! * [`load`]: closed-loop load (the HTTP ceiling, API read rate) and a hello-world server.
+//! * [`node`]: a node run as a child process, and its `/proc` figures.
+//! * [`stats`]: percentiles, rates, time buckets.
+//! * [`progress`]: the progress bar on stderr.
+//! * [`report`]: summary table, JSON and SVG output.
+//! * [`cli`]: the `webhookd bench` subcommand.
+
+pub mod cli;
+pub mod client;
+pub mod error;
+pub mod load;
+pub mod node;
+pub mod pool;
+pub mod progress;
+pub mod report;
+pub mod run;
+pub mod sink;
+pub mod stats;
+
+pub use error::{BenchError, BenchResult};

@@ -1,0 +1,187 @@
+//! A webhookd node run as a child process for the benchmark, and what `/proc` says about
+//! it (peak RSS, CPU time).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::error::{BenchError, BenchResult};
+
+/// What `serve` prints once it accepts requests.
+const LISTENING: &str = "listening on http://";
+
+/// A running `webhookd serve`; killed when dropped.
+pub struct NodeProcess {
+    child: Child,
+    pid: u32,
+    url: String,
+}
+
+impl NodeProcess {
+    /// Runs `<binary> serve --config <config>` with stderr appended to `log`, and waits
+    /// until it prints `listening on http://...` (or `deadline` passes).
+    pub async fn start(
+        binary: &Path,
+        config: &Path,
+        log: &Path,
+        deadline: Duration,
+    ) -> BenchResult<Self> {
+        let log_file = std::fs::File::create(log)
+            .map_err(|e| BenchError::io(format!("cannot create {}", log.display()), e))?;
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| BenchError::io(format!("cannot run {}", binary.display()), e))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| BenchError::Node("exited at once".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| BenchError::Node("no stdout pipe".into()))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let started = Instant::now();
+        let url = loop {
+            let left = deadline.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, lines.next_line()).await {
+                Ok(Ok(Some(line))) => {
+                    if let Some(at) = line.find(LISTENING) {
+                        break format!("http://{}", line[at + LISTENING.len()..].trim());
+                    }
+                }
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    let status = child.wait().await.ok();
+                    return Err(BenchError::Node(format!(
+                        "exited before `listening on` ({status:?}); see {}",
+                        log.display()
+                    )));
+                }
+                Err(_) => {
+                    return Err(BenchError::Timeout {
+                        what: format!("{} serve: `listening on`", binary.display()),
+                        after: deadline,
+                    })
+                }
+            }
+        };
+        // Keep draining stdout so the node never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self { child, pid, url })
+    }
+
+    /// The node's base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Kills the node and waits for it (bounded).
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+/// Memory figures of a process, in KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Resident set size now (`VmRSS`).
+    pub rss_kib: u64,
+    /// Peak resident set size (`VmHWM`).
+    pub hwm_kib: u64,
+}
+
+/// Reads `VmRSS` and `VmHWM` from `/proc/<pid>/status`.
+pub fn memory(pid: u32) -> BenchResult<Memory> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|e| BenchError::io(path, e))?;
+    parse_memory(&text).ok_or_else(|| BenchError::Invalid(format!("no VmRSS/VmHWM for {pid}")))
+}
+
+/// The `VmRSS` and `VmHWM` lines of a `/proc/<pid>/status` text.
+pub fn parse_memory(status: &str) -> Option<Memory> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    Some(Memory {
+        rss_kib: field("VmRSS:")?,
+        hwm_kib: field("VmHWM:")?,
+    })
+}
+
+/// Resets the peak RSS of `pid` to its current RSS (`echo 5 > /proc/<pid>/clear_refs`);
+/// false when the kernel refused.
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), b"5").is_ok()
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
+const USER_HZ: u64 = 100;
+
+/// User + system CPU time consumed by `pid` so far (10 ms resolution).
+pub fn cpu_time(pid: u32) -> BenchResult<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|e| BenchError::io(path, e))?;
+    parse_cpu_ticks(&text)
+        .map(|ticks| Duration::from_millis(ticks * 1000 / USER_HZ))
+        .ok_or_else(|| BenchError::Invalid(format!("cannot parse /proc/{pid}/stat")))
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock ticks.
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is parenthesised and may contain spaces.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state), so field n is at index n - 3.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_memory_lines() {
+        let status = "Name:\twebhookd\nVmHWM:\t  123456 kB\nVmRSS:\t   65432 kB\n";
+        assert_eq!(
+            parse_memory(status),
+            Some(Memory {
+                rss_kib: 65432,
+                hwm_kib: 123_456
+            })
+        );
+        assert_eq!(parse_memory("Name: x\n"), None);
+    }
+
+    #[test]
+    fn reads_cpu_ticks_past_a_spaced_name() {
+        let stat = "4242 (web hookd) S 1 4242 4242 0 -1 4194560 1 0 0 0 250 75 0 0 20 0 9 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(325));
+    }
+
+    #[test]
+    fn this_process_has_memory_and_cpu_figures() {
+        let me = std::process::id();
+        assert!(memory(me).unwrap().hwm_kib > 0);
+        assert!(cpu_time(me).is_ok());
+    }
+}
