@@ -342,7 +342,10 @@ impl Config {
             }
         }
         positive("http.shutdown_grace_secs", self.http.shutdown_grace_secs)?;
-        positive("http.header_read_timeout_secs", self.http.header_read_timeout_secs)?;
+        positive(
+            "http.header_read_timeout_secs",
+            self.http.header_read_timeout_secs,
+        )?;
         positive("http.keepalive_idle_secs", self.http.keepalive_idle_secs)?;
         for (key, value, min) in [
             ("http.max_connections", self.http.max_connections, 1),

@@ -71,7 +71,9 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| EnvFilter::new(format!("{},ractor=warn", config.log.level)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only on a terminal, never in log files or journals.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -106,7 +108,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 let node = daemon::build_node(&loaded.config, store).map_err(|e| e.to_string())?;
                 match node.bootstrap_admin().await.map_err(|e| e.to_string())? {
                     Some(admin) => daemon::print_admin_keys(&admin),
-                    None => return Err("the admin account survived the wipe".into()),
+                    None => println!(
+                        "This node does not own the admin account's shard: the member that \
+                         owns it creates the admin when it starts."
+                    ),
                 }
                 println!("Complete.");
                 Ok(())

@@ -227,7 +227,6 @@ impl RegistrationActor {
         self.ctx.store.flush().await?;
         Ok((triggered, false))
     }
-
 }
 
 impl Actor for RegistrationActor {

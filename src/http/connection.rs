@@ -64,8 +64,8 @@ impl Activity {
     /// Resolves when the connection must be closed: a header took longer than
     /// `header_timeout`, or the connection sat idle longer than `idle`.
     pub async fn expired(&self, header_timeout: Duration, idle: Duration) {
-        let tick = (header_timeout.min(idle) / 4)
-            .clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let tick =
+            (header_timeout.min(idle) / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
         let (header_ms, idle_ms) = (header_timeout.as_millis() as u64, idle.as_millis() as u64);
         loop {
             tokio::time::sleep(tick).await;
@@ -127,10 +127,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 

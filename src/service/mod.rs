@@ -655,9 +655,13 @@ pub fn reset_admin_key_offline(
     store: &crate::store::Store,
     iterations: u32,
 ) -> Result<String, ServiceError> {
-    let mut admin = store
-        .account_by_username(ADMIN_USERNAME)?
-        .ok_or_else(|| ServiceError::Internal("there is no admin account".into()))?;
+    let mut admin = store.account_by_username(ADMIN_USERNAME)?.ok_or_else(|| {
+        ServiceError::Internal(
+            "there is no admin account in this node's storage (in a cluster, run this on \
+                 the node that printed the admin keys)"
+                .into(),
+        )
+    })?;
     let key = crypto::generate_key()?;
     admin.api_key_hash = crypto::hash_key(&key, iterations)?;
     store.update_account(&admin)?;
