@@ -297,7 +297,14 @@ impl Actor for AccountActor {
                 );
             }
             AccountMsg::Delete { reply } => {
-                let _ = reply.send(self.delete().await);
+                let result = self.delete().await;
+                let gone = matches!(&result, Ok(w) if w.deleted == 1);
+                let _ = reply.send(result);
+                if gone {
+                    // Nothing left to serialise: free the actor now, not when idle.
+                    self.ctx.accounts.remove(&self.id, myself.get_id());
+                    myself.stop(None);
+                }
             }
             AccountMsg::IdleCheck => {
                 if state.last_active.elapsed() >= self.ctx.settings.idle_stop {

@@ -266,7 +266,14 @@ impl Actor for RegistrationActor {
                 let _ = reply.send(self.patch(caller, description).await);
             }
             RegistrationMsg::Delete { caller, reply } => {
-                let _ = reply.send(self.delete(caller).await);
+                let result = self.delete(caller).await;
+                let gone = matches!(&result, Ok(w) if w.deleted == 1);
+                let _ = reply.send(result);
+                if gone {
+                    // Nothing left to serialise: free the actor now, not when idle.
+                    self.ctx.registrations.remove(&self.id, myself.get_id());
+                    myself.stop(None);
+                }
             }
             RegistrationMsg::Subscribe { subscriber, reply } => {
                 let _ = reply.send(self.subscribe(subscriber).await);

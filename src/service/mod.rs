@@ -244,6 +244,9 @@ impl Node {
             caller: caller.clone(),
             id,
         }, Answer::Write(w) => w);
+        if self.ctx.store.account(&id)?.is_none() {
+            return Ok(WriteResult::skipped());
+        }
         self.ctx
             .ask_account(id, |reply| AccountMsg::Delete { reply })
             .await?
@@ -356,6 +359,14 @@ impl Node {
             id,
             description: description.clone(),
         }, Answer::Write(w) => w);
+        if self.ctx.store.registration(&id)?.is_none() {
+            // No actor for a record that does not exist (it would linger until idle).
+            if !caller.is_admin {
+                return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()));
+            }
+            description?;
+            return Ok(WriteResult::skipped());
+        }
         self.ctx
             .ask_registration(id, |reply| RegistrationMsg::Patch {
                 caller: caller.clone(),
@@ -382,6 +393,13 @@ impl Node {
             caller: caller.clone(),
             id,
         }, Answer::Write(w) => w);
+        if self.ctx.store.registration(&id)?.is_none() {
+            return if caller.is_admin {
+                Ok(WriteResult::deleted(0))
+            } else {
+                Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()))
+            };
+        }
         self.ctx
             .ask_registration(id, |reply| RegistrationMsg::Delete {
                 caller: Some(caller.clone()),
@@ -428,6 +446,11 @@ impl Node {
             caller: caller.clone(),
             registration,
         }, Answer::Subscription(s) => s);
+        if self.ctx.store.registration(&registration)?.is_none() {
+            return Err(ServiceError::NotFound(
+                msg::NO_SUCH_REGISTRATION_SUBSCRIBE.into(),
+            ));
+        }
         self.ctx
             .ask_registration(registration, |reply| RegistrationMsg::Subscribe {
                 subscriber: caller.id,
@@ -523,6 +546,11 @@ impl Node {
             event_data: event_data.clone(),
             idempotency_key: idempotency_key.clone(),
         }, Answer::Triggered(t, replayed) => (t, replayed));
+        if self.ctx.store.registration(&registration)?.is_none() {
+            return Err(ServiceError::NotFound(
+                msg::NO_SUCH_REGISTRATION_TRIGGER.into(),
+            ));
+        }
         self.ctx
             .ask_registration(registration, |reply| RegistrationMsg::Trigger {
                 caller: caller.clone(),
