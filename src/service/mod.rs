@@ -348,11 +348,7 @@ impl Node {
         description: Result<String, ServiceError>,
     ) -> Result<WriteResult, ServiceError> {
         let Some(id) = id else {
-            if !caller.is_admin {
-                return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()));
-            }
-            description?;
-            return Ok(WriteResult::skipped());
+            return patch_missing_registration(caller, description);
         };
         forward!(self, self.id_shard(&id), Command::PatchRegistration {
             caller: caller.clone(),
@@ -361,11 +357,7 @@ impl Node {
         }, Answer::Write(w) => w);
         if self.ctx.store.registration(&id)?.is_none() {
             // No actor for a record that does not exist (it would linger until idle).
-            if !caller.is_admin {
-                return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()));
-            }
-            description?;
-            return Ok(WriteResult::skipped());
+            return patch_missing_registration(caller, description);
         }
         self.ctx
             .ask_registration(id, |reply| RegistrationMsg::Patch {
@@ -383,22 +375,14 @@ impl Node {
         id: Option<Uuid>,
     ) -> Result<WriteResult, ServiceError> {
         let Some(id) = id else {
-            return if caller.is_admin {
-                Ok(WriteResult::deleted(0))
-            } else {
-                Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()))
-            };
+            return delete_missing_registration(caller);
         };
         forward!(self, self.id_shard(&id), Command::DeleteRegistration {
             caller: caller.clone(),
             id,
         }, Answer::Write(w) => w);
         if self.ctx.store.registration(&id)?.is_none() {
-            return if caller.is_admin {
-                Ok(WriteResult::deleted(0))
-            } else {
-                Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()))
-            };
+            return delete_missing_registration(caller);
         }
         self.ctx
             .ask_registration(id, |reply| RegistrationMsg::Delete {
@@ -673,6 +657,29 @@ impl Node {
     /// The shard of an id.
     fn id_shard(&self, id: &Uuid) -> crate::cluster::ShardId {
         self.ctx.cluster.map().shard_of_id(id)
+    }
+}
+
+/// PATCH of a registration that does not exist: 401 for a non-admin, else the body is
+/// still checked and the answer is `skipped: 1`.
+fn patch_missing_registration(
+    caller: &Caller,
+    description: Result<String, ServiceError>,
+) -> Result<WriteResult, ServiceError> {
+    if !caller.is_admin {
+        return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()));
+    }
+    description?;
+    Ok(WriteResult::skipped())
+}
+
+/// DELETE of a registration that does not exist: 401 for a non-admin, else `deleted: 0`
+/// (the original deleted through a filter, so nothing counts as skipped).
+fn delete_missing_registration(caller: &Caller) -> Result<WriteResult, ServiceError> {
+    if caller.is_admin {
+        Ok(WriteResult::deleted(0))
+    } else {
+        Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()))
     }
 }
 
