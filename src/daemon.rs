@@ -87,6 +87,8 @@ pub fn build_node(config: &Config, store: Store) -> Result<Node, DaemonError> {
             metrics: DeliveryMetrics::default(),
             bodies: Mutex::new(HashMap::new()),
             handoff_wake: tokio::sync::Notify::new(),
+            unattempted: std::sync::atomic::AtomicI64::new(0),
+            drained: tokio::sync::Notify::new(),
         },
     };
     Ok(Node::new(Arc::new(ctx)))

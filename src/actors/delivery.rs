@@ -11,12 +11,15 @@
 //! deadline is killed the same way.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{now_us, NodeContext};
@@ -25,8 +28,8 @@ use crate::delivery::attempt::{self, Request};
 use crate::delivery::metrics::{Counted, DeliveryMetrics};
 use crate::delivery::retry::RetryPolicy;
 use crate::store::{
-    Attempt, Delivery, DeliveryState, DueEntry, FailedCountChange, FanoutStep, Handoff,
-    NewDelivery, Outcome, Triggered,
+    Attempt, DeliveryState, DueEntry, FailedCountChange, FanoutStep, Handoff, NewDelivery, Outcome,
+    Triggered,
 };
 
 /// How often the supervisor looks for due work, flushes outcomes and checks deadlines.
@@ -59,9 +62,13 @@ pub struct DeliveryContext {
     /// Counters.
     pub metrics: DeliveryMetrics,
     /// Recently used trigger bodies.
-    pub bodies: Mutex<HashMap<Uuid, Arc<Triggered>>>,
+    pub bodies: Mutex<HashMap<Uuid, Arc<TriggerBody>>>,
     /// Wakes the handoff senders after a fan-out step queued batches for peers.
     pub handoff_wake: tokio::sync::Notify,
+    /// Deliveries created and not attempted yet (the fan-out backlog).
+    pub unattempted: AtomicI64,
+    /// Wakes fan-outs waiting for the backlog to drain (after outcomes).
+    pub drained: tokio::sync::Notify,
 }
 
 impl DeliveryContext {
@@ -71,6 +78,15 @@ impl DeliveryContext {
             let _ = s.cast(DeliveryMsg::Wake);
         }
     }
+}
+
+/// What every delivery of one trigger sends: its `event` header and its exact body (shared,
+/// not copied, by the attempts).
+pub struct TriggerBody {
+    /// The `event` header.
+    pub event: String,
+    /// The body.
+    pub body: Bytes,
 }
 
 /// Persists deliveries for subscribers owned by this node (skipping those at the
@@ -84,9 +100,18 @@ pub fn accept_local(
 ) -> Result<u64, crate::store::StoreError> {
     let limit = ctx.delivery.max_failed_count;
     let mut judged = Vec::with_capacity(items.len());
+    // A batch names the same subscriber accounts many times over.
+    let mut counts: HashMap<Uuid, u64> = HashMap::new();
     for item in items {
-        let skip = ctx.store.failed_count(&item.account_id)? >= limit;
-        judged.push((item, skip));
+        let count = match counts.get(&item.account_id) {
+            Some(c) => *c,
+            None => {
+                let c = ctx.store.failed_count(&item.account_id)?;
+                counts.insert(item.account_id, c);
+                c
+            }
+        };
+        judged.push((item, count >= limit));
     }
     let skipped = judged.iter().filter(|(_, skip)| *skip).count() as u64;
     let created = ctx
@@ -96,6 +121,9 @@ pub fn accept_local(
     metrics.count(Counted::Skipped, skipped);
     metrics
         .due
+        .fetch_add(created as i64, std::sync::atomic::Ordering::Relaxed);
+    ctx.delivery
+        .unattempted
         .fetch_add(created as i64, std::sync::atomic::Ordering::Relaxed);
     ctx.delivery.wake();
     Ok(created)
@@ -180,6 +208,13 @@ pub enum DeliveryMsg {
     Wake,
     /// Periodic: poll, flush, check deadlines, run the retention sweep when due.
     Tick,
+    /// Outcomes handed to the outcome writer are on disk (or failed to be written).
+    Flushed {
+        /// Their record keys, to free.
+        keys: Vec<Vec<u8>>,
+        /// How many of them ended their delivery.
+        finished: usize,
+    },
     /// A worker finished an attempt.
     Done {
         /// The worker.
@@ -209,7 +244,11 @@ pub struct SupervisorState {
     running: HashMap<ActorId, (ActorRef<WorkerMsg>, DueEntry, Instant)>,
     /// Record keys being attempted or whose outcome awaits writing.
     busy: HashSet<Vec<u8>>,
-    outcomes: Vec<Outcome>,
+    /// Where the next dispatch scan of the due queue starts.
+    scan_from: Option<Vec<u8>>,
+    /// Outcomes go to the writer task; `None` once stopping.
+    writer: Option<mpsc::UnboundedSender<Outcome>>,
+    writer_task: Option<JoinHandle<()>>,
     last_sweep: Instant,
 }
 
@@ -233,52 +272,48 @@ impl DeliverySupervisor {
         Ok(actor)
     }
 
-    /// Writes the buffered outcomes (durably: one group commit per batch) and frees their
-    /// keys.
-    async fn flush_outcomes(&self, state: &mut SupervisorState) {
-        if state.outcomes.is_empty() {
-            return;
-        }
-        let outcomes = std::mem::take(&mut state.outcomes);
-        let recorded = match self.ctx.store.record_outcomes(&outcomes, now_us()) {
-            Ok(()) => self.ctx.store.flush().await,
-            Err(e) => Err(e),
-        };
-        match recorded {
-            Ok(()) => {
-                let requeued = outcomes.iter().filter(|o| o.next_due_us.is_some()).count();
-                let done = outcomes.len() - requeued;
-                self.ctx
-                    .delivery
-                    .metrics
-                    .due
-                    .fetch_sub(done as i64, std::sync::atomic::Ordering::Relaxed);
-            }
-            // The due entries stay, so the attempts run again: at-least-once, never lost.
-            Err(e) => tracing::error!(error = %e, "recording delivery outcomes failed"),
-        }
-        for o in &outcomes {
-            state.busy.remove(&o.due.record_key);
+    /// Hands an outcome to the writer; its record stays busy until the writer reports it
+    /// durable.
+    fn record(&self, state: &mut SupervisorState, outcome: Outcome) {
+        let key = outcome.due.record_key.clone();
+        let sent = state.writer.as_ref().map(|w| w.send(outcome).is_ok());
+        if sent != Some(true) {
+            // Not written: the due entry stays, so the attempt runs again (at-least-once).
+            state.busy.remove(&key);
         }
     }
 
-    /// Hands due entries to idle workers.
-    fn dispatch(&self, state: &mut SupervisorState) {
-        if state.idle.is_empty() {
+    /// Hands due entries to idle workers. The scan starts after the last entry handed
+    /// out (entries before it are in flight, and walking past them on every refill was a
+    /// visible cost), falling back to the start of the queue when that finds too few;
+    /// `from_start` (every tick) rescans from the start, so nothing is passed over for long.
+    fn dispatch(&self, state: &mut SupervisorState, from_start: bool) {
+        let wanted = state.idle.len();
+        if wanted == 0 {
             return;
         }
+        let from = if from_start {
+            None
+        } else {
+            state.scan_from.take()
+        };
         let busy = &state.busy;
-        let due = match self
-            .ctx
-            .store
-            .due_entries(now_us(), state.idle.len(), |k| busy.contains(k))
-        {
+        let store = &self.ctx.store;
+        let now = now_us();
+        let scanned = match store.due_entries(now, wanted, from.as_deref(), |k| busy.contains(k)) {
+            Ok(due) if due.len() < wanted && from.is_some() => {
+                store.due_entries(now, wanted, None, |k| busy.contains(k))
+            }
+            other => other,
+        };
+        let due = match scanned {
             Ok(due) => due,
             Err(e) => {
                 tracing::error!(error = %e, "reading the due queue failed");
                 return;
             }
         };
+        state.scan_from = due.last().map(|d| d.due_key.clone());
         for entry in due {
             let Some(worker) = state.idle.pop() else {
                 break;
@@ -319,11 +354,10 @@ impl DeliverySupervisor {
                 error: Some(why.to_string()),
                 duration_us: started.elapsed().as_micros() as u64,
             };
-            let record = self.ctx.store.delivery_at(&due.record_key).ok().flatten();
-            let attempts_made = record.map_or(1, |d| d.attempts.len() + 1);
+            let attempts_made = usize::from(due.attempts) + 1;
             let (outcome, counted) = failure(&self.ctx, due, attempt, attempts_made);
             self.ctx.delivery.metrics.count(counted, 1);
-            state.outcomes.push(outcome);
+            self.record(state, outcome);
         }
         match self.spawn_worker(myself).await {
             Ok(w) => state.idle.push(w),
@@ -396,12 +430,20 @@ impl Actor for DeliverySupervisor {
             self.ctx.store.due_count() as i64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        self.ctx.delivery.unattempted.store(
+            self.ctx.store.unattempted_count()? as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         myself.send_interval(TICK, || DeliveryMsg::Tick);
+        let (writer, outcomes) = mpsc::unbounded_channel();
+        let writer_task = tokio::spawn(write_outcomes(self.ctx.clone(), outcomes, myself));
         Ok(SupervisorState {
             idle,
             running: HashMap::new(),
             busy: HashSet::new(),
-            outcomes: Vec::new(),
+            scan_from: None,
+            writer: Some(writer),
+            writer_task: Some(writer_task),
             last_sweep: Instant::now(),
         })
     }
@@ -413,10 +455,7 @@ impl Actor for DeliverySupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            DeliveryMsg::Wake => {
-                self.flush_outcomes(state).await;
-                self.dispatch(state);
-            }
+            DeliveryMsg::Wake => self.dispatch(state, false),
             DeliveryMsg::Tick => {
                 let deadline = self.ctx.delivery.attempt_timeout + STUCK_GRACE;
                 let stuck: Vec<ActorId> = state
@@ -434,9 +473,18 @@ impl Actor for DeliverySupervisor {
                     self.worker_lost(&myself, state, id, "attempt stuck past its deadline")
                         .await;
                 }
-                self.flush_outcomes(state).await;
-                self.dispatch(state);
+                self.dispatch(state, true);
                 self.maybe_sweep(state);
+            }
+            DeliveryMsg::Flushed { keys, finished } => {
+                for k in &keys {
+                    state.busy.remove(k);
+                }
+                self.ctx
+                    .delivery
+                    .metrics
+                    .due
+                    .fetch_sub(finished as i64, std::sync::atomic::Ordering::Relaxed);
             }
             DeliveryMsg::Done {
                 worker,
@@ -451,13 +499,12 @@ impl Actor for DeliverySupervisor {
                         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     state.idle.push(w);
                     self.ctx.delivery.metrics.count(counted, 1);
-                    state.outcomes.push(outcome);
+                    self.record(state, outcome);
                 }
                 // Refill in bulk: each dispatch scans past the keys in flight.
                 let refill = (self.ctx.delivery.max_in_flight / 8).max(1);
-                if state.outcomes.len() >= OUTCOME_BATCH || state.idle.len() >= refill {
-                    self.flush_outcomes(state).await;
-                    self.dispatch(state);
+                if state.idle.len() >= refill {
+                    self.dispatch(state, false);
                 }
             }
         }
@@ -492,8 +539,57 @@ impl Actor for DeliverySupervisor {
         _: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        self.flush_outcomes(state).await;
+        // The node is stopping: let the writer write and flush what is left.
+        state.writer = None;
+        if let Some(task) = state.writer_task.take() {
+            task.await?;
+        }
         Ok(())
+    }
+}
+
+/// The outcome writer: writes outcomes in batches (record, due queue and `failed_count`
+/// in one transaction), flushes each batch (one group commit) and reports it to the
+/// supervisor. Off the supervisor, so dispatch never waits for storage; outcomes that
+/// arrive during a write or flush make the next batch bigger.
+async fn write_outcomes(
+    ctx: Arc<NodeContext>,
+    mut outcomes: mpsc::UnboundedReceiver<Outcome>,
+    supervisor: ActorRef<DeliveryMsg>,
+) {
+    let mut batch = Vec::with_capacity(OUTCOME_BATCH);
+    while outcomes.recv_many(&mut batch, OUTCOME_BATCH).await > 0 {
+        let taken = std::mem::take(&mut batch);
+        let keys: Vec<Vec<u8>> = taken.iter().map(|o| o.due.record_key.clone()).collect();
+        let finished = taken.iter().filter(|o| o.next_due_us.is_none()).count();
+        let first = taken.iter().filter(|o| o.due.attempts == 0).count();
+        let store = ctx.store.clone();
+        let written =
+            tokio::task::spawn_blocking(move || store.record_outcomes(&taken, now_us())).await;
+        let finished = match written {
+            Ok(Ok(())) => {
+                let delivery = &ctx.delivery;
+                delivery
+                    .unattempted
+                    .fetch_sub(first as i64, std::sync::atomic::Ordering::Relaxed);
+                delivery.drained.notify_waiters();
+                if let Err(e) = ctx.store.flush().await {
+                    tracing::error!(error = %e, "flushing delivery outcomes failed");
+                }
+                finished
+            }
+            // The due entries stay, so the attempts run again: at-least-once, never lost.
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "recording delivery outcomes failed");
+                0
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recording delivery outcomes crashed");
+                0
+            }
+        };
+        // A stopped supervisor means the node is stopping: nothing left to free.
+        let _ = supervisor.cast(DeliveryMsg::Flushed { keys, finished });
     }
 }
 
@@ -507,39 +603,31 @@ impl DeliveryWorker {
     /// Resolves the delivery's current target and makes the attempt.
     async fn run(&self, due: DueEntry) -> (Outcome, Counted) {
         let ctx = &self.ctx;
-        let ended = |due: DueEntry| {
-            (
-                Outcome {
-                    due,
-                    attempt: None,
-                    state: DeliveryState::Cancelled,
-                    next_due_us: None,
-                    failed_count: FailedCountChange::Keep,
-                },
-                Counted::Cancelled,
-            )
-        };
-        let delivery: Delivery = match ctx.store.delivery_at(&due.record_key) {
-            Ok(Some(d)) if d.state == DeliveryState::Pending => d,
-            Ok(_) => return ended(due),
-            Err(e) => {
-                let attempt = internal_attempt(e.to_string());
-                return failure(ctx, due, attempt, 1);
-            }
-        };
+        let attempts_made = usize::from(due.attempts) + 1;
         // Every attempt uses the subscriber's current endpoint and secret; a deleted
         // subscription or account ends the delivery.
         let target = (
-            self.subscription_exists(&delivery).await,
-            ctx.store.account(&delivery.account_id),
-            self.trigger(&delivery),
+            self.subscription_exists(&due).await,
+            ctx.store.delivery_target(&due.account_id),
+            self.trigger(&due.triggered_id()),
         );
         let (account, triggered) = match target {
             (Ok(true), Ok(Some(account)), Ok(Some(triggered))) => (account, triggered),
-            (Ok(_), Ok(_), Ok(_)) => return ended(due),
+            (Ok(_), Ok(_), Ok(_)) => {
+                return (
+                    Outcome {
+                        due,
+                        attempt: None,
+                        state: DeliveryState::Cancelled,
+                        next_due_us: None,
+                        failed_count: FailedCountChange::Keep,
+                    },
+                    Counted::Cancelled,
+                )
+            }
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 let attempt = internal_attempt(e.to_string());
-                return failure(ctx, due, attempt, delivery.attempts.len() + 1);
+                return failure(ctx, due, attempt, attempts_made);
             }
         };
         let at_us = now_us();
@@ -547,8 +635,8 @@ impl DeliveryWorker {
             endpoint: &account.endpoint,
             secret_key: &account.secret_key,
             event: &triggered.event,
-            body: Bytes::from(triggered.body.clone()),
-            delivery_id: delivery.id,
+            body: triggered.body.clone(),
+            delivery_id: due.delivery_id,
             timestamp: (at_us / 1_000_000) as i64,
         };
         let attempt = match tokio::time::timeout(
@@ -578,22 +666,21 @@ impl DeliveryWorker {
                 Counted::Succeeded,
             )
         } else {
-            failure(ctx, due, attempt, delivery.attempts.len() + 1)
+            failure(ctx, due, attempt, attempts_made)
         }
     }
 
     /// Whether the delivery's subscription still exists. It lives with its registration,
     /// possibly on another node: that node is asked only before a retry (a first attempt
     /// follows the fan-out within moments), and an unreachable node counts as a yes.
-    async fn subscription_exists(&self, d: &Delivery) -> Result<bool, crate::store::StoreError> {
+    async fn subscription_exists(&self, due: &DueEntry) -> Result<bool, crate::store::StoreError> {
         let cluster = &self.ctx.cluster;
-        match cluster.remote_owner(cluster.map().shard_of_id(&d.subscription_id)) {
-            None => Ok(self.ctx.store.subscription(&d.subscription_id)?.is_some()),
-            Some(_) if d.attempts.is_empty() => Ok(true),
+        let subscription = due.subscription_id();
+        match cluster.remote_owner(cluster.map().shard_of_id(&subscription)) {
+            None => self.ctx.store.subscription_exists(&subscription),
+            Some(_) if due.attempts == 0 => Ok(true),
             Some(peer) => {
-                let ask = Command::SubscriptionExists {
-                    id: d.subscription_id,
-                };
+                let ask = Command::SubscriptionExists { id: subscription };
                 Ok(!matches!(
                     cluster.call(peer, &ask).await,
                     Ok(Answer::Bool(false))
@@ -603,24 +690,23 @@ impl DeliveryWorker {
     }
 
     /// The trigger's body and event, from the shared cache or storage.
-    fn trigger(&self, d: &Delivery) -> Result<Option<Arc<Triggered>>, crate::store::StoreError> {
+    fn trigger(&self, id: &Uuid) -> Result<Option<Arc<TriggerBody>>, crate::store::StoreError> {
         let cache = &self.ctx.delivery.bodies;
-        if let Some(t) = cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&d.triggered_id).cloned())
-        {
+        if let Some(t) = cache.lock().ok().and_then(|c| c.get(id).cloned()) {
             return Ok(Some(t));
         }
-        let Some(t) = self.ctx.store.trigger_for_delivery(&d.triggered_id)? else {
+        let Some(t) = self.ctx.store.trigger_for_delivery(id)? else {
             return Ok(None);
         };
-        let t = Arc::new(t);
+        let t = Arc::new(TriggerBody {
+            event: t.event,
+            body: Bytes::from(t.body),
+        });
         if let Ok(mut c) = cache.lock() {
             if c.len() >= BODY_CACHE {
                 c.clear();
             }
-            c.insert(d.triggered_id, t.clone());
+            c.insert(*id, t.clone());
         }
         Ok(Some(t))
     }

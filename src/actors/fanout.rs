@@ -4,8 +4,15 @@
 //! deliveries of subscribers owned by this node, queues the others for their nodes
 //! (handoff), and moves the cursor — one transaction, so a crash resumes exactly there and
 //! memory stays bounded by one batch whatever the number of subscribers.
+//!
+//! Steps run on the blocking pool (a step is a few milliseconds of sled work that would
+//! otherwise hold an async worker away from the delivery engine), the first one small so
+//! the first deliveries go out at once, and a fan-out waits while the node's deliveries not
+//! attempted yet are above a backlog limit: writing deliveries far ahead of the engine only
+//! costs memory and slows the engine's own writes.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,21 +23,53 @@ use super::NodeContext;
 use crate::service::ServiceError;
 use crate::store::{FanoutStep, NewDelivery};
 
-/// Subscriptions handed to delivery per step.
+/// Subscriptions handed to delivery by a fan-out's first step.
+const FIRST_BATCH: usize = 100;
+/// Subscriptions handed to delivery per later step.
 const FANOUT_BATCH: usize = 1000;
+/// Pending deliveries per delivery worker above which fan-outs wait.
+const BACKLOG_PER_WORKER: usize = 32;
 /// Pause before retrying a step that failed (storage trouble).
 const STEP_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs `triggered`'s fan-out to the end.
 pub async fn run_fanout(ctx: Arc<NodeContext>, registration: Uuid, triggered: Uuid) {
+    let mut batch = FIRST_BATCH;
     loop {
-        match fanout_step(&ctx, &registration, &triggered) {
-            Ok(true) => tokio::task::yield_now().await,
-            Ok(false) => return,
-            Err(e) => {
+        wait_for_backlog(&ctx).await;
+        let step_ctx = ctx.clone();
+        let step = tokio::task::spawn_blocking(move || {
+            fanout_step(&step_ctx, &registration, &triggered, batch)
+        })
+        .await;
+        match step {
+            Ok(Ok(true)) => batch = FANOUT_BATCH,
+            Ok(Ok(false)) => return,
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, %triggered, "fan-out step failed; retrying");
                 tokio::time::sleep(STEP_RETRY).await;
             }
+            // The step panicked: nothing was written (one transaction), so retry it.
+            Err(e) => {
+                tracing::error!(error = %e, %triggered, "fan-out step crashed; retrying");
+                tokio::time::sleep(STEP_RETRY).await;
+            }
+        }
+    }
+}
+
+/// Waits while the node's deliveries not attempted yet are above the backlog limit (those
+/// waiting for a retry do not count: they are not in the engine's way).
+async fn wait_for_backlog(ctx: &NodeContext) {
+    let limit = (ctx.delivery.max_in_flight * BACKLOG_PER_WORKER) as i64;
+    loop {
+        let drained = ctx.delivery.drained.notified();
+        if ctx.delivery.unattempted.load(Ordering::Relaxed) <= limit {
+            return;
+        }
+        tokio::select! {
+            () = drained => {}
+            () = tokio::time::sleep(STEP_RETRY) => {}
         }
     }
 }
@@ -40,13 +79,14 @@ fn fanout_step(
     ctx: &NodeContext,
     registration: &Uuid,
     triggered: &Uuid,
+    batch_size: usize,
 ) -> Result<bool, ServiceError> {
     let store = &ctx.store;
     let Some(cursor) = store.fanout(triggered)? else {
         return Ok(false);
     };
-    let batch = store.subscription_batch(registration, cursor.after.as_deref(), FANOUT_BATCH)?;
-    let finished = batch.len() < FANOUT_BATCH;
+    let batch = store.subscription_batch(registration, cursor.after.as_deref(), batch_size)?;
+    let finished = batch.len() < batch_size;
     let after = batch.last().map(|(k, _)| k.clone()).or(cursor.after);
     // Deliveries run on the node owning the subscriber (it keeps failed_count): local
     // subscribers are accepted here, the others queued for their node.

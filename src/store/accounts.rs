@@ -4,6 +4,7 @@ use sled::transaction::{ConflictableTransactionError, ConflictableTransactionRes
 use sled::Transactional;
 use uuid::Uuid;
 
+use super::deliveries::failed_count_key;
 use super::pagination::{Page, PageRequest};
 use super::records::{decode, encode, Account};
 use super::{epoch_key, read_u64, trailing_id, Result, Store, StoreError};
@@ -73,7 +74,7 @@ impl Store {
 
     /// The account's `failed_count`.
     pub fn failed_count(&self, id: &Uuid) -> Result<u64> {
-        match self.t().failed_counts.get(id.as_bytes())? {
+        match self.t().deliveries.get(failed_count_key(id))? {
             Some(v) => read_u64(&v, 0),
             None => Ok(0),
         }
@@ -81,12 +82,13 @@ impl Store {
 
     /// Sets the account's `failed_count` (0 re-enables delivery).
     pub fn set_failed_count(&self, id: &Uuid, value: u64) -> Result<()> {
+        let _counts = self.lock_counts();
         if value == 0 {
-            self.t().failed_counts.remove(id.as_bytes())?;
+            self.t().deliveries.remove(failed_count_key(id))?;
         } else {
             self.t()
-                .failed_counts
-                .insert(id.as_bytes(), &value.to_be_bytes())?;
+                .deliveries
+                .insert(failed_count_key(id), &value.to_be_bytes())?;
         }
         Ok(())
     }
@@ -112,6 +114,7 @@ impl Store {
         self.t()
             .accounts
             .insert(account.id.as_bytes(), encode(account)?)?;
+        self.inner.targets.invalidate(&account.id);
         Ok(())
     }
 
@@ -135,21 +138,23 @@ impl Store {
                 Ok(Some(account))
             })
             .map_err(StoreError::from)?;
+        self.inner.targets.invalidate(id);
         Ok(found)
     }
 
     /// Removes a tombstoned account's record and username (the last step of its cascade).
     pub fn finish_account_delete(&self, account: &Account) -> Result<()> {
         let t = self.t();
+        let _counts = self.lock_counts();
         (
             &t.accounts,
             &t.usernames,
             &t.accounts_by_epoch,
-            &t.failed_counts,
+            &t.deliveries,
         )
-            .transaction(|(accounts, usernames, by_epoch, failed_counts)| {
+            .transaction(|(accounts, usernames, by_epoch, deliveries)| {
                 accounts.remove(account.id.as_bytes())?;
-                failed_counts.remove(account.id.as_bytes())?;
+                deliveries.remove(&failed_count_key(&account.id))?;
                 if usernames.get(account.username.as_bytes())?.as_deref()
                     == Some(account.id.as_bytes().as_slice())
                 {
@@ -158,7 +163,9 @@ impl Store {
                 by_epoch.remove(&epoch_key(account.epoch_us, &account.id))?;
                 Ok(())
             })
-            .map_err(StoreError::from)
+            .map_err(StoreError::from)?;
+        self.inner.targets.invalidate(&account.id);
+        Ok(())
     }
 
     /// Accounts whose cascade delete was interrupted (to be finished at start-up).

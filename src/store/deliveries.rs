@@ -1,26 +1,75 @@
-//! Delivery state: fan-out cursors, one record per subscriber delivery, the due queue.
-//!
-//! The `deliveries` tree holds two kinds of keys so that a batch of outcomes is one atomic
-//! `apply_batch` together with its due-queue changes:
+//! Delivery state: fan-out cursors, one record per subscriber delivery, the due queue,
+//! handoff batches and `failed_count`s — all in the `deliveries` tree, by key prefix, so
+//! that every step of the delivery engine (a fan-out step, a batch of outcomes) is one
+//! atomic `apply_batch` rather than a multi-tree transaction:
 //! - `r` ++ triggered id ++ subscription epoch ++ subscription id → [`Delivery`]
 //!   (so a trigger's deliveries list in subscription order, and the key is deterministic:
 //!   a resent fan-out batch overwrites nothing that exists);
-//! - `d` ++ due µs ++ the record key (without `r`) → () — the due queue, in time order.
+//! - `d` ++ due µs ++ the record key (without `r`) → delivery id ++ subscriber account id ++
+//!   attempts made (u16): the due queue, in time order. The value carries what an attempt
+//!   needs, so a worker never reads the record; only the outcome writer does;
+//! - `c` ++ triggered id → [`FanoutCursor`]: a fan-out not finished yet, with the last
+//!   subscription index key already handed to delivery, so a restart resumes there;
+//! - `h` ++ peer node id ++ 0 ++ triggered id ++ µs ++ n → a batch of [`NewDelivery`]
+//!   waiting to be handed to the node that owns its subscribers;
+//! - `f` ++ account id → the account's `failed_count` (absent: 0).
 //!
-//! `fanout` holds, per trigger whose fan-out is not finished, the last subscription index
-//! key already handed to delivery, so a restart resumes where it stopped.
+//! Records, handoff batches and cursors use the compact (bincode) encoding: they are written
+//! once or more per delivery.
+
+use std::collections::HashMap;
+use std::sync::MutexGuard;
 
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
 use uuid::Uuid;
 
-use super::accounts::{tx_decode, tx_encode};
 use super::pagination::{Page, PageRequest};
-use super::records::{decode, encode, Triggered};
+use super::records::{decode, encode_compact, Triggered};
 use super::{read_u64, read_uuid, Result, Store, StoreError};
 
 const RECORD: u8 = b'r';
 const DUE: u8 = b'd';
+const CURSOR: u8 = b'c';
+const HANDOFF: u8 = b'h';
+const FAILED_COUNT: u8 = b'f';
+
+/// The key of an account's `failed_count`.
+pub(super) fn failed_count_key(account: &Uuid) -> [u8; 17] {
+    let mut k = [FAILED_COUNT; 17];
+    k[1..].copy_from_slice(account.as_bytes());
+    k
+}
+
+/// The key of a trigger's fan-out cursor.
+pub(super) fn cursor_key(triggered: &Uuid) -> [u8; 17] {
+    let mut k = [CURSOR; 17];
+    k[1..].copy_from_slice(triggered.as_bytes());
+    k
+}
+
+/// Moves the rows of the separate trees an earlier release used (`failed_counts`,
+/// `fanout`, `handoff`) under their prefixes in `deliveries`, then drops those trees.
+pub(super) fn migrate_legacy_trees(db: &sled::Db, deliveries: &sled::Tree) -> Result<()> {
+    let names = db.tree_names();
+    for (name, kind) in [
+        ("failed_counts", FAILED_COUNT),
+        ("fanout", CURSOR),
+        ("handoff", HANDOFF),
+    ] {
+        if !names.iter().any(|n| n.as_ref() == name.as_bytes()) {
+            continue;
+        }
+        let legacy = db.open_tree(name)?;
+        let mut batch = sled::Batch::default();
+        for item in legacy.iter() {
+            let (k, v) = item?;
+            batch.insert(prefixed(kind, &k), v);
+        }
+        deliveries.apply_batch(batch)?;
+        db.drop_tree(name)?;
+    }
+    Ok(())
+}
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,7 +199,7 @@ pub struct NewDelivery {
     pub account_id: Uuid,
 }
 
-/// A due entry: when, and which record.
+/// A due entry: when, which record, and what the attempt needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueEntry {
     /// The full due-queue key (to remove it once the attempt is recorded).
@@ -159,6 +208,43 @@ pub struct DueEntry {
     pub record_key: Vec<u8>,
     /// When it is due (Unix µs).
     pub due_us: u64,
+    /// The delivery id (`webhook-id`).
+    pub delivery_id: Uuid,
+    /// The subscriber.
+    pub account_id: Uuid,
+    /// Attempts already made.
+    pub attempts: u16,
+}
+
+impl DueEntry {
+    /// The trigger whose delivery this is.
+    pub fn triggered_id(&self) -> Uuid {
+        uuid_at(&self.record_key, 1)
+    }
+
+    /// The subscription the delivery serves.
+    pub fn subscription_id(&self) -> Uuid {
+        uuid_at(&self.record_key, 25)
+    }
+}
+
+/// The 16 bytes at `at` as a UUID (record keys have a fixed layout, checked on read).
+fn uuid_at(key: &[u8], at: usize) -> Uuid {
+    key.get(at..at + 16)
+        .and_then(|b| Uuid::from_slice(b).ok())
+        .unwrap_or_default()
+}
+
+/// Length of a due-queue value: delivery id, account id, attempts made.
+const DUE_VALUE_LEN: usize = 34;
+
+fn due_value(delivery_id: &Uuid, account_id: &Uuid, attempts: usize) -> [u8; DUE_VALUE_LEN] {
+    let mut v = [0u8; DUE_VALUE_LEN];
+    v[..16].copy_from_slice(delivery_id.as_bytes());
+    v[16..32].copy_from_slice(account_id.as_bytes());
+    let attempts = u16::try_from(attempts).unwrap_or(u16::MAX);
+    v[32..].copy_from_slice(&attempts.to_be_bytes());
+    v
 }
 
 /// The recorded result of one attempt, to apply in a batch.
@@ -188,7 +274,9 @@ pub enum FailedCountChange {
 }
 
 fn handoff_prefix(peer: &str) -> Vec<u8> {
-    let mut k = peer.as_bytes().to_vec();
+    let mut k = Vec::with_capacity(peer.len() + 2);
+    k.push(HANDOFF);
+    k.extend_from_slice(peer.as_bytes());
     k.push(0);
     k
 }
@@ -228,23 +316,28 @@ pub fn delivery_id(triggered: &Uuid, subscription: &Uuid) -> Uuid {
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
+/// Takes a lock that only guards `()`: a panic while holding it leaves nothing torn.
+fn lock(m: &std::sync::Mutex<()>) -> MutexGuard<'_, ()> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Store {
     /// Records the fan-out of a new trigger (with the triggered row, atomically).
     pub fn start_fanout(&self, triggered: &Uuid, cursor: &FanoutCursor) -> Result<()> {
         self.t()
-            .fanout
-            .insert(triggered.as_bytes(), encode(cursor)?)?;
+            .deliveries
+            .insert(cursor_key(triggered), encode_compact(cursor)?)?;
         Ok(())
     }
 
     /// Every unfinished fan-out (resumed at start-up).
     pub fn fanouts(&self) -> Result<Vec<(Uuid, FanoutCursor)>> {
         self.t()
-            .fanout
-            .iter()
+            .deliveries
+            .scan_prefix([CURSOR])
             .map(|item| {
                 let (k, v) = item?;
-                Ok((read_uuid(&k, 0)?, decode(&v)?))
+                Ok((read_uuid(&k, 1)?, decode(&v)?))
             })
             .collect()
     }
@@ -252,8 +345,8 @@ impl Store {
     /// The cursor of `triggered`'s fan-out, if unfinished.
     pub fn fanout(&self, triggered: &Uuid) -> Result<Option<FanoutCursor>> {
         self.t()
-            .fanout
-            .get(triggered.as_bytes())?
+            .deliveries
+            .get(cursor_key(triggered))?
             .map(|v| decode(&v))
             .transpose()
     }
@@ -295,8 +388,10 @@ impl Store {
 
     /// Creates deliveries (pending and due `now_us`, or skipped) and, for a fan-out step,
     /// queues the batches for other nodes and moves the cursor — all in one transaction.
-    /// Existing records are left as they are, so a batch handed over twice creates no
-    /// duplicates. Returns how many pending deliveries were created.
+    /// Existing records of a batch handed over by another node are left as they are, so a
+    /// batch handed over twice creates no duplicates; a fan-out step writes blindly, since
+    /// its records cannot exist yet (the cursor moves in the same transaction). Returns
+    /// how many pending deliveries were created.
     pub fn accept_deliveries(
         &self,
         triggered: &Uuid,
@@ -324,52 +419,44 @@ impl Store {
                 next_attempt_us: (!skip).then_some(now_us),
                 finished_us: skip.then_some(now_us),
             };
-            records.push((delivery.key_body(), encode(&delivery)?, *skip));
+            let due = due_value(&delivery.id, &delivery.account_id, 0);
+            records.push((delivery.key_body(), encode_compact(&delivery)?, due, *skip));
         }
-        let mut handoffs = Vec::new();
-        let mut cursor_value = None;
+        let fresh = step.is_some();
+        // A handed-over batch checks which records exist before writing: one at a time.
+        let _accepting = (!fresh).then(|| lock(&self.inner.accept_lock));
+        let mut batch = sled::Batch::default();
+        let mut created = 0u64;
+        for (body, record, due, skip) in records {
+            let key = prefixed(RECORD, &body);
+            if !fresh && t.deliveries.contains_key(&key)? {
+                continue;
+            }
+            batch.insert(key, record);
+            if !skip {
+                batch.insert(due_key(now_us, &body), due.as_slice());
+                created += 1;
+            }
+        }
         if let Some(step) = &step {
-            for (i, (peer, batch)) in step.handoffs.iter().enumerate() {
+            for (i, (peer, items)) in step.handoffs.iter().enumerate() {
                 let mut key = handoff_prefix(peer);
                 key.extend_from_slice(triggered.as_bytes());
                 key.extend_from_slice(&now_us.to_be_bytes());
                 key.extend_from_slice(&(i as u32).to_be_bytes());
-                handoffs.push((key, encode(batch)?));
+                batch.insert(key, encode_compact(items)?);
             }
-            cursor_value = Some(encode(&FanoutCursor {
-                registration_id: *registration,
-                after: step.after.clone(),
-            })?);
+            if step.finished {
+                batch.remove(&cursor_key(triggered));
+            } else {
+                let cursor = encode_compact(&FanoutCursor {
+                    registration_id: *registration,
+                    after: step.after.clone(),
+                })?;
+                batch.insert(&cursor_key(triggered), cursor);
+            }
         }
-        let created = (&t.deliveries, &t.fanout, &t.handoff)
-            .transaction(|(deliveries, fanout, handoff)| {
-                let mut created = 0u64;
-                for (body, record, skip) in &records {
-                    let key = prefixed(RECORD, body);
-                    if deliveries.get(&key)?.is_some() {
-                        continue;
-                    }
-                    deliveries.insert(key, record.as_slice())?;
-                    if !skip {
-                        deliveries.insert(due_key(now_us, body), &[])?;
-                        created += 1;
-                    }
-                }
-                for (key, batch) in &handoffs {
-                    handoff.insert(key.as_slice(), batch.as_slice())?;
-                }
-                match (&step, &cursor_value) {
-                    (Some(s), _) if s.finished => {
-                        fanout.remove(triggered.as_bytes())?;
-                    }
-                    (Some(_), Some(cursor)) => {
-                        fanout.insert(triggered.as_bytes(), cursor.as_slice())?;
-                    }
-                    _ => {}
-                }
-                Ok(created)
-            })
-            .map_err(StoreError::from)?;
+        t.deliveries.apply_batch(batch)?;
         Ok(created)
     }
 
@@ -377,7 +464,7 @@ impl Store {
     pub fn handoffs_for(&self, peer: &str, limit: usize) -> Result<Vec<Handoff>> {
         let prefix = handoff_prefix(peer);
         self.t()
-            .handoff
+            .deliveries
             .scan_prefix(&prefix)
             .take(limit)
             .map(|item| {
@@ -393,7 +480,7 @@ impl Store {
 
     /// Forgets a batch the peer has persisted.
     pub fn remove_handoff(&self, key: &[u8]) -> Result<()> {
-        self.t().handoff.remove(key)?;
+        self.t().deliveries.remove(key)?;
         Ok(())
     }
 
@@ -402,7 +489,7 @@ impl Store {
         if !self.t().remote_triggers.contains_key(t.id.as_bytes())? {
             self.t()
                 .remote_triggers
-                .insert(t.id.as_bytes(), encode(t)?)?;
+                .insert(t.id.as_bytes(), super::records::encode(t)?)?;
         }
         Ok(())
     }
@@ -420,29 +507,54 @@ impl Store {
         }
     }
 
-    /// Up to `limit` due entries with due time `<= now_us`, oldest first, skipping those
-    /// `busy` says are already in flight.
+    /// Up to `limit` due entries with due time `<= now_us`, oldest first, from the due key
+    /// `from` on (or the start of the queue), skipping those `busy` says are in flight.
     pub fn due_entries(
         &self,
         now_us: u64,
         limit: usize,
+        from: Option<&[u8]>,
         busy: impl Fn(&[u8]) -> bool,
     ) -> Result<Vec<DueEntry>> {
         let mut out = Vec::new();
-        for key in self.t().deliveries.scan_prefix([DUE]).keys() {
-            let key = key?;
+        let start = from.map_or_else(|| vec![DUE], <[u8]>::to_vec);
+        for item in self.t().deliveries.range(start..vec![DUE + 1]) {
+            let (key, value) = item?;
             let due_us = read_u64(&key, 1)?;
             if due_us > now_us || out.len() >= limit {
                 break;
+            }
+            if key.len() != 9 + 40 {
+                return Err(StoreError::Corrupt("due-queue key".into()));
             }
             let record_key = prefixed(RECORD, &key[9..]);
             if busy(&record_key) {
                 continue;
             }
+            let (delivery_id, account_id, attempts) = if value.len() == DUE_VALUE_LEN {
+                (
+                    read_uuid(&value, 0)?,
+                    read_uuid(&value, 16)?,
+                    u16::from_be_bytes([value[32], value[33]]),
+                )
+            } else {
+                // Queued by an older release, without the attempt's facts: read the record.
+                match self.delivery_at(&record_key)? {
+                    Some(d) => (
+                        d.id,
+                        d.account_id,
+                        u16::try_from(d.attempts.len()).unwrap_or(u16::MAX),
+                    ),
+                    None => (Uuid::nil(), Uuid::nil(), 0),
+                }
+            };
             out.push(DueEntry {
                 due_key: key.to_vec(),
                 record_key,
                 due_us,
+                delivery_id,
+                account_id,
+                attempts,
             });
         }
         Ok(out)
@@ -461,6 +573,19 @@ impl Store {
         self.t().deliveries.scan_prefix([DUE]).count()
     }
 
+    /// Number of pending deliveries not attempted yet.
+    pub fn unattempted_count(&self) -> Result<usize> {
+        let mut n = 0;
+        for value in self.t().deliveries.scan_prefix([DUE]).values() {
+            let value = value?;
+            // An entry queued by an older release carries no count: it counts as attempted.
+            if value.len() == DUE_VALUE_LEN && value[32..] == [0, 0] {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// The delivery stored under `record_key`.
     pub fn delivery_at(&self, record_key: &[u8]) -> Result<Option<Delivery>> {
         self.t()
@@ -470,52 +595,69 @@ impl Store {
             .transpose()
     }
 
-    /// Applies attempt outcomes: record, due queue and `failed_count`, atomically.
+    /// Holds the `failed_count` lock: counts are read, changed and written back by
+    /// outcome batches, so every other writer of a count takes it too.
+    pub(super) fn lock_counts(&self) -> MutexGuard<'_, ()> {
+        lock(&self.inner.counts_lock)
+    }
+
+    /// Applies attempt outcomes: record, due queue and `failed_count`, in one atomic batch.
     pub fn record_outcomes(&self, outcomes: &[Outcome], now_us: u64) -> Result<()> {
-        let t = self.t();
-        (&t.deliveries, &t.failed_counts)
-            .transaction(|(deliveries, failed_counts)| {
-                for o in outcomes {
-                    deliveries.remove(o.due.due_key.as_slice())?;
-                    let Some(bytes) = deliveries.get(&o.due.record_key)? else {
-                        continue;
-                    };
-                    let mut d: Delivery = tx_decode(&bytes)?;
-                    if d.state != DeliveryState::Pending {
-                        continue;
-                    }
-                    d.attempts.extend(o.attempt.clone());
-                    d.state = o.state;
-                    d.next_attempt_us = o.next_due_us;
-                    if o.state != DeliveryState::Pending {
-                        d.finished_us = Some(now_us);
-                    }
-                    if let Some(next) = o.next_due_us {
-                        deliveries.insert(due_key(next, &o.due.record_key[1..]), &[])?;
-                    }
-                    deliveries.insert(o.due.record_key.as_slice(), tx_encode(&d)?)?;
-                    let account = d.account_id.as_bytes();
-                    match o.failed_count {
-                        FailedCountChange::Keep => {}
-                        FailedCountChange::Reset => {
-                            if failed_counts.get(account)?.is_some() {
-                                failed_counts.remove(account)?;
-                            }
-                        }
-                        FailedCountChange::Increment => {
-                            let current = match failed_counts.get(account)? {
-                                Some(v) => read_u64(&v, 0).map_err(
-                                    sled::transaction::ConflictableTransactionError::Abort,
-                                )?,
-                                None => 0,
-                            };
-                            failed_counts.insert(account, &(current + 1).to_be_bytes())?;
-                        }
-                    }
+        let deliveries = &self.t().deliveries;
+        let _counts = self.lock_counts();
+        let mut batch = sled::Batch::default();
+        let mut counts: HashMap<Uuid, u64> = HashMap::new();
+        for o in outcomes {
+            batch.remove(o.due.due_key.as_slice());
+            let Some(bytes) = deliveries.get(&o.due.record_key)? else {
+                continue;
+            };
+            let mut d: Delivery = match decode(&bytes) {
+                Ok(d) => d,
+                // Never retried forever: the due entry goes, the record stays for a look.
+                Err(e) => {
+                    tracing::error!(error = %e, "a delivery record is unreadable; dropping its due entry");
+                    continue;
                 }
-                Ok(())
-            })
-            .map_err(StoreError::from)
+            };
+            if d.state != DeliveryState::Pending {
+                continue;
+            }
+            d.attempts.extend(o.attempt.clone());
+            d.state = o.state;
+            d.next_attempt_us = o.next_due_us;
+            if o.state != DeliveryState::Pending {
+                d.finished_us = Some(now_us);
+            }
+            if let Some(next) = o.next_due_us {
+                let due = due_value(&d.id, &d.account_id, d.attempts.len());
+                batch.insert(due_key(next, &o.due.record_key[1..]), due.as_slice());
+            }
+            batch.insert(o.due.record_key.as_slice(), encode_compact(&d)?);
+            match o.failed_count {
+                FailedCountChange::Keep => {}
+                FailedCountChange::Reset => {
+                    counts.insert(d.account_id, 0);
+                }
+                FailedCountChange::Increment => {
+                    let current = match counts.get(&d.account_id) {
+                        Some(c) => *c,
+                        None => self.failed_count(&d.account_id)?,
+                    };
+                    counts.insert(d.account_id, current + 1);
+                }
+            }
+        }
+        for (account, count) in counts {
+            let key = failed_count_key(&account);
+            if count == 0 {
+                batch.remove(&key);
+            } else {
+                batch.insert(&key, &count.to_be_bytes());
+            }
+        }
+        deliveries.apply_batch(batch)?;
+        Ok(())
     }
 
     /// A page of `triggered`'s deliveries, in subscription order.
@@ -572,8 +714,9 @@ impl Store {
             d.state = DeliveryState::Pending;
             d.next_attempt_us = Some(now_us);
             d.finished_us = None;
-            batch.insert(k.to_vec(), encode(&d)?);
-            batch.insert(due_key(now_us, &k[1..]), &[]);
+            batch.insert(k.to_vec(), encode_compact(&d)?);
+            let due = due_value(&d.id, &d.account_id, d.attempts.len());
+            batch.insert(due_key(now_us, &k[1..]), due.as_slice());
             n += 1;
         }
         self.t().deliveries.apply_batch(batch)?;
@@ -620,11 +763,11 @@ mod tests {
         assert_eq!(s.due_count(), 2);
         let counts = s.delivery_counts(&t).unwrap();
         assert_eq!((counts.pending, counts.skipped), (2, 1));
-        assert!(s.due_entries(9, 10, |_| false).unwrap().is_empty());
-        let due = s.due_entries(10, 10, |_| false).unwrap();
+        assert!(s.due_entries(9, 10, None, |_| false).unwrap().is_empty());
+        let due = s.due_entries(10, 10, None, |_| false).unwrap();
         assert_eq!(due.len(), 2);
         assert_eq!(
-            s.due_entries(10, 10, |k| k == due[0].record_key)
+            s.due_entries(10, 10, None, |k| k == due[0].record_key)
                 .unwrap()
                 .len(),
             1
@@ -638,7 +781,7 @@ mod tests {
         let it = item(1);
         s.accept_deliveries(&t, &r, &[(it.clone(), false)], 5, None)
             .unwrap();
-        let due = s.due_entries(5, 1, |_| false).unwrap().remove(0);
+        let due = s.due_entries(5, 1, None, |_| false).unwrap().remove(0);
         let attempt = Attempt {
             at_us: 5,
             status: Some(500),
@@ -658,7 +801,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.failed_count(&it.account_id).unwrap(), 1);
         assert_eq!(s.next_due_us().unwrap(), Some(50));
-        let due = s.due_entries(50, 1, |_| false).unwrap().remove(0);
+        let due = s.due_entries(50, 1, None, |_| false).unwrap().remove(0);
         s.record_outcomes(
             &[Outcome {
                 due,

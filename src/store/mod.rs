@@ -15,11 +15,12 @@ pub mod pagination;
 pub mod records;
 mod registrations;
 mod subscriptions;
+mod targets;
 mod triggered;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
@@ -32,6 +33,7 @@ pub use deliveries::{
 pub use pagination::{Page, PageRequest};
 pub use records::{Account, KeyKind, PendingKey, Registration, Subscription, Triggered};
 pub use subscriptions::SubscribeError;
+pub use targets::DeliveryTarget;
 
 use flusher::Flusher;
 
@@ -77,7 +79,6 @@ struct Trees {
     accounts: sled::Tree,
     usernames: sled::Tree,
     accounts_by_epoch: sled::Tree,
-    failed_counts: sled::Tree,
     registrations: sled::Tree,
     registrations_by_epoch: sled::Tree,
     registrations_by_account: sled::Tree,
@@ -88,9 +89,9 @@ struct Trees {
     triggered: sled::Tree,
     triggered_by_epoch: sled::Tree,
     idempotency: sled::Tree,
-    fanout: sled::Tree,
+    /// Everything the delivery engine writes, by key prefix (see [`deliveries`]), so that
+    /// each of its steps is one atomic batch.
     deliveries: sled::Tree,
-    handoff: sled::Tree,
     remote_triggers: sled::Tree,
 }
 
@@ -104,7 +105,12 @@ struct Inner {
     db: sled::Db,
     t: Trees,
     flusher: Flusher,
+    targets: targets::TargetCache,
     last_epoch_us: AtomicU64,
+    /// Serialises the read-modify-write of `failed_count`s (outcomes, admin changes).
+    counts_lock: Mutex<()>,
+    /// Serialises accepting handed-over batches (check-then-write of their records).
+    accept_lock: Mutex<()>,
 }
 
 impl Store {
@@ -128,7 +134,6 @@ impl Store {
             accounts: tree("accounts")?,
             usernames: tree("usernames")?,
             accounts_by_epoch: tree("accounts_by_epoch")?,
-            failed_counts: tree("failed_counts")?,
             registrations: tree("registrations")?,
             registrations_by_epoch: tree("registrations_by_epoch")?,
             registrations_by_account: tree("registrations_by_account")?,
@@ -139,9 +144,7 @@ impl Store {
             triggered: tree("triggered")?,
             triggered_by_epoch: tree("triggered_by_epoch")?,
             idempotency: tree("idempotency")?,
-            fanout: tree("fanout")?,
             deliveries: tree("deliveries")?,
-            handoff: tree("handoff")?,
             remote_triggers: tree("remote_triggers")?,
         };
         match t.meta.get(b"shards")? {
@@ -162,6 +165,7 @@ impl Store {
                 t.meta.insert(b"shards", &shards.to_be_bytes())?;
             }
         }
+        deliveries::migrate_legacy_trees(&db, &t.deliveries)?;
         let mut last = 0;
         for index in [
             &t.accounts_by_epoch,
@@ -179,6 +183,9 @@ impl Store {
                 db,
                 t,
                 flusher,
+                targets: targets::TargetCache::default(),
+                counts_lock: Mutex::new(()),
+                accept_lock: Mutex::new(()),
                 last_epoch_us: AtomicU64::new(last),
             }),
         })
@@ -227,7 +234,6 @@ impl Store {
             &t.accounts,
             &t.usernames,
             &t.accounts_by_epoch,
-            &t.failed_counts,
             &t.registrations,
             &t.registrations_by_epoch,
             &t.registrations_by_account,
@@ -238,9 +244,7 @@ impl Store {
             &t.triggered,
             &t.triggered_by_epoch,
             &t.idempotency,
-            &t.fanout,
             &t.deliveries,
-            &t.handoff,
             &t.remote_triggers,
         ] {
             tree.clear()?;

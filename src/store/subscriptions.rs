@@ -74,6 +74,11 @@ impl Store {
             .transpose()
     }
 
+    /// Whether the subscription `id` exists (without decoding it).
+    pub fn subscription_exists(&self, id: &Uuid) -> Result<bool> {
+        Ok(self.t().subscriptions.contains_key(id.as_bytes())?)
+    }
+
     /// Removes subscriptions and all their index entries, atomically.
     pub fn delete_subscriptions(&self, subs: &[Subscription]) -> Result<()> {
         let t = self.t();

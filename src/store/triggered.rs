@@ -3,9 +3,9 @@
 use sled::Transactional;
 use uuid::Uuid;
 
-use super::deliveries::FanoutCursor;
+use super::deliveries::{cursor_key, FanoutCursor};
 use super::pagination::{Page, PageRequest};
-use super::records::{decode, encode, Triggered};
+use super::records::{decode, encode, encode_compact, Triggered};
 use super::{epoch_key, read_u64, read_uuid, Result, Store, StoreError};
 
 /// How long an `Idempotency-Key` is remembered (api.md C.2).
@@ -22,7 +22,7 @@ impl Store {
     pub fn insert_triggered(&self, tr: &Triggered, idempotency: Option<&str>) -> Result<()> {
         let t = self.t();
         let record = encode(tr)?;
-        let cursor = encode(&FanoutCursor {
+        let cursor = encode_compact(&FanoutCursor {
             registration_id: tr.registration_id,
             after: None,
         })?;
@@ -31,13 +31,13 @@ impl Store {
         (
             &t.triggered,
             &t.triggered_by_epoch,
-            &t.fanout,
+            &t.deliveries,
             &t.idempotency,
         )
-            .transaction(|(records, by_epoch, fanout, idem)| {
+            .transaction(|(records, by_epoch, deliveries, idem)| {
                 records.insert(tr.id.as_bytes(), record.as_slice())?;
                 by_epoch.insert(&epoch_key(tr.epoch_us, &tr.id), &[])?;
-                fanout.insert(tr.id.as_bytes(), cursor.as_slice())?;
+                deliveries.insert(cursor_key(&tr.id).as_slice(), cursor.as_slice())?;
                 if let Some(key) = idempotency {
                     idem.insert(
                         idempotency_key(&tr.registration_id, key),

@@ -1,0 +1,116 @@
+//! Where deliveries to an account go: its endpoint and signing secret, cached.
+//!
+//! Every delivery attempt needs the subscriber's current endpoint and secret. Reading and
+//! decoding the account record per attempt was a visible share of the node's CPU per
+//! delivery, so the store keeps the pair in memory and drops it on every write to the
+//! account. A generation number closes the race where a reader fetched the record just
+//! before a write and would otherwise cache the old pair after the write dropped it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+use super::{Result, Store};
+
+/// Accounts kept at most; the whole cache is dropped when it is full (a fan-out touches
+/// the same subscribers again and again, so it refills with the ones in use).
+const MAX_TARGETS: usize = 16_384;
+
+/// The endpoint and secret deliveries to one account use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryTarget {
+    /// The account's endpoint.
+    pub endpoint: String,
+    /// The account's signing secret.
+    pub secret_key: String,
+}
+
+#[derive(Default)]
+struct Entries {
+    generation: u64,
+    map: HashMap<Uuid, Arc<DeliveryTarget>>,
+}
+
+/// The cache; see the module documentation.
+#[derive(Default)]
+pub(super) struct TargetCache {
+    entries: Mutex<Entries>,
+}
+
+impl TargetCache {
+    /// The cached target, or the generation a fill must present.
+    fn get(&self, id: &Uuid) -> std::result::Result<Arc<DeliveryTarget>, u64> {
+        match self.entries.lock() {
+            Ok(e) => e.map.get(id).cloned().ok_or(e.generation),
+            Err(_) => Err(u64::MAX),
+        }
+    }
+
+    /// Caches `target` unless the account was written since `generation` was read.
+    fn fill(&self, id: Uuid, target: Arc<DeliveryTarget>, generation: u64) {
+        if let Ok(mut e) = self.entries.lock() {
+            if e.generation != generation {
+                return;
+            }
+            if e.map.len() >= MAX_TARGETS {
+                e.map.clear();
+            }
+            e.map.insert(id, target);
+        }
+    }
+
+    /// Forgets `id`'s target; called after every write to the account.
+    pub(super) fn invalidate(&self, id: &Uuid) {
+        if let Ok(mut e) = self.entries.lock() {
+            e.generation = e.generation.wrapping_add(1);
+            e.map.remove(id);
+        }
+    }
+}
+
+impl Store {
+    /// The endpoint and secret of the live account `id` (`None` once it is deleted or
+    /// being deleted).
+    pub fn delivery_target(&self, id: &Uuid) -> Result<Option<Arc<DeliveryTarget>>> {
+        let generation = match self.inner.targets.get(id) {
+            Ok(target) => return Ok(Some(target)),
+            Err(generation) => generation,
+        };
+        let Some(account) = self.account(id)? else {
+            return Ok(None);
+        };
+        let target = Arc::new(DeliveryTarget {
+            endpoint: account.endpoint,
+            secret_key: account.secret_key,
+        });
+        self.inner.targets.fill(*id, target.clone(), generation);
+        Ok(Some(target))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(endpoint: &str) -> Arc<DeliveryTarget> {
+        Arc::new(DeliveryTarget {
+            endpoint: endpoint.into(),
+            secret_key: "s".into(),
+        })
+    }
+
+    #[test]
+    fn a_fill_that_raced_with_a_write_is_dropped() {
+        let cache = TargetCache::default();
+        let id = Uuid::new_v4();
+        let generation = cache.get(&id).unwrap_err();
+        cache.invalidate(&id);
+        cache.fill(id, target("old"), generation);
+        let generation = cache.get(&id).unwrap_err();
+        cache.fill(id, target("new"), generation);
+        assert_eq!(cache.get(&id).unwrap().endpoint, "new");
+        cache.invalidate(&id);
+        assert!(cache.get(&id).is_err());
+    }
+}
