@@ -279,6 +279,36 @@ async fn a_duplicate_subscription_gets_its_own_delivery() {
     assert!(ep.posts_to(&owner.endpoint).is_empty());
 }
 
+#[tokio::test]
+async fn a_redirecting_endpoint_gets_the_delivery_at_the_redirect_target() {
+    let ep = EndpointServer::start().await;
+    let node = TestNode::spawn_with(FAST).await;
+    let owner = node
+        .create_account("owner", &ep.endpoint_url("owner"))
+        .await;
+    let dana = node
+        .create_account("dana", &ep.redirect_url(307, "dana-moved"))
+        .await;
+    let reg = id_of(&node.register(&owner, "moved.event").await);
+    node.subscribe(&dana, &reg).await;
+    let tid = id_of(&node.trigger(&owner, &reg).await);
+
+    node.wait_trigger_counts(
+        &owner,
+        &tid,
+        &delivery_counts(&[("succeeded", 1)]),
+        DELIVERY_DEADLINE,
+    )
+    .await;
+    let moved = ep
+        .wait_for_posts(&ep.endpoint_url("dana-moved"), 1, DELIVERY_DEADLINE)
+        .await;
+    assert_eq!(moved.len(), 1, "307 keeps the POST: {moved:?}");
+    assert_eq!(moved[0].body, DEFAULT_EVENT_DATA_PYTHON.as_bytes());
+    assert_signed_delivery(&moved[0], &dana.secret_key, "moved.event");
+    assert_eq!(node.read_account(&dana).await["failed_count"], 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Retries and failed_count
 // ---------------------------------------------------------------------------------------------

@@ -1306,6 +1306,8 @@ struct EndpointState {
 /// * `/slow/<ms>/...` waits that long before answering (after recording the request);
 /// * `/status/<code>/...` answers `<code>` to everything (so the echo fails too);
 /// * `/bad-echo/...` answers the echo with a wrong value;
+/// * `/redirect/<code>/<rest>` answers POSTs `<code>` with `Location: /<rest>`, and
+///   everything else like `/<rest>`;
 /// * `/reset-status/<code>/...` passes the echo but answers key-reset GETs with `<code>` and
 ///   a non-JSON body.
 pub struct EndpointServer {
@@ -1369,6 +1371,11 @@ impl EndpointServer {
             "reset-status/{code}/{}",
             name.trim_start_matches('/')
         ))
+    }
+    /// An endpoint that answers POSTs with `code` and `Location: /<name>` (a redirect to
+    /// the endpoint `name` on this server) and everything else like `name`.
+    pub fn redirect_url(&self, code: u16, name: &str) -> String {
+        self.endpoint_url(&format!("redirect/{code}/{}", name.trim_start_matches('/')))
     }
     /// An endpoint that answers correctly after `ms` milliseconds.
     pub fn slow_url(&self, ms: u64, name: &str) -> String {
@@ -1613,7 +1620,7 @@ fn unscripted_post_status(path: &str) -> u16 {
         Some((_, rest)) => format!("/{rest}"),
         None => path.to_string(),
     };
-    match strip_numbered(&path, "/status/") {
+    match strip_numbered(&path, "/status/").or_else(|| strip_numbered(&path, "/redirect/")) {
         Some((code, _)) => StatusCode::from_u16(code as u16).map_or(200, |s| s.as_u16()),
         None => 200,
     }
@@ -1622,6 +1629,15 @@ fn unscripted_post_status(path: &str) -> u16 {
 fn answer(path: &str, method: &hyper::Method, query: &[(String, String)]) -> Response<Full<Bytes>> {
     if let Some((code, _)) = strip_numbered(path, "/status/") {
         return endpoint_response(code as u16, "{}");
+    }
+    if let Some((code, rest)) = strip_numbered(path, "/redirect/") {
+        if *method != hyper::Method::POST {
+            return answer(&format!("/{rest}"), method, query);
+        }
+        let mut response = endpoint_response(code as u16, "{}");
+        let location = hyper::header::HeaderValue::from_str(&format!("/{rest}")).unwrap();
+        response.headers_mut().insert("location", location);
+        return response;
     }
     if *method != hyper::Method::GET {
         return endpoint_response(200, "{}");
