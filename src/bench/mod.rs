@@ -8,6 +8,7 @@
 //! * [`run`]: the scenarios (setup, fan-out, idle latency) and their figures.
 //! * [`load`]: closed-loop load (the HTTP ceiling, API read rate) and a hello-world server.
 //! * [`node`]: a node run as a child process, and its `/proc` figures.
+//! * [`cluster`]: a local cluster of such nodes on `127.0.0.1`, `127.0.0.2`, ...
 //! * [`stats`]: percentiles, rates, time buckets.
 //! * [`progress`]: the progress bar on stderr.
 //! * [`report`]: summary table, JSON and SVG output.
@@ -15,6 +16,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod error;
 pub mod load;
 pub mod node;

@@ -88,6 +88,11 @@ impl NodeProcess {
         self.pid
     }
 
+    /// The exit status, when the process has exited already (it is not waited for).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Kills the node and waits for it (bounded).
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
