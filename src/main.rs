@@ -88,6 +88,9 @@ fn init_logging(config: &Config) {
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking work is storage steps, flushes and DNS lookups: a few threads suffice,
+        // and each extra thread keeps its own stack and allocator cache.
+        .max_blocking_threads(64)
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
 }

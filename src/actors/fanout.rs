@@ -29,6 +29,11 @@ const FIRST_BATCH: usize = 100;
 const FANOUT_BATCH: usize = 1000;
 /// Pending deliveries per delivery worker above which fan-outs wait.
 const BACKLOG_PER_WORKER: usize = 32;
+/// Fan-out steps running at once on the node, whatever the number of fan-outs: a step is
+/// CPU-bound storage work, and one blocking thread per concurrent trigger (hundreds, when
+/// many registrations are triggered together) cost hundreds of MB of stacks and allocator
+/// caches for no extra speed.
+pub const CONCURRENT_STEPS: usize = 2;
 /// Pause before retrying a step that failed (storage trouble).
 const STEP_RETRY: Duration = Duration::from_secs(1);
 
@@ -37,9 +42,14 @@ pub async fn run_fanout(ctx: Arc<NodeContext>, registration: Uuid, triggered: Uu
     let mut batch = FIRST_BATCH;
     loop {
         wait_for_backlog(&ctx).await;
+        let Ok(permit) = ctx.delivery.fanout_steps.clone().acquire_owned().await else {
+            return; // closed: the node is stopping; the cursor resumes it at the next start
+        };
         let step_ctx = ctx.clone();
         let step = tokio::task::spawn_blocking(move || {
-            fanout_step(&step_ctx, &registration, &triggered, batch)
+            let result = fanout_step(&step_ctx, &registration, &triggered, batch);
+            drop(permit);
+            result
         })
         .await;
         match step {
