@@ -428,14 +428,16 @@ impl Actor for DeliverySupervisor {
         for _ in 0..self.ctx.delivery.max_in_flight {
             idle.push(self.spawn_worker(&myself).await?);
         }
-        self.ctx.delivery.metrics.due.store(
-            self.ctx.store.due_count() as i64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        self.ctx.delivery.unattempted.store(
-            self.ctx.store.unattempted_count()? as i64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        let (due, unattempted) = self.ctx.store.due_counts()?;
+        self.ctx
+            .delivery
+            .metrics
+            .due
+            .store(due as i64, std::sync::atomic::Ordering::Relaxed);
+        self.ctx
+            .delivery
+            .unattempted
+            .store(unattempted as i64, std::sync::atomic::Ordering::Relaxed);
         myself.send_interval(TICK, || DeliveryMsg::Tick);
         let (writer, outcomes) = mpsc::unbounded_channel();
         let writer_task = tokio::spawn(write_outcomes(self.ctx.clone(), outcomes, myself));

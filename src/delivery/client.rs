@@ -61,19 +61,46 @@ impl From<reqwest::Error> for OutboundError {
             return OutboundError::Transport("timed out".into());
         }
         // reqwest's own message ("error sending request") hides the cause: walk the chain.
-        let e = e.without_url();
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            let cause_text = cause.to_string();
-            if !text.contains(&cause_text) {
-                text.push_str(": ");
-                text.push_str(&cause_text);
-            }
-            source = cause.source();
-        }
-        OutboundError::Transport(text)
+        OutboundError::Transport(with_causes(&e.without_url()))
     }
+}
+
+/// A hyper-util failure with its causes (never the URL: the client does not name it).
+fn transport(e: hyper_util::client::legacy::Error) -> OutboundError {
+    OutboundError::Transport(with_causes(&e))
+}
+
+/// `e`'s message followed by those of its causes that it does not already contain.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Resolution failure, as both clients' resolver interfaces take it.
+type ResolveError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Resolves `host` and keeps the addresses the policy allows; none left is a refusal.
+async fn allowed_addrs(
+    policy: &EndpointPolicy,
+    host: &str,
+) -> Result<Vec<SocketAddr>, ResolveError> {
+    let allowed: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
+        .await?
+        .filter(|a| policy.allows(a.ip()))
+        .collect();
+    if allowed.is_empty() {
+        return Err(Box::new(OutboundError::Refused));
+    }
+    Ok(allowed)
 }
 
 /// Resolves hostnames and drops every address the policy refuses.
@@ -86,13 +113,7 @@ impl Resolve for PolicyResolver {
         let policy = self.policy.clone();
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let allowed: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| policy.allows(a.ip()))
-                .collect();
-            if allowed.is_empty() {
-                return Err(Box::new(OutboundError::Refused) as _);
-            }
+            let allowed = allowed_addrs(&policy, &host).await?;
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
     }
@@ -106,25 +127,16 @@ struct PolicyDns {
 
 impl tower_service::Service<HyperName> for PolicyDns {
     type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+    type Error = ResolveError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ResolveError>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ResolveError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, name: HyperName) -> Self::Future {
         let policy = self.policy.clone();
-        Box::pin(async move {
-            let allowed: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .filter(|a| policy.allows(a.ip()))
-                .collect();
-            if allowed.is_empty() {
-                return Err(std::io::Error::other(OutboundError::Refused));
-            }
-            Ok(allowed.into_iter())
-        })
+        Box::pin(async move { Ok(allowed_addrs(&policy, name.as_str()).await?.into_iter()) })
     }
 }
 
@@ -293,21 +305,6 @@ impl EndpointClient {
             Err(_) => Err(OutboundError::Transport("timed out".into())),
         }
     }
-}
-
-/// A hyper-util failure with its causes (never the URL: the client does not name it).
-fn transport(e: hyper_util::client::legacy::Error) -> OutboundError {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    OutboundError::Transport(text)
 }
 
 /// An absolute `http`/`https` URL with a host, or `None`.

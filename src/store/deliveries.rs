@@ -217,22 +217,15 @@ pub struct DueEntry {
 }
 
 impl DueEntry {
-    /// The trigger whose delivery this is.
+    /// The trigger whose delivery this is (`due_entries` checked the key's length).
     pub fn triggered_id(&self) -> Uuid {
-        uuid_at(&self.record_key, 1)
+        read_uuid(&self.record_key, 1).unwrap_or_default()
     }
 
     /// The subscription the delivery serves.
     pub fn subscription_id(&self) -> Uuid {
-        uuid_at(&self.record_key, 25)
+        read_uuid(&self.record_key, 25).unwrap_or_default()
     }
-}
-
-/// The 16 bytes at `at` as a UUID (record keys have a fixed layout, checked on read).
-fn uuid_at(key: &[u8], at: usize) -> Uuid {
-    key.get(at..at + 16)
-        .and_then(|b| Uuid::from_slice(b).ok())
-        .unwrap_or_default()
 }
 
 /// Length of a due-queue value: delivery id, account id, attempts made.
@@ -568,22 +561,19 @@ impl Store {
         }
     }
 
-    /// Number of due entries (pending deliveries).
-    pub fn due_count(&self) -> usize {
-        self.t().deliveries.scan_prefix([DUE]).count()
-    }
-
-    /// Number of pending deliveries not attempted yet.
-    pub fn unattempted_count(&self) -> Result<usize> {
-        let mut n = 0;
+    /// Numbers of due entries (pending deliveries) and of those not attempted yet, in one
+    /// pass over the queue.
+    pub fn due_counts(&self) -> Result<(usize, usize)> {
+        let (mut due, mut unattempted) = (0, 0);
         for value in self.t().deliveries.scan_prefix([DUE]).values() {
             let value = value?;
+            due += 1;
             // An entry queued by an older release carries no count: it counts as attempted.
             if value.len() == DUE_VALUE_LEN && value[32..] == [0, 0] {
-                n += 1;
+                unattempted += 1;
             }
         }
-        Ok(n)
+        Ok((due, unattempted))
     }
 
     /// The delivery stored under `record_key`.
@@ -760,7 +750,7 @@ mod tests {
         let items = vec![(item(1), false), (item(2), true), (item(3), false)];
         assert_eq!(s.accept_deliveries(&t, &r, &items, 10, None).unwrap(), 2);
         assert_eq!(s.accept_deliveries(&t, &r, &items, 10, None).unwrap(), 0);
-        assert_eq!(s.due_count(), 2);
+        assert_eq!(s.due_counts().unwrap(), (2, 2));
         let counts = s.delivery_counts(&t).unwrap();
         assert_eq!((counts.pending, counts.skipped), (2, 1));
         assert!(s.due_entries(9, 10, None, |_| false).unwrap().is_empty());
@@ -814,7 +804,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.failed_count(&it.account_id).unwrap(), 0);
-        assert_eq!(s.due_count(), 0);
+        assert_eq!(s.due_counts().unwrap(), (0, 0));
         let page = s
             .list_deliveries(
                 &t,
