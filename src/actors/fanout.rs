@@ -23,8 +23,9 @@ use super::NodeContext;
 use crate::service::ServiceError;
 use crate::store::{FanoutStep, NewDelivery};
 
-/// Subscriptions handed to delivery by a fan-out's first step.
-const FIRST_BATCH: usize = 100;
+/// Subscriptions handed to delivery by a fan-out's first step: writing 100 took 1.5–6 ms
+/// before the first attempt could start, 10 take a quarter of a millisecond.
+const FIRST_BATCH: usize = 10;
 /// Subscriptions handed to delivery per later step.
 const FANOUT_BATCH: usize = 1000;
 /// Pending deliveries per delivery worker above which fan-outs wait.

@@ -177,7 +177,7 @@ impl Store {
                 last = last.max(read_u64(&k, 0)?);
             }
         }
-        let flusher = Flusher::new(db.clone());
+        let flusher = Flusher::new(db.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
