@@ -97,7 +97,9 @@ impl Default for HttpConfig {
 pub struct StorageConfig {
     /// Directory of the node's sled database.
     pub path: PathBuf,
-    /// sled page cache size.
+    /// sled page cache size. The default (64 MiB) holds the delivery engine's working set
+    /// (recent deliveries, the due queue, the subscriptions being fanned out); the bench's
+    /// 100,000-subscriber fan-out ran as fast with it as with 128 MiB.
     pub cache_capacity_bytes: u64,
 }
 
@@ -105,7 +107,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("./data"),
-            cache_capacity_bytes: 128 * 1024 * 1024,
+            cache_capacity_bytes: 64 * 1024 * 1024,
         }
     }
 }
