@@ -98,7 +98,8 @@ struct Sizes {
 const FULL: Sizes = Sizes {
     warmup: Duration::from_secs(1),
     measure: Duration::from_secs(5),
-    latency_triggers: 50,
+    // 200 so that p99 is not just the slowest trigger (the 2nd slowest of 200).
+    latency_triggers: 200,
     latency_subscribers: 100,
     b_subscribers: 10_000,
     c_registrations: 100,
