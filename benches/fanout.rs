@@ -357,6 +357,28 @@ impl<'a> Ctx<'a> {
         self.pids.iter().map(|pid| node::cpu_time(*pid)).collect()
     }
 
+    /// (b) or (c) on the cluster: `shape` is (registrations, subscriptions each); also
+    /// counts, from `map`, the deliveries handed off to another node.
+    async fn cluster_fanout(
+        &mut self,
+        map: &ShardMap,
+        label: String,
+        shape: (usize, usize),
+        what: &str,
+        triggers: usize,
+    ) -> BenchResult<ClusterFanout> {
+        let (registrations, subscribers) = shape;
+        let regs = self.registrations(registrations, subscribers, what).await?;
+        let handoff = Handoff::of(map, &regs, &self.subscribers, subscribers, triggers)?;
+        let measured = self.fanout(&label, &regs, subscribers, triggers).await?;
+        println!(
+            "{label}: {} ({:.0}% handed off to another node)",
+            per_s(measured.report.deliveries_per_s),
+            100.0 * handoff.share()
+        );
+        Ok(ClusterFanout { measured, handoff })
+    }
+
     async fn fanout(
         &self,
         label: &str,
@@ -1128,47 +1150,24 @@ async fn cluster_scenarios(
         idle.subscribers
     );
 
-    let b_label = format!("{} on {nodes} nodes", sizes.b_label());
-    let regs = ctx
-        .registrations(1, sizes.b_subscribers, "b, cluster")
+    let b = ctx
+        .cluster_fanout(
+            map,
+            format!("{} on {nodes} nodes", sizes.b_label()),
+            (1, sizes.b_subscribers),
+            "b, cluster",
+            sizes.triggers,
+        )
         .await?;
-    let handoff = Handoff::of(
-        map,
-        &regs,
-        &ctx.subscribers,
-        sizes.b_subscribers,
-        sizes.triggers,
-    )?;
-    let measured = ctx
-        .fanout(&b_label, &regs, sizes.b_subscribers, sizes.triggers)
+    let c = ctx
+        .cluster_fanout(
+            map,
+            format!("{} on {nodes} nodes", sizes.c_label()),
+            (sizes.c_registrations, sizes.c_subscribers),
+            "c, cluster",
+            sizes.triggers,
+        )
         .await?;
-    println!(
-        "{b_label}: {} ({:.0}% handed off to another node)",
-        per_s(measured.report.deliveries_per_s),
-        100.0 * handoff.share()
-    );
-    let b = ClusterFanout { measured, handoff };
-
-    let c_label = format!("{} on {nodes} nodes", sizes.c_label());
-    let regs = ctx
-        .registrations(sizes.c_registrations, sizes.c_subscribers, "c, cluster")
-        .await?;
-    let handoff = Handoff::of(
-        map,
-        &regs,
-        &ctx.subscribers,
-        sizes.c_subscribers,
-        sizes.triggers,
-    )?;
-    let measured = ctx
-        .fanout(&c_label, &regs, sizes.c_subscribers, sizes.triggers)
-        .await?;
-    println!(
-        "{c_label}: {} ({:.0}% handed off to another node)",
-        per_s(measured.report.deliveries_per_s),
-        100.0 * handoff.share()
-    );
-    let c = ClusterFanout { measured, handoff };
 
     let mut members = Vec::with_capacity(nodes);
     for (((m, url), pid), reset) in cluster

@@ -91,8 +91,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Blocking work is fan-out steps, outcome batches, key hashing and DNS lookups
-        // (flushes have their own thread). Each thread keeps its own allocator heap: with
-        // up to 64 the node held ~100 MB more after a burst, for no extra speed on a few
+        // (flushes have their own thread). Each thread keeps its own allocator heap, so a
+        // burst that grew the pool to 64 left that memory held, for no extra speed on a few
         // cores.
         .max_blocking_threads(16)
         .build()

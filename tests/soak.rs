@@ -16,9 +16,10 @@
 //! * the node's RSS at the end is within 20% of its RSS after warm-up (the first 30% of the
 //!   run: the node's caches — sled's pages, endpoints and secrets, trigger bodies — fill
 //!   during the first 20 s or so; a heap profile of the node under this load grew from 40
-//!   to 45 MB by then and stayed there). "The end" is once the node settled after the checks: idle actors stop and the
-//!   allocator hands freed pages back asynchronously, so the RSS is polled for up to
-//!   `SETTLE_DEADLINE`; a leak never comes back within the tolerance.
+//!   to 45 MB by then and stayed there). "The end" is once the node settled after the
+//!   checks: idle actors stop and the allocator hands freed pages back asynchronously, so
+//!   the RSS is polled for up to `SETTLE_DEADLINE`; a leak never comes back within the
+//!   tolerance.
 
 mod common;
 
@@ -934,9 +935,9 @@ async fn soak_mixed_load_with_a_flaky_receiver() {
         .collect();
     let checked_rss = rss_kib(pid);
     let settle_started = Instant::now();
-    let within = |rss: u64| (rss as f64 / warm_rss as f64 - 1.0).abs() <= RSS_TOLERANCE;
+    let growth_of = |rss: u64| rss as f64 / warm_rss as f64 - 1.0;
     let mut end_rss = checked_rss;
-    while !within(end_rss) && settle_started.elapsed() < SETTLE_DEADLINE {
+    while growth_of(end_rss).abs() > RSS_TOLERANCE && settle_started.elapsed() < SETTLE_DEADLINE {
         tokio::time::sleep(Duration::from_millis(250)).await;
         end_rss = rss_kib(pid);
     }
@@ -947,7 +948,7 @@ async fn soak_mixed_load_with_a_flaky_receiver() {
     let tally = load.tally.lock().unwrap();
     let recv = receiver.state.lock().unwrap();
     let requests: u64 = tally.statuses.values().sum();
-    let growth = end_rss as f64 / warm_rss as f64 - 1.0;
+    let growth = growth_of(end_rss);
     println!(
         "soak summary ({load_secs:.1} s of load, {WORKERS} workers, drained in {drain_secs:.1} s)"
     );
