@@ -1,16 +1,17 @@
 //! The delivery engine: a per-node DeliverySupervisor and its pool of DeliveryWorkers.
 //!
-//! The supervisor takes due entries from the persisted due queue, hands each to an idle
-//! worker (so at most `delivery.max_in_flight` attempts run at once), and writes the
-//! outcomes in batches: the attempt log, the next due time and the subscriber's
-//! `failed_count` change in one transaction. A due entry leaves the queue only with its
-//! outcome, so a crash at any point re-runs the attempt after restart (at-least-once).
+//! The supervisor takes first attempts from fan-out steps (in memory; persisted as pending
+//! batches) and retries from the persisted due queue, hands each to an idle worker (so at
+//! most `delivery.max_in_flight` attempts run at once), and writes the outcomes in batches:
+//! the attempt log, the next due time and the subscriber's `failed_count` change in one
+//! transaction. An attempt leaves its pending batch or the due queue only with its outcome,
+//! so a crash at any point re-runs it after restart (at-least-once).
 //!
 //! Workers are linked children: a panicking worker is reported to the supervisor, which
 //! records the attempt as failed and starts a replacement; a worker stuck past its
 //! deadline is killed the same way.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -80,6 +81,15 @@ impl DeliveryContext {
             let _ = s.cast(DeliveryMsg::Wake);
         }
     }
+
+    /// Hands first attempts to the supervisor. It starts before anything creates
+    /// deliveries; were it gone (the node stopping), their pending batches resume them at
+    /// the next start.
+    fn dispatch_first_attempts(&self, entries: Vec<DueEntry>) {
+        if let Some(s) = self.supervisor.get() {
+            let _ = s.cast(DeliveryMsg::Accepted(entries));
+        }
+    }
 }
 
 /// What every delivery of one trigger sends: its `event` header and its exact body (shared,
@@ -116,9 +126,10 @@ pub fn accept_local(
         judged.push((item, count >= limit));
     }
     let skipped = judged.iter().filter(|(_, skip)| *skip).count() as u64;
-    let created = ctx
+    let entries = ctx
         .store
         .accept_deliveries(triggered, registration, &judged, now_us(), step)?;
+    let created = entries.len() as u64;
     let metrics = &ctx.delivery.metrics;
     metrics.count(Counted::Skipped, skipped);
     metrics
@@ -127,7 +138,9 @@ pub fn accept_local(
     ctx.delivery
         .unattempted
         .fetch_add(created as i64, std::sync::atomic::Ordering::Relaxed);
-    ctx.delivery.wake();
+    if !entries.is_empty() {
+        ctx.delivery.dispatch_first_attempts(entries);
+    }
     Ok(created)
 }
 
@@ -206,8 +219,10 @@ pub async fn run_handoff(ctx: Arc<NodeContext>, peer_index: usize) {
 /// Requests the supervisor serves.
 #[derive(RactorMessage)]
 pub enum DeliveryMsg {
-    /// New work may be due now (after a fan-out batch or a redeliver).
+    /// New work may be due now (after a redeliver).
     Wake,
+    /// First attempts of deliveries just created.
+    Accepted(Vec<DueEntry>),
     /// Periodic: poll, flush, check deadlines, run the retention sweep when due.
     Tick,
     /// Outcomes handed to the outcome writer are on disk (or failed to be written).
@@ -216,6 +231,8 @@ pub enum DeliveryMsg {
         keys: Vec<Vec<u8>>,
         /// How many of them ended their delivery.
         finished: usize,
+        /// First attempts whose outcomes could not be written, to make again.
+        again: Vec<DueEntry>,
     },
     /// A worker finished an attempt.
     Done {
@@ -244,6 +261,8 @@ pub struct DeliverySupervisor {
 pub struct SupervisorState {
     idle: Vec<ActorRef<WorkerMsg>>,
     running: HashMap<ActorId, (ActorRef<WorkerMsg>, DueEntry, Instant)>,
+    /// First attempts not handed out yet, oldest first.
+    first_attempts: VecDeque<DueEntry>,
     /// Record keys being attempted or whose outcome awaits writing.
     busy: HashSet<Vec<u8>>,
     /// Where the next dispatch scan of the due queue starts.
@@ -280,19 +299,34 @@ impl DeliverySupervisor {
         let key = outcome.due.record_key.clone();
         let sent = state.writer.as_ref().map(|w| w.send(outcome).is_ok());
         if sent != Some(true) {
-            // Not written: the due entry stays, so the attempt runs again (at-least-once).
+            // Not written (the node is stopping): the attempt stays in the due queue or its
+            // pending batch, and runs again at the next start (at-least-once).
             state.busy.remove(&key);
         }
     }
 
-    /// Hands due entries to idle workers. The scan starts after the last entry handed
-    /// out (entries before it are in flight, and walking past them on every refill was a
-    /// visible cost), falling back to the start of the queue when that finds too few;
-    /// `from_start` (every tick) rescans from the start, so nothing is passed over for long.
+    /// Hands work to idle workers: due retries first, then first attempts.
     fn dispatch(&self, state: &mut SupervisorState, from_start: bool) {
+        for entry in self.due_retries(state, from_start) {
+            self.hand_out(state, entry);
+        }
+        while !state.idle.is_empty() {
+            let Some(entry) = state.first_attempts.pop_front() else {
+                break;
+            };
+            self.hand_out(state, entry);
+        }
+    }
+
+    /// Due entries of the queue for the idle workers. The scan starts after the last entry
+    /// handed out (entries before it are in flight, and walking past them on every refill
+    /// was a visible cost), falling back to the start of the queue when that finds too
+    /// few; `from_start` (every tick) rescans from the start, so nothing is passed over for
+    /// long.
+    fn due_retries(&self, state: &mut SupervisorState, from_start: bool) -> Vec<DueEntry> {
         let wanted = state.idle.len();
         if wanted == 0 {
-            return;
+            return Vec::new();
         }
         let from = if from_start {
             None
@@ -308,30 +342,37 @@ impl DeliverySupervisor {
             }
             other => other,
         };
-        let due = match scanned {
-            Ok(due) => due,
+        match scanned {
+            Ok(due) => {
+                state.scan_from = due.last().and_then(|d| d.due_key()).map(<[u8]>::to_vec);
+                due
+            }
             Err(e) => {
                 tracing::error!(error = %e, "reading the due queue failed");
-                return;
+                Vec::new()
             }
+        }
+    }
+
+    /// Gives `entry` to an idle worker (there is one).
+    fn hand_out(&self, state: &mut SupervisorState, entry: DueEntry) {
+        let Some(worker) = state.idle.pop() else {
+            return;
         };
-        state.scan_from = due.last().map(|d| d.due_key.clone());
-        for entry in due {
-            let Some(worker) = state.idle.pop() else {
-                break;
-            };
-            state.busy.insert(entry.record_key.clone());
-            if worker.cast(WorkerMsg::Run(entry.clone())).is_ok() {
-                self.ctx
-                    .delivery
-                    .metrics
-                    .in_flight
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                state
-                    .running
-                    .insert(worker.get_id(), (worker, entry, Instant::now()));
-            } else {
-                state.busy.remove(&entry.record_key);
+        state.busy.insert(entry.record_key.clone());
+        if worker.cast(WorkerMsg::Run(entry.clone())).is_ok() {
+            self.ctx
+                .delivery
+                .metrics
+                .in_flight
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state
+                .running
+                .insert(worker.get_id(), (worker, entry, Instant::now()));
+        } else {
+            state.busy.remove(&entry.record_key);
+            if entry.due_key().is_none() {
+                state.first_attempts.push_front(entry);
             }
         }
     }
@@ -429,6 +470,12 @@ impl Actor for DeliverySupervisor {
             idle.push(self.spawn_worker(&myself).await?);
         }
         let (due, unattempted) = self.ctx.store.due_counts()?;
+        // Deliveries whose first attempt was not recorded before the node stopped.
+        let first_attempts = VecDeque::from(self.ctx.store.resume_first_attempts()?);
+        let (due, unattempted) = (
+            due + first_attempts.len(),
+            unattempted + first_attempts.len(),
+        );
         self.ctx
             .delivery
             .metrics
@@ -444,6 +491,7 @@ impl Actor for DeliverySupervisor {
         Ok(SupervisorState {
             idle,
             running: HashMap::new(),
+            first_attempts,
             busy: HashSet::new(),
             scan_from: None,
             writer: Some(writer),
@@ -460,6 +508,10 @@ impl Actor for DeliverySupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             DeliveryMsg::Wake => self.dispatch(state, false),
+            DeliveryMsg::Accepted(entries) => {
+                state.first_attempts.extend(entries);
+                self.dispatch(state, false);
+            }
             DeliveryMsg::Tick => {
                 let deadline = self.ctx.delivery.attempt_timeout + STUCK_GRACE;
                 let stuck: Vec<ActorId> = state
@@ -480,10 +532,15 @@ impl Actor for DeliverySupervisor {
                 self.dispatch(state, true);
                 self.maybe_sweep(state);
             }
-            DeliveryMsg::Flushed { keys, finished } => {
+            DeliveryMsg::Flushed {
+                keys,
+                finished,
+                again,
+            } => {
                 for k in &keys {
                     state.busy.remove(k);
                 }
+                state.first_attempts.extend(again);
                 self.ctx
                     .delivery
                     .metrics
@@ -568,10 +625,14 @@ async fn write_outcomes(
         let finished = taken.iter().filter(|o| o.next_due_us.is_none()).count();
         let first = taken.iter().filter(|o| o.due.attempts == 0).count();
         let store = ctx.store.clone();
-        let written =
-            tokio::task::spawn_blocking(move || store.record_outcomes(&taken, now_us())).await;
+        let written = tokio::task::spawn_blocking(move || {
+            let result = store.record_outcomes(&taken, now_us());
+            (result, taken)
+        })
+        .await;
+        let mut again = Vec::new();
         let finished = match written {
-            Ok(Ok(())) => {
+            Ok((Ok(()), _)) => {
                 let delivery = &ctx.delivery;
                 delivery
                     .unattempted
@@ -582,18 +643,30 @@ async fn write_outcomes(
                 }
                 finished
             }
-            // The due entries stay, so the attempts run again: at-least-once, never lost.
-            Ok(Err(e)) => {
+            // Nothing was written: retries stay due, first attempts are made again
+            // (at-least-once, never lost).
+            Ok((Err(e), taken)) => {
                 tracing::error!(error = %e, "recording delivery outcomes failed");
+                again = taken
+                    .into_iter()
+                    .filter(|o| o.due.due_key().is_none())
+                    .map(|o| o.due)
+                    .collect();
                 0
             }
+            // The outcomes are lost with the panic; their pending batches resume the first
+            // attempts at the next start.
             Err(e) => {
                 tracing::error!(error = %e, "recording delivery outcomes crashed");
                 0
             }
         };
         // A stopped supervisor means the node is stopping: nothing left to free.
-        let _ = supervisor.cast(DeliveryMsg::Flushed { keys, finished });
+        let _ = supervisor.cast(DeliveryMsg::Flushed {
+            keys,
+            finished,
+            again,
+        });
     }
 }
 

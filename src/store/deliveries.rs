@@ -5,9 +5,12 @@
 //! - `r` ++ triggered id ++ subscription epoch ++ subscription id → [`Delivery`]
 //!   (so a trigger's deliveries list in subscription order, and the key is deterministic:
 //!   a resent fan-out batch overwrites nothing that exists);
+//! - `b` ++ the record key (without `r`) of its first delivery → deliveries waiting for
+//!   their first attempt, whose records do not exist yet (see [`super::first_attempts`]);
 //! - `d` ++ due µs ++ the record key (without `r`) → delivery id ++ subscriber account id ++
-//!   attempts made (u16): the due queue, in time order. The value carries what an attempt
-//!   needs, so a worker never reads the record; only the outcome writer does;
+//!   attempts made (u16): the due queue of retries and redeliveries, in time order. The
+//!   value carries what an attempt needs, so a worker never reads the record; only the
+//!   outcome writer does;
 //! - `c` ++ triggered id → [`FanoutCursor`]: a fan-out not finished yet, with the last
 //!   subscription index key already handed to delivery, so a restart resumes there;
 //! - `h` ++ peer node id ++ 0 ++ triggered id ++ µs ++ n → a batch of [`NewDelivery`]
@@ -23,11 +26,13 @@ use std::sync::MutexGuard;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::first_attempts::{batch_key, first_attempt, PendingBatch};
 use super::pagination::{Page, PageRequest};
 use super::records::{decode, encode_compact, Triggered};
 use super::{read_u64, read_uuid, Result, Store, StoreError};
 
-const RECORD: u8 = b'r';
+/// Key prefix of delivery records.
+pub(super) const RECORD: u8 = b'r';
 const DUE: u8 = b'd';
 const CURSOR: u8 = b'c';
 const HANDOFF: u8 = b'h';
@@ -199,11 +204,25 @@ pub struct NewDelivery {
     pub account_id: Uuid,
 }
 
-/// A due entry: when, which record, and what the attempt needs to know.
+/// What scheduled an attempt, and so what its outcome removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scheduled {
+    /// An entry of the due queue (a retry or a redelivery): its full key.
+    Queue(Vec<u8>),
+    /// A pending batch (a first attempt, whose record its outcome creates).
+    Batch {
+        /// The batch's key.
+        key: Vec<u8>,
+        /// The triggered registration (for the record).
+        registration_id: Uuid,
+    },
+}
+
+/// An attempt to make: when, which record, and what the attempt needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueEntry {
-    /// The full due-queue key (to remove it once the attempt is recorded).
-    pub due_key: Vec<u8>,
+    /// What scheduled it.
+    pub scheduled: Scheduled,
     /// The record key.
     pub record_key: Vec<u8>,
     /// When it is due (Unix µs).
@@ -225,6 +244,19 @@ impl DueEntry {
     /// The subscription the delivery serves.
     pub fn subscription_id(&self) -> Uuid {
         read_uuid(&self.record_key, 25).unwrap_or_default()
+    }
+
+    /// The creation time of that subscription.
+    pub fn subscription_epoch_us(&self) -> u64 {
+        read_u64(&self.record_key, 17).unwrap_or_default()
+    }
+
+    /// The due-queue key of a retry or redelivery.
+    pub fn due_key(&self) -> Option<&[u8]> {
+        match &self.scheduled {
+            Scheduled::Queue(key) => Some(key),
+            Scheduled::Batch { .. } => None,
+        }
     }
 }
 
@@ -274,7 +306,8 @@ fn handoff_prefix(peer: &str) -> Vec<u8> {
     k
 }
 
-fn key_body(triggered: &Uuid, epoch_us: u64, subscription: &Uuid) -> [u8; 40] {
+/// The record key without its kind byte: triggered ++ epoch ++ subscription.
+pub(super) fn key_body(triggered: &Uuid, epoch_us: u64, subscription: &Uuid) -> [u8; 40] {
     let mut k = [0u8; 40];
     k[..16].copy_from_slice(triggered.as_bytes());
     k[16..24].copy_from_slice(&epoch_us.to_be_bytes());
@@ -282,7 +315,8 @@ fn key_body(triggered: &Uuid, epoch_us: u64, subscription: &Uuid) -> [u8; 40] {
     k
 }
 
-fn prefixed(kind: u8, body: &[u8]) -> Vec<u8> {
+/// `body` behind the key prefix `kind`.
+pub(super) fn prefixed(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + body.len());
     k.push(kind);
     k.extend_from_slice(body);
@@ -307,6 +341,25 @@ pub fn delivery_id(triggered: &Uuid, subscription: &Uuid) -> Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+/// Collects one page of rows offered in order, decoding only the rows it keeps.
+struct PageBuilder {
+    skip: usize,
+    take: usize,
+    seen: usize,
+    items: Vec<Delivery>,
+}
+
+impl PageBuilder {
+    /// Offers the next row; true once the page is full.
+    fn offer(&mut self, row: impl FnOnce() -> Result<Delivery>) -> Result<bool> {
+        if self.items.len() < self.take && self.seen >= self.skip {
+            self.items.push(row()?);
+        }
+        self.seen = self.seen.saturating_add(1);
+        Ok(self.items.len() >= self.take)
+    }
 }
 
 /// Takes a lock that only guards `()`: a panic while holding it leaves nothing torn.
@@ -379,12 +432,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Creates deliveries (pending and due `now_us`, or skipped) and, for a fan-out step,
-    /// queues the batches for other nodes and moves the cursor — all in one transaction.
-    /// Existing records of a batch handed over by another node are left as they are, so a
-    /// batch handed over twice creates no duplicates; a fan-out step writes blindly, since
-    /// its records cannot exist yet (the cursor moves in the same transaction). Returns
-    /// how many pending deliveries were created.
+    /// Creates deliveries and, for a fan-out step, queues the batches for other nodes and
+    /// moves the cursor — all in one atomic batch. Skipped deliveries get their record; the
+    /// others one pending-batch row, and come back as first attempts to dispatch.
+    ///
+    /// A batch handed over by another node may arrive twice: its pending-batch row (keyed
+    /// by its first delivery) says it was accepted, and once that row is gone the records
+    /// do, so nothing is created twice. A fan-out step writes blindly, since its deliveries
+    /// cannot exist yet (the cursor moves in the same batch).
     pub fn accept_deliveries(
         &self,
         triggered: &Uuid,
@@ -392,45 +447,59 @@ impl Store {
         items: &[(NewDelivery, bool)],
         now_us: u64,
         step: Option<FanoutStep>,
-    ) -> Result<u64> {
-        let t = self.t();
-        let mut records = Vec::with_capacity(items.len());
-        for (item, skip) in items {
-            let delivery = Delivery {
-                id: delivery_id(triggered, &item.subscription_id),
-                triggered_id: *triggered,
-                registration_id: *registration,
-                subscription_id: item.subscription_id,
-                subscription_epoch_us: item.subscription_epoch_us,
-                account_id: item.account_id,
-                state: if *skip {
-                    DeliveryState::Skipped
-                } else {
-                    DeliveryState::Pending
-                },
-                attempts: Vec::new(),
-                next_attempt_us: (!skip).then_some(now_us),
-                finished_us: skip.then_some(now_us),
-            };
-            let due = due_value(&delivery.id, &delivery.account_id, 0);
-            records.push((delivery.key_body(), encode_compact(&delivery)?, due, *skip));
-        }
+    ) -> Result<Vec<DueEntry>> {
+        let deliveries = &self.t().deliveries;
         let fresh = step.is_some();
-        // A handed-over batch checks which records exist before writing: one at a time.
+        // A handed-over batch checks what exists before writing: one at a time.
         let _accepting = (!fresh).then(|| lock(&self.inner.accept_lock));
+        // Keyed by the first item whether or not it is skipped: a resent batch may be
+        // judged differently (its failed_counts changed), its key must not.
+        let key = items.first().map(|(item, _)| batch_key(triggered, item));
+        let accepted_before = match &key {
+            Some(key) if !fresh => deliveries.contains_key(key)?,
+            _ => false,
+        };
         let mut batch = sled::Batch::default();
-        let mut created = 0u64;
-        for (body, record, due, skip) in records {
-            let key = prefixed(RECORD, &body);
-            if !fresh && t.deliveries.contains_key(&key)? {
+        let mut pending = PendingBatch {
+            registration_id: *registration,
+            queued_us: now_us,
+            items: Vec::new(),
+        };
+        for (item, skip) in items.iter().filter(|_| !accepted_before) {
+            let body = key_body(triggered, item.subscription_epoch_us, &item.subscription_id);
+            let record_key = prefixed(RECORD, &body);
+            if !fresh && deliveries.contains_key(&record_key)? {
                 continue;
             }
-            batch.insert(key, record);
-            if !skip {
-                batch.insert(due_key(now_us, &body), due.as_slice());
-                created += 1;
+            if *skip {
+                let delivery = Delivery {
+                    id: delivery_id(triggered, &item.subscription_id),
+                    triggered_id: *triggered,
+                    registration_id: *registration,
+                    subscription_id: item.subscription_id,
+                    subscription_epoch_us: item.subscription_epoch_us,
+                    account_id: item.account_id,
+                    state: DeliveryState::Skipped,
+                    attempts: Vec::new(),
+                    next_attempt_us: None,
+                    finished_us: Some(now_us),
+                };
+                batch.insert(record_key, encode_compact(&delivery)?);
+            } else {
+                pending.items.push(item.clone());
             }
         }
+        let entries = match &key {
+            Some(key) if !pending.items.is_empty() => {
+                batch.insert(key.as_slice(), encode_compact(&pending)?);
+                pending
+                    .items
+                    .iter()
+                    .map(|item| first_attempt(key, triggered, &pending, item))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         if let Some(step) = &step {
             for (i, (peer, items)) in step.handoffs.iter().enumerate() {
                 let mut key = handoff_prefix(peer);
@@ -449,8 +518,11 @@ impl Store {
                 batch.insert(&cursor_key(triggered), cursor);
             }
         }
-        t.deliveries.apply_batch(batch)?;
-        Ok(created)
+        deliveries.apply_batch(batch)?;
+        if let (Some(key), false) = (key, entries.is_empty()) {
+            self.inner.open_batches.opened(key, entries.len());
+        }
+        Ok(entries)
     }
 
     /// The oldest batches waiting to be handed to `peer`.
@@ -542,7 +614,7 @@ impl Store {
                 }
             };
             out.push(DueEntry {
-                due_key: key.to_vec(),
+                scheduled: Scheduled::Queue(key.to_vec()),
                 record_key,
                 due_us,
                 delivery_id,
@@ -591,23 +663,38 @@ impl Store {
         lock(&self.inner.counts_lock)
     }
 
-    /// Applies attempt outcomes: record, due queue and `failed_count`, in one atomic batch.
+    /// Applies attempt outcomes: record, due queue or pending batch, and `failed_count`, in
+    /// one atomic batch.
     pub fn record_outcomes(&self, outcomes: &[Outcome], now_us: u64) -> Result<()> {
         let deliveries = &self.t().deliveries;
         let _counts = self.lock_counts();
         let mut batch = sled::Batch::default();
         let mut counts: HashMap<Uuid, u64> = HashMap::new();
+        let mut closing: HashMap<Vec<u8>, usize> = HashMap::new();
         for o in outcomes {
-            batch.remove(o.due.due_key.as_slice());
-            let Some(bytes) = deliveries.get(&o.due.record_key)? else {
-                continue;
-            };
-            let mut d: Delivery = match decode(&bytes) {
-                Ok(d) => d,
-                // Never retried forever: the due entry goes, the record stays for a look.
-                Err(e) => {
-                    tracing::error!(error = %e, "a delivery record is unreadable; dropping its due entry");
-                    continue;
+            let mut d = match &o.due.scheduled {
+                Scheduled::Queue(due_key) => {
+                    batch.remove(due_key.as_slice());
+                    let Some(bytes) = deliveries.get(&o.due.record_key)? else {
+                        continue;
+                    };
+                    match decode::<Delivery>(&bytes) {
+                        Ok(d) => d,
+                        // Never retried forever: the due entry goes, the record stays for a look.
+                        Err(e) => {
+                            tracing::error!(error = %e, "a delivery record is unreadable; dropping its due entry");
+                            continue;
+                        }
+                    }
+                }
+                // Its record does not exist before this outcome (nothing else writes the
+                // record of a delivery in a pending batch), so it is not read.
+                Scheduled::Batch {
+                    key,
+                    registration_id,
+                } => {
+                    *closing.entry(key.clone()).or_default() += 1;
+                    o.due.first_record(*registration_id)
                 }
             };
             if d.state != DeliveryState::Pending {
@@ -646,29 +733,53 @@ impl Store {
                 batch.insert(&key, &count.to_be_bytes());
             }
         }
+        let open = &self.inner.open_batches;
+        for key in open.completed_by(&closing) {
+            batch.remove(key);
+        }
         deliveries.apply_batch(batch)?;
+        open.close(closing);
         Ok(())
     }
 
-    /// A page of `triggered`'s deliveries, in subscription order.
+    /// A page of `triggered`'s deliveries, in subscription order (those waiting for their
+    /// first attempt included).
     pub fn list_deliveries(&self, triggered: &Uuid, req: PageRequest) -> Result<Page<Delivery>> {
-        let skip = usize::try_from(req.start).unwrap_or(usize::MAX);
-        let take = usize::try_from(req.limit).unwrap_or(usize::MAX);
-        let items = self
+        let mut page = PageBuilder {
+            skip: usize::try_from(req.start).unwrap_or(usize::MAX),
+            take: usize::try_from(req.limit).unwrap_or(usize::MAX),
+            seen: 0,
+            items: Vec::new(),
+        };
+        let mut waiting = self.unattempted_of(triggered)?.into_iter().peekable();
+        let records = self
             .t()
             .deliveries
-            .scan_prefix(prefixed(RECORD, triggered.as_bytes()))
-            .values()
-            .skip(skip)
-            .take(take)
-            .map(|v| decode(&v?))
-            .collect::<Result<Vec<Delivery>>>()?;
-        Ok(Page::new(req, items))
+            .scan_prefix(prefixed(RECORD, triggered.as_bytes()));
+        // Records and waiting deliveries never share a key: merge them in key order.
+        for record in records {
+            let (key, value) = record?;
+            while let Some((_, d)) = waiting.next_if(|(k, _)| k.as_slice() < &*key) {
+                page.offer(|| Ok(d))?;
+            }
+            if page.offer(|| decode(&value))? {
+                break;
+            }
+        }
+        for (_, d) in waiting {
+            if page.offer(|| Ok(d))? {
+                break;
+            }
+        }
+        Ok(Page::new(req, page.items))
     }
 
     /// Counts of `triggered`'s deliveries by state.
     pub fn delivery_counts(&self, triggered: &Uuid) -> Result<DeliveryCounts> {
-        let mut counts = DeliveryCounts::default();
+        let mut counts = DeliveryCounts {
+            pending: self.unattempted_of(triggered)?.len() as u64,
+            ..DeliveryCounts::default()
+        };
         for v in self
             .t()
             .deliveries
@@ -743,25 +854,86 @@ mod tests {
         }
     }
 
+    fn attempt(status: u16) -> Attempt {
+        Attempt {
+            at_us: 5,
+            status: Some(status),
+            error: None,
+            duration_us: 1,
+        }
+    }
+
+    fn page(s: &Store, t: &Uuid, start: u64, limit: u64) -> Vec<Delivery> {
+        s.list_deliveries(t, PageRequest { start, limit })
+            .unwrap()
+            .items
+    }
+
     #[test]
-    fn batches_are_idempotent_and_queue_due_entries() {
+    fn handed_over_batches_are_accepted_once_and_wait_for_first_attempts() {
         let (_d, s) = temp_store();
         let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
-        let items = vec![(item(1), false), (item(2), true), (item(3), false)];
-        assert_eq!(s.accept_deliveries(&t, &r, &items, 10, None).unwrap(), 2);
-        assert_eq!(s.accept_deliveries(&t, &r, &items, 10, None).unwrap(), 0);
-        assert_eq!(s.due_counts().unwrap(), (2, 2));
+        let items = vec![(item(1), true), (item(2), false), (item(3), false)];
+        let entries = s.accept_deliveries(&t, &r, &items, 10, None).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert!(entries
+            .iter()
+            .all(|e| e.due_key().is_none() && e.attempts == 0));
+        assert!(s
+            .accept_deliveries(&t, &r, &items, 10, None)
+            .unwrap()
+            .is_empty());
+        // Judged differently on a resend (failed_counts changed): still nothing twice.
+        let rejudged: Vec<_> = items.iter().map(|(i, _)| (i.clone(), false)).collect();
+        assert!(s
+            .accept_deliveries(&t, &r, &rejudged, 11, None)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.due_counts().unwrap(),
+            (0, 0),
+            "first attempts are not queued"
+        );
         let counts = s.delivery_counts(&t).unwrap();
         assert_eq!((counts.pending, counts.skipped), (2, 1));
-        assert!(s.due_entries(9, 10, None, |_| false).unwrap().is_empty());
-        let due = s.due_entries(10, 10, None, |_| false).unwrap();
-        assert_eq!(due.len(), 2);
-        assert_eq!(
-            s.due_entries(10, 10, None, |k| k == due[0].record_key)
-                .unwrap()
-                .len(),
-            1
+        let listed = page(&s, &t, 0, 10);
+        let epochs: Vec<u64> = listed.iter().map(|d| d.subscription_epoch_us).collect();
+        assert_eq!(epochs, vec![1, 2, 3]);
+        assert_eq!(listed[1].state, DeliveryState::Pending);
+        assert_eq!(listed[1].id, entries[0].delivery_id);
+        assert_eq!(listed[1].next_attempt_us, Some(10));
+        assert_eq!(page(&s, &t, 1, 1), vec![listed[1].clone()]);
+        assert_eq!(s.resume_first_attempts().unwrap(), entries);
+    }
+
+    #[test]
+    fn first_outcomes_create_records_and_complete_their_batch() {
+        let (_d, s) = temp_store();
+        let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
+        let items = vec![(item(1), false), (item(2), false)];
+        let entries = s.accept_deliveries(&t, &r, &items, 10, None).unwrap();
+        let outcome = |due: &DueEntry| Outcome {
+            due: due.clone(),
+            attempt: Some(attempt(200)),
+            state: DeliveryState::Succeeded,
+            next_due_us: None,
+            failed_count: FailedCountChange::Reset,
+        };
+        s.record_outcomes(&[outcome(&entries[0])], 20).unwrap();
+        // After a restart only the delivery without an outcome is attempted again.
+        assert_eq!(s.resume_first_attempts().unwrap(), vec![entries[1].clone()]);
+        let listed = page(&s, &t, 0, 10);
+        assert_eq!(listed[0].state, DeliveryState::Succeeded);
+        assert_eq!(listed[0].registration_id, r);
+        assert_eq!(listed[0].finished_us, Some(20));
+        assert_eq!(listed[1].state, DeliveryState::Pending);
+        s.record_outcomes(&[outcome(&entries[1])], 21).unwrap();
+        assert!(s.resume_first_attempts().unwrap().is_empty());
+        assert!(
+            s.t().deliveries.scan_prefix([b'b']).next().is_none(),
+            "the completed batch row is removed"
         );
+        assert_eq!(s.delivery_counts(&t).unwrap().succeeded, 2);
     }
 
     #[test]
@@ -769,19 +941,14 @@ mod tests {
         let (_d, s) = temp_store();
         let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
         let it = item(1);
-        s.accept_deliveries(&t, &r, &[(it.clone(), false)], 5, None)
-            .unwrap();
-        let due = s.due_entries(5, 1, None, |_| false).unwrap().remove(0);
-        let attempt = Attempt {
-            at_us: 5,
-            status: Some(500),
-            error: None,
-            duration_us: 1,
-        };
+        let first = s
+            .accept_deliveries(&t, &r, &[(it.clone(), false)], 5, None)
+            .unwrap()
+            .remove(0);
         s.record_outcomes(
             &[Outcome {
-                due: due.clone(),
-                attempt: Some(attempt.clone()),
+                due: first,
+                attempt: Some(attempt(500)),
                 state: DeliveryState::Pending,
                 next_due_us: Some(50),
                 failed_count: FailedCountChange::Increment,
@@ -791,11 +958,14 @@ mod tests {
         .unwrap();
         assert_eq!(s.failed_count(&it.account_id).unwrap(), 1);
         assert_eq!(s.next_due_us().unwrap(), Some(50));
+        assert_eq!(s.due_counts().unwrap(), (1, 0));
+        assert!(s.due_entries(49, 1, None, |_| false).unwrap().is_empty());
         let due = s.due_entries(50, 1, None, |_| false).unwrap().remove(0);
+        assert_eq!(due.attempts, 1);
         s.record_outcomes(
             &[Outcome {
                 due,
-                attempt: Some(attempt),
+                attempt: Some(attempt(200)),
                 state: DeliveryState::Succeeded,
                 next_due_us: None,
                 failed_count: FailedCountChange::Reset,
@@ -805,17 +975,9 @@ mod tests {
         .unwrap();
         assert_eq!(s.failed_count(&it.account_id).unwrap(), 0);
         assert_eq!(s.due_counts().unwrap(), (0, 0));
-        let page = s
-            .list_deliveries(
-                &t,
-                PageRequest {
-                    start: 0,
-                    limit: 10,
-                },
-            )
-            .unwrap();
-        assert_eq!(page.items[0].attempts.len(), 2);
-        assert_eq!(page.items[0].state, DeliveryState::Succeeded);
+        let listed = page(&s, &t, 0, 10);
+        assert_eq!(listed[0].attempts.len(), 2);
+        assert_eq!(listed[0].state, DeliveryState::Succeeded);
         assert_eq!(s.sweep_deliveries(51).unwrap(), 0);
         assert_eq!(s.sweep_deliveries(52).unwrap(), 1);
     }

@@ -10,6 +10,7 @@
 
 mod accounts;
 pub mod deliveries;
+mod first_attempts;
 mod flusher;
 pub mod pagination;
 pub mod records;
@@ -28,7 +29,7 @@ use uuid::Uuid;
 pub use accounts::NewAccountError;
 pub use deliveries::{
     Attempt, Delivery, DeliveryCounts, DeliveryState, DueEntry, FailedCountChange, FanoutCursor,
-    FanoutStep, Handoff, NewDelivery, Outcome,
+    FanoutStep, Handoff, NewDelivery, Outcome, Scheduled,
 };
 pub use pagination::{Page, PageRequest};
 pub use records::{Account, KeyKind, PendingKey, Registration, Subscription, Triggered};
@@ -106,6 +107,8 @@ struct Inner {
     t: Trees,
     flusher: Flusher,
     targets: targets::TargetCache,
+    /// Pending batches not completed yet.
+    open_batches: first_attempts::OpenBatches,
     last_epoch_us: AtomicU64,
     /// Serialises the read-modify-write of `failed_count`s (outcomes, admin changes).
     counts_lock: Mutex<()>,
@@ -184,6 +187,7 @@ impl Store {
                 t,
                 flusher,
                 targets: targets::TargetCache::default(),
+                open_batches: first_attempts::OpenBatches::default(),
                 counts_lock: Mutex::new(()),
                 accept_lock: Mutex::new(()),
                 last_epoch_us: AtomicU64::new(last),

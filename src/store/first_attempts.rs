@@ -1,0 +1,217 @@
+//! First attempts: the deliveries a fan-out step (or a handed-over batch) created and that
+//! have not been attempted yet.
+//!
+//! They are not written one by one. A step writes a single pending-batch row under the
+//! `b` prefix of the `deliveries` tree and hands the attempts to the supervisor in memory;
+//! each delivery's record is written by its first outcome, and the row is removed with the
+//! outcome that completes it. Writing a record and a due entry per delivery at fan-out,
+//! then reading the record back and removing the entry at the outcome, was the largest
+//! share of the node's CPU per delivery.
+//!
+//! - `b` ++ the record key body (without `r`) of the batch's first delivery →
+//!   [`PendingBatch`]. The key is deterministic, so a batch handed over twice is recognised.
+//! - A delivery of a pending batch without a record has not been attempted (or its attempt
+//!   was not recorded): after a restart it is attempted again (at-least-once), and counts
+//!   and listings show it as pending.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::deliveries::{
+    delivery_id, key_body, prefixed, Delivery, DeliveryState, DueEntry, NewDelivery, Scheduled,
+    RECORD,
+};
+use super::records::decode;
+use super::{read_uuid, Result, Store};
+
+/// Key prefix of pending batches.
+pub(super) const BATCH: u8 = b'b';
+
+/// Deliveries created together and waiting for their first attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct PendingBatch {
+    /// The triggered registration.
+    pub registration_id: Uuid,
+    /// When they were created (their first attempt's due time).
+    pub queued_us: u64,
+    /// The subscriptions to serve.
+    pub items: Vec<NewDelivery>,
+}
+
+/// The key of the pending batch whose first delivery is `first` (of trigger `triggered`).
+pub(super) fn batch_key(triggered: &Uuid, first: &NewDelivery) -> Vec<u8> {
+    prefixed(
+        BATCH,
+        &key_body(
+            triggered,
+            first.subscription_epoch_us,
+            &first.subscription_id,
+        ),
+    )
+}
+
+/// The first-attempt entry of one delivery of a pending batch.
+pub(super) fn first_attempt(
+    batch_key: &[u8],
+    triggered: &Uuid,
+    batch: &PendingBatch,
+    item: &NewDelivery,
+) -> DueEntry {
+    DueEntry {
+        scheduled: Scheduled::Batch {
+            key: batch_key.to_vec(),
+            registration_id: batch.registration_id,
+        },
+        record_key: prefixed(
+            RECORD,
+            &key_body(triggered, item.subscription_epoch_us, &item.subscription_id),
+        ),
+        due_us: batch.queued_us,
+        delivery_id: delivery_id(triggered, &item.subscription_id),
+        account_id: item.account_id,
+        attempts: 0,
+    }
+}
+
+/// How many deliveries of each open pending batch still wait for their first outcome, so
+/// that the outcome batch completing one removes its row.
+#[derive(Default)]
+pub(super) struct OpenBatches {
+    remaining: Mutex<HashMap<Vec<u8>, usize>>,
+}
+
+impl OpenBatches {
+    /// Tracks a batch written (or found at start-up) with `waiting` deliveries.
+    pub(super) fn opened(&self, key: Vec<u8>, waiting: usize) {
+        self.lock().insert(key, waiting);
+    }
+
+    /// The batches that `closing` (outcomes per batch key, not yet written) completes.
+    pub(super) fn completed_by(&self, closing: &HashMap<Vec<u8>, usize>) -> Vec<Vec<u8>> {
+        let remaining = self.lock();
+        closing
+            .iter()
+            .filter(|(key, n)| remaining.get(*key).is_some_and(|left| left <= n))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Counts the outcomes in `closing` as written.
+    pub(super) fn close(&self, closing: HashMap<Vec<u8>, usize>) {
+        let mut remaining = self.lock();
+        for (key, n) in closing {
+            if let Some(left) = remaining.get_mut(&key) {
+                *left = left.saturating_sub(n);
+                if *left == 0 {
+                    remaining.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The map only holds counts: a panic while holding the lock leaves nothing torn.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, usize>> {
+        self.remaining
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Store {
+    /// The first attempts that pending batches still wait for, found at start-up (the
+    /// supervisor dispatches them); rows whose deliveries all have records are removed.
+    pub fn resume_first_attempts(&self) -> Result<Vec<DueEntry>> {
+        let deliveries = &self.t().deliveries;
+        let mut entries = Vec::new();
+        let mut done = sled::Batch::default();
+        for row in deliveries.scan_prefix([BATCH]) {
+            let (key, value) = row?;
+            let triggered = read_uuid(&key, 1)?;
+            let batch: PendingBatch = match decode(&value) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "a pending batch is unreadable; leaving it");
+                    continue;
+                }
+            };
+            let mut waiting = 0;
+            for item in &batch.items {
+                let entry = first_attempt(&key, &triggered, &batch, item);
+                if !deliveries.contains_key(&entry.record_key)? {
+                    entries.push(entry);
+                    waiting += 1;
+                }
+            }
+            if waiting == 0 {
+                done.remove(key);
+            } else {
+                self.inner.open_batches.opened(key.to_vec(), waiting);
+            }
+        }
+        deliveries.apply_batch(done)?;
+        Ok(entries)
+    }
+
+    /// `triggered`'s deliveries that wait for their first attempt, as their records will
+    /// read until it is made, by record key.
+    pub(super) fn unattempted_of(&self, triggered: &Uuid) -> Result<BTreeMap<Vec<u8>, Delivery>> {
+        let deliveries = &self.t().deliveries;
+        let mut out = BTreeMap::new();
+        for row in deliveries.scan_prefix(prefixed(BATCH, triggered.as_bytes())) {
+            let (key, value) = row?;
+            let batch: PendingBatch = decode(&value)?;
+            for item in &batch.items {
+                let entry = first_attempt(&key, triggered, &batch, item);
+                if !deliveries.contains_key(&entry.record_key)? {
+                    out.insert(
+                        entry.record_key.clone(),
+                        entry.first_record(batch.registration_id),
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl DueEntry {
+    /// The record of a delivery not attempted yet (what its first outcome starts from).
+    pub(super) fn first_record(&self, registration_id: Uuid) -> Delivery {
+        Delivery {
+            id: self.delivery_id,
+            triggered_id: self.triggered_id(),
+            registration_id,
+            subscription_id: self.subscription_id(),
+            subscription_epoch_us: self.subscription_epoch_us(),
+            account_id: self.account_id,
+            state: DeliveryState::Pending,
+            attempts: Vec::new(),
+            next_attempt_us: Some(self.due_us),
+            finished_us: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_completes_when_all_its_outcomes_are_written() {
+        let open = OpenBatches::default();
+        open.opened(b"b1".to_vec(), 3);
+        let two = HashMap::from([(b"b1".to_vec(), 2), (b"other".to_vec(), 1)]);
+        assert!(open.completed_by(&two).is_empty());
+        open.close(two);
+        let one = HashMap::from([(b"b1".to_vec(), 1)]);
+        assert_eq!(open.completed_by(&one), vec![b"b1".to_vec()]);
+        open.close(one.clone());
+        assert!(
+            open.completed_by(&one).is_empty(),
+            "closed batches are forgotten"
+        );
+    }
+}
