@@ -823,6 +823,47 @@ async fn deleting_the_subscription_cancels_pending_retries() {
 }
 
 #[tokio::test]
+async fn deleting_a_subscription_before_its_first_attempt_cancels_it() {
+    // One attempt at a time: the later subscription's first attempt waits behind a held one.
+    let p = Pair::new(
+        r#"
+[delivery]
+max_in_flight = 1
+retry_delays_secs = []
+[http_client]
+timeout_secs = 2.0
+"#,
+        "late.event",
+    )
+    .await;
+    let late = p
+        .node
+        .create_account("late", &p.ep.endpoint_url("late"))
+        .await;
+    let late_subscription = id_of(&p.node.subscribe(&late, &p.reg).await);
+    p.ep.hold_posts(&p.sub.endpoint, Duration::from_secs(30));
+    let tid = p.trigger().await;
+    p.ep.wait_for_posts(&p.sub.endpoint, 1, DELIVERY_DEADLINE)
+        .await;
+    // Fanned out already; deleted before its attempt comes up.
+    p.node
+        .delete(&format!("/v1/webhook/subscription/{late_subscription}"))
+        .auth(&late)
+        .send()
+        .await
+        .expect_write(&[("deleted", 1)]);
+    p.node
+        .wait_trigger_counts(
+            &p.owner,
+            &tid,
+            &delivery_counts(&[("failed", 1), ("cancelled", 1)]),
+            DELIVERY_DEADLINE,
+        )
+        .await;
+    assert!(p.ep.posts_to(&late.endpoint).is_empty());
+}
+
+#[tokio::test]
 async fn deleting_the_subscriber_account_cancels_pending_retries() {
     let p = Pair::new(SLOW_RETRIES, "gone.event").await;
     let (tid, retry_due) = first_attempt_failed(&p).await;

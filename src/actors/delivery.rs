@@ -30,7 +30,7 @@ use crate::delivery::metrics::{Counted, DeliveryMetrics};
 use crate::delivery::retry::RetryPolicy;
 use crate::store::{
     Attempt, DeliveryState, DueEntry, FailedCountChange, FanoutStep, Handoff, NewDelivery, Outcome,
-    Triggered,
+    Scheduled, Triggered,
 };
 
 /// How often the supervisor looks for due work, flushes outcomes and checks deadlines.
@@ -747,10 +747,21 @@ impl DeliveryWorker {
         }
     }
 
-    /// Whether the delivery's subscription still exists. It lives with its registration,
-    /// possibly on another node: that node is asked only before a retry (a first attempt
-    /// follows the fan-out within moments), and an unreachable node counts as a yes.
+    /// Whether the delivery's subscription still exists. A first attempt whose fan-out
+    /// step read it here knows it does while no subscription was deleted since. It lives
+    /// with its registration, possibly on another node: that node is asked only before a
+    /// retry (a first attempt follows the fan-out within moments), and an unreachable node
+    /// counts as a yes.
     async fn subscription_exists(&self, due: &DueEntry) -> Result<bool, crate::store::StoreError> {
+        if let Scheduled::Batch {
+            subscriptions_read_at: Some(read_at),
+            ..
+        } = due.scheduled
+        {
+            if read_at == self.ctx.store.subscription_deletions() {
+                return Ok(true);
+            }
+        }
         let cluster = &self.ctx.cluster;
         let subscription = due.subscription_id();
         match cluster.remote_owner(cluster.map().shard_of_id(&subscription)) {

@@ -93,6 +93,7 @@ fn fanout_step(
     batch_size: usize,
 ) -> Result<bool, ServiceError> {
     let store = &ctx.store;
+    let subscriptions_read_at = store.subscription_deletions();
     let Some(cursor) = store.fanout(triggered)? else {
         return Ok(false);
     };
@@ -114,6 +115,7 @@ fn fanout_step(
         after,
         finished,
         handoffs: remote.into_iter().collect(),
+        subscriptions_read_at,
     };
     let has_handoffs = !step.handoffs.is_empty();
     accept_local(ctx, triggered, registration, local, Some(step))?;

@@ -63,8 +63,9 @@ pub fn headers(req: &Request<'_>) -> HeaderMap {
 /// Sends the attempt and records what happened; never fails itself.
 pub async fn send(client: &EndpointClient, req: Request<'_>, at_us: u64) -> Attempt {
     let started = Instant::now();
-    let headers = headers(&req);
-    let result = client.post(req.endpoint, headers, req.body).await;
+    let result = client
+        .post(req.endpoint, || headers(&req), req.body.clone())
+        .await;
     let duration_us = started.elapsed().as_micros() as u64;
     match result {
         Ok(status) if (200..300).contains(&status) => Attempt {

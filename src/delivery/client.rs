@@ -8,10 +8,11 @@
 //! drop refused addresses (hostnames), by a check of literal addresses before sending, and
 //! on every redirect hop.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,6 +34,9 @@ use crate::store::KeyKind;
 const MAX_REDIRECTS: usize = 10;
 /// Bytes of a delivery's response body read (and dropped) so the connection is reused.
 const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
+/// Parsed delivery endpoints kept at most; all are dropped when it is full (a fan-out
+/// refills it with the endpoints in use).
+const MAX_ENDPOINTS: usize = 16_384;
 
 /// Why an outbound call failed (logged; clients only see the API's fixed messages).
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +147,14 @@ impl tower_service::Service<HyperName> for PolicyDns {
 /// The hyper-util client of `http://` deliveries.
 type PlainClient = hyper_util::client::legacy::Client<HttpConnector<PolicyDns>, Full<bytes::Bytes>>;
 
+/// A delivery endpoint, parsed and checked once: parsing the URL on every attempt was a
+/// visible cost, and endpoints are few and used again and again.
+struct DeliveryEndpoint {
+    url: Url,
+    /// For `http://` endpoints, the URI the hyper-util client takes.
+    plain: Option<hyper::Uri>,
+}
+
 /// The node's client for calls to account endpoints.
 #[derive(Clone)]
 pub struct EndpointClient {
@@ -150,6 +162,8 @@ pub struct EndpointClient {
     plain: PlainClient,
     timeout: Duration,
     policy: Arc<EndpointPolicy>,
+    /// Delivery endpoints by their text (the policy does not change while running).
+    endpoints: Arc<Mutex<HashMap<String, Arc<DeliveryEndpoint>>>>,
 }
 
 impl EndpointClient {
@@ -188,6 +202,7 @@ impl EndpointClient {
             plain,
             timeout,
             policy,
+            endpoints: Arc::default(),
         })
     }
 
@@ -252,44 +267,72 @@ impl EndpointClient {
 }
 
 impl EndpointClient {
-    /// `POST <endpoint>` with `headers` and `body`, following redirects; returns the
-    /// final status code.
+    /// `POST <endpoint>` with the headers `headers` makes and `body`, following
+    /// redirects; returns the final status code.
     pub async fn post(
         &self,
         endpoint: &str,
-        headers: reqwest::header::HeaderMap,
+        headers: impl Fn() -> reqwest::header::HeaderMap,
         body: bytes::Bytes,
     ) -> Result<u16, OutboundError> {
-        let url = self.target(endpoint)?;
-        if url.scheme() == "http" {
-            let status = self.post_plain(&url, headers.clone(), body.clone()).await?;
+        let target = self.delivery_endpoint(endpoint)?;
+        if let Some(uri) = &target.plain {
+            let status = self
+                .post_plain(uri.clone(), headers(), body.clone())
+                .await?;
             if !status.is_redirection() {
                 return Ok(status.as_u16());
             }
         }
         let response = self
             .http
-            .post(url)
-            .headers(headers)
+            .post(target.url.clone())
+            .headers(headers())
             .body(body)
             .send()
             .await?;
         Ok(response.status().as_u16())
     }
 
+    /// `endpoint` parsed and checked, from the cache when it was seen before.
+    fn delivery_endpoint(&self, endpoint: &str) -> Result<Arc<DeliveryEndpoint>, OutboundError> {
+        let lock = || {
+            self.endpoints
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(known) = lock().get(endpoint) {
+            return Ok(known.clone());
+        }
+        let url = self.target(endpoint)?;
+        let plain = if url.scheme() == "http" {
+            Some(
+                url.as_str()
+                    .parse::<hyper::Uri>()
+                    .map_err(|_| OutboundError::InvalidUrl)?,
+            )
+        } else {
+            None
+        };
+        let parsed = Arc::new(DeliveryEndpoint { url, plain });
+        let mut endpoints = lock();
+        if endpoints.len() >= MAX_ENDPOINTS {
+            endpoints.clear();
+        }
+        endpoints.insert(endpoint.to_string(), parsed.clone());
+        Ok(parsed)
+    }
+
     /// One `POST` through the hyper-util client (no redirects followed).
     async fn post_plain(
         &self,
-        url: &Url,
+        uri: hyper::Uri,
         headers: reqwest::header::HeaderMap,
         body: bytes::Bytes,
     ) -> Result<hyper::StatusCode, OutboundError> {
         let mut request = hyper::Request::new(Full::new(body));
         *request.method_mut() = hyper::Method::POST;
-        *request.uri_mut() = url
-            .as_str()
-            .parse()
-            .map_err(|_| OutboundError::InvalidUrl)?;
+        *request.uri_mut() = uri;
         *request.headers_mut() = headers;
         let exchange = async {
             let response = self.plain.request(request).await.map_err(transport)?;

@@ -180,6 +180,8 @@ pub struct FanoutStep {
     pub finished: bool,
     /// Batches for subscribers owned by other nodes, by node id.
     pub handoffs: Vec<(String, Vec<NewDelivery>)>,
+    /// [`Store::subscription_deletions`] before the step read its subscriptions.
+    pub subscriptions_read_at: u64,
 }
 
 /// A fan-out batch waiting for the node that owns its subscribers.
@@ -215,6 +217,9 @@ pub enum Scheduled {
         key: Vec<u8>,
         /// The triggered registration (for the record).
         registration_id: Uuid,
+        /// [`Store::subscription_deletions`] before the subscription was read here, when
+        /// it was (a local fan-out step).
+        subscriptions_read_at: Option<u64>,
     },
 }
 
@@ -495,7 +500,10 @@ impl Store {
                 pending
                     .items
                     .iter()
-                    .map(|item| first_attempt(key, triggered, &pending, item))
+                    .map(|item| {
+                        let read_at = step.as_ref().map(|s| s.subscriptions_read_at);
+                        first_attempt(key, triggered, &pending, item, read_at)
+                    })
                     .collect()
             }
             _ => Vec::new(),
@@ -692,6 +700,7 @@ impl Store {
                 Scheduled::Batch {
                     key,
                     registration_id,
+                    ..
                 } => {
                     *closing.entry(key.clone()).or_default() += 1;
                     o.due.first_record(*registration_id)

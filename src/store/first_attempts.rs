@@ -53,17 +53,20 @@ pub(super) fn batch_key(triggered: &Uuid, first: &NewDelivery) -> Vec<u8> {
     )
 }
 
-/// The first-attempt entry of one delivery of a pending batch.
+/// The first-attempt entry of one delivery of a pending batch (`subscriptions_read_at`:
+/// see [`Scheduled::Batch`]).
 pub(super) fn first_attempt(
     batch_key: &[u8],
     triggered: &Uuid,
     batch: &PendingBatch,
     item: &NewDelivery,
+    subscriptions_read_at: Option<u64>,
 ) -> DueEntry {
     DueEntry {
         scheduled: Scheduled::Batch {
             key: batch_key.to_vec(),
             registration_id: batch.registration_id,
+            subscriptions_read_at,
         },
         record_key: prefixed(
             RECORD,
@@ -139,7 +142,7 @@ impl Store {
             };
             let mut waiting = 0;
             for item in &batch.items {
-                let entry = first_attempt(&key, &triggered, &batch, item);
+                let entry = first_attempt(&key, &triggered, &batch, item, None);
                 if !deliveries.contains_key(&entry.record_key)? {
                     entries.push(entry);
                     waiting += 1;
@@ -164,7 +167,7 @@ impl Store {
             let (key, value) = row?;
             let batch: PendingBatch = decode(&value)?;
             for item in &batch.items {
-                let entry = first_attempt(&key, triggered, &batch, item);
+                let entry = first_attempt(&key, triggered, &batch, item, None);
                 if !deliveries.contains_key(&entry.record_key)? {
                     out.insert(
                         entry.record_key.clone(),

@@ -109,6 +109,9 @@ struct Inner {
     targets: targets::TargetCache,
     /// Pending batches not completed yet.
     open_batches: first_attempts::OpenBatches,
+    /// Subscription deletions since the process started (see
+    /// [`Store::subscription_deletions`]).
+    subscription_deletions: AtomicU64,
     last_epoch_us: AtomicU64,
     /// Serialises the read-modify-write of `failed_count`s (outcomes, admin changes).
     counts_lock: Mutex<()>,
@@ -188,6 +191,7 @@ impl Store {
                 flusher,
                 targets: targets::TargetCache::default(),
                 open_batches: first_attempts::OpenBatches::default(),
+                subscription_deletions: AtomicU64::new(0),
                 counts_lock: Mutex::new(()),
                 accept_lock: Mutex::new(()),
                 last_epoch_us: AtomicU64::new(last),
@@ -253,6 +257,9 @@ impl Store {
         ] {
             tree.clear()?;
         }
+        self.inner
+            .subscription_deletions
+            .fetch_add(1, Ordering::Relaxed);
         self.flush_blocking()
     }
 

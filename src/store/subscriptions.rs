@@ -1,6 +1,8 @@
 //! The `subscriptions` tree and its indexes: by epoch, by registration (the fan-out list)
 //! and by subscriber ("my subscriptions" and account cascades).
 
+use std::sync::atomic::Ordering;
+
 use sled::Transactional;
 use uuid::Uuid;
 
@@ -79,6 +81,13 @@ impl Store {
         Ok(self.t().subscriptions.contains_key(id.as_bytes())?)
     }
 
+    /// How many times subscriptions were deleted since the process started. A subscription
+    /// read while this was `n` still exists while it is `n`: first attempts need no
+    /// existence check then (one read per attempt was a visible cost).
+    pub fn subscription_deletions(&self) -> u64 {
+        self.inner.subscription_deletions.load(Ordering::Acquire)
+    }
+
     /// Removes subscriptions and all their index entries, atomically.
     pub fn delete_subscriptions(&self, subs: &[Subscription]) -> Result<()> {
         let t = self.t();
@@ -97,7 +106,11 @@ impl Store {
                 }
                 Ok(())
             })
-            .map_err(StoreError::from)
+            .map_err(StoreError::from)?;
+        self.inner
+            .subscription_deletions
+            .fetch_add(1, Ordering::Release);
+        Ok(())
     }
 
     /// Removes every subscription listed under `prefix` of `index`, in chunks.
