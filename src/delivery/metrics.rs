@@ -19,7 +19,7 @@ pub struct DeliveryMetrics {
     latency_sum_us: AtomicU64,
     /// Attempts running now.
     pub in_flight: AtomicI64,
-    /// Deliveries waiting in the due queue.
+    /// Pending deliveries: waiting for their first attempt or a retry.
     pub due: AtomicI64,
 }
 
@@ -124,7 +124,7 @@ impl DeliveryMetrics {
             "webhookd_delivery_in_flight {}",
             self.in_flight.load(Ordering::Relaxed)
         );
-        out.push_str("# HELP webhookd_delivery_due Deliveries waiting in the due queue.\n");
+        out.push_str("# HELP webhookd_delivery_due Pending deliveries, waiting for their first attempt or a retry.\n");
         out.push_str("# TYPE webhookd_delivery_due gauge\n");
         let _ = writeln!(
             out,
