@@ -20,7 +20,7 @@ use bytes::Bytes;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use uuid::Uuid;
 
 use super::{now_us, NodeContext};
@@ -43,6 +43,8 @@ const STUCK_GRACE: Duration = Duration::from_secs(5);
 const BODY_CACHE: usize = 1024;
 /// How often queued handoffs to an unavailable peer are retried.
 const HANDOFF_RETRY: Duration = Duration::from_secs(1);
+/// Handoff batches sent to one peer at once at most.
+const HANDOFF_WINDOW: usize = 16;
 
 /// The delivery engine's settings and shared state, part of the node context.
 pub struct DeliveryContext {
@@ -161,50 +163,67 @@ pub fn accept_remote_batch(
 }
 
 /// Hands queued fan-out batches to `peer`, removing each only once the peer persisted it.
+/// Up to [`HANDOFF_WINDOW`] batches are in flight at once: one at a time, each waited for
+/// the peer's flush, and many small fan-outs queued batches faster than that.
 pub async fn run_handoff(ctx: Arc<NodeContext>, peer_index: usize) {
     let Some(peer) = ctx.cluster.peers().get(peer_index) else {
         return;
     };
     loop {
-        let batches = match ctx.store.handoffs_for(&peer.member.id, 16) {
+        let batches = match ctx.store.handoffs_for(&peer.member.id, HANDOFF_WINDOW) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "reading the handoff queue failed");
                 Vec::new()
             }
         };
-        let mut progressed = false;
+        let mut triggers: HashMap<Uuid, Triggered> = HashMap::new();
+        let mut calls = JoinSet::new();
         for Handoff {
             key,
             triggered,
             items,
         } in batches
         {
-            let trigger = match ctx.store.triggered(&triggered) {
-                Ok(Some(t)) => t,
-                // The trigger is gone (wiped): nothing left to deliver.
-                Ok(None) => {
-                    let _ = ctx.store.remove_handoff(&key);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "reading a trigger for handoff failed");
-                    break;
-                }
+            let trigger = match triggers.get(&triggered) {
+                Some(t) => t.clone(),
+                None => match ctx.store.triggered(&triggered) {
+                    Ok(Some(t)) => {
+                        triggers.insert(triggered, t.clone());
+                        t
+                    }
+                    // The trigger is gone (wiped): nothing left to deliver.
+                    Ok(None) => {
+                        let _ = ctx.store.remove_handoff(&key);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading a trigger for handoff failed");
+                        break;
+                    }
+                },
             };
             let command = Command::AcceptDeliveries {
                 triggered: trigger,
                 items,
             };
-            match ctx.cluster.call(peer, &command).await {
-                Ok(_) => {
-                    if let Err(e) = ctx.store.remove_handoff(&key) {
-                        tracing::error!(error = %e, "removing a handed-over batch failed");
-                    }
-                    progressed = true;
+            let ctx = ctx.clone();
+            calls.spawn(async move {
+                let handed = match ctx.cluster.peers().get(peer_index) {
+                    Some(peer) => ctx.cluster.call(peer, &command).await.is_ok(),
+                    None => false,
+                };
+                (key, handed)
+            });
+        }
+        let mut progressed = false;
+        while let Some(call) = calls.join_next().await {
+            // Not handed (the peer is down): the batch waits; resending creates no duplicates.
+            if let Ok((key, true)) = call {
+                if let Err(e) = ctx.store.remove_handoff(&key) {
+                    tracing::error!(error = %e, "removing a handed-over batch failed");
                 }
-                // The peer is down: the batch waits; resending later creates no duplicates.
-                Err(_) => break,
+                progressed = true;
             }
         }
         if !progressed {
