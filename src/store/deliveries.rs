@@ -31,8 +31,7 @@ use super::pagination::{Page, PageRequest};
 use super::records::{decode, encode_compact, Triggered};
 use super::{read_u64, read_uuid, Result, Store, StoreError};
 
-/// Key prefix of delivery records.
-pub(super) const RECORD: u8 = b'r';
+const RECORD: u8 = b'r';
 const DUE: u8 = b'd';
 const CURSOR: u8 = b'c';
 const HANDOFF: u8 = b'h';
@@ -130,22 +129,6 @@ pub struct Delivery {
     pub finished_us: Option<u64>,
 }
 
-impl Delivery {
-    /// The record key without its kind byte: triggered ++ epoch ++ subscription.
-    fn key_body(&self) -> [u8; 40] {
-        key_body(
-            &self.triggered_id,
-            self.subscription_epoch_us,
-            &self.subscription_id,
-        )
-    }
-
-    /// The key of its record.
-    pub fn record_key(&self) -> Vec<u8> {
-        prefixed(RECORD, &self.key_body())
-    }
-}
-
 /// Counts of a trigger's deliveries by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryCounts {
@@ -204,6 +187,16 @@ pub struct NewDelivery {
     pub subscription_epoch_us: u64,
     /// The subscriber.
     pub account_id: Uuid,
+}
+
+impl NewDelivery {
+    /// The key of its record for trigger `triggered`.
+    pub(super) fn record_key(&self, triggered: &Uuid) -> Vec<u8> {
+        prefixed(
+            RECORD,
+            &key_body(triggered, self.subscription_epoch_us, &self.subscription_id),
+        )
+    }
 }
 
 /// What scheduled an attempt, and so what its outcome removes.
@@ -471,9 +464,7 @@ impl Store {
             items: Vec::new(),
         };
         for (item, skip) in items.iter().filter(|_| !accepted_before) {
-            let body = key_body(triggered, item.subscription_epoch_us, &item.subscription_id);
-            let record_key = prefixed(RECORD, &body);
-            if !fresh && deliveries.contains_key(&record_key)? {
+            if !fresh && deliveries.contains_key(item.record_key(triggered))? {
                 continue;
             }
             if *skip {
@@ -489,21 +480,19 @@ impl Store {
                     next_attempt_us: None,
                     finished_us: Some(now_us),
                 };
-                batch.insert(record_key, encode_compact(&delivery)?);
+                batch.insert(item.record_key(triggered), encode_compact(&delivery)?);
             } else {
                 pending.items.push(item.clone());
             }
         }
+        let read_at = step.as_ref().map(|s| s.subscriptions_read_at);
         let entries = match &key {
             Some(key) if !pending.items.is_empty() => {
                 batch.insert(key.as_slice(), encode_compact(&pending)?);
                 pending
                     .items
                     .iter()
-                    .map(|item| {
-                        let read_at = step.as_ref().map(|s| s.subscriptions_read_at);
-                        first_attempt(key, triggered, &pending, item, read_at)
-                    })
+                    .map(|item| first_attempt(key, triggered, &pending, item, read_at))
                     .collect()
             }
             _ => Vec::new(),
@@ -939,7 +928,11 @@ mod tests {
         s.record_outcomes(&[outcome(&entries[1])], 21).unwrap();
         assert!(s.resume_first_attempts().unwrap().is_empty());
         assert!(
-            s.t().deliveries.scan_prefix([b'b']).next().is_none(),
+            s.t()
+                .deliveries
+                .scan_prefix([super::super::first_attempts::BATCH])
+                .next()
+                .is_none(),
             "the completed batch row is removed"
         );
         assert_eq!(s.delivery_counts(&t).unwrap().succeeded, 2);

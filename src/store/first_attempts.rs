@@ -22,7 +22,6 @@ use uuid::Uuid;
 
 use super::deliveries::{
     delivery_id, key_body, prefixed, Delivery, DeliveryState, DueEntry, NewDelivery, Scheduled,
-    RECORD,
 };
 use super::records::decode;
 use super::{read_uuid, Result, Store};
@@ -68,10 +67,7 @@ pub(super) fn first_attempt(
             registration_id: batch.registration_id,
             subscriptions_read_at,
         },
-        record_key: prefixed(
-            RECORD,
-            &key_body(triggered, item.subscription_epoch_us, &item.subscription_id),
-        ),
+        record_key: item.record_key(triggered),
         due_us: batch.queued_us,
         delivery_id: delivery_id(triggered, &item.subscription_id),
         account_id: item.account_id,
@@ -140,18 +136,12 @@ impl Store {
                     continue;
                 }
             };
-            let mut waiting = 0;
-            for item in &batch.items {
-                let entry = first_attempt(&key, &triggered, &batch, item, None);
-                if !deliveries.contains_key(&entry.record_key)? {
-                    entries.push(entry);
-                    waiting += 1;
-                }
-            }
-            if waiting == 0 {
+            let waiting = self.waiting_in(&key, &triggered, &batch)?;
+            if waiting.is_empty() {
                 done.remove(key);
             } else {
-                self.inner.open_batches.opened(key.to_vec(), waiting);
+                self.inner.open_batches.opened(key.to_vec(), waiting.len());
+                entries.extend(waiting);
             }
         }
         deliveries.apply_batch(done)?;
@@ -166,17 +156,33 @@ impl Store {
         for row in deliveries.scan_prefix(prefixed(BATCH, triggered.as_bytes())) {
             let (key, value) = row?;
             let batch: PendingBatch = decode(&value)?;
-            for item in &batch.items {
-                let entry = first_attempt(&key, triggered, &batch, item, None);
-                if !deliveries.contains_key(&entry.record_key)? {
-                    out.insert(
-                        entry.record_key.clone(),
-                        entry.first_record(batch.registration_id),
-                    );
-                }
+            for entry in self.waiting_in(&key, triggered, &batch)? {
+                let record = entry.first_record(batch.registration_id);
+                out.insert(entry.record_key, record);
             }
         }
         Ok(out)
+    }
+
+    /// The first attempts of pending batch `batch` (under `key`) whose deliveries have no
+    /// record yet.
+    fn waiting_in(
+        &self,
+        key: &[u8],
+        triggered: &Uuid,
+        batch: &PendingBatch,
+    ) -> Result<Vec<DueEntry>> {
+        let mut waiting = Vec::new();
+        for item in &batch.items {
+            if !self
+                .t()
+                .deliveries
+                .contains_key(item.record_key(triggered))?
+            {
+                waiting.push(first_attempt(key, triggered, batch, item, None));
+            }
+        }
+        Ok(waiting)
     }
 }
 
