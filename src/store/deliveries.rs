@@ -7,6 +7,9 @@
 //!   a resent fan-out batch overwrites nothing that exists);
 //! - `b` ++ the record key (without `r`) of its first delivery → deliveries waiting for
 //!   their first attempt, whose records do not exist yet (see [`super::first_attempts`]);
+//! - `s` ++ the pending-batch key (without `b`) ++ unique id → the records of first
+//!   attempts of that batch that succeeded, written together by one outcome batch (see
+//!   [`super::settled`]);
 //! - `d` ++ due µs ++ the record key (without `r`) → delivery id ++ subscriber account id ++
 //!   attempts made (u16): the due queue of retries and redeliveries, in time order. The
 //!   value carries what an attempt needs, so a worker never reads the record; only the
@@ -20,7 +23,7 @@
 //! Records, handoff batches and cursors use the compact (bincode) encoding: they are written
 //! once or more per delivery.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::MutexGuard;
 
 use serde::{Deserialize, Serialize};
@@ -31,7 +34,7 @@ use super::pagination::{Page, PageRequest};
 use super::records::{decode, encode_compact, Triggered};
 use super::{read_u64, read_uuid, Result, Store, StoreError};
 
-const RECORD: u8 = b'r';
+pub(super) const RECORD: u8 = b'r';
 const DUE: u8 = b'd';
 const CURSOR: u8 = b'c';
 const HANDOFF: u8 = b'h';
@@ -454,7 +457,7 @@ impl Store {
         // judged differently (its failed_counts changed), its key must not.
         let key = items.first().map(|(item, _)| batch_key(triggered, item));
         let accepted_before = match &key {
-            Some(key) if !fresh => deliveries.contains_key(key)?,
+            Some(key) if !fresh => deliveries.contains_key(key)? || self.has_settled(key)?,
             _ => false,
         };
         let mut batch = sled::Batch::default();
@@ -668,6 +671,7 @@ impl Store {
         let mut batch = sled::Batch::default();
         let mut counts: HashMap<Uuid, u64> = HashMap::new();
         let mut closing: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut settled: HashMap<&[u8], Vec<Delivery>> = HashMap::new();
         for o in outcomes {
             let mut d = match &o.due.scheduled {
                 Scheduled::Queue(due_key) => {
@@ -708,29 +712,42 @@ impl Store {
                 let due = due_value(&d.id, &d.account_id, d.attempts.len());
                 batch.insert(due_key(next, &o.due.record_key[1..]), due.as_slice());
             }
-            batch.insert(o.due.record_key.as_slice(), encode_compact(&d)?);
+            let account_id = d.account_id;
+            match &o.due.scheduled {
+                Scheduled::Batch { key, .. } if d.state == DeliveryState::Succeeded => {
+                    settled.entry(key).or_default().push(d);
+                }
+                _ => {
+                    batch.insert(o.due.record_key.as_slice(), encode_compact(&d)?);
+                }
+            }
             match o.failed_count {
                 FailedCountChange::Keep => {}
                 FailedCountChange::Reset => {
-                    counts.insert(d.account_id, 0);
+                    counts.insert(account_id, 0);
                 }
                 FailedCountChange::Increment => {
-                    let current = match counts.get(&d.account_id) {
+                    let current = match counts.get(&account_id) {
                         Some(c) => *c,
-                        None => self.failed_count(&d.account_id)?,
+                        None => self.failed_count(&account_id)?,
                     };
-                    counts.insert(d.account_id, current + 1);
+                    counts.insert(account_id, current + 1);
                 }
             }
         }
         for (account, count) in counts {
             let key = failed_count_key(&account);
             if count == 0 {
-                batch.remove(&key);
+                // Almost every success resets a count that is already 0 (no key): a
+                // read is much cheaper than a logged remove.
+                if deliveries.contains_key(key)? {
+                    batch.remove(&key);
+                }
             } else {
                 batch.insert(&key, &count.to_be_bytes());
             }
         }
+        self.write_settled(&mut batch, settled)?;
         let open = &self.inner.open_batches;
         for key in open.completed_by(&closing) {
             batch.remove(key);
@@ -740,8 +757,17 @@ impl Store {
         Ok(())
     }
 
-    /// A page of `triggered`'s deliveries, in subscription order (those waiting for their
-    /// first attempt included).
+    /// `triggered`'s deliveries without a record of their own, by record key: those settled
+    /// by their first attempt and those waiting for it.
+    fn unrecorded_of(&self, triggered: &Uuid) -> Result<BTreeMap<Vec<u8>, Delivery>> {
+        let mut out = self.settled_of(triggered)?;
+        let waiting = self.unattempted_of(triggered, |key| out.contains_key(key))?;
+        out.extend(waiting);
+        Ok(out)
+    }
+
+    /// A page of `triggered`'s deliveries, in subscription order (those settled by or
+    /// waiting for their first attempt included).
     pub fn list_deliveries(&self, triggered: &Uuid, req: PageRequest) -> Result<Page<Delivery>> {
         let mut page = PageBuilder {
             skip: usize::try_from(req.start).unwrap_or(usize::MAX),
@@ -749,22 +775,22 @@ impl Store {
             seen: 0,
             items: Vec::new(),
         };
-        let mut waiting = self.unattempted_of(triggered)?.into_iter().peekable();
+        let mut unrecorded = self.unrecorded_of(triggered)?.into_iter().peekable();
         let records = self
             .t()
             .deliveries
             .scan_prefix(prefixed(RECORD, triggered.as_bytes()));
-        // Records and waiting deliveries never share a key: merge them in key order.
+        // Records and the others never share a key: merge them in key order.
         for record in records {
             let (key, value) = record?;
-            while let Some((_, d)) = waiting.next_if(|(k, _)| k.as_slice() < &*key) {
+            while let Some((_, d)) = unrecorded.next_if(|(k, _)| k.as_slice() < &*key) {
                 page.offer(|| Ok(d))?;
             }
             if page.offer(|| decode(&value))? {
                 break;
             }
         }
-        for (_, d) in waiting {
+        for (_, d) in unrecorded {
             if page.offer(|| Ok(d))? {
                 break;
             }
@@ -774,24 +800,24 @@ impl Store {
 
     /// Counts of `triggered`'s deliveries by state.
     pub fn delivery_counts(&self, triggered: &Uuid) -> Result<DeliveryCounts> {
-        let mut counts = DeliveryCounts {
-            pending: self.unattempted_of(triggered)?.len() as u64,
-            ..DeliveryCounts::default()
+        let mut counts = DeliveryCounts::default();
+        let mut count = |state| match state {
+            DeliveryState::Pending => counts.pending += 1,
+            DeliveryState::Succeeded => counts.succeeded += 1,
+            DeliveryState::Failed => counts.failed += 1,
+            DeliveryState::Skipped => counts.skipped += 1,
+            DeliveryState::Cancelled => counts.cancelled += 1,
         };
+        for d in self.unrecorded_of(triggered)?.values() {
+            count(d.state);
+        }
         for v in self
             .t()
             .deliveries
             .scan_prefix(prefixed(RECORD, triggered.as_bytes()))
             .values()
         {
-            let d: Delivery = decode(&v?)?;
-            match d.state {
-                DeliveryState::Pending => counts.pending += 1,
-                DeliveryState::Succeeded => counts.succeeded += 1,
-                DeliveryState::Failed => counts.failed += 1,
-                DeliveryState::Skipped => counts.skipped += 1,
-                DeliveryState::Cancelled => counts.cancelled += 1,
-            }
+            count(decode::<Delivery>(&v?)?.state);
         }
         Ok(counts)
     }
@@ -824,7 +850,7 @@ impl Store {
 
     /// Removes finished deliveries that ended before `cutoff_us`; pending ones are kept.
     pub fn sweep_deliveries(&self, cutoff_us: u64) -> Result<u64> {
-        let mut removed = 0;
+        let mut removed = self.sweep_settled(cutoff_us)?;
         let mut batch = sled::Batch::default();
         for item in self.t().deliveries.scan_prefix([RECORD]) {
             let (k, v) = item?;
@@ -905,37 +931,66 @@ mod tests {
     }
 
     #[test]
-    fn first_outcomes_create_records_and_complete_their_batch() {
+    fn first_outcomes_settle_together_or_create_records_and_complete_their_batch() {
         let (_d, s) = temp_store();
         let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
-        let items = vec![(item(1), false), (item(2), false)];
+        let items = vec![(item(1), false), (item(2), false), (item(3), false)];
         let entries = s.accept_deliveries(&t, &r, &items, 10, None).unwrap();
-        let outcome = |due: &DueEntry| Outcome {
+        let outcome = |due: &DueEntry, status: u16| Outcome {
             due: due.clone(),
-            attempt: Some(attempt(200)),
-            state: DeliveryState::Succeeded,
-            next_due_us: None,
+            attempt: Some(attempt(status)),
+            state: if status == 200 {
+                DeliveryState::Succeeded
+            } else {
+                DeliveryState::Pending
+            },
+            next_due_us: (status != 200).then_some(100),
             failed_count: FailedCountChange::Reset,
         };
-        s.record_outcomes(&[outcome(&entries[0])], 20).unwrap();
+        let rows = |prefix: u8| s.t().deliveries.scan_prefix([prefix]).count();
+        s.record_outcomes(&[outcome(&entries[0], 200), outcome(&entries[1], 500)], 20)
+            .unwrap();
+        assert_eq!(rows(RECORD), 1, "only the retried delivery has a record");
+        assert_eq!(rows(super::super::settled::SETTLED), 1);
         // After a restart only the delivery without an outcome is attempted again.
-        assert_eq!(s.resume_first_attempts().unwrap(), vec![entries[1].clone()]);
+        assert_eq!(s.resume_first_attempts().unwrap(), vec![entries[2].clone()]);
         let listed = page(&s, &t, 0, 10);
-        assert_eq!(listed[0].state, DeliveryState::Succeeded);
+        let states: Vec<_> = listed.iter().map(|d| d.state).collect();
+        assert_eq!(
+            states,
+            vec![
+                DeliveryState::Succeeded,
+                DeliveryState::Pending,
+                DeliveryState::Pending
+            ]
+        );
         assert_eq!(listed[0].registration_id, r);
         assert_eq!(listed[0].finished_us, Some(20));
-        assert_eq!(listed[1].state, DeliveryState::Pending);
-        s.record_outcomes(&[outcome(&entries[1])], 21).unwrap();
+        assert_eq!(listed[0].attempts, vec![attempt(200)]);
+        assert_eq!(listed[1].attempts.len(), 1, "the retried one is its record");
+        assert_eq!(listed[2].attempts.len(), 0, "the third waits");
+        assert_eq!(page(&s, &t, 1, 1), vec![listed[1].clone()]);
+        s.record_outcomes(&[outcome(&entries[2], 200)], 21).unwrap();
         assert!(s.resume_first_attempts().unwrap().is_empty());
-        assert!(
-            s.t()
-                .deliveries
-                .scan_prefix([super::super::first_attempts::BATCH])
-                .next()
-                .is_none(),
+        assert_eq!(
+            rows(super::super::first_attempts::BATCH),
+            0,
             "the completed batch row is removed"
         );
-        assert_eq!(s.delivery_counts(&t).unwrap().succeeded, 2);
+        let counts = s.delivery_counts(&t).unwrap();
+        assert_eq!((counts.succeeded, counts.pending), (2, 1));
+        assert_eq!(rows(super::super::settled::SETTLED), 2);
+        // The batch handed over again after it completed: recognised by its settled rows.
+        assert!(s
+            .accept_deliveries(&t, &r, &items, 30, None)
+            .unwrap()
+            .is_empty());
+        assert_eq!(s.delivery_counts(&t).unwrap(), counts);
+        // Settled rows go when all their deliveries are older than the cutoff.
+        assert_eq!(s.sweep_deliveries(21).unwrap(), 1);
+        assert_eq!(s.sweep_deliveries(22).unwrap(), 1);
+        assert_eq!(s.delivery_counts(&t).unwrap().succeeded, 0);
+        assert_eq!(page(&s, &t, 0, 10).len(), 1, "the pending retry stays");
     }
 
     #[test]

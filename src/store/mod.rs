@@ -15,6 +15,7 @@ mod flusher;
 pub mod pagination;
 pub mod records;
 mod registrations;
+mod settled;
 mod subscriptions;
 mod targets;
 mod triggered;
