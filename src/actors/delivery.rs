@@ -750,22 +750,10 @@ impl DeliveryWorker {
             delivery_id: due.delivery_id,
             timestamp: (at_us / 1_000_000) as i64,
         };
-        // Boxed: the HTTP exchange is a large future, and the worker's message future
-        // (which ractor moves for every message) would otherwise hold it inline.
-        let attempt = match tokio::time::timeout(
-            ctx.delivery.attempt_timeout + Duration::from_secs(1),
-            Box::pin(attempt::send(&ctx.client, request, at_us)),
-        )
-        .await
-        {
-            Ok(attempt) => attempt,
-            Err(_) => Attempt {
-                at_us,
-                status: None,
-                error: Some("attempt timed out".into()),
-                duration_us: now_us().saturating_sub(at_us),
-            },
-        };
+        // The client bounds the exchange by `attempt_timeout`, and the supervisor stops a
+        // worker stuck past it. Boxed: the exchange is a large future, and the worker's
+        // message future (which ractor moves for every message) would otherwise hold it.
+        let attempt = Box::pin(attempt::send(&ctx.client, request, at_us)).await;
         ctx.delivery.metrics.observe_attempt(attempt.duration_us);
         if attempt::succeeded(&attempt) {
             (
