@@ -23,7 +23,7 @@
 //! Records, handoff batches and cursors use the compact (bincode) encoding: they are written
 //! once or more per delivery.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::MutexGuard;
 
 use serde::{Deserialize, Serialize};
@@ -757,13 +757,27 @@ impl Store {
         Ok(())
     }
 
-    /// `triggered`'s deliveries without a record of their own, by record key: those settled
-    /// by their first attempt and those waiting for it.
-    fn unrecorded_of(&self, triggered: &Uuid) -> Result<BTreeMap<Vec<u8>, Delivery>> {
-        let mut out = self.settled_of(triggered)?;
-        let waiting = self.unattempted_of(triggered, |key| out.contains_key(key))?;
-        out.extend(waiting);
-        Ok(out)
+    /// `triggered`'s deliveries without a record of their own, in record-key order: those
+    /// settled by their first attempt and those waiting for it.
+    fn unrecorded_of(
+        &self,
+        triggered: &Uuid,
+    ) -> Result<impl Iterator<Item = Result<(Vec<u8>, Delivery)>>> {
+        let mut settled = self.settled_in_order(triggered).peekable();
+        let mut waiting = self.unattempted_of(triggered)?.into_iter().peekable();
+        // Both are sorted and never share a key: merge them.
+        Ok(std::iter::from_fn(move || {
+            let settled_first = match (settled.peek(), waiting.peek()) {
+                (Some(Ok((s, _))), Some((w, _))) => s < w,
+                (Some(_), _) => true,
+                (None, _) => false,
+            };
+            if settled_first {
+                settled.next()
+            } else {
+                waiting.next().map(Ok)
+            }
+        }))
     }
 
     /// A page of `triggered`'s deliveries, in subscription order (those settled by or
@@ -775,24 +789,33 @@ impl Store {
             seen: 0,
             items: Vec::new(),
         };
-        let mut unrecorded = self.unrecorded_of(triggered)?.into_iter().peekable();
+        let mut unrecorded = self.unrecorded_of(triggered)?.peekable();
         let records = self
             .t()
             .deliveries
             .scan_prefix(prefixed(RECORD, triggered.as_bytes()));
-        // Records and the others never share a key: merge them in key order.
-        for record in records {
+        // Records and the others never share a key: merge them in key order (an error
+        // comes out first).
+        'records: for record in records {
             let (key, value) = record?;
-            while let Some((_, d)) = unrecorded.next_if(|(k, _)| k.as_slice() < &*key) {
-                page.offer(|| Ok(d))?;
+            while let Some(other) =
+                unrecorded.next_if(|o| o.as_ref().map_or(true, |(k, _)| k.as_slice() < &*key))
+            {
+                let (_, d) = other?;
+                if page.offer(|| Ok(d))? {
+                    break 'records;
+                }
             }
             if page.offer(|| decode(&value))? {
                 break;
             }
         }
-        for (_, d) in unrecorded {
-            if page.offer(|| Ok(d))? {
-                break;
+        if page.items.len() < page.take {
+            for other in unrecorded {
+                let (_, d) = other?;
+                if page.offer(|| Ok(d))? {
+                    break;
+                }
             }
         }
         Ok(Page::new(req, page.items))
@@ -800,24 +823,24 @@ impl Store {
 
     /// Counts of `triggered`'s deliveries by state.
     pub fn delivery_counts(&self, triggered: &Uuid) -> Result<DeliveryCounts> {
-        let mut counts = DeliveryCounts::default();
-        let mut count = |state| match state {
-            DeliveryState::Pending => counts.pending += 1,
-            DeliveryState::Succeeded => counts.succeeded += 1,
-            DeliveryState::Failed => counts.failed += 1,
-            DeliveryState::Skipped => counts.skipped += 1,
-            DeliveryState::Cancelled => counts.cancelled += 1,
+        let mut counts = DeliveryCounts {
+            pending: self.unattempted_of(triggered)?.len() as u64,
+            succeeded: self.settled_count(triggered)?,
+            ..DeliveryCounts::default()
         };
-        for d in self.unrecorded_of(triggered)?.values() {
-            count(d.state);
-        }
         for v in self
             .t()
             .deliveries
             .scan_prefix(prefixed(RECORD, triggered.as_bytes()))
             .values()
         {
-            count(decode::<Delivery>(&v?)?.state);
+            match decode::<Delivery>(&v?)?.state {
+                DeliveryState::Pending => counts.pending += 1,
+                DeliveryState::Succeeded => counts.succeeded += 1,
+                DeliveryState::Failed => counts.failed += 1,
+                DeliveryState::Skipped => counts.skipped += 1,
+                DeliveryState::Cancelled => counts.cancelled += 1,
+            }
         }
         Ok(counts)
     }
@@ -991,6 +1014,55 @@ mod tests {
         assert_eq!(s.sweep_deliveries(22).unwrap(), 1);
         assert_eq!(s.delivery_counts(&t).unwrap().succeeded, 0);
         assert_eq!(page(&s, &t, 0, 10).len(), 1, "the pending retry stays");
+    }
+
+    #[test]
+    fn listings_merge_settled_rows_records_and_waiting_deliveries_in_order() {
+        let (_d, s) = temp_store();
+        let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
+        let first: Vec<_> = (1..=4).map(|n| (item(n), false)).collect();
+        let second: Vec<_> = (5..=8).map(|n| (item(n), false)).collect();
+        let mut entries = s.accept_deliveries(&t, &r, &first, 10, None).unwrap();
+        entries.extend(s.accept_deliveries(&t, &r, &second, 10, None).unwrap());
+        let outcome = |i: usize, status: u16| Outcome {
+            due: entries[i].clone(),
+            attempt: Some(attempt(status)),
+            state: if status == 200 {
+                DeliveryState::Succeeded
+            } else {
+                DeliveryState::Failed
+            },
+            next_due_us: None,
+            failed_count: FailedCountChange::Keep,
+        };
+        // Several rows per batch, each out of order; one failure (a record); 3 waits.
+        s.record_outcomes(&[outcome(6, 200), outcome(1, 200)], 20)
+            .unwrap();
+        s.record_outcomes(&[outcome(0, 200), outcome(4, 500), outcome(7, 200)], 21)
+            .unwrap();
+        let expected = [
+            DeliveryState::Succeeded,
+            DeliveryState::Succeeded,
+            DeliveryState::Pending,
+            DeliveryState::Pending,
+            DeliveryState::Failed,
+            DeliveryState::Pending,
+            DeliveryState::Succeeded,
+            DeliveryState::Succeeded,
+        ];
+        for limit in [1, 2, 3, 8] {
+            let mut listed = Vec::new();
+            for start in (0..8).step_by(limit) {
+                listed.extend(page(&s, &t, start as u64, limit as u64));
+            }
+            let epochs: Vec<u64> = listed.iter().map(|d| d.subscription_epoch_us).collect();
+            assert_eq!(epochs, (1..=8).collect::<Vec<_>>(), "pages of {limit}");
+            let states: Vec<_> = listed.iter().map(|d| d.state).collect();
+            assert_eq!(states, expected, "pages of {limit}");
+        }
+        let counts = s.delivery_counts(&t).unwrap();
+        assert_eq!((counts.succeeded, counts.failed, counts.pending), (4, 1, 3));
+        assert_eq!(s.resume_first_attempts().unwrap().len(), 3);
     }
 
     #[test]

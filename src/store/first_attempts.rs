@@ -14,7 +14,7 @@
 //!   was not recorded): after a restart it is attempted again (at-least-once), and counts
 //!   and listings show it as pending.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -126,7 +126,6 @@ impl Store {
         let deliveries = &self.t().deliveries;
         let mut entries = Vec::new();
         let mut done = sled::Batch::default();
-        let mut settled: HashMap<Uuid, HashSet<Vec<u8>>> = HashMap::new();
         for row in deliveries.scan_prefix([BATCH]) {
             let (key, value) = row?;
             let triggered = read_uuid(&key, 1)?;
@@ -137,13 +136,7 @@ impl Store {
                     continue;
                 }
             };
-            let settled = match settled.entry(triggered) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(self.settled_keys_of(&triggered)?)
-                }
-            };
-            let waiting = self.waiting_in(&key, &triggered, &batch, |k| settled.contains(k))?;
+            let waiting = self.waiting_in(&key, &triggered, &batch)?;
             if waiting.is_empty() {
                 done.remove(key);
             } else {
@@ -156,19 +149,14 @@ impl Store {
     }
 
     /// `triggered`'s deliveries that wait for their first attempt, as their records will
-    /// read until it is made, by record key (`is_settled`: whether a record key is in a
-    /// settled row).
-    pub(super) fn unattempted_of(
-        &self,
-        triggered: &Uuid,
-        is_settled: impl Fn(&[u8]) -> bool,
-    ) -> Result<BTreeMap<Vec<u8>, Delivery>> {
+    /// read until it is made, by record key.
+    pub(super) fn unattempted_of(&self, triggered: &Uuid) -> Result<BTreeMap<Vec<u8>, Delivery>> {
         let deliveries = &self.t().deliveries;
         let mut out = BTreeMap::new();
         for row in deliveries.scan_prefix(prefixed(BATCH, triggered.as_bytes())) {
             let (key, value) = row?;
             let batch: PendingBatch = decode(&value)?;
-            for entry in self.waiting_in(&key, triggered, &batch, &is_settled)? {
+            for entry in self.waiting_in(&key, triggered, &batch)? {
                 let record = entry.first_record(batch.registration_id);
                 out.insert(entry.record_key, record);
             }
@@ -177,18 +165,18 @@ impl Store {
     }
 
     /// The first attempts of pending batch `batch` (under `key`) whose deliveries have
-    /// neither a record nor a place in a settled row (`is_settled`).
+    /// neither a record nor a place in one of its settled rows.
     fn waiting_in(
         &self,
         key: &[u8],
         triggered: &Uuid,
         batch: &PendingBatch,
-        is_settled: impl Fn(&[u8]) -> bool,
     ) -> Result<Vec<DueEntry>> {
+        let settled = self.settled_keys_in(key)?;
         let mut waiting = Vec::new();
         for item in &batch.items {
             let record_key = item.record_key(triggered);
-            if !is_settled(&record_key) && !self.t().deliveries.contains_key(&record_key)? {
+            if !settled.contains(&record_key) && !self.t().deliveries.contains_key(&record_key)? {
                 waiting.push(first_attempt(key, triggered, batch, item, None));
             }
         }

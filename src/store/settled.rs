@@ -14,7 +14,8 @@
 //! their pending batch, settled rows also tell a handed-over batch sent again after it
 //! completed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
+use std::iter::Peekable;
 
 use uuid::Uuid;
 
@@ -25,13 +26,78 @@ use super::{Result, Store};
 /// Key prefix of settled rows.
 pub(super) const SETTLED: u8 = b's';
 
+/// A trigger's settled deliveries in record-key order (see [`Store::settled_in_order`]).
+///
+/// A pending batch covers a range of record keys that no other batch of the trigger
+/// overlaps (a fan-out step's subscriptions, in order), and its rows sort by its first
+/// key: sorting each batch's deliveries and taking the batches in row order sorts all.
+pub(super) struct SettledInOrder {
+    rows: Peekable<sled::Iter>,
+    group: std::vec::IntoIter<Keyed>,
+}
+
+impl SettledInOrder {
+    /// The settled deliveries of the next pending batch, sorted.
+    fn next_group(&mut self) -> Result<Option<Vec<Keyed>>> {
+        let Some(first) = self.rows.next() else {
+            return Ok(None);
+        };
+        let (key, value) = first?;
+        let batch = batch_part(&key).to_vec();
+        let mut items = keyed(decode(&value)?);
+        while let Some(Ok((next, _))) = self.rows.peek() {
+            if batch_part(next) != batch.as_slice() {
+                break;
+            }
+            if let Some(row) = self.rows.next() {
+                items.extend(keyed(decode(&row?.1)?));
+            }
+        }
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Some(items))
+    }
+}
+
+impl Iterator for SettledInOrder {
+    type Item = Result<Keyed>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.group.next() {
+                return Some(Ok(item));
+            }
+            match self.next_group() {
+                Ok(Some(items)) => self.group = items.into_iter(),
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// A delivery with its record key.
+type Keyed = (Vec<u8>, Delivery);
+
+/// Records with their record keys.
+fn keyed(records: Vec<Delivery>) -> Vec<Keyed> {
+    records
+        .into_iter()
+        .map(|d| (record_key_of(&d), d))
+        .collect()
+}
+
+/// A settled row's key without its unique id: the prefix shared by its batch's rows.
+fn batch_part(key: &[u8]) -> &[u8] {
+    &key[..key.len().saturating_sub(8)]
+}
+
 /// The prefix of the settled rows of the pending batch `batch_key`.
 fn settled_prefix(batch_key: &[u8]) -> Vec<u8> {
     prefixed(SETTLED, batch_key.get(1..).unwrap_or_default())
 }
 
 /// The record key a delivery would have.
-pub(super) fn record_key_of(d: &Delivery) -> Vec<u8> {
+fn record_key_of(d: &Delivery) -> Vec<u8> {
     prefixed(
         RECORD,
         &key_body(&d.triggered_id, d.subscription_epoch_us, &d.subscription_id),
@@ -66,24 +132,46 @@ impl Store {
             .is_some())
     }
 
-    /// `triggered`'s settled deliveries, by record key.
-    pub(super) fn settled_of(&self, triggered: &Uuid) -> Result<BTreeMap<Vec<u8>, Delivery>> {
-        let mut out = BTreeMap::new();
+    /// `triggered`'s settled deliveries in record-key order, read one pending batch at a
+    /// time (so a page near the start does not decode them all).
+    pub(super) fn settled_in_order(&self, triggered: &Uuid) -> SettledInOrder {
+        SettledInOrder {
+            rows: self
+                .t()
+                .deliveries
+                .scan_prefix(prefixed(SETTLED, triggered.as_bytes()))
+                .peekable(),
+            group: Vec::new().into_iter(),
+        }
+    }
+
+    /// The record keys of the settled deliveries of the pending batch `batch_key`.
+    pub(super) fn settled_keys_in(&self, batch_key: &[u8]) -> Result<HashSet<Vec<u8>>> {
+        let mut keys = HashSet::new();
+        for row in self
+            .t()
+            .deliveries
+            .scan_prefix(settled_prefix(batch_key))
+            .values()
+        {
+            let records: Vec<Delivery> = decode(&row?)?;
+            keys.extend(records.iter().map(record_key_of));
+        }
+        Ok(keys)
+    }
+
+    /// How many of `triggered`'s deliveries are settled.
+    pub(super) fn settled_count(&self, triggered: &Uuid) -> Result<u64> {
+        let mut n = 0;
         for row in self
             .t()
             .deliveries
             .scan_prefix(prefixed(SETTLED, triggered.as_bytes()))
             .values()
         {
-            let records: Vec<Delivery> = decode(&row?)?;
-            out.extend(records.into_iter().map(|d| (record_key_of(&d), d)));
+            n += decode::<Vec<Delivery>>(&row?)?.len() as u64;
         }
-        Ok(out)
-    }
-
-    /// The record keys of `triggered`'s settled deliveries.
-    pub(super) fn settled_keys_of(&self, triggered: &Uuid) -> Result<HashSet<Vec<u8>>> {
-        Ok(self.settled_of(triggered)?.into_keys().collect())
+        Ok(n)
     }
 
     /// Removes the settled rows whose deliveries all finished before `cutoff_us`; returns
