@@ -170,6 +170,15 @@ pub struct FanoutStep {
     pub subscriptions_read_at: u64,
 }
 
+/// The next subscriptions a fan-out step serves.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionBatch {
+    /// The subscriptions, with their `subscriptions_by_registration` keys.
+    pub items: Vec<(Vec<u8>, NewDelivery)>,
+    /// True when the registration has more after them.
+    pub more: bool,
+}
+
 /// A fan-out batch waiting for the node that owns its subscribers.
 #[derive(Debug, Clone)]
 pub struct Handoff {
@@ -398,13 +407,14 @@ impl Store {
             .transpose()
     }
 
-    /// The next `limit` subscriptions of `registration` after `after` (index keys included).
+    /// The next `limit` subscriptions of `registration` after `after` (index keys included),
+    /// and whether more follow.
     pub fn subscription_batch(
         &self,
         registration: &Uuid,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, NewDelivery)>> {
+    ) -> Result<SubscriptionBatch> {
         let prefix = registration.as_bytes().to_vec();
         let index = &self.t().subscriptions_by_registration;
         let range = match after {
@@ -416,10 +426,19 @@ impl Store {
             None => index.range(prefix.clone()..),
         };
         let mut out = Vec::with_capacity(limit);
-        for item in range.take(limit) {
+        for item in range {
             let (k, v) = item?;
             if !k.starts_with(&prefix) {
-                break;
+                return Ok(SubscriptionBatch {
+                    items: out,
+                    more: false,
+                });
+            }
+            if out.len() == limit {
+                return Ok(SubscriptionBatch {
+                    items: out,
+                    more: true,
+                });
             }
             out.push((
                 k.to_vec(),
@@ -430,7 +449,10 @@ impl Store {
                 },
             ));
         }
-        Ok(out)
+        Ok(SubscriptionBatch {
+            items: out,
+            more: false,
+        })
     }
 
     /// Creates deliveries and, for a fan-out step, queues the batches for other nodes and
