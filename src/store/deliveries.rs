@@ -34,7 +34,7 @@ use super::pagination::{Page, PageRequest};
 use super::records::{decode, encode_compact, Triggered};
 use super::{read_u64, read_uuid, Result, Store, StoreError};
 
-pub(super) const RECORD: u8 = b'r';
+const RECORD: u8 = b'r';
 const DUE: u8 = b'd';
 const CURSOR: u8 = b'c';
 const HANDOFF: u8 = b'h';
@@ -204,11 +204,25 @@ pub struct NewDelivery {
 impl NewDelivery {
     /// The key of its record for trigger `triggered`.
     pub(super) fn record_key(&self, triggered: &Uuid) -> Vec<u8> {
-        prefixed(
-            RECORD,
-            &key_body(triggered, self.subscription_epoch_us, &self.subscription_id),
+        record_key(triggered, self.subscription_epoch_us, &self.subscription_id)
+    }
+}
+
+impl Delivery {
+    /// The key of its record (or the one it would have, when it is in a settled row).
+    pub(super) fn record_key(&self) -> Vec<u8> {
+        record_key(
+            &self.triggered_id,
+            self.subscription_epoch_us,
+            &self.subscription_id,
         )
     }
+}
+
+/// The record key of `triggered`'s delivery for the subscription (`epoch_us`,
+/// `subscription`).
+fn record_key(triggered: &Uuid, epoch_us: u64, subscription: &Uuid) -> Vec<u8> {
+    prefixed(RECORD, &key_body(triggered, epoch_us, subscription))
 }
 
 /// What scheduled an attempt, and so what its outcome removes.

@@ -19,7 +19,7 @@ use std::iter::Peekable;
 
 use uuid::Uuid;
 
-use super::deliveries::{key_body, prefixed, Delivery, RECORD};
+use super::deliveries::{prefixed, Delivery};
 use super::records::{decode, encode_compact};
 use super::{Result, Store};
 
@@ -80,10 +80,7 @@ type Keyed = (Vec<u8>, Delivery);
 
 /// Records with their record keys.
 fn keyed(records: Vec<Delivery>) -> Vec<Keyed> {
-    records
-        .into_iter()
-        .map(|d| (record_key_of(&d), d))
-        .collect()
+    records.into_iter().map(|d| (d.record_key(), d)).collect()
 }
 
 /// A settled row's key without its unique id: the prefix shared by its batch's rows.
@@ -94,14 +91,6 @@ fn batch_part(key: &[u8]) -> &[u8] {
 /// The prefix of the settled rows of the pending batch `batch_key`.
 fn settled_prefix(batch_key: &[u8]) -> Vec<u8> {
     prefixed(SETTLED, batch_key.get(1..).unwrap_or_default())
-}
-
-/// The record key a delivery would have.
-fn record_key_of(d: &Delivery) -> Vec<u8> {
-    prefixed(
-        RECORD,
-        &key_body(&d.triggered_id, d.subscription_epoch_us, &d.subscription_id),
-    )
 }
 
 impl Store {
@@ -155,7 +144,7 @@ impl Store {
             .values()
         {
             let records: Vec<Delivery> = decode(&row?)?;
-            keys.extend(records.iter().map(record_key_of));
+            keys.extend(records.iter().map(Delivery::record_key));
         }
         Ok(keys)
     }
