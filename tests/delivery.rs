@@ -310,6 +310,87 @@ async fn a_redirecting_endpoint_gets_the_delivery_at_the_redirect_target() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 1b. Connections to endpoints
+// ---------------------------------------------------------------------------------------------
+
+/// Triggers once and waits until the one delivery succeeded; returns its attempts.
+async fn deliver_once(p: &Pair, what: &str) -> Vec<Value> {
+    let tid = p.trigger().await;
+    let rows = p
+        .node
+        .wait_deliveries(&p.owner, &tid, what, DELIVERY_DEADLINE, |rows| {
+            single_row_in_state(rows, "succeeded")
+        })
+        .await;
+    attempts_of(&rows[0])
+}
+
+#[tokio::test]
+async fn deliveries_reuse_a_connection_and_reconnect_once_the_endpoint_closed_it() {
+    let p = Pair::new(FAST, "conn.event").await;
+    let before = p.ep.connections_accepted();
+    for i in 0..10 {
+        let attempts = deliver_once(&p, &format!("delivery {i} to succeed")).await;
+        assert_eq!(attempts.len(), 1, "{attempts:?}");
+    }
+    let opened = p.ep.connections_accepted() - before;
+    assert!(
+        (1..=2).contains(&opened),
+        "10 deliveries one after the other should share a keep-alive connection; {opened} were opened"
+    );
+
+    // The endpoint closes its idle connections (a restart, an idle timeout): the next
+    // delivery notices before sending and goes out on a new connection, first time.
+    p.ep.close_connections().await;
+    let attempts = deliver_once(&p, "the delivery after the close to succeed").await;
+    assert_eq!(
+        attempts.len(),
+        1,
+        "no attempt lost to the closed connection: {attempts:?}"
+    );
+    assert_attempt(&attempts[0], Some(200), false);
+    assert!(p.ep.connections_accepted() > before + opened);
+    let posts = p.ep.posts_to(&p.sub.endpoint);
+    assert_eq!(posts.len(), 11);
+    assert_eq!(posts[10].header("host"), Some(p.ep.addr.to_string()));
+    assert_eq!(posts[10].path, "/subscriber");
+}
+
+#[tokio::test]
+async fn an_endpoint_answering_connection_close_gets_every_delivery_first_time() {
+    let ep = EndpointServer::start().await;
+    let node = TestNode::spawn_with(FAST).await;
+    let owner = node
+        .create_account("owner", &ep.endpoint_url("owner"))
+        .await;
+    let sub = node
+        .create_account("subscriber", &ep.conn_close_url("subscriber"))
+        .await;
+    let reg = id_of(&node.register(&owner, "close.event").await);
+    let subscription = id_of(&node.subscribe(&sub, &reg).await);
+    let p = Pair {
+        node,
+        ep,
+        owner,
+        sub,
+        reg,
+        subscription,
+    };
+    let before = p.ep.connections_accepted();
+    for i in 0..3 {
+        let attempts = deliver_once(&p, &format!("delivery {i} to succeed")).await;
+        assert_eq!(attempts.len(), 1, "{attempts:?}");
+    }
+    assert!(
+        p.ep.connections_accepted() - before >= 3,
+        "a connection the endpoint closed is never reused"
+    );
+    let posts = p.ep.posts_to(&p.sub.endpoint);
+    assert_eq!(posts.len(), 3);
+    assert_signed_delivery(&posts[2], &p.sub.secret_key, "close.event");
+}
+
+// ---------------------------------------------------------------------------------------------
 // 2. Retries and failed_count
 // ---------------------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ use uuid::Uuid;
 use super::{now_us, NodeContext};
 use crate::cluster::protocol::{Answer, Command};
 use crate::delivery::attempt::{self, Request};
+use crate::delivery::connections::{WorkerConnections, IDLE_TIMEOUT};
 use crate::delivery::metrics::{Counted, DeliveryMetrics};
 use crate::delivery::retry::RetryPolicy;
 use crate::store::{
@@ -273,6 +274,8 @@ pub enum DeliveryMsg {
 pub enum WorkerMsg {
     /// Make the attempt scheduled by this due entry.
     Run(DueEntry),
+    /// Close the connections unused for a while (sent to idle workers).
+    Prune,
 }
 
 /// The supervisor actor.
@@ -294,6 +297,7 @@ pub struct SupervisorState {
     writer: Option<mpsc::UnboundedSender<Outcome>>,
     writer_task: Option<JoinHandle<()>>,
     last_sweep: Instant,
+    last_prune: Instant,
 }
 
 impl DeliverySupervisor {
@@ -431,6 +435,18 @@ impl DeliverySupervisor {
         }
     }
 
+    /// Has idle workers close their stale connections (a busy worker does it as it goes),
+    /// so sockets the endpoints closed do not linger.
+    fn maybe_prune(&self, state: &mut SupervisorState) {
+        if state.last_prune.elapsed() < IDLE_TIMEOUT / 2 {
+            return;
+        }
+        state.last_prune = Instant::now();
+        for worker in &state.idle {
+            let _ = worker.cast(WorkerMsg::Prune);
+        }
+    }
+
     fn maybe_sweep(&self, state: &mut SupervisorState) {
         let every = self.ctx.delivery.sweep_interval;
         if state.last_sweep.elapsed() < every {
@@ -520,6 +536,7 @@ impl Actor for DeliverySupervisor {
             writer: Some(writer),
             writer_task: Some(writer_task),
             last_sweep: Instant::now(),
+            last_prune: Instant::now(),
         })
     }
 
@@ -554,6 +571,7 @@ impl Actor for DeliverySupervisor {
                 }
                 self.dispatch(state, true);
                 self.maybe_sweep(state);
+                self.maybe_prune(state);
             }
             DeliveryMsg::Flushed {
                 keys,
@@ -712,7 +730,7 @@ pub struct DeliveryWorker {
 
 impl DeliveryWorker {
     /// Resolves the delivery's current target and makes the attempt.
-    async fn run(&self, due: DueEntry) -> (Outcome, Counted) {
+    async fn run(&self, due: DueEntry, conns: &mut WorkerConnections) -> (Outcome, Counted) {
         let ctx = &self.ctx;
         let attempts_made = usize::from(due.attempts) + 1;
         // Every attempt uses the subscriber's current endpoint and secret; a deleted
@@ -753,7 +771,7 @@ impl DeliveryWorker {
         // The client bounds the exchange by `attempt_timeout`, and the supervisor stops a
         // worker stuck past it. Boxed: the exchange is a large future, and the worker's
         // message future (which ractor moves for every message) would otherwise hold it.
-        let attempt = Box::pin(attempt::send(&ctx.client, request, at_us)).await;
+        let attempt = Box::pin(attempt::send(&ctx.client, conns, request, at_us)).await;
         ctx.delivery.metrics.observe_attempt(attempt.duration_us);
         if attempt::succeeded(&attempt) {
             (
@@ -836,7 +854,8 @@ fn internal_attempt(error: String) -> Attempt {
 
 impl Actor for DeliveryWorker {
     type Msg = WorkerMsg;
-    type State = ();
+    /// The worker's own connections to endpoints.
+    type State = WorkerConnections;
     type Arguments = ();
 
     async fn pre_start(
@@ -844,17 +863,23 @@ impl Actor for DeliveryWorker {
         _: ActorRef<Self::Msg>,
         _: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(())
+        Ok(WorkerConnections::default())
     }
 
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        _: &mut Self::State,
+        conns: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let WorkerMsg::Run(due) = message;
-        let (outcome, counted) = self.run(due).await;
+        let due = match message {
+            WorkerMsg::Run(due) => due,
+            WorkerMsg::Prune => {
+                conns.prune();
+                return Ok(());
+            }
+        };
+        let (outcome, counted) = self.run(due, conns).await;
         // The supervisor stopping means the node is stopping; the due entry stays queued.
         let _ = self.supervisor.cast(DeliveryMsg::Done {
             worker: myself.get_id(),

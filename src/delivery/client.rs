@@ -1,30 +1,26 @@
 //! Outbound HTTP to account endpoints: the echo challenge, key delivery and deliveries.
 //!
-//! Two pooled clients for the node: reqwest for everything (TLS, redirects), and for
-//! deliveries to `http://` endpoints a plain hyper-util client, which costs markedly less
-//! CPU per request on the hot path (STACK.md measured reqwest at 0.6x hyper-util's rate);
-//! a delivery answered with a redirect is followed by reqwest from the first hop on, as
-//! the whole delivery would have been. The endpoint policy is enforced by resolvers that
-//! drop refused addresses (hostnames), by a check of literal addresses before sending, and
-//! on every redirect hop.
+//! reqwest's pooled client serves everything (TLS, redirects) but deliveries to `http://`
+//! endpoints: those go out on plain hyper connections each delivery worker owns and
+//! drives itself ([`WorkerConnections`]), which costs markedly less CPU per request on the
+//! hot path (STACK.md measured reqwest at 0.6x a hyper client's rate). A delivery
+//! answered with a redirect is followed by reqwest from the first hop on, as the whole
+//! delivery would have been. The endpoint policy is enforced by resolution that drops
+//! refused addresses (hostnames), by a check of literal addresses before sending, and on
+//! every redirect hop.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::dns::Name as HyperName;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::redirect;
 use reqwest::Url;
 
+use super::connections::{PlainTarget, WorkerConnections};
 use super::policy::EndpointPolicy;
 use crate::config::HttpClientConfig;
 use crate::crypto;
@@ -32,8 +28,6 @@ use crate::store::KeyKind;
 
 /// Redirect hops followed at most (as the `requests` library the original used).
 const MAX_REDIRECTS: usize = 10;
-/// Bytes of a delivery's response body read (and dropped) so the connection is reused.
-const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
 /// Parsed delivery endpoints kept at most; all are dropped when it is full (a fan-out
 /// refills it with the endpoints in use).
 const MAX_ENDPOINTS: usize = 16_384;
@@ -69,13 +63,8 @@ impl From<reqwest::Error> for OutboundError {
     }
 }
 
-/// A hyper-util failure with its causes (never the URL: the client does not name it).
-fn transport(e: hyper_util::client::legacy::Error) -> OutboundError {
-    OutboundError::Transport(with_causes(&e))
-}
-
 /// `e`'s message followed by those of its causes that it does not already contain.
-fn with_causes(e: &dyn std::error::Error) -> String {
+pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -123,43 +112,18 @@ impl Resolve for PolicyResolver {
     }
 }
 
-/// The same resolver for the hyper-util client.
-#[derive(Clone)]
-struct PolicyDns {
-    policy: Arc<EndpointPolicy>,
-}
-
-impl tower_service::Service<HyperName> for PolicyDns {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = ResolveError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ResolveError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ResolveError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: HyperName) -> Self::Future {
-        let policy = self.policy.clone();
-        Box::pin(async move { Ok(allowed_addrs(&policy, name.as_str()).await?.into_iter()) })
-    }
-}
-
-/// The hyper-util client of `http://` deliveries.
-type PlainClient = hyper_util::client::legacy::Client<HttpConnector<PolicyDns>, Full<bytes::Bytes>>;
-
 /// A delivery endpoint, parsed and checked once: parsing the URL on every attempt was a
 /// visible cost, and endpoints are few and used again and again.
 struct DeliveryEndpoint {
     url: Url,
-    /// For `http://` endpoints, the URI the hyper-util client takes.
-    plain: Option<hyper::Uri>,
+    /// For `http://` endpoints, where the worker's own connections go.
+    plain: Option<PlainTarget>,
 }
 
 /// The node's client for calls to account endpoints.
 #[derive(Clone)]
 pub struct EndpointClient {
     http: reqwest::Client,
-    plain: PlainClient,
     timeout: Duration,
     policy: Arc<EndpointPolicy>,
     /// Delivery endpoints by their text (the policy does not change while running).
@@ -172,13 +136,6 @@ impl EndpointClient {
         let policy = Arc::new(policy);
         let redirect_policy = policy.clone();
         let timeout = Duration::from_secs_f64(cfg.timeout_secs);
-        let mut connector = HttpConnector::new_with_resolver(PolicyDns {
-            policy: policy.clone(),
-        });
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
-        let plain =
-            hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .tcp_nodelay(true)
@@ -199,7 +156,6 @@ impl EndpointClient {
             .build()?;
         Ok(Self {
             http,
-            plain,
             timeout,
             policy,
             endpoints: Arc::default(),
@@ -268,17 +224,19 @@ impl EndpointClient {
 
 impl EndpointClient {
     /// `POST <endpoint>` with the headers `headers` makes and `body`, following
-    /// redirects; returns the final status code.
+    /// redirects; returns the final status code. `http://` endpoints are reached on the
+    /// calling worker's own connections, `conns`.
     pub async fn post(
         &self,
+        conns: &mut WorkerConnections,
         endpoint: &str,
         headers: impl Fn() -> reqwest::header::HeaderMap,
         body: bytes::Bytes,
     ) -> Result<u16, OutboundError> {
         let target = self.delivery_endpoint(endpoint)?;
-        if let Some(uri) = &target.plain {
+        if let Some(plain) = &target.plain {
             let status = self
-                .post_plain(uri.clone(), headers(), body.clone())
+                .post_plain(conns, plain, headers(), body.clone())
                 .await?;
             if !status.is_redirection() {
                 return Ok(status.as_u16());
@@ -306,11 +264,7 @@ impl EndpointClient {
         }
         let url = self.target(endpoint)?;
         let plain = if url.scheme() == "http" {
-            Some(
-                url.as_str()
-                    .parse::<hyper::Uri>()
-                    .map_err(|_| OutboundError::InvalidUrl)?,
-            )
+            Some(plain_target(&url)?)
         } else {
             None
         };
@@ -323,31 +277,71 @@ impl EndpointClient {
         Ok(parsed)
     }
 
-    /// One `POST` through the hyper-util client (no redirects followed).
+    /// One `POST` on the worker's connections (no redirects followed), bounded by the
+    /// client timeout, connecting included.
     async fn post_plain(
         &self,
-        uri: hyper::Uri,
+        conns: &mut WorkerConnections,
+        target: &PlainTarget,
         headers: reqwest::header::HeaderMap,
         body: bytes::Bytes,
     ) -> Result<hyper::StatusCode, OutboundError> {
         let mut request = hyper::Request::new(Full::new(body));
         *request.method_mut() = hyper::Method::POST;
-        *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        let exchange = async {
-            let response = self.plain.request(request).await.map_err(transport)?;
-            let status = response.status();
-            // Read (a bounded amount of) the body so the connection goes back to the pool.
-            let _ = Limited::new(response.into_body(), RESPONSE_BODY_LIMIT)
-                .collect()
-                .await;
-            Ok(status)
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        let addrs = || self.plain_addrs(target);
+        match tokio::time::timeout(self.timeout, conns.post(target, request, addrs)).await {
             Ok(result) => result,
             Err(_) => Err(OutboundError::Transport("timed out".into())),
         }
     }
+
+    /// The addresses to connect to for `target`: its literal address (checked when the
+    /// endpoint was parsed), or its name's addresses the policy allows.
+    async fn plain_addrs(&self, target: &PlainTarget) -> Result<Vec<SocketAddr>, OutboundError> {
+        let ip = match &target.host {
+            url::Host::Ipv4(v4) => IpAddr::V4(*v4),
+            url::Host::Ipv6(v6) => IpAddr::V6(*v6),
+            url::Host::Domain(name) => {
+                let allowed = allowed_addrs(&self.policy, name).await.map_err(|e| {
+                    match e.downcast::<OutboundError>() {
+                        Ok(refused) => *refused,
+                        Err(e) => OutboundError::Transport(with_causes(&*e)),
+                    }
+                })?;
+                return Ok(allowed
+                    .into_iter()
+                    .map(|a| SocketAddr::new(a.ip(), target.port))
+                    .collect());
+            }
+        };
+        Ok(vec![SocketAddr::new(ip, target.port)])
+    }
+}
+
+/// The connection details of an `http://` endpoint.
+fn plain_target(url: &Url) -> Result<PlainTarget, OutboundError> {
+    let host = url.host().ok_or(OutboundError::InvalidUrl)?.to_owned();
+    let port = url
+        .port_or_known_default()
+        .ok_or(OutboundError::InvalidUrl)?;
+    let host_text = url.host_str().ok_or(OutboundError::InvalidUrl)?;
+    // `Url` leaves out a port that is the scheme's default.
+    let host_header = match url.port() {
+        Some(p) => format!("{host_text}:{p}"),
+        None => host_text.to_string(),
+    };
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    Ok(PlainTarget {
+        authority: format!("{host_text}:{port}"),
+        host_header: host_header.parse().map_err(|_| OutboundError::InvalidUrl)?,
+        path: path.parse().map_err(|_| OutboundError::InvalidUrl)?,
+        host,
+        port,
+    })
 }
 
 /// An absolute `http`/`https` URL with a host, or `None`.
@@ -388,6 +382,30 @@ mod tests {
         ] {
             assert!(parse_endpoint(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn plain_targets_name_the_host_as_clients_do() {
+        let t =
+            plain_target(&Url::parse("http://127.0.0.1:9090/hooks/in?a=1&b=%20").unwrap()).unwrap();
+        assert_eq!(t.authority, "127.0.0.1:9090");
+        assert_eq!(t.host_header, "127.0.0.1:9090");
+        assert_eq!(t.path, "/hooks/in?a=1&b=%20");
+        assert_eq!(t.port, 9090);
+
+        // The default port is left out of `Host`, but connected to.
+        let t = plain_target(&Url::parse("http://hooks.internal:80").unwrap()).unwrap();
+        assert_eq!(t.host_header, "hooks.internal");
+        assert_eq!(t.authority, "hooks.internal:80");
+        assert_eq!(t.path, "/");
+        assert_eq!(t.host, url::Host::Domain("hooks.internal".to_string()));
+
+        let t = plain_target(&Url::parse("http://[::1]:8080/x").unwrap()).unwrap();
+        assert_eq!(t.host_header, "[::1]:8080");
+        assert_eq!(
+            t.host,
+            url::Host::<String>::Ipv6(std::net::Ipv6Addr::LOCALHOST)
+        );
     }
 
     #[test]

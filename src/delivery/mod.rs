@@ -3,6 +3,7 @@
 
 pub mod attempt;
 pub mod client;
+pub mod connections;
 pub mod metrics;
 pub mod policy;
 pub mod pyjson;

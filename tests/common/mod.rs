@@ -23,6 +23,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1309,12 +1310,26 @@ struct EndpointState {
 /// * `/redirect/<code>/<rest>` answers POSTs `<code>` with `Location: /<rest>`, and
 ///   everything else like `/<rest>`;
 /// * `/reset-status/<code>/...` passes the echo but answers key-reset GETs with `<code>` and
-///   a non-JSON body.
+///   a non-JSON body;
+/// * `/conn-close/...` answers like `/...` with `Connection: close` (no keep-alive).
 pub struct EndpointServer {
     pub addr: SocketAddr,
     state: Arc<Mutex<EndpointState>>,
     accept: AbortHandle,
     connections: Arc<Mutex<Vec<AbortHandle>>>,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicUsize>,
+    /// Connections open now.
+    open: Arc<AtomicUsize>,
+}
+
+/// Counts a connection as open while it lives.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl EndpointServer {
@@ -1325,7 +1340,9 @@ impl EndpointServer {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(EndpointState::default()));
         let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (accepted, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (st, conns) = (state.clone(), connections.clone());
+        let (acc, opened) = (accepted.clone(), open.clone());
         let accept = tokio::spawn(async move {
             loop {
                 let stream = match listener.accept().await {
@@ -1336,7 +1353,11 @@ impl EndpointServer {
                     }
                 };
                 let st = st.clone();
+                acc.fetch_add(1, Ordering::SeqCst);
+                opened.fetch_add(1, Ordering::SeqCst);
+                let guard = OpenConnection(opened.clone());
                 let task = tokio::spawn(async move {
+                    let _guard = guard;
                     let svc = service_fn(move |req| endpoint_handle(st.clone(), req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -1350,7 +1371,28 @@ impl EndpointServer {
             state,
             accept: accept.abort_handle(),
             connections,
+            accepted,
+            open,
         }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections_accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Closes every open connection (as a server closing idle keep-alive connections
+    /// does) and waits (bounded) until they are gone; new connections are still accepted.
+    pub async fn close_connections(&self) {
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
+        eventually(
+            "the endpoint's connections to close",
+            Duration::from_secs(5),
+            || async { (self.open.load(Ordering::SeqCst) == 0).then_some(()) },
+        )
+        .await
     }
 
     /// `http://127.0.0.1:<port>/<name>`.
@@ -1376,6 +1418,10 @@ impl EndpointServer {
     /// the endpoint `name` on this server) and everything else like `name`.
     pub fn redirect_url(&self, code: u16, name: &str) -> String {
         self.endpoint_url(&format!("redirect/{code}/{}", name.trim_start_matches('/')))
+    }
+    /// An endpoint that answers correctly, with `Connection: close`.
+    pub fn conn_close_url(&self, name: &str) -> String {
+        self.endpoint_url(&format!("conn-close/{}", name.trim_start_matches('/')))
     }
     /// An endpoint that answers correctly after `ms` milliseconds.
     pub fn slow_url(&self, ms: u64, name: &str) -> String {
@@ -1568,6 +1614,7 @@ async fn endpoint_handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let close = path.starts_with("/conn-close/");
     let query = parse_query(req.uri().query().unwrap_or(""));
     let headers = req.headers().clone();
     let body = match req.into_body().collect().await {
@@ -1611,6 +1658,15 @@ async fn endpoint_handle(
         }
         None => path,
     };
+    if close {
+        let rest = path.trim_start_matches("/conn-close");
+        let mut response = answer(rest, &method, &query);
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        return Ok(response);
+    }
     Ok(answer(&path, &method, &query))
 }
 
