@@ -30,8 +30,8 @@ use crate::delivery::connections::{WorkerConnections, IDLE_TIMEOUT};
 use crate::delivery::metrics::{Counted, DeliveryMetrics};
 use crate::delivery::retry::RetryPolicy;
 use crate::store::{
-    Attempt, DeliveryState, DueEntry, FailedCountChange, FanoutStep, Handoff, NewDelivery, Outcome,
-    Scheduled, Triggered,
+    Attempt, DeliveryState, DueEntry, FailedCountChange, Handoff, NewDelivery, Outcome, Scheduled,
+    Triggered,
 };
 
 /// How often the supervisor looks for due work, flushes outcomes and checks deadlines.
@@ -108,15 +108,12 @@ pub struct TriggerBody {
     pub body: Bytes,
 }
 
-/// Persists deliveries for subscribers owned by this node (skipping those at the
-/// `failed_count` limit) and wakes the supervisor; `step` also moves a fan-out cursor.
-pub fn accept_local(
+/// Judges deliveries for subscribers owned by this node: true marks those to skip, at the
+/// `failed_count` limit.
+pub fn judge(
     ctx: &NodeContext,
-    triggered: &Uuid,
-    registration: &Uuid,
     items: Vec<NewDelivery>,
-    step: Option<FanoutStep>,
-) -> Result<u64, crate::store::StoreError> {
+) -> Result<Vec<(NewDelivery, bool)>, crate::store::StoreError> {
     let limit = ctx.delivery.max_failed_count;
     let mut judged = Vec::with_capacity(items.len());
     // A batch names the same subscriber accounts many times over.
@@ -132,10 +129,12 @@ pub fn accept_local(
         };
         judged.push((item, count >= limit));
     }
-    let skipped = judged.iter().filter(|(_, skip)| *skip).count() as u64;
-    let entries = ctx
-        .store
-        .accept_deliveries(triggered, registration, &judged, now_us(), step)?;
+    Ok(judged)
+}
+
+/// Counts deliveries just written (`skipped` of them skipped) and hands their first
+/// attempts to the supervisor; returns how many were created.
+pub fn accepted(ctx: &NodeContext, entries: Vec<DueEntry>, skipped: u64) -> u64 {
     let created = entries.len() as u64;
     let metrics = &ctx.delivery.metrics;
     metrics.count(Counted::Skipped, skipped);
@@ -148,7 +147,7 @@ pub fn accept_local(
     if !entries.is_empty() {
         ctx.delivery.dispatch_first_attempts(entries);
     }
-    Ok(created)
+    created
 }
 
 /// Persists a batch handed over by the node that owns the trigger.
@@ -158,13 +157,15 @@ pub fn accept_remote_batch(
     items: &[NewDelivery],
 ) -> Result<u64, crate::store::StoreError> {
     ctx.store.keep_remote_trigger(triggered)?;
-    accept_local(
-        ctx,
+    let judged = judge(ctx, items.to_vec())?;
+    let skipped = judged.iter().filter(|(_, skip)| *skip).count() as u64;
+    let entries = ctx.store.accept_handed_over(
         &triggered.id,
         &triggered.registration_id,
-        items.to_vec(),
-        None,
-    )
+        &judged,
+        now_us(),
+    )?;
+    Ok(accepted(ctx, entries, skipped))
 }
 
 /// Hands queued fan-out batches to `peer`, removing each only once the peer persisted it.

@@ -121,6 +121,7 @@ impl NodeContext {
                 self.clone(),
                 cursor.registration_id,
                 triggered,
+                false,
             ));
         }
         Ok(())

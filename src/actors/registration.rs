@@ -11,7 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use ractor_cluster::RactorMessage;
 use uuid::Uuid;
 
-use super::fanout::run_fanout;
+use super::fanout::{self, run_fanout, PreparedStep};
 use super::{now_us, NodeContext};
 use crate::delivery::pyjson::to_python_json;
 use crate::service::{msg, Caller, ServiceError, WriteResult};
@@ -221,10 +221,38 @@ impl RegistrationActor {
             event: registration.event,
             body: to_python_json(&value),
         };
+        // The fan-out's first step is written with the trigger (one commit; a registration
+        // of up to FIRST_BATCH subscribers needs no other), unless the node's backlog says
+        // fan-outs must wait.
+        let first = match fanout::backlog_allows(&self.ctx) {
+            true => Some(PreparedStep::read(
+                &self.ctx,
+                &self.id,
+                &triggered.id,
+                None,
+                fanout::FIRST_BATCH,
+            )?),
+            false => None,
+        };
+        let first_writes = first.as_ref().map(|step| &step.deliveries);
         self.ctx
             .store
-            .insert_triggered(&triggered, idempotency_key.as_deref())?;
-        self.ctx.store.flush().await?;
+            .insert_triggered(&triggered, idempotency_key.as_deref(), first_writes)?;
+        let flushed = self.ctx.store.flush().await;
+        // Written, so delivered even if the flush failed: it lands with the next one.
+        let started = first.is_some();
+        let more = match first {
+            Some(step) => {
+                let entries = self.ctx.store.committed_with_trigger(step.deliveries);
+                step.outcome.written(&self.ctx, entries)
+            }
+            None => true,
+        };
+        if more {
+            // Streamed by its own task, so the next trigger is not held up.
+            tokio::spawn(run_fanout(self.ctx.clone(), self.id, triggered.id, started));
+        }
+        flushed?;
         Ok((triggered, false))
     }
 }
@@ -292,10 +320,6 @@ impl Actor for RegistrationActor {
                 reply,
             } => {
                 let result = self.trigger(caller, event_data, idempotency_key).await;
-                if let Ok((t, false)) = &result {
-                    // Streamed by its own task, so the next trigger is not held up.
-                    tokio::spawn(run_fanout(self.ctx.clone(), self.id, t.id));
-                }
                 let _ = reply.send(result);
             }
             RegistrationMsg::IdleCheck => {

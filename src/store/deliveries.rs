@@ -156,7 +156,7 @@ pub struct FanoutCursor {
     pub after: Option<Vec<u8>>,
 }
 
-/// The fan-out side of [`Store::accept_deliveries`]: where the cursor moves and what other
+/// The fan-out side of [`Store::prepare_step`]: where the cursor moves and what other
 /// nodes must receive.
 #[derive(Debug, Clone, Default)]
 pub struct FanoutStep {
@@ -168,6 +168,22 @@ pub struct FanoutStep {
     pub handoffs: Vec<(String, Vec<NewDelivery>)>,
     /// [`Store::subscription_deletions`] before the step read its subscriptions.
     pub subscriptions_read_at: u64,
+}
+
+/// Deliveries prepared for writing ([`Store::prepare_step`]): the writes, and the first
+/// attempts they create once written.
+pub struct PreparedDeliveries {
+    batch: sled::Batch,
+    /// The pending-batch row's key, when deliveries are created.
+    key: Option<Vec<u8>>,
+    entries: Vec<DueEntry>,
+}
+
+impl PreparedDeliveries {
+    /// The writes, for a transaction that includes them.
+    pub(super) fn batch(&self) -> &sled::Batch {
+        &self.batch
+    }
 }
 
 /// The next subscriptions a fan-out step serves.
@@ -469,26 +485,70 @@ impl Store {
         })
     }
 
-    /// Creates deliveries and, for a fan-out step, queues the batches for other nodes and
-    /// moves the cursor — all in one atomic batch. Skipped deliveries get their record; the
-    /// others one pending-batch row, and come back as first attempts to dispatch.
+    /// Creates the deliveries of a batch handed over by another node. Skipped deliveries
+    /// get their record; the others one pending-batch row, and come back as first attempts
+    /// to dispatch.
     ///
-    /// A batch handed over by another node may arrive twice: its pending-batch row (keyed
-    /// by its first delivery) says it was accepted, and once that row is gone the records
-    /// do, so nothing is created twice. A fan-out step writes blindly, since its deliveries
-    /// cannot exist yet (the cursor moves in the same batch).
-    pub fn accept_deliveries(
+    /// The batch may arrive twice: its pending-batch row (keyed by its first delivery) says
+    /// it was accepted, and once that row is gone the records do, so nothing is created
+    /// twice.
+    pub fn accept_handed_over(
         &self,
         triggered: &Uuid,
         registration: &Uuid,
         items: &[(NewDelivery, bool)],
         now_us: u64,
-        step: Option<FanoutStep>,
     ) -> Result<Vec<DueEntry>> {
+        // Checks what exists before writing: one batch at a time.
+        let _accepting = lock(&self.inner.accept_lock);
+        let prepared = self.build_deliveries(triggered, registration, items, now_us, None)?;
+        self.apply_prepared(prepared)
+    }
+
+    /// Prepares a fan-out step's writes: its deliveries (as [`Self::accept_handed_over`]
+    /// does, but blindly, since they cannot exist yet: the cursor moves with them), the
+    /// batches for other nodes, and the cursor's move. Written by
+    /// [`Self::apply_prepared`], or with the trigger by [`Self::insert_triggered`].
+    pub fn prepare_step(
+        &self,
+        triggered: &Uuid,
+        registration: &Uuid,
+        items: &[(NewDelivery, bool)],
+        now_us: u64,
+        step: &FanoutStep,
+    ) -> Result<PreparedDeliveries> {
+        self.build_deliveries(triggered, registration, items, now_us, Some(step))
+    }
+
+    /// Writes prepared deliveries in one atomic batch; returns their first attempts.
+    pub fn apply_prepared(&self, prepared: PreparedDeliveries) -> Result<Vec<DueEntry>> {
+        self.t().deliveries.apply_batch(prepared.batch)?;
+        Ok(self.opened(prepared.key, prepared.entries))
+    }
+
+    /// The first attempts of deliveries written with their trigger.
+    pub fn committed_with_trigger(&self, prepared: PreparedDeliveries) -> Vec<DueEntry> {
+        self.opened(prepared.key, prepared.entries)
+    }
+
+    /// Notes the pending batch `key` of `entries` as open (written).
+    fn opened(&self, key: Option<Vec<u8>>, entries: Vec<DueEntry>) -> Vec<DueEntry> {
+        if let (Some(key), false) = (key, entries.is_empty()) {
+            self.inner.open_batches.opened(key, entries.len());
+        }
+        entries
+    }
+
+    fn build_deliveries(
+        &self,
+        triggered: &Uuid,
+        registration: &Uuid,
+        items: &[(NewDelivery, bool)],
+        now_us: u64,
+        step: Option<&FanoutStep>,
+    ) -> Result<PreparedDeliveries> {
         let deliveries = &self.t().deliveries;
         let fresh = step.is_some();
-        // A handed-over batch checks what exists before writing: one at a time.
-        let _accepting = (!fresh).then(|| lock(&self.inner.accept_lock));
         // Keyed by the first item whether or not it is skipped: a resent batch may be
         // judged differently (its failed_counts changed), its key must not.
         let key = items.first().map(|(item, _)| batch_key(triggered, item));
@@ -524,7 +584,7 @@ impl Store {
                 pending.items.push(item.clone());
             }
         }
-        let read_at = step.as_ref().map(|s| s.subscriptions_read_at);
+        let read_at = step.map(|s| s.subscriptions_read_at);
         let entries = match &key {
             Some(key) if !pending.items.is_empty() => {
                 batch.insert(key.as_slice(), encode_compact(&pending)?);
@@ -536,7 +596,7 @@ impl Store {
             }
             _ => Vec::new(),
         };
-        if let Some(step) = &step {
+        if let Some(step) = step {
             for (i, (peer, items)) in step.handoffs.iter().enumerate() {
                 let mut key = handoff_prefix(peer);
                 key.extend_from_slice(triggered.as_bytes());
@@ -554,11 +614,11 @@ impl Store {
                 batch.insert(&cursor_key(triggered), cursor);
             }
         }
-        deliveries.apply_batch(batch)?;
-        if let (Some(key), false) = (key, entries.is_empty()) {
-            self.inner.open_batches.opened(key, entries.len());
-        }
-        Ok(entries)
+        Ok(PreparedDeliveries {
+            batch,
+            key,
+            entries,
+        })
     }
 
     /// The oldest batches waiting to be handed to `peer`.
@@ -952,24 +1012,74 @@ mod tests {
             .items
     }
 
+    fn triggered(registration: Uuid) -> Triggered {
+        Triggered {
+            id: Uuid::new_v4(),
+            epoch_us: 7,
+            registration_id: registration,
+            account_id: Uuid::new_v4(),
+            event: "e".into(),
+            body: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn a_first_step_written_with_its_trigger_moves_or_ends_the_fan_out() {
+        let (_d, s) = temp_store();
+        let r = Uuid::new_v4();
+        let items = vec![(item(1), false), (item(2), true), (item(3), false)];
+        let remote = vec![("node-b".to_string(), vec![item(4)])];
+
+        // The last step: no cursor left, one pending batch, the handoff queued.
+        let done = triggered(r);
+        let step = FanoutStep {
+            after: Some(b"k3".to_vec()),
+            finished: true,
+            handoffs: remote.clone(),
+            subscriptions_read_at: 0,
+        };
+        let prepared = s.prepare_step(&done.id, &r, &items, 10, &step).unwrap();
+        s.insert_triggered(&done, None, Some(&prepared)).unwrap();
+        assert!(s.fanout(&done.id).unwrap().is_none());
+        let entries = s.committed_with_trigger(prepared);
+        assert_eq!(entries.len(), 2, "the skipped one is not attempted");
+        assert_eq!(s.handoffs_for("node-b", 10).unwrap().len(), 1);
+        assert_eq!(s.resume_first_attempts().unwrap().len(), 2);
+        assert_eq!(s.triggered(&done.id).unwrap(), Some(done.clone()));
+
+        // More to come: the cursor stands after the step's last subscription.
+        let more = triggered(r);
+        let step = FanoutStep {
+            finished: false,
+            ..step
+        };
+        let prepared = s.prepare_step(&more.id, &r, &items, 10, &step).unwrap();
+        s.insert_triggered(&more, None, Some(&prepared)).unwrap();
+        let cursor = s.fanout(&more.id).unwrap().expect("a cursor");
+        assert_eq!(cursor.after.as_deref(), Some(&b"k3"[..]));
+        assert_eq!(cursor.registration_id, r);
+
+        // Without a first step, the fan-out starts from the beginning.
+        let plain = triggered(r);
+        s.insert_triggered(&plain, None, None).unwrap();
+        assert_eq!(s.fanout(&plain.id).unwrap().expect("a cursor").after, None);
+    }
+
     #[test]
     fn handed_over_batches_are_accepted_once_and_wait_for_first_attempts() {
         let (_d, s) = temp_store();
         let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
         let items = vec![(item(1), true), (item(2), false), (item(3), false)];
-        let entries = s.accept_deliveries(&t, &r, &items, 10, None).unwrap();
+        let entries = s.accept_handed_over(&t, &r, &items, 10).unwrap();
         assert_eq!(entries.len(), 2);
         assert!(entries
             .iter()
             .all(|e| e.due_key().is_none() && e.attempts == 0));
-        assert!(s
-            .accept_deliveries(&t, &r, &items, 10, None)
-            .unwrap()
-            .is_empty());
+        assert!(s.accept_handed_over(&t, &r, &items, 10).unwrap().is_empty());
         // Judged differently on a resend (failed_counts changed): still nothing twice.
         let rejudged: Vec<_> = items.iter().map(|(i, _)| (i.clone(), false)).collect();
         assert!(s
-            .accept_deliveries(&t, &r, &rejudged, 11, None)
+            .accept_handed_over(&t, &r, &rejudged, 11)
             .unwrap()
             .is_empty());
         assert_eq!(
@@ -994,7 +1104,7 @@ mod tests {
         let (_d, s) = temp_store();
         let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
         let items = vec![(item(1), false), (item(2), false), (item(3), false)];
-        let entries = s.accept_deliveries(&t, &r, &items, 10, None).unwrap();
+        let entries = s.accept_handed_over(&t, &r, &items, 10).unwrap();
         let outcome = |due: &DueEntry, status: u16| Outcome {
             due: due.clone(),
             attempt: Some(attempt(status)),
@@ -1040,10 +1150,7 @@ mod tests {
         assert_eq!((counts.succeeded, counts.pending), (2, 1));
         assert_eq!(rows(super::super::settled::SETTLED), 2);
         // The batch handed over again after it completed: recognised by its settled rows.
-        assert!(s
-            .accept_deliveries(&t, &r, &items, 30, None)
-            .unwrap()
-            .is_empty());
+        assert!(s.accept_handed_over(&t, &r, &items, 30).unwrap().is_empty());
         assert_eq!(s.delivery_counts(&t).unwrap(), counts);
         // Settled rows go when all their deliveries are older than the cutoff.
         assert_eq!(s.sweep_deliveries(21).unwrap(), 1);
@@ -1058,8 +1165,8 @@ mod tests {
         let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
         let first: Vec<_> = (1..=4).map(|n| (item(n), false)).collect();
         let second: Vec<_> = (5..=8).map(|n| (item(n), false)).collect();
-        let mut entries = s.accept_deliveries(&t, &r, &first, 10, None).unwrap();
-        entries.extend(s.accept_deliveries(&t, &r, &second, 10, None).unwrap());
+        let mut entries = s.accept_handed_over(&t, &r, &first, 10).unwrap();
+        entries.extend(s.accept_handed_over(&t, &r, &second, 10).unwrap());
         let outcome = |i: usize, status: u16| Outcome {
             due: entries[i].clone(),
             attempt: Some(attempt(status)),
@@ -1107,7 +1214,7 @@ mod tests {
         let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
         let it = item(1);
         let first = s
-            .accept_deliveries(&t, &r, &[(it.clone(), false)], 5, None)
+            .accept_handed_over(&t, &r, &[(it.clone(), false)], 5)
             .unwrap()
             .remove(0);
         s.record_outcomes(

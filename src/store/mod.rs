@@ -30,7 +30,7 @@ use uuid::Uuid;
 pub use accounts::NewAccountError;
 pub use deliveries::{
     Attempt, Delivery, DeliveryCounts, DeliveryState, DueEntry, FailedCountChange, FanoutCursor,
-    FanoutStep, Handoff, NewDelivery, Outcome, Scheduled,
+    FanoutStep, Handoff, NewDelivery, Outcome, PreparedDeliveries, Scheduled,
 };
 pub use pagination::{Page, PageRequest};
 pub use records::{Account, KeyKind, PendingKey, Registration, Subscription, Triggered};

@@ -3,7 +3,7 @@
 use sled::Transactional;
 use uuid::Uuid;
 
-use super::deliveries::{cursor_key, FanoutCursor};
+use super::deliveries::{cursor_key, FanoutCursor, PreparedDeliveries};
 use super::pagination::{Page, PageRequest};
 use super::records::{decode, encode, encode_compact, Triggered};
 use super::{epoch_key, read_u64, read_uuid, Result, Store, StoreError};
@@ -18,8 +18,15 @@ fn idempotency_key(registration: &Uuid, key: &str) -> Vec<u8> {
 }
 
 impl Store {
-    /// Records a trigger and its pending fan-out (and its idempotency key), atomically.
-    pub fn insert_triggered(&self, tr: &Triggered, idempotency: Option<&str>) -> Result<()> {
+    /// Records a trigger and its pending fan-out (and its idempotency key), atomically;
+    /// with `first_step`, the fan-out's first step too (its deliveries, and the cursor
+    /// moved past them or removed).
+    pub fn insert_triggered(
+        &self,
+        tr: &Triggered,
+        idempotency: Option<&str>,
+        first_step: Option<&PreparedDeliveries>,
+    ) -> Result<()> {
         let t = self.t();
         let record = encode(tr)?;
         let cursor = encode_compact(&FanoutCursor {
@@ -37,7 +44,12 @@ impl Store {
             .transaction(|(records, by_epoch, deliveries, idem)| {
                 records.insert(tr.id.as_bytes(), record.as_slice())?;
                 by_epoch.insert(&epoch_key(tr.epoch_us, &tr.id), &[])?;
-                deliveries.insert(cursor_key(&tr.id).as_slice(), cursor.as_slice())?;
+                match first_step {
+                    Some(step) => deliveries.apply_batch(step.batch())?,
+                    None => {
+                        deliveries.insert(cursor_key(&tr.id).as_slice(), cursor.as_slice())?;
+                    }
+                }
                 if let Some(key) = idempotency {
                     idem.insert(
                         idempotency_key(&tr.registration_id, key),
