@@ -8,9 +8,9 @@
 //! The first step is small, so the first deliveries go out at once, and is written with
 //! the trigger itself when the backlog allows (see [`PreparedStep`]). Later steps run on
 //! the blocking pool (a step is a few milliseconds of sled work that would otherwise hold
-//! an async worker away from the delivery engine), and a fan-out waits while the node's deliveries not
-//! attempted yet are above a backlog limit: writing deliveries far ahead of the engine only
-//! costs memory and slows the engine's own writes.
+//! an async worker away from the delivery engine), and a fan-out waits while the node's
+//! deliveries not attempted yet are above a backlog limit: writing deliveries far ahead of
+//! the engine only costs memory and slows the engine's own writes.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
