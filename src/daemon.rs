@@ -63,7 +63,13 @@ pub fn build_node(config: &Config, store: Store) -> Result<Node, DaemonError> {
     );
     let ctx = NodeContext {
         store,
-        client: EndpointClient::new(&config.http_client, policy)?,
+        // Up to 4 idle connections per attempt in flight: enough to keep one to each
+        // endpoint of a fan-out's busy workers, bounded whatever the number of endpoints.
+        client: EndpointClient::new(
+            &config.http_client,
+            policy,
+            config.delivery.max_in_flight.saturating_mul(4),
+        )?,
         cluster: Arc::new(Cluster::new(&config.cluster)),
         auth_cache: AuthCache::new(
             Duration::from_secs_f64(config.security.auth_cache_ttl_secs),

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use super::{now_us, NodeContext};
 use crate::cluster::protocol::{Answer, Command};
 use crate::delivery::attempt::{self, Request};
-use crate::delivery::connections::{WorkerConnections, IDLE_TIMEOUT};
+use crate::delivery::connections::IDLE_TIMEOUT;
 use crate::delivery::metrics::{Counted, DeliveryMetrics};
 use crate::delivery::retry::RetryPolicy;
 use crate::store::{
@@ -275,8 +275,6 @@ pub enum DeliveryMsg {
 pub enum WorkerMsg {
     /// Make the attempt scheduled by this due entry.
     Run(DueEntry),
-    /// Close the connections unused for a while (sent to idle workers).
-    Prune,
 }
 
 /// The supervisor actor.
@@ -436,16 +434,14 @@ impl DeliverySupervisor {
         }
     }
 
-    /// Has idle workers close their stale connections (a busy worker does it as it goes),
-    /// so sockets the endpoints closed do not linger.
+    /// Closes the stale idle delivery connections, so sockets the endpoints closed do not
+    /// linger.
     fn maybe_prune(&self, state: &mut SupervisorState) {
         if state.last_prune.elapsed() < IDLE_TIMEOUT / 2 {
             return;
         }
         state.last_prune = Instant::now();
-        for worker in &state.idle {
-            let _ = worker.cast(WorkerMsg::Prune);
-        }
+        self.ctx.client.prune_idle_connections();
     }
 
     fn maybe_sweep(&self, state: &mut SupervisorState) {
@@ -731,7 +727,7 @@ pub struct DeliveryWorker {
 
 impl DeliveryWorker {
     /// Resolves the delivery's current target and makes the attempt.
-    async fn run(&self, due: DueEntry, conns: &mut WorkerConnections) -> (Outcome, Counted) {
+    async fn run(&self, due: DueEntry) -> (Outcome, Counted) {
         let ctx = &self.ctx;
         let attempts_made = usize::from(due.attempts) + 1;
         // Every attempt uses the subscriber's current endpoint and secret; a deleted
@@ -772,7 +768,7 @@ impl DeliveryWorker {
         // The client bounds the exchange by `attempt_timeout`, and the supervisor stops a
         // worker stuck past it. Boxed: the exchange is a large future, and the worker's
         // message future (which ractor moves for every message) would otherwise hold it.
-        let attempt = Box::pin(attempt::send(&ctx.client, conns, request, at_us)).await;
+        let attempt = Box::pin(attempt::send(&ctx.client, request, at_us)).await;
         ctx.delivery.metrics.observe_attempt(attempt.duration_us);
         if attempt::succeeded(&attempt) {
             (
@@ -855,8 +851,7 @@ fn internal_attempt(error: String) -> Attempt {
 
 impl Actor for DeliveryWorker {
     type Msg = WorkerMsg;
-    /// The worker's own connections to endpoints.
-    type State = WorkerConnections;
+    type State = ();
     type Arguments = ();
 
     async fn pre_start(
@@ -864,23 +859,17 @@ impl Actor for DeliveryWorker {
         _: ActorRef<Self::Msg>,
         _: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(WorkerConnections::default())
+        Ok(())
     }
 
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        conns: &mut Self::State,
+        _: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let due = match message {
-            WorkerMsg::Run(due) => due,
-            WorkerMsg::Prune => {
-                conns.prune();
-                return Ok(());
-            }
-        };
-        let (outcome, counted) = self.run(due, conns).await;
+        let WorkerMsg::Run(due) = message;
+        let (outcome, counted) = self.run(due).await;
         // The supervisor stopping means the node is stopping; the due entry stays queued.
         let _ = self.supervisor.cast(DeliveryMsg::Done {
             worker: myself.get_id(),

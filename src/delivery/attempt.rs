@@ -7,7 +7,6 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
 use uuid::Uuid;
 
-use super::connections::WorkerConnections;
 use super::signing::{pywebhooks_signature, standard_webhooks_signature};
 use super::EndpointClient;
 use crate::store::Attempt;
@@ -61,17 +60,11 @@ pub fn headers(req: &Request<'_>) -> HeaderMap {
     h
 }
 
-/// Sends the attempt (on the worker's connections `conns`) and records what happened;
-/// never fails itself.
-pub async fn send(
-    client: &EndpointClient,
-    conns: &mut WorkerConnections,
-    req: Request<'_>,
-    at_us: u64,
-) -> Attempt {
+/// Sends the attempt and records what happened; never fails itself.
+pub async fn send(client: &EndpointClient, req: Request<'_>, at_us: u64) -> Attempt {
     let started = Instant::now();
     let result = client
-        .post(conns, req.endpoint, || headers(&req), req.body.clone())
+        .post(req.endpoint, || headers(&req), req.body.clone())
         .await;
     let duration_us = started.elapsed().as_micros() as u64;
     match result {

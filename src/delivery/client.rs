@@ -1,8 +1,8 @@
 //! Outbound HTTP to account endpoints: the echo challenge, key delivery and deliveries.
 //!
 //! reqwest's pooled client serves everything (TLS, redirects) but deliveries to `http://`
-//! endpoints: those go out on plain hyper connections each delivery worker owns and
-//! drives itself ([`WorkerConnections`]), which costs markedly less CPU per request on the
+//! endpoints: those go out on plain hyper connections the delivery worker using one drives
+//! itself ([`DeliveryConnections`]), which costs markedly less CPU per request on the
 //! hot path (STACK.md measured reqwest at 0.6x a hyper client's rate). A delivery
 //! answered with a redirect is followed by reqwest from the first hop on, as the whole
 //! delivery would have been. The endpoint policy is enforced by resolution that drops
@@ -20,7 +20,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::redirect;
 use reqwest::Url;
 
-use super::connections::{PlainTarget, WorkerConnections};
+use super::connections::{DeliveryConnections, PlainTarget};
 use super::policy::EndpointPolicy;
 use crate::config::HttpClientConfig;
 use crate::crypto;
@@ -128,11 +128,18 @@ pub struct EndpointClient {
     policy: Arc<EndpointPolicy>,
     /// Delivery endpoints by their text (the policy does not change while running).
     endpoints: Arc<Mutex<HashMap<String, Arc<DeliveryEndpoint>>>>,
+    /// Idle connections of `http://` deliveries.
+    connections: Arc<DeliveryConnections>,
 }
 
 impl EndpointClient {
-    /// Builds the pooled client from `[http_client]` and the endpoint policy.
-    pub fn new(cfg: &HttpClientConfig, policy: EndpointPolicy) -> Result<Self, reqwest::Error> {
+    /// Builds the client from `[http_client]` and the endpoint policy, keeping at most
+    /// `max_idle_connections` idle delivery connections.
+    pub fn new(
+        cfg: &HttpClientConfig,
+        policy: EndpointPolicy,
+        max_idle_connections: usize,
+    ) -> Result<Self, reqwest::Error> {
         let policy = Arc::new(policy);
         let redirect_policy = policy.clone();
         let timeout = Duration::from_secs_f64(cfg.timeout_secs);
@@ -159,6 +166,7 @@ impl EndpointClient {
             timeout,
             policy,
             endpoints: Arc::default(),
+            connections: Arc::new(DeliveryConnections::new(max_idle_connections)),
         })
     }
 
@@ -224,20 +232,16 @@ impl EndpointClient {
 
 impl EndpointClient {
     /// `POST <endpoint>` with the headers `headers` makes and `body`, following
-    /// redirects; returns the final status code. `http://` endpoints are reached on the
-    /// calling worker's own connections, `conns`.
+    /// redirects; returns the final status code.
     pub async fn post(
         &self,
-        conns: &mut WorkerConnections,
         endpoint: &str,
         headers: impl Fn() -> reqwest::header::HeaderMap,
         body: bytes::Bytes,
     ) -> Result<u16, OutboundError> {
         let target = self.delivery_endpoint(endpoint)?;
         if let Some(plain) = &target.plain {
-            let status = self
-                .post_plain(conns, plain, headers(), body.clone())
-                .await?;
+            let status = self.post_plain(plain, headers(), body.clone()).await?;
             if !status.is_redirection() {
                 return Ok(status.as_u16());
             }
@@ -250,6 +254,11 @@ impl EndpointClient {
             .send()
             .await?;
         Ok(response.status().as_u16())
+    }
+
+    /// Closes the idle delivery connections unused for a while.
+    pub fn prune_idle_connections(&self) {
+        self.connections.prune();
     }
 
     /// `endpoint` parsed and checked, from the cache when it was seen before.
@@ -277,11 +286,10 @@ impl EndpointClient {
         Ok(parsed)
     }
 
-    /// One `POST` on the worker's connections (no redirects followed), bounded by the
+    /// One `POST` on the delivery connections (no redirects followed), bounded by the
     /// client timeout, connecting included.
     async fn post_plain(
         &self,
-        conns: &mut WorkerConnections,
         target: &PlainTarget,
         headers: reqwest::header::HeaderMap,
         body: bytes::Bytes,
@@ -290,7 +298,8 @@ impl EndpointClient {
         *request.method_mut() = hyper::Method::POST;
         *request.headers_mut() = headers;
         let addrs = || self.plain_addrs(target);
-        match tokio::time::timeout(self.timeout, conns.post(target, request, addrs)).await {
+        let exchange = self.connections.post(target, request, addrs);
+        match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(OutboundError::Transport("timed out".into())),
         }

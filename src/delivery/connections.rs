@@ -1,18 +1,21 @@
-//! The HTTP/1.1 connections of one delivery worker, owned and driven by the worker itself.
+//! The node's keep-alive HTTP/1.1 connections to `http://` endpoints, each driven by the
+//! delivery worker using it.
 //!
 //! A pooled client runs each connection as a task of its own: every delivery then crossed
 //! tasks three times (the request to the connection task, the response head and the body
-//! back), and took a lock to check a connection out of the shared pool and back in. Here a
-//! worker keeps a few keep-alive connections and polls the one it uses together with the
-//! exchange, in its own task: one wake-up per delivery, the socket's.
+//! back). Here a worker takes an idle connection (or opens one), polls it together with the
+//! exchange in its own task — one wake-up per delivery, the socket's — and puts it back
+//! for the next delivery to the same endpoint, whichever worker makes it.
 //!
-//! A connection is only polled while the worker uses it, so before reusing one the worker
-//! polls it once: a peer that closed it meanwhile is seen then (its end of stream is
-//! already registered), and the delivery opens a fresh one.
+//! An idle connection is not polled, so before reusing one the worker polls it once: a peer
+//! that closed it meanwhile is seen then (its end of stream is already registered), and the
+//! delivery takes another or opens a fresh one.
 
+use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -24,11 +27,7 @@ use tokio::net::TcpStream;
 
 use super::client::OutboundError;
 
-/// Connections a worker keeps at most; the least recently used goes when a new one is
-/// needed. Deliveries to many endpoints then open connections more often, while the
-/// node's open sockets stay bounded by workers × this.
-const MAX_CONNECTIONS: usize = 4;
-/// An unused connection older than this is closed rather than reused: endpoint servers
+/// An idle connection older than this is closed rather than reused: endpoint servers
 /// close idle connections after a while, and a request written just as they do fails.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of a response body read (and dropped) so the connection can be reused.
@@ -56,52 +55,99 @@ struct Conn {
     last_used: Instant,
 }
 
-/// A worker's connections.
+/// The idle connections, by endpoint authority (most recently used last).
 #[derive(Default)]
-pub struct WorkerConnections {
-    conns: Vec<Conn>,
+struct Idle {
+    by_authority: HashMap<String, Vec<Conn>>,
+    count: usize,
 }
 
-impl WorkerConnections {
-    /// Closes the connections unused for longer than [`IDLE_TIMEOUT`].
-    pub fn prune(&mut self) {
-        self.conns.retain(|c| c.last_used.elapsed() < IDLE_TIMEOUT);
+/// The node's idle delivery connections, shared by the delivery workers.
+pub struct DeliveryConnections {
+    idle: Mutex<Idle>,
+    /// Idle connections kept at most; one more is closed instead.
+    max_idle: usize,
+}
+
+impl DeliveryConnections {
+    /// Keeps at most `max_idle` idle connections.
+    pub fn new(max_idle: usize) -> Self {
+        Self {
+            idle: Mutex::default(),
+            max_idle,
+        }
     }
 
-    /// A live connection to `authority` the worker holds, taken out of the set.
-    async fn take_live(&mut self, authority: &str) -> Option<Conn> {
-        self.prune();
-        while let Some(i) = self.conns.iter().position(|c| c.authority == authority) {
-            let mut conn = self.conns.swap_remove(i);
-            if conn.is_reusable().await {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Closes the idle connections unused for longer than [`IDLE_TIMEOUT`].
+    pub fn prune(&self) {
+        let mut closing = Vec::new();
+        {
+            let mut idle = self.lock();
+            idle.by_authority.retain(|_, conns| {
+                let (stale, fresh): (Vec<Conn>, Vec<Conn>) = std::mem::take(conns)
+                    .into_iter()
+                    .partition(|c| c.last_used.elapsed() >= IDLE_TIMEOUT);
+                closing.extend(stale);
+                *conns = fresh;
+                !conns.is_empty()
+            });
+            idle.count -= closing.len();
+        }
+        // Closed (dropped) outside the lock.
+        drop(closing);
+    }
+
+    /// The most recently used idle connection to `authority`, taken out of the set.
+    fn take(&self, authority: &str) -> Option<Conn> {
+        let mut idle = self.lock();
+        let conns = idle.by_authority.get_mut(authority)?;
+        let conn = conns.pop();
+        if conns.is_empty() {
+            idle.by_authority.remove(authority);
+        }
+        if conn.is_some() {
+            idle.count -= 1;
+        }
+        conn
+    }
+
+    /// Keeps `conn` for the next delivery to its endpoint (closes it when the set is full).
+    fn put_back(&self, mut conn: Conn) {
+        conn.last_used = Instant::now();
+        let mut idle = self.lock();
+        if idle.count < self.max_idle {
+            idle.count += 1;
+            idle.by_authority
+                .entry(conn.authority.clone())
+                .or_default()
+                .push(conn);
+            return;
+        }
+        // Full: `conn` closes once the lock is released.
+        drop(idle);
+    }
+
+    /// A live idle connection to `authority`; stale and closed ones are dropped on the way.
+    async fn take_live(&self, authority: &str) -> Option<Conn> {
+        while let Some(mut conn) = self.take(authority) {
+            if conn.last_used.elapsed() < IDLE_TIMEOUT && conn.is_reusable().await {
                 return Some(conn);
             }
         }
         None
     }
 
-    /// Keeps `conn` for later deliveries, closing the least recently used one if full.
-    fn put_back(&mut self, mut conn: Conn) {
-        if self.conns.len() >= MAX_CONNECTIONS {
-            if let Some(oldest) = self
-                .conns
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, c)| c.last_used)
-                .map(|(i, _)| i)
-            {
-                self.conns.swap_remove(oldest);
-            }
-        }
-        conn.last_used = Instant::now();
-        self.conns.push(conn);
-    }
-
-    /// `POST`s `request` (its target and `Host` set from `target`) on a kept connection to
+    /// `POST`s `request` (its target and `Host` set from `target`) on an idle connection to
     /// the endpoint or a new one to `addrs()`'s addresses; returns the response status.
     /// The caller bounds the whole call in time.
     pub async fn post<A, F>(
-        &mut self,
+        &self,
         target: &PlainTarget,
         mut request: hyper::Request<Full<Bytes>>,
         addrs: A,
@@ -218,4 +264,72 @@ impl Conn {
 /// A hyper failure with its causes.
 fn transport(e: impl std::error::Error) -> OutboundError {
     OutboundError::Transport(super::client::with_causes(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A loopback HTTP/1.1 server answering 200 to everything; counts its connections.
+    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let ok = hyper::service::service_fn(|_| async {
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("{}"))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), ok)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn target(addr: SocketAddr) -> PlainTarget {
+        PlainTarget {
+            authority: addr.to_string(),
+            host_header: addr.to_string().parse().unwrap(),
+            path: "/hook".parse().unwrap(),
+            host: url::Host::Ipv4(std::net::Ipv4Addr::LOCALHOST),
+            port: addr.port(),
+        }
+    }
+
+    async fn post(conns: &DeliveryConnections, addr: SocketAddr) -> u16 {
+        let request = hyper::Request::new(Full::new(Bytes::from_static(b"{}")));
+        conns
+            .post(&target(addr), request, || async move { Ok(vec![addr]) })
+            .await
+            .unwrap()
+            .as_u16()
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reused_up_to_the_limit() {
+        let ((a, a_opened), (b, b_opened)) = (server().await, server().await);
+        // Room for one idle connection: the second endpoint's is closed after use.
+        let conns = DeliveryConnections::new(1);
+        for _ in 0..3 {
+            assert_eq!(post(&conns, a).await, 200);
+            assert_eq!(post(&conns, b).await, 200);
+        }
+        assert_eq!(a_opened.load(Ordering::SeqCst), 1);
+        assert_eq!(b_opened.load(Ordering::SeqCst), 3);
+
+        // Fresh connections survive a prune.
+        conns.prune();
+        assert_eq!(post(&conns, a).await, 200);
+        assert_eq!(a_opened.load(Ordering::SeqCst), 1);
+    }
 }
