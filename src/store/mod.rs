@@ -329,7 +329,18 @@ mod tests {
     fn shard_count_is_fixed_at_creation() {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::open(dir.path(), 1 << 20, 16).unwrap());
-        match Store::open(dir.path(), 1 << 20, 32) {
+        // sled's I/O threads may still hold the files (and their lock) for a moment after
+        // the store is dropped: poll, with a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let reopened = loop {
+            match Store::open(dir.path(), 1 << 20, 32) {
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => break other,
+            }
+        };
+        match reopened {
             Err(StoreError::ShardMismatch { stored: 16, .. }) => {}
             other => panic!("{:?}", other.err()),
         }
