@@ -132,6 +132,11 @@ pub fn judge(
     Ok(judged)
 }
 
+/// How many of the `judged` deliveries are skipped.
+pub fn skipped(judged: &[(NewDelivery, bool)]) -> u64 {
+    judged.iter().filter(|(_, skip)| *skip).count() as u64
+}
+
 /// Counts deliveries just written (`skipped` of them skipped) and hands their first
 /// attempts to the supervisor; returns how many were created.
 pub fn accepted(ctx: &NodeContext, entries: Vec<DueEntry>, skipped: u64) -> u64 {
@@ -158,14 +163,13 @@ pub fn accept_remote_batch(
 ) -> Result<u64, crate::store::StoreError> {
     ctx.store.keep_remote_trigger(triggered)?;
     let judged = judge(ctx, items.to_vec())?;
-    let skipped = judged.iter().filter(|(_, skip)| *skip).count() as u64;
     let entries = ctx.store.accept_handed_over(
         &triggered.id,
         &triggered.registration_id,
         &judged,
         now_us(),
     )?;
-    Ok(accepted(ctx, entries, skipped))
+    Ok(accepted(ctx, entries, skipped(&judged)))
 }
 
 /// Hands queued fan-out batches to `peer`, removing each only once the peer persisted it.

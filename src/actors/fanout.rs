@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::delivery::{accepted, judge};
+use super::delivery::{accepted, judge, skipped};
 use super::{now_us, NodeContext};
 use crate::service::ServiceError;
 use crate::store::{DueEntry, FanoutStep, NewDelivery, PreparedDeliveries};
@@ -163,7 +163,7 @@ impl PreparedStep {
         Ok(Self {
             deliveries,
             outcome: StepOutcome {
-                skipped: judged.iter().filter(|(_, skip)| *skip).count() as u64,
+                skipped: skipped(&judged),
                 has_handoffs: !step.handoffs.is_empty(),
                 finished,
             },

@@ -116,7 +116,7 @@ impl Resolve for PolicyResolver {
 /// visible cost, and endpoints are few and used again and again.
 struct DeliveryEndpoint {
     url: Url,
-    /// For `http://` endpoints, where the worker's own connections go.
+    /// For `http://` endpoints, where the delivery connections go.
     plain: Option<PlainTarget>,
 }
 

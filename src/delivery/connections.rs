@@ -103,14 +103,11 @@ impl DeliveryConnections {
         drop(closing);
     }
 
-    /// The most recently used idle connection to `authority`, taken out of the set.
+    /// The most recently used idle connection to `authority`, taken out of the set. Its
+    /// emptied list stays (for the connection coming back; [`Self::prune`] drops it).
     fn take(&self, authority: &str) -> Option<Conn> {
         let mut idle = self.lock();
-        let conns = idle.by_authority.get_mut(authority)?;
-        let conn = conns.pop();
-        if conns.is_empty() {
-            idle.by_authority.remove(authority);
-        }
+        let conn = idle.by_authority.get_mut(authority)?.pop();
         if conn.is_some() {
             idle.count -= 1;
         }
@@ -123,10 +120,13 @@ impl DeliveryConnections {
         let mut idle = self.lock();
         if idle.count < self.max_idle {
             idle.count += 1;
-            idle.by_authority
-                .entry(conn.authority.clone())
-                .or_default()
-                .push(conn);
+            // Looked up before inserting: the key is only copied for a new endpoint.
+            match idle.by_authority.get_mut(&conn.authority) {
+                Some(conns) => conns.push(conn),
+                None => {
+                    idle.by_authority.insert(conn.authority.clone(), vec![conn]);
+                }
+            }
             return;
         }
         // Full: `conn` closes once the lock is released.
