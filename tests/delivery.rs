@@ -106,14 +106,21 @@ struct Pair {
 
 impl Pair {
     async fn new(extra_toml: &str, event: &str) -> Self {
+        Self::with_subscriber_at(extra_toml, event, |ep| ep.endpoint_url("subscriber")).await
+    }
+
+    /// A pair whose subscriber's endpoint is `endpoint(&server)`.
+    async fn with_subscriber_at(
+        extra_toml: &str,
+        event: &str,
+        endpoint: impl Fn(&EndpointServer) -> String,
+    ) -> Self {
         let ep = EndpointServer::start().await;
         let node = TestNode::spawn_with(extra_toml).await;
         let owner = node
             .create_account("owner", &ep.endpoint_url("owner"))
             .await;
-        let sub = node
-            .create_account("subscriber", &ep.endpoint_url("subscriber"))
-            .await;
+        let sub = node.create_account("subscriber", &endpoint(&ep)).await;
         let reg = id_of(&node.register(&owner, event).await);
         let subscription = id_of(&node.subscribe(&sub, &reg).await);
         Self {
@@ -402,24 +409,8 @@ async fn deliveries_to_many_endpoints_reuse_their_connections_from_trigger_to_tr
 
 #[tokio::test]
 async fn an_endpoint_answering_connection_close_gets_every_delivery_first_time() {
-    let ep = EndpointServer::start().await;
-    let node = TestNode::spawn_with(FAST).await;
-    let owner = node
-        .create_account("owner", &ep.endpoint_url("owner"))
-        .await;
-    let sub = node
-        .create_account("subscriber", &ep.conn_close_url("subscriber"))
-        .await;
-    let reg = id_of(&node.register(&owner, "close.event").await);
-    let subscription = id_of(&node.subscribe(&sub, &reg).await);
-    let p = Pair {
-        node,
-        ep,
-        owner,
-        sub,
-        reg,
-        subscription,
-    };
+    let p =
+        Pair::with_subscriber_at(FAST, "close.event", |ep| ep.conn_close_url("subscriber")).await;
     let before = p.ep.connections_accepted();
     for i in 0..3 {
         let attempts = deliver_once(&p, &format!("delivery {i} to succeed")).await;

@@ -1384,9 +1384,7 @@ impl EndpointServer {
     /// Closes every open connection (as a server closing idle keep-alive connections
     /// does) and waits (bounded) until they are gone; new connections are still accepted.
     pub async fn close_connections(&self) {
-        for c in self.connections.lock().unwrap().drain(..) {
-            c.abort();
-        }
+        self.abort_connections();
         eventually(
             "the endpoint's connections to close",
             Duration::from_secs(5),
@@ -1542,6 +1540,11 @@ impl EndpointServer {
     /// Stops accepting and drops every open connection (the endpoint becomes unreachable).
     pub fn shutdown(&self) {
         self.accept.abort();
+        self.abort_connections();
+    }
+
+    /// Drops every open connection.
+    fn abort_connections(&self) {
         for c in self.connections.lock().unwrap().drain(..) {
             c.abort();
         }
