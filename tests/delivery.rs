@@ -425,6 +425,69 @@ async fn an_endpoint_answering_connection_close_gets_every_delivery_first_time()
     assert_signed_delivery(&posts[2], &p.sub.secret_key, "close.event");
 }
 
+#[tokio::test]
+async fn two_workers_make_every_attempt_of_fan_outs_bigger_than_themselves() {
+    // Workers take attempts from a shared queue until it is empty: two of them serve two
+    // triggers of ten subscribers each, one of which fails and is retried meanwhile.
+    let node = TestNode::spawn_with(&FAST.replace("max_in_flight = 64", "max_in_flight = 2")).await;
+    let ep = EndpointServer::start().await;
+    let owner = node
+        .create_account("owner", &ep.endpoint_url("owner"))
+        .await;
+    let reg = id_of(&node.register(&owner, "queue.event").await);
+    let mut subs = Vec::new();
+    for i in 0..10 {
+        let sub = node
+            .create_account(&format!("sub{i}"), &ep.endpoint_url(&format!("sub{i}")))
+            .await;
+        node.subscribe(&sub, &reg).await;
+        subs.push(sub);
+    }
+    ep.set_post_status(&subs[0].endpoint, 500);
+    let triggers = [
+        id_of(&node.trigger(&owner, &reg).await),
+        id_of(&node.trigger(&owner, &reg).await),
+    ];
+    for tid in &triggers {
+        node.wait_trigger_counts(
+            &owner,
+            tid,
+            &delivery_counts(&[("succeeded", 9), ("failed", 1)]),
+            DELIVERY_DEADLINE,
+        )
+        .await;
+    }
+    assert_eq!(
+        ep.posts_to(&subs[0].endpoint).len(),
+        8,
+        "4 attempts per trigger"
+    );
+    for sub in &subs[1..] {
+        let posts = ep.posts_to(&sub.endpoint);
+        assert_eq!(
+            posts.len(),
+            2,
+            "one delivery per trigger to {}",
+            sub.endpoint
+        );
+        assert_signed_delivery(&posts[1], &sub.secret_key, "queue.event");
+    }
+    let metrics = node.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "webhookd_delivery_in_flight"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"webhookd_deliveries_total{outcome="succeeded"}"#
+        ),
+        Some(18.0),
+        "{metrics}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Retries and failed_count
 // ---------------------------------------------------------------------------------------------

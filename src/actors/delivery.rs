@@ -1,18 +1,22 @@
 //! The delivery engine: a per-node DeliverySupervisor and its pool of DeliveryWorkers.
 //!
 //! The supervisor takes first attempts from fan-out steps (in memory; persisted as pending
-//! batches) and retries from the persisted due queue, hands each to an idle worker (so at
-//! most `delivery.max_in_flight` attempts run at once), and writes the outcomes in batches:
-//! the attempt log, the next due time and the subscriber's `failed_count` change in one
-//! transaction. An attempt leaves its pending batch or the due queue only with its outcome,
-//! so a crash at any point re-runs it after restart (at-least-once).
+//! batches) and retries from the persisted due queue, and queues them in a [`WorkQueue`]
+//! shared with its `delivery.max_in_flight` workers (so at most that many attempts run at
+//! once). A woken worker takes attempts from the queue until it is empty, hands each
+//! outcome to the outcome writer and then reports itself idle: one message per busy spell
+//! rather than two per attempt, which measured as a visible share of a delivery's CPU. The
+//! writer records outcomes in batches: the attempt log, the next due time and the
+//! subscriber's `failed_count` change in one transaction. An attempt leaves its pending
+//! batch or the due queue only with its outcome, so a crash at any point re-runs it after
+//! restart (at-least-once).
 //!
-//! Workers are linked children: a panicking worker is reported to the supervisor, which
-//! records the attempt as failed and starts a replacement; a worker stuck past its
-//! deadline is killed the same way.
+//! Workers are linked children and show the attempt they are making in a [`Slot`]: a
+//! panicking worker is reported to the supervisor, which records that attempt as failed and
+//! starts a replacement; a worker stuck past its deadline is killed the same way.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -263,22 +267,96 @@ pub enum DeliveryMsg {
         /// First attempts whose outcomes could not be written, to make again.
         again: Vec<DueEntry>,
     },
-    /// A worker finished an attempt.
-    Done {
-        /// The worker.
-        worker: ActorId,
-        /// What to record.
-        outcome: Outcome,
-        /// For metrics.
-        counted: Counted,
-    },
+    /// A worker found the queue empty and waits to be woken.
+    Idle(ActorId),
 }
 
 /// Requests a worker serves.
 #[derive(RactorMessage)]
 pub enum WorkerMsg {
-    /// Make the attempt scheduled by this due entry.
-    Run(DueEntry),
+    /// Make the queued attempts until the queue is empty.
+    Drain,
+}
+
+/// Attempts waiting for a worker, retries first, and where their outcomes go: shared by
+/// the supervisor, which fills it, and its workers, which empty it.
+pub struct WorkQueue {
+    queued: Mutex<Queued>,
+    /// The outcome writer's input; `None` once the node is stopping.
+    writer: Mutex<Option<mpsc::UnboundedSender<Outcome>>>,
+    /// Set when the node stops: workers finish their attempt and take no more.
+    stopping: AtomicBool,
+}
+
+#[derive(Default)]
+struct Queued {
+    retries: VecDeque<DueEntry>,
+    first_attempts: VecDeque<DueEntry>,
+}
+
+impl WorkQueue {
+    fn new(writer: mpsc::UnboundedSender<Outcome>) -> Self {
+        WorkQueue {
+            queued: Mutex::new(Queued::default()),
+            writer: Mutex::new(Some(writer)),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    fn queued(&self) -> std::sync::MutexGuard<'_, Queued> {
+        // The lock guards plain queue operations, which cannot leave it inconsistent.
+        self.queued.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next attempt to make, retries first; `None` when empty or stopping.
+    fn take(&self) -> Option<DueEntry> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut q = self.queued();
+        q.retries
+            .pop_front()
+            .or_else(|| q.first_attempts.pop_front())
+    }
+
+    /// Attempts queued.
+    fn len(&self) -> usize {
+        let q = self.queued();
+        q.retries.len() + q.first_attempts.len()
+    }
+
+    /// Retries queued.
+    fn retries(&self) -> usize {
+        self.queued().retries.len()
+    }
+
+    /// Hands an outcome to the writer; false when the node is stopping (the attempt stays
+    /// in the due queue or its pending batch, and runs again at the next start).
+    fn record(&self, outcome: Outcome) -> bool {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        writer.as_ref().is_some_and(|w| w.send(outcome).is_ok())
+    }
+
+    /// Stops handing out attempts and closes the writer's input.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// The attempt a worker is making and since when, so the supervisor can record it as
+/// failed if the worker dies or hangs. Whoever takes the attempt out records its outcome.
+pub type Slot = Arc<Mutex<Option<(DueEntry, Instant)>>>;
+
+fn lock_slot(slot: &Slot) -> std::sync::MutexGuard<'_, Option<(DueEntry, Instant)>> {
+    // Only ever holds a value moved in or out: a poisoned lock's content is still whole.
+    slot.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A worker as the supervisor knows it.
+struct Worker {
+    actor: ActorRef<WorkerMsg>,
+    slot: Slot,
 }
 
 /// The supervisor actor.
@@ -288,16 +366,14 @@ pub struct DeliverySupervisor {
 
 /// The supervisor's bookkeeping.
 pub struct SupervisorState {
-    idle: Vec<ActorRef<WorkerMsg>>,
-    running: HashMap<ActorId, (ActorRef<WorkerMsg>, DueEntry, Instant)>,
-    /// First attempts not handed out yet, oldest first.
-    first_attempts: VecDeque<DueEntry>,
-    /// Record keys being attempted or whose outcome awaits writing.
+    workers: HashMap<ActorId, Worker>,
+    /// Workers waiting to be woken.
+    idle: Vec<ActorId>,
+    work: Arc<WorkQueue>,
+    /// Record keys queued, being attempted or whose outcome awaits writing.
     busy: HashSet<Vec<u8>>,
     /// Where the next dispatch scan of the due queue starts.
     scan_from: Option<Vec<u8>>,
-    /// Outcomes go to the writer task; `None` once stopping.
-    writer: Option<mpsc::UnboundedSender<Outcome>>,
     writer_task: Option<JoinHandle<()>>,
     last_sweep: Instant,
     last_prune: Instant,
@@ -314,47 +390,66 @@ impl DeliverySupervisor {
     async fn spawn_worker(
         &self,
         myself: &ActorRef<DeliveryMsg>,
-    ) -> Result<ActorRef<WorkerMsg>, ractor::SpawnErr> {
+        work: &Arc<WorkQueue>,
+    ) -> Result<(ActorId, Worker), ractor::SpawnErr> {
+        let slot = Slot::default();
         let worker = DeliveryWorker {
             ctx: self.ctx.clone(),
             supervisor: myself.clone(),
+            work: work.clone(),
+            slot: slot.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, worker, (), myself.get_cell()).await?;
-        Ok(actor)
+        Ok((actor.get_id(), Worker { actor, slot }))
     }
 
-    /// Hands an outcome to the writer; its record stays busy until the writer reports it
-    /// durable.
-    fn record(&self, state: &mut SupervisorState, outcome: Outcome) {
-        let key = outcome.due.record_key.clone();
-        let sent = state.writer.as_ref().map(|w| w.send(outcome).is_ok());
-        if sent != Some(true) {
-            // Not written (the node is stopping): the attempt stays in the due queue or its
-            // pending batch, and runs again at the next start (at-least-once).
-            state.busy.remove(&key);
+    /// Queues attempts (first attempts at the back of theirs), marks their records busy
+    /// and wakes idle workers for them.
+    fn enqueue(&self, state: &mut SupervisorState, retries: Vec<DueEntry>, first: Vec<DueEntry>) {
+        for entry in retries.iter().chain(&first) {
+            state.busy.insert(entry.record_key.clone());
         }
+        {
+            let mut q = state.work.queued();
+            q.retries.extend(retries);
+            q.first_attempts.extend(first);
+        }
+        self.wake_idle(state);
     }
 
-    /// Hands work to idle workers: due retries first, then first attempts.
-    fn dispatch(&self, state: &mut SupervisorState, from_start: bool) {
-        for entry in self.due_retries(state, from_start) {
-            self.hand_out(state, entry);
-        }
-        while !state.idle.is_empty() {
-            let Some(entry) = state.first_attempts.pop_front() else {
+    /// Wakes as many idle workers as there are queued attempts.
+    fn wake_idle(&self, state: &mut SupervisorState) {
+        let mut queued = state.work.len();
+        while queued > 0 {
+            let Some(id) = state.idle.pop() else {
                 break;
             };
-            self.hand_out(state, entry);
+            // A worker that cannot be told is gone: its supervision event replaces it.
+            if let Some(worker) = state.workers.get(&id) {
+                if worker.actor.cast(WorkerMsg::Drain).is_ok() {
+                    queued -= 1;
+                }
+            }
         }
     }
 
-    /// Due entries of the queue for the idle workers. The scan starts after the last entry
-    /// handed out (entries before it are in flight, and walking past them on every refill
-    /// was a visible cost), falling back to the start of the queue when that finds too
-    /// few; `from_start` (every tick) rescans from the start, so nothing is passed over for
-    /// long.
+    /// Queues the due retries (ahead of first attempts) and wakes idle workers.
+    fn dispatch(&self, state: &mut SupervisorState, from_start: bool) {
+        let retries = self.due_retries(state, from_start);
+        self.enqueue(state, retries, Vec::new());
+    }
+
+    /// Due entries of the queue not queued or in flight yet, up to the number of workers.
+    /// The scan starts after the last entry queued (entries before it are in flight, and
+    /// walking past them on every refill was a visible cost), falling back to the start of
+    /// the queue when that finds too few; `from_start` (every tick) rescans from the start,
+    /// so nothing is passed over for long.
     fn due_retries(&self, state: &mut SupervisorState, from_start: bool) -> Vec<DueEntry> {
-        let wanted = state.idle.len();
+        let wanted = self
+            .ctx
+            .delivery
+            .max_in_flight
+            .saturating_sub(state.work.retries());
         if wanted == 0 {
             return Vec::new();
         }
@@ -384,30 +479,8 @@ impl DeliverySupervisor {
         }
     }
 
-    /// Gives `entry` to an idle worker (there is one).
-    fn hand_out(&self, state: &mut SupervisorState, entry: DueEntry) {
-        let Some(worker) = state.idle.pop() else {
-            return;
-        };
-        state.busy.insert(entry.record_key.clone());
-        if worker.cast(WorkerMsg::Run(entry.clone())).is_ok() {
-            self.ctx
-                .delivery
-                .metrics
-                .in_flight
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            state
-                .running
-                .insert(worker.get_id(), (worker, entry, Instant::now()));
-        } else {
-            state.busy.remove(&entry.record_key);
-            if entry.due_key().is_none() {
-                state.first_attempts.push_front(entry);
-            }
-        }
-    }
-
-    /// Records a failed attempt for work whose worker died or hung.
+    /// Records a failed attempt for the attempt of a worker that died or hung, and starts
+    /// a replacement.
     async fn worker_lost(
         &self,
         myself: &ActorRef<DeliveryMsg>,
@@ -415,12 +488,17 @@ impl DeliverySupervisor {
         worker: ActorId,
         why: &str,
     ) {
-        if let Some((_, due, started)) = state.running.remove(&worker) {
+        let Some(lost) = state.workers.remove(&worker) else {
+            return;
+        };
+        state.idle.retain(|id| *id != worker);
+        let attempt = lock_slot(&lost.slot).take();
+        if let Some((due, started)) = attempt {
             self.ctx
                 .delivery
                 .metrics
                 .in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                .fetch_sub(1, Ordering::Relaxed);
             let attempt = Attempt {
                 at_us: now_us().saturating_sub(started.elapsed().as_micros() as u64),
                 status: None,
@@ -430,10 +508,14 @@ impl DeliverySupervisor {
             let attempts_made = usize::from(due.attempts) + 1;
             let (outcome, counted) = failure(&self.ctx, due, attempt, attempts_made);
             self.ctx.delivery.metrics.count(counted, 1);
-            self.record(state, outcome);
+            state.work.record(outcome);
         }
-        match self.spawn_worker(myself).await {
-            Ok(w) => state.idle.push(w),
+        match self.spawn_worker(myself, &state.work).await {
+            Ok((id, w)) => {
+                state.workers.insert(id, w);
+                state.idle.push(id);
+                self.wake_idle(state);
+            }
             Err(e) => tracing::error!(error = %e, "cannot replace a delivery worker"),
         }
     }
@@ -505,13 +587,17 @@ impl Actor for DeliverySupervisor {
         myself: ActorRef<Self::Msg>,
         _: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut idle = Vec::with_capacity(self.ctx.delivery.max_in_flight);
+        let (writer, outcomes) = mpsc::unbounded_channel();
+        let work = Arc::new(WorkQueue::new(writer));
+        let mut workers = HashMap::with_capacity(self.ctx.delivery.max_in_flight);
         for _ in 0..self.ctx.delivery.max_in_flight {
-            idle.push(self.spawn_worker(&myself).await?);
+            let (id, worker) = self.spawn_worker(&myself, &work).await?;
+            workers.insert(id, worker);
         }
         let (due, unattempted) = self.ctx.store.due_counts()?;
-        // Deliveries whose first attempt was not recorded before the node stopped.
-        let first_attempts = VecDeque::from(self.ctx.store.resume_first_attempts()?);
+        // Deliveries whose first attempt was not recorded before the node stopped; the
+        // first tick queues them.
+        let first_attempts = self.ctx.store.resume_first_attempts()?;
         let (due, unattempted) = (
             due + first_attempts.len(),
             unattempted + first_attempts.len(),
@@ -526,15 +612,14 @@ impl Actor for DeliverySupervisor {
             .unattempted
             .store(unattempted as i64, std::sync::atomic::Ordering::Relaxed);
         myself.send_interval(TICK, || DeliveryMsg::Tick);
-        let (writer, outcomes) = mpsc::unbounded_channel();
+        let _ = myself.cast(DeliveryMsg::Accepted(first_attempts));
         let writer_task = tokio::spawn(write_outcomes(self.ctx.clone(), outcomes, myself));
         Ok(SupervisorState {
-            idle,
-            running: HashMap::new(),
-            first_attempts,
+            idle: workers.keys().copied().collect(),
+            workers,
+            work,
             busy: HashSet::new(),
             scan_from: None,
-            writer: Some(writer),
             writer_task: Some(writer_task),
             last_sweep: Instant::now(),
             last_prune: Instant::now(),
@@ -549,26 +634,32 @@ impl Actor for DeliverySupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             DeliveryMsg::Wake => self.dispatch(state, false),
-            DeliveryMsg::Accepted(entries) => {
-                state.first_attempts.extend(entries);
-                self.dispatch(state, false);
-            }
+            DeliveryMsg::Accepted(entries) => self.enqueue(state, Vec::new(), entries),
             DeliveryMsg::Tick => {
                 let deadline = self.ctx.delivery.attempt_timeout + STUCK_GRACE;
                 let stuck: Vec<ActorId> = state
-                    .running
+                    .workers
                     .iter()
-                    .filter(|(_, (_, _, started))| started.elapsed() > deadline)
+                    .filter(|(_, w)| {
+                        lock_slot(&w.slot)
+                            .as_ref()
+                            .is_some_and(|(_, started)| started.elapsed() > deadline)
+                    })
                     .map(|(id, _)| *id)
                     .collect();
                 for id in stuck {
-                    if let Some((worker, _, _)) = state.running.get(&id) {
+                    if let Some(worker) = state.workers.get(&id) {
                         tracing::warn!("a delivery attempt is stuck; stopping its worker");
-                        worker.unlink(myself.get_cell());
-                        worker.kill();
+                        worker.actor.unlink(myself.get_cell());
+                        worker.actor.kill();
                     }
-                    self.worker_lost(&myself, state, id, "attempt stuck past its deadline")
-                        .await;
+                    Box::pin(self.worker_lost(
+                        &myself,
+                        state,
+                        id,
+                        "attempt stuck past its deadline",
+                    ))
+                    .await;
                 }
                 self.dispatch(state, true);
                 self.maybe_sweep(state);
@@ -582,32 +673,23 @@ impl Actor for DeliverySupervisor {
                 for k in &keys {
                     state.busy.remove(k);
                 }
-                state.first_attempts.extend(again);
+                self.enqueue(state, Vec::new(), again);
                 self.ctx
                     .delivery
                     .metrics
                     .due
                     .fetch_sub(finished as i64, std::sync::atomic::Ordering::Relaxed);
             }
-            DeliveryMsg::Done {
-                worker,
-                outcome,
-                counted,
-            } => {
-                if let Some((w, _, _)) = state.running.remove(&worker) {
-                    self.ctx
-                        .delivery
-                        .metrics
-                        .in_flight
-                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                    state.idle.push(w);
-                    self.ctx.delivery.metrics.count(counted, 1);
-                    self.record(state, outcome);
+            DeliveryMsg::Idle(worker) => {
+                if state.workers.contains_key(&worker) {
+                    state.idle.push(worker);
                 }
-                // Refill in bulk: each dispatch scans past the keys in flight.
+                // Refill in bulk: each scan of the due queue walks past the keys in flight.
                 let refill = (self.ctx.delivery.max_in_flight / 8).max(1);
                 if state.idle.len() >= refill {
                     self.dispatch(state, false);
+                } else {
+                    self.wake_idle(state);
                 }
             }
         }
@@ -623,14 +705,12 @@ impl Actor for DeliverySupervisor {
         match event {
             SupervisionEvent::ActorFailed(cell, error) => {
                 tracing::error!(%error, "a delivery worker failed");
-                self.worker_lost(&myself, state, cell.get_id(), "attempt crashed")
-                    .await;
+                Box::pin(self.worker_lost(&myself, state, cell.get_id(), "attempt crashed")).await;
             }
             SupervisionEvent::ActorTerminated(cell, _, _)
-                if state.running.contains_key(&cell.get_id()) =>
+                if state.workers.contains_key(&cell.get_id()) =>
             {
-                self.worker_lost(&myself, state, cell.get_id(), "attempt stopped")
-                    .await;
+                Box::pin(self.worker_lost(&myself, state, cell.get_id(), "attempt stopped")).await;
             }
             _ => {}
         }
@@ -642,8 +722,9 @@ impl Actor for DeliverySupervisor {
         _: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // The node is stopping: let the writer write and flush what is left.
-        state.writer = None;
+        // The node is stopping: workers take no more attempts, and the writer writes and
+        // flushes what is left.
+        state.work.stop();
         if let Some(task) = state.writer_task.take() {
             task.await?;
         }
@@ -723,13 +804,34 @@ async fn write_outcomes(
     }
 }
 
-/// A worker: makes one attempt at a time.
+/// A worker: makes one attempt at a time, taking them from the queue until it is empty.
 pub struct DeliveryWorker {
     ctx: Arc<NodeContext>,
     supervisor: ActorRef<DeliveryMsg>,
+    work: Arc<WorkQueue>,
+    slot: Slot,
 }
 
 impl DeliveryWorker {
+    /// Makes queued attempts until the queue is empty (or the node stops).
+    async fn drain(&self) {
+        let metrics = &self.ctx.delivery.metrics;
+        while let Some(due) = self.work.take() {
+            // No await between taking the attempt and showing it: a worker that dies
+            // always leaves it in its slot.
+            *lock_slot(&self.slot) = Some((due.clone(), Instant::now()));
+            metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+            let (outcome, counted) = self.run(due).await;
+            // Taken already: the supervisor gave up on this attempt and recorded it.
+            if lock_slot(&self.slot).take().is_none() {
+                continue;
+            }
+            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            metrics.count(counted, 1);
+            self.work.record(outcome);
+        }
+    }
+
     /// Resolves the delivery's current target and makes the attempt.
     async fn run(&self, due: DueEntry) -> (Outcome, Counted) {
         let ctx = &self.ctx;
@@ -770,9 +872,8 @@ impl DeliveryWorker {
             timestamp: (at_us / 1_000_000) as i64,
         };
         // The client bounds the exchange by `attempt_timeout`, and the supervisor stops a
-        // worker stuck past it. Boxed: the exchange is a large future, and the worker's
-        // message future (which ractor moves for every message) would otherwise hold it.
-        let attempt = Box::pin(attempt::send(&ctx.client, request, at_us)).await;
+        // worker stuck past it.
+        let attempt = attempt::send(&ctx.client, request, at_us).await;
         ctx.delivery.metrics.observe_attempt(attempt.duration_us);
         if attempt::succeeded(&attempt) {
             (
@@ -872,14 +973,85 @@ impl Actor for DeliveryWorker {
         message: Self::Msg,
         _: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let WorkerMsg::Run(due) = message;
-        let (outcome, counted) = self.run(due).await;
-        // The supervisor stopping means the node is stopping; the due entry stays queued.
-        let _ = self.supervisor.cast(DeliveryMsg::Done {
-            worker: myself.get_id(),
-            outcome,
-            counted,
-        });
+        let WorkerMsg::Drain = message;
+        // Boxed: ractor moves the message future for every message, and an attempt's
+        // future is large.
+        Box::pin(self.drain()).await;
+        // The supervisor stopping means the node is stopping: nothing left to report.
+        let _ = self.supervisor.cast(DeliveryMsg::Idle(myself.get_id()));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8, retry: bool) -> DueEntry {
+        DueEntry {
+            scheduled: if retry {
+                Scheduled::Queue(vec![n])
+            } else {
+                Scheduled::Batch {
+                    key: vec![n],
+                    registration_id: Uuid::nil(),
+                    subscriptions_read_at: None,
+                }
+            },
+            record_key: vec![n],
+            due_us: 0,
+            delivery_id: Uuid::nil(),
+            account_id: Uuid::nil(),
+            attempts: u16::from(retry),
+        }
+    }
+
+    fn outcome(due: DueEntry) -> Outcome {
+        Outcome {
+            due,
+            attempt: None,
+            state: DeliveryState::Cancelled,
+            next_due_us: None,
+            failed_count: FailedCountChange::Keep,
+        }
+    }
+
+    #[test]
+    fn the_queue_hands_out_retries_first_then_first_attempts_in_order() {
+        let (writer, _outcomes) = mpsc::unbounded_channel();
+        let work = WorkQueue::new(writer);
+        {
+            let mut q = work.queued();
+            q.first_attempts.extend([entry(1, false), entry(2, false)]);
+            q.retries.push_back(entry(3, true));
+        }
+        assert_eq!((work.len(), work.retries()), (3, 1));
+        let order: Vec<u8> = std::iter::from_fn(|| work.take())
+            .map(|e| e.record_key[0])
+            .collect();
+        assert_eq!(order, [3, 1, 2]);
+        assert_eq!(work.len(), 0);
+    }
+
+    #[test]
+    fn a_stopped_queue_hands_out_nothing_and_closes_the_writer() {
+        let (writer, mut outcomes) = mpsc::unbounded_channel();
+        let work = WorkQueue::new(writer);
+        work.queued().first_attempts.push_back(entry(1, false));
+        assert!(work.record(outcome(entry(2, false))));
+        work.stop();
+        assert!(
+            work.take().is_none(),
+            "queued attempts wait for the next start"
+        );
+        assert!(!work.record(outcome(entry(3, false))));
+        assert_eq!(outcomes.try_recv().map(|o| o.due.record_key), Ok(vec![2]));
+        assert!(
+            matches!(
+                outcomes.try_recv(),
+                Err(mpsc::error::TryRecvError::Disconnected)
+            ),
+            "the writer sees its input end"
+        );
     }
 }
