@@ -1,6 +1,5 @@
 //! Assembling a node from its configuration, and the daemon's life cycle.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -91,7 +90,7 @@ pub fn build_node(config: &Config, store: Store) -> Result<Node, DaemonError> {
             retention: Duration::from_secs_f64(config.delivery.log_retention_hours * 3600.0),
             sweep_interval: Duration::from_secs_f64(config.delivery.sweep_interval_secs),
             metrics: DeliveryMetrics::default(),
-            bodies: Mutex::new(HashMap::new()),
+            bodies: Mutex::default(),
             handoff_wake: tokio::sync::Notify::new(),
             unattempted: std::sync::atomic::AtomicI64::new(0),
             drained: tokio::sync::Notify::new(),

@@ -15,7 +15,9 @@
 //! panicking worker is reported to the supervisor, which records that attempt as failed and
 //! starts a replacement; a worker stuck past its deadline is killed the same way.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@
 //! refused addresses (hostnames), by a check of literal addresses before sending, and on
 //! every redirect hop.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

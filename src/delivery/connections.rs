@@ -11,7 +11,7 @@
 //! that closed it meanwhile is seen then (its end of stream is already registered), and the
 //! delivery takes another or opens a fresh one.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;

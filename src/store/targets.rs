@@ -6,7 +6,7 @@
 //! account. A generation number closes the race where a reader fetched the record just
 //! before a write and would otherwise cache the old pair after the write dropped it.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
