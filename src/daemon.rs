@@ -94,9 +94,7 @@ pub fn build_node(config: &Config, store: Store) -> Result<Node, DaemonError> {
             handoff_wake: tokio::sync::Notify::new(),
             unattempted: std::sync::atomic::AtomicI64::new(0),
             drained: tokio::sync::Notify::new(),
-            fanout_steps: Arc::new(tokio::sync::Semaphore::new(
-                crate::actors::CONCURRENT_FANOUT_STEPS,
-            )),
+            fanout_steps: Default::default(),
         },
     };
     Ok(Node::new(Arc::new(ctx)))

@@ -83,8 +83,8 @@ pub struct DeliveryContext {
     pub unattempted: AtomicI64,
     /// Wakes fan-outs waiting for the backlog to drain (after outcomes).
     pub drained: tokio::sync::Notify,
-    /// Permits for fan-out steps (see `fanout::CONCURRENT_STEPS`).
-    pub fanout_steps: Arc<tokio::sync::Semaphore>,
+    /// Fan-out steps waiting to be written.
+    pub fanout_steps: super::fanout::StepQueue,
 }
 
 impl DeliveryContext {

@@ -6,17 +6,21 @@
 //! memory stays bounded by one batch whatever the number of subscribers.
 //!
 //! The first step is small, so the first deliveries go out at once, and is written with
-//! the trigger itself when the backlog allows (see [`PreparedStep`]). Later steps run on
-//! the blocking pool (a step is a few milliseconds of sled work that would otherwise hold
-//! an async worker away from the delivery engine), and a fan-out waits while the node's
-//! deliveries not attempted yet are above a backlog limit: writing deliveries far ahead of
-//! the engine only costs memory and slows the engine's own writes.
+//! the trigger itself when the backlog allows (see [`PreparedStep`]). Later steps queue in
+//! the node's [`StepQueue`]: step runners on the blocking pool (a step is a few
+//! milliseconds of sled work that would otherwise hold an async worker away from the
+//! delivery engine) write the steps of several fan-outs in one batch, since each batch
+//! costs a log write and many small registrations triggered together made those the
+//! largest storage cost. A fan-out waits while the node's deliveries not attempted yet are
+//! above a backlog limit: writing deliveries far ahead of the engine only costs memory and
+//! slows the engine's own writes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::delivery::{accepted, judge, skipped};
@@ -33,11 +37,11 @@ pub const FIRST_BATCH: usize = 100;
 const FANOUT_BATCH: usize = 1000;
 /// Pending deliveries per delivery worker above which fan-outs wait.
 const BACKLOG_PER_WORKER: usize = 32;
-/// Fan-out steps running at once on the node, whatever the number of fan-outs: a step is
-/// CPU-bound storage work, and one blocking thread per concurrent trigger (hundreds, when
-/// many registrations are triggered together) cost hundreds of MB of stacks and allocator
+/// Step runners at once on the node, whatever the number of fan-outs: a step is CPU-bound
+/// storage work, and one blocking thread per concurrent trigger (hundreds, when many
+/// registrations are triggered together) cost hundreds of MB of stacks and allocator
 /// caches for no extra speed.
-pub const CONCURRENT_STEPS: usize = 2;
+const STEP_RUNNERS: usize = 2;
 /// Pause before retrying a step that failed (storage trouble).
 const STEP_RETRY: Duration = Duration::from_secs(1);
 
@@ -47,30 +51,164 @@ pub async fn run_fanout(ctx: Arc<NodeContext>, registration: Uuid, triggered: Uu
     let mut batch = if started { FANOUT_BATCH } else { FIRST_BATCH };
     loop {
         wait_for_backlog(&ctx).await;
-        let Ok(permit) = ctx.delivery.fanout_steps.clone().acquire_owned().await else {
-            return; // closed: the node is stopping; the cursor resumes it at the next start
+        let (done, step) = oneshot::channel();
+        let request = StepRequest {
+            registration,
+            triggered,
+            batch,
+            done,
         };
-        let step_ctx = ctx.clone();
-        let step = tokio::task::spawn_blocking(move || {
-            let result = fanout_step(&step_ctx, &registration, &triggered, batch);
-            drop(permit);
-            result
-        })
-        .await;
-        match step {
+        if ctx.delivery.fanout_steps.push(request) {
+            let runner_ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || run_steps(&runner_ctx));
+        }
+        match step.await {
             Ok(Ok(true)) => batch = FANOUT_BATCH,
             Ok(Ok(false)) => return,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, %triggered, "fan-out step failed; retrying");
-                tokio::time::sleep(STEP_RETRY).await;
+            // Failed (logged by the runner) or the runner crashed: a step's writes are one
+            // batch, so nothing was written; retry it.
+            Ok(Err(())) | Err(_) => tokio::time::sleep(STEP_RETRY).await,
+        }
+    }
+}
+
+/// A fan-out waiting for its next step.
+struct StepRequest {
+    registration: Uuid,
+    triggered: Uuid,
+    batch: usize,
+    /// True when more subscriptions remain; `Err` when the step failed.
+    done: oneshot::Sender<Result<bool, ()>>,
+}
+
+/// The fan-out steps waiting to be written, and how many runners write them.
+#[derive(Default)]
+pub struct StepQueue {
+    inner: Mutex<Steps>,
+}
+
+#[derive(Default)]
+struct Steps {
+    waiting: VecDeque<StepRequest>,
+    runners: usize,
+}
+
+impl StepQueue {
+    fn steps(&self) -> std::sync::MutexGuard<'_, Steps> {
+        // Plain queue operations cannot leave the lock's content inconsistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a step; true when the caller must start a runner for it.
+    fn push(&self, request: StepRequest) -> bool {
+        let mut steps = self.steps();
+        steps.waiting.push_back(request);
+        let start = steps.runners < STEP_RUNNERS;
+        if start {
+            steps.runners += 1;
+        }
+        start
+    }
+
+    /// The next steps to write together: at least one, and further ones while their
+    /// batches add up to at most [`FANOUT_BATCH`] subscriptions. Empty when none wait, and
+    /// the runner asking then counts as gone.
+    fn next(&self) -> Vec<StepRequest> {
+        let mut steps = self.steps();
+        let mut taken: Vec<StepRequest> = Vec::new();
+        let mut size = 0;
+        while let Some(next) = steps.waiting.front() {
+            if !taken.is_empty() && size + next.batch > FANOUT_BATCH {
+                break;
             }
-            // The step panicked: nothing was written (one transaction), so retry it.
+            size += next.batch;
+            taken.extend(steps.waiting.pop_front());
+        }
+        if taken.is_empty() {
+            steps.runners -= 1;
+        }
+        taken
+    }
+}
+
+/// Counts a runner out if it panics, so that later steps start another.
+struct RunnerGuard<'a>(&'a StepQueue, bool);
+
+impl Drop for RunnerGuard<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.steps().runners -= 1;
+        }
+    }
+}
+
+/// A step runner: writes queued steps, several fan-outs' in one batch, until none wait.
+fn run_steps(ctx: &NodeContext) {
+    let queue = &ctx.delivery.fanout_steps;
+    let mut guard = RunnerGuard(queue, true);
+    loop {
+        let requests = queue.next();
+        if requests.is_empty() {
+            guard.1 = false;
+            return;
+        }
+        write_steps(ctx, requests);
+    }
+}
+
+/// Reads and prepares each requested step, writes them all in one batch and answers each.
+fn write_steps(ctx: &NodeContext, requests: Vec<StepRequest>) {
+    let mut ready = Vec::with_capacity(requests.len());
+    for request in requests {
+        match prepare(ctx, &request) {
+            Ok(Some(step)) => ready.push((request, step)),
+            // The fan-out is complete (its cursor is gone).
+            Ok(None) => {
+                let _ = request.done.send(Ok(false));
+            }
             Err(e) => {
-                tracing::error!(error = %e, %triggered, "fan-out step crashed; retrying");
-                tokio::time::sleep(STEP_RETRY).await;
+                tracing::error!(error = %e, triggered = %request.triggered, "fan-out step failed; retrying");
+                let _ = request.done.send(Err(()));
             }
         }
     }
+    if ready.is_empty() {
+        return;
+    }
+    let (requests, steps): (Vec<StepRequest>, Vec<PreparedStep>) = ready.into_iter().unzip();
+    let (writes, outcomes): (Vec<PreparedDeliveries>, Vec<StepOutcome>) = steps
+        .into_iter()
+        .map(|step| (step.deliveries, step.outcome))
+        .unzip();
+    match ctx.store.apply_prepared_together(writes) {
+        Ok(entries) => {
+            for ((request, outcome), entries) in requests.into_iter().zip(outcomes).zip(entries) {
+                let more = outcome.written(ctx, entries);
+                let _ = request.done.send(Ok(more));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, steps = requests.len(), "writing fan-out steps failed; retrying");
+            for request in requests {
+                let _ = request.done.send(Err(()));
+            }
+        }
+    }
+}
+
+/// The requested step read and prepared; `None` when the fan-out is complete.
+fn prepare(ctx: &NodeContext, request: &StepRequest) -> Result<Option<PreparedStep>, ServiceError> {
+    let Some(cursor) = ctx.store.fanout(&request.triggered)? else {
+        return Ok(None);
+    };
+    PreparedStep::read(
+        ctx,
+        &request.registration,
+        &request.triggered,
+        cursor.after,
+        request.batch,
+    )
+    .map(Some)
 }
 
 /// True while the node's deliveries not attempted yet are within the backlog limit (those
@@ -92,21 +230,6 @@ async fn wait_for_backlog(ctx: &NodeContext) {
             () = tokio::time::sleep(STEP_RETRY) => {}
         }
     }
-}
-
-/// Hands the next batch of subscribers to delivery; true when more remain.
-fn fanout_step(
-    ctx: &NodeContext,
-    registration: &Uuid,
-    triggered: &Uuid,
-    batch_size: usize,
-) -> Result<bool, ServiceError> {
-    let Some(cursor) = ctx.store.fanout(triggered)? else {
-        return Ok(false);
-    };
-    let step = PreparedStep::read(ctx, registration, triggered, cursor.after, batch_size)?;
-    let entries = ctx.store.apply_prepared(step.deliveries)?;
-    Ok(step.outcome.written(ctx, entries))
 }
 
 /// A fan-out step read and judged, its writes prepared: applied on their own by a step
@@ -181,5 +304,69 @@ impl StepOutcome {
             ctx.delivery.handoff_wake.notify_waiters();
         }
         !self.finished
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(batch: usize) -> (StepRequest, oneshot::Receiver<Result<bool, ()>>) {
+        let (done, answer) = oneshot::channel();
+        let request = StepRequest {
+            registration: Uuid::nil(),
+            triggered: Uuid::new_v4(),
+            batch,
+            done,
+        };
+        (request, answer)
+    }
+
+    #[test]
+    fn steps_are_written_together_up_to_one_full_batch_by_at_most_two_runners() {
+        let queue = StepQueue::default();
+        let mut answers = Vec::new();
+        let mut started = 0;
+        for size in [FIRST_BATCH; 12]
+            .into_iter()
+            .chain([FANOUT_BATCH, FIRST_BATCH])
+        {
+            let (r, a) = request(size);
+            answers.push(a);
+            started += usize::from(queue.push(r));
+        }
+        assert_eq!(
+            started, STEP_RUNNERS,
+            "later steps wait for the running runners"
+        );
+        let sizes = |steps: Vec<StepRequest>| steps.iter().map(|s| s.batch).collect::<Vec<_>>();
+        assert_eq!(sizes(queue.next()), [FIRST_BATCH; 10]);
+        assert_eq!(sizes(queue.next()), [FIRST_BATCH; 2]);
+        // A full batch goes alone, even when it exceeds what is left of the limit.
+        assert_eq!(sizes(queue.next()), [FANOUT_BATCH]);
+        assert_eq!(sizes(queue.next()), [FIRST_BATCH]);
+        assert!(queue.next().is_empty());
+        assert_eq!(
+            queue.steps().runners,
+            STEP_RUNNERS - 1,
+            "an idle runner counts out"
+        );
+        assert!(queue.next().is_empty());
+        assert_eq!(queue.steps().runners, 0);
+        let (r, _a) = request(FIRST_BATCH);
+        assert!(queue.push(r), "a step with no runner left starts one");
+    }
+
+    #[test]
+    fn a_runner_that_panics_counts_out() {
+        let queue = StepQueue::default();
+        let (r, _a) = request(FIRST_BATCH);
+        assert!(queue.push(r));
+        let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = RunnerGuard(&queue, true);
+            panic!("a step crashed");
+        }));
+        assert!(crashed.is_err());
+        assert_eq!(queue.steps().runners, 0);
     }
 }

@@ -21,7 +21,6 @@ pub use delivery::{
     accept_remote_batch, run_handoff, DeliveryContext, DeliveryMsg, DeliverySupervisor,
 };
 pub use directory::Directory;
-pub use fanout::CONCURRENT_STEPS as CONCURRENT_FANOUT_STEPS;
 pub use registration::{RegistrationActor, RegistrationMsg};
 
 use crate::cluster::Cluster;

@@ -173,7 +173,9 @@ pub struct FanoutStep {
 /// Deliveries prepared for writing ([`Store::prepare_step`]): the writes, and the first
 /// attempts they create once written.
 pub struct PreparedDeliveries {
-    batch: sled::Batch,
+    /// Keys to write (`Some`) or remove (`None`) in the `deliveries` tree: kept as a list
+    /// so that several steps' writes can go into one batch.
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// The pending-batch row's key, when deliveries are created.
     key: Option<Vec<u8>>,
     entries: Vec<DueEntry>,
@@ -181,8 +183,19 @@ pub struct PreparedDeliveries {
 
 impl PreparedDeliveries {
     /// The writes, for a transaction that includes them.
-    pub(super) fn batch(&self) -> &sled::Batch {
-        &self.batch
+    pub(super) fn batch(&self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        self.add_to(&mut batch);
+        batch
+    }
+
+    fn add_to(&self, batch: &mut sled::Batch) {
+        for (key, value) in &self.writes {
+            match value {
+                Some(v) => batch.insert(key.as_slice(), v.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
     }
 }
 
@@ -522,8 +535,25 @@ impl Store {
 
     /// Writes prepared deliveries in one atomic batch; returns their first attempts.
     pub fn apply_prepared(&self, prepared: PreparedDeliveries) -> Result<Vec<DueEntry>> {
-        self.t().deliveries.apply_batch(prepared.batch)?;
+        self.t().deliveries.apply_batch(prepared.batch())?;
         Ok(self.opened(prepared.key, prepared.entries))
+    }
+
+    /// Writes several fan-out steps' prepared deliveries in one atomic batch (one log
+    /// write instead of one each); returns each one's first attempts, in order.
+    pub fn apply_prepared_together(
+        &self,
+        prepared: Vec<PreparedDeliveries>,
+    ) -> Result<Vec<Vec<DueEntry>>> {
+        let mut batch = sled::Batch::default();
+        for p in &prepared {
+            p.add_to(&mut batch);
+        }
+        self.t().deliveries.apply_batch(batch)?;
+        Ok(prepared
+            .into_iter()
+            .map(|p| self.opened(p.key, p.entries))
+            .collect())
     }
 
     /// The first attempts of deliveries written with their trigger.
@@ -556,7 +586,7 @@ impl Store {
             Some(key) if !fresh => deliveries.contains_key(key)? || self.has_settled(key)?,
             _ => false,
         };
-        let mut batch = sled::Batch::default();
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let mut pending = PendingBatch {
             registration_id: *registration,
             queued_us: now_us,
@@ -579,7 +609,7 @@ impl Store {
                     next_attempt_us: None,
                     finished_us: Some(now_us),
                 };
-                batch.insert(item.record_key(triggered), encode_compact(&delivery)?);
+                writes.push((item.record_key(triggered), Some(encode_compact(&delivery)?)));
             } else {
                 pending.items.push(item.clone());
             }
@@ -587,7 +617,7 @@ impl Store {
         let read_at = step.map(|s| s.subscriptions_read_at);
         let entries = match &key {
             Some(key) if !pending.items.is_empty() => {
-                batch.insert(key.as_slice(), encode_compact(&pending)?);
+                writes.push((key.clone(), Some(encode_compact(&pending)?)));
                 pending
                     .items
                     .iter()
@@ -602,20 +632,20 @@ impl Store {
                 key.extend_from_slice(triggered.as_bytes());
                 key.extend_from_slice(&now_us.to_be_bytes());
                 key.extend_from_slice(&(i as u32).to_be_bytes());
-                batch.insert(key, encode_compact(items)?);
+                writes.push((key, Some(encode_compact(items)?)));
             }
             if step.finished {
-                batch.remove(&cursor_key(triggered));
+                writes.push((cursor_key(triggered).to_vec(), None));
             } else {
                 let cursor = encode_compact(&FanoutCursor {
                     registration_id: *registration,
                     after: step.after.clone(),
                 })?;
-                batch.insert(&cursor_key(triggered), cursor);
+                writes.push((cursor_key(triggered).to_vec(), Some(cursor)));
             }
         }
         Ok(PreparedDeliveries {
-            batch,
+            writes,
             key,
             entries,
         })
@@ -1063,6 +1093,40 @@ mod tests {
         let plain = triggered(r);
         s.insert_triggered(&plain, None, None).unwrap();
         assert_eq!(s.fanout(&plain.id).unwrap().expect("a cursor").after, None);
+    }
+
+    #[test]
+    fn steps_of_several_fan_outs_are_written_in_one_batch() {
+        let (_d, s) = temp_store();
+        let r = Uuid::new_v4();
+        let (ending, going_on) = (triggered(r), triggered(r));
+        s.insert_triggered(&ending, None, None).unwrap();
+        s.insert_triggered(&going_on, None, None).unwrap();
+        let step = |finished| FanoutStep {
+            after: Some(b"k2".to_vec()),
+            finished,
+            handoffs: Vec::new(),
+            subscriptions_read_at: 0,
+        };
+        let items = vec![(item(1), false), (item(2), true)];
+        let prepared = vec![
+            s.prepare_step(&ending.id, &r, &items, 10, &step(true))
+                .unwrap(),
+            s.prepare_step(&going_on.id, &r, &items, 10, &step(false))
+                .unwrap(),
+        ];
+        let entries = s.apply_prepared_together(prepared).unwrap();
+        assert_eq!(
+            entries.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1, 1],
+            "each step's own first attempts, in order (the skipped one is not attempted)"
+        );
+        assert_eq!(entries[0][0].triggered_id(), ending.id);
+        assert_eq!(entries[1][0].triggered_id(), going_on.id);
+        assert!(s.fanout(&ending.id).unwrap().is_none());
+        let cursor = s.fanout(&going_on.id).unwrap().expect("a cursor");
+        assert_eq!(cursor.after.as_deref(), Some(&b"k2"[..]));
+        assert_eq!(s.resume_first_attempts().unwrap().len(), 2);
     }
 
     #[test]

@@ -33,6 +33,7 @@ impl Store {
             registration_id: tr.registration_id,
             after: None,
         })?;
+        let first_batch = first_step.map(PreparedDeliveries::batch);
         let mut remembered = tr.epoch_us.to_be_bytes().to_vec();
         remembered.extend_from_slice(tr.id.as_bytes());
         (
@@ -44,8 +45,8 @@ impl Store {
             .transaction(|(records, by_epoch, deliveries, idem)| {
                 records.insert(tr.id.as_bytes(), record.as_slice())?;
                 by_epoch.insert(&epoch_key(tr.epoch_us, &tr.id), &[])?;
-                match first_step {
-                    Some(step) => deliveries.apply_batch(step.batch())?,
+                match &first_batch {
+                    Some(batch) => deliveries.apply_batch(batch)?,
                     None => {
                         deliveries.insert(cursor_key(&tr.id).as_slice(), cursor.as_slice())?;
                     }
