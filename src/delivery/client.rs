@@ -9,11 +9,11 @@
 //! refused addresses (hostnames), by a check of literal addresses before sending, and on
 //! every redirect hop.
 
-use foldhash::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use foldhash::HashMap;
 use http_body_util::Full;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};

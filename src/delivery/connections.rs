@@ -11,7 +11,6 @@
 //! that closed it meanwhile is seen then (its end of stream is already registered), and the
 //! delivery takes another or opens a fresh one.
 
-use foldhash::HashMap;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -20,6 +19,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use foldhash::HashMap;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;

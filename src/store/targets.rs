@@ -6,9 +6,9 @@
 //! account. A generation number closes the race where a reader fetched the record just
 //! before a write and would otherwise cache the old pair after the write dropped it.
 
-use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 
+use foldhash::HashMap;
 use uuid::Uuid;
 
 use super::{Result, Store};
