@@ -511,7 +511,9 @@ impl DeliverySupervisor {
             self.ctx.delivery.metrics.count(counted, 1);
             state.work.record(outcome);
         }
-        match self.spawn_worker(myself, &state.work).await {
+        // Boxed: spawning is a large future, and the supervisor's message futures, which
+        // ractor moves for every message, would otherwise all be that large.
+        match Box::pin(self.spawn_worker(myself, &state.work)).await {
             Ok((id, w)) => {
                 state.workers.insert(id, w);
                 state.idle.push(id);
@@ -551,6 +553,17 @@ impl DeliverySupervisor {
                 (Err(e), _) | (_, Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
             }
         });
+    }
+}
+
+/// The outcome of a delivery whose subscription, subscriber or trigger is gone.
+fn cancelled(due: DueEntry) -> Outcome {
+    Outcome {
+        due,
+        attempt: None,
+        state: DeliveryState::Cancelled,
+        next_due_us: None,
+        failed_count: FailedCountChange::Keep,
     }
 }
 
@@ -596,8 +609,8 @@ impl Actor for DeliverySupervisor {
             workers.insert(id, worker);
         }
         let (due, unattempted) = self.ctx.store.due_counts()?;
-        // Deliveries whose first attempt was not recorded before the node stopped; the
-        // first tick queues them.
+        // Deliveries whose first attempt was not recorded before the node stopped, queued
+        // as the first message.
         let first_attempts = self.ctx.store.resume_first_attempts()?;
         let (due, unattempted) = (
             due + first_attempts.len(),
@@ -654,13 +667,8 @@ impl Actor for DeliverySupervisor {
                         worker.actor.unlink(myself.get_cell());
                         worker.actor.kill();
                     }
-                    Box::pin(self.worker_lost(
-                        &myself,
-                        state,
-                        id,
-                        "attempt stuck past its deadline",
-                    ))
-                    .await;
+                    self.worker_lost(&myself, state, id, "attempt stuck past its deadline")
+                        .await;
                 }
                 self.dispatch(state, true);
                 self.maybe_sweep(state);
@@ -706,12 +714,14 @@ impl Actor for DeliverySupervisor {
         match event {
             SupervisionEvent::ActorFailed(cell, error) => {
                 tracing::error!(%error, "a delivery worker failed");
-                Box::pin(self.worker_lost(&myself, state, cell.get_id(), "attempt crashed")).await;
+                self.worker_lost(&myself, state, cell.get_id(), "attempt crashed")
+                    .await;
             }
             SupervisionEvent::ActorTerminated(cell, _, _)
                 if state.workers.contains_key(&cell.get_id()) =>
             {
-                Box::pin(self.worker_lost(&myself, state, cell.get_id(), "attempt stopped")).await;
+                self.worker_lost(&myself, state, cell.get_id(), "attempt stopped")
+                    .await;
             }
             _ => {}
         }
@@ -846,18 +856,7 @@ impl DeliveryWorker {
         );
         let (account, triggered) = match target {
             (Ok(true), Ok(Some(account)), Ok(Some(triggered))) => (account, triggered),
-            (Ok(_), Ok(_), Ok(_)) => {
-                return (
-                    Outcome {
-                        due,
-                        attempt: None,
-                        state: DeliveryState::Cancelled,
-                        next_due_us: None,
-                        failed_count: FailedCountChange::Keep,
-                    },
-                    Counted::Cancelled,
-                )
-            }
+            (Ok(_), Ok(_), Ok(_)) => return (cancelled(due), Counted::Cancelled),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 let attempt = internal_attempt(e.to_string());
                 return failure(ctx, due, attempt, attempts_made);
@@ -1007,16 +1006,6 @@ mod tests {
         }
     }
 
-    fn outcome(due: DueEntry) -> Outcome {
-        Outcome {
-            due,
-            attempt: None,
-            state: DeliveryState::Cancelled,
-            next_due_us: None,
-            failed_count: FailedCountChange::Keep,
-        }
-    }
-
     #[test]
     fn the_queue_hands_out_retries_first_then_first_attempts_in_order() {
         let (writer, _outcomes) = mpsc::unbounded_channel();
@@ -1039,13 +1028,13 @@ mod tests {
         let (writer, mut outcomes) = mpsc::unbounded_channel();
         let work = WorkQueue::new(writer);
         work.queued().first_attempts.push_back(entry(1, false));
-        assert!(work.record(outcome(entry(2, false))));
+        assert!(work.record(cancelled(entry(2, false))));
         work.stop();
         assert!(
             work.take().is_none(),
             "queued attempts wait for the next start"
         );
-        assert!(!work.record(outcome(entry(3, false))));
+        assert!(!work.record(cancelled(entry(3, false))));
         assert_eq!(outcomes.try_recv().map(|o| o.due.record_key), Ok(vec![2]));
         assert!(
             matches!(

@@ -131,13 +131,18 @@ impl StepQueue {
     }
 }
 
-/// Counts a runner out if it panics, so that later steps start another.
-struct RunnerGuard<'a>(&'a StepQueue, bool);
+/// Counts a runner out if it panics, so that later steps start another. Disarmed when the
+/// runner leaves normally: [`StepQueue::next`] counted it out under the queue's lock, so
+/// that no step is queued in between with no runner to write it.
+struct RunnerGuard<'a> {
+    queue: &'a StepQueue,
+    armed: bool,
+}
 
 impl Drop for RunnerGuard<'_> {
     fn drop(&mut self) {
-        if self.1 {
-            self.0.steps().runners -= 1;
+        if self.armed {
+            self.queue.steps().runners -= 1;
         }
     }
 }
@@ -145,11 +150,11 @@ impl Drop for RunnerGuard<'_> {
 /// A step runner: writes queued steps, several fan-outs' in one batch, until none wait.
 fn run_steps(ctx: &NodeContext) {
     let queue = &ctx.delivery.fanout_steps;
-    let mut guard = RunnerGuard(queue, true);
+    let mut guard = RunnerGuard { queue, armed: true };
     loop {
         let requests = queue.next();
         if requests.is_empty() {
-            guard.1 = false;
+            guard.armed = false;
             return;
         }
         write_steps(ctx, requests);
@@ -232,9 +237,9 @@ async fn wait_for_backlog(ctx: &NodeContext) {
     }
 }
 
-/// A fan-out step read and judged, its writes prepared: applied on their own by a step
-/// of [`run_fanout`], or for the first step of a small registration with its trigger (one
-/// commit instead of two, and no fan-out task at all).
+/// A fan-out step read and judged, its writes prepared: applied with other fan-outs'
+/// steps by a step runner, or for the first step of a small registration with its trigger
+/// (one commit instead of two, and no fan-out task at all).
 pub struct PreparedStep {
     /// The writes.
     pub deliveries: PreparedDeliveries,
@@ -363,7 +368,10 @@ mod tests {
         let (r, _a) = request(FIRST_BATCH);
         assert!(queue.push(r));
         let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _guard = RunnerGuard(&queue, true);
+            let _guard = RunnerGuard {
+                queue: &queue,
+                armed: true,
+            };
             panic!("a step crashed");
         }));
         assert!(crashed.is_err());

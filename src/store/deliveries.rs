@@ -520,8 +520,8 @@ impl Store {
 
     /// Prepares a fan-out step's writes: its deliveries (as [`Self::accept_handed_over`]
     /// does, but blindly, since they cannot exist yet: the cursor moves with them), the
-    /// batches for other nodes, and the cursor's move. Written by
-    /// [`Self::apply_prepared`], or with the trigger by [`Self::insert_triggered`].
+    /// batches for other nodes, and the cursor's move. Written with other steps by
+    /// [`Self::apply_prepared_together`], or with the trigger by [`Self::insert_triggered`].
     pub fn prepare_step(
         &self,
         triggered: &Uuid,
@@ -535,8 +535,8 @@ impl Store {
 
     /// Writes prepared deliveries in one atomic batch; returns their first attempts.
     pub fn apply_prepared(&self, prepared: PreparedDeliveries) -> Result<Vec<DueEntry>> {
-        self.t().deliveries.apply_batch(prepared.batch())?;
-        Ok(self.opened(prepared.key, prepared.entries))
+        let written = self.apply_prepared_together(vec![prepared])?;
+        Ok(written.into_iter().flatten().collect())
     }
 
     /// Writes several fan-out steps' prepared deliveries in one atomic batch (one log
