@@ -6,15 +6,17 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::actors::{ActorSettings, DeliveryContext, DeliverySupervisor, Directory, NodeContext};
+use crate::api::{Api, App};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::crypto::AuthCache;
 use crate::delivery::metrics::DeliveryMetrics;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::{EndpointClient, EndpointPolicy};
+use crate::domain::{NewAccount, ServiceError};
 use crate::http::metrics::Metrics;
-use crate::http::{App, Limits};
-use crate::service::{NewAccount, Node, ServiceError};
+use crate::http::Limits;
+use crate::service::Node;
 use crate::store::{Store, StoreError};
 
 /// Usernames remembered by the verification cache at most.
@@ -139,7 +141,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(|e| ServiceError::Internal(format!("starting the delivery engine: {e}")))?;
     node.context().resume_fanouts()?;
-    node.context().cluster.start(node.clone()).await?;
+    node.context()
+        .cluster
+        .start()
+        .await
+        .map_err(ServiceError::Internal)?;
     for peer in 0..node.context().cluster.peers().len() {
         tokio::spawn(crate::actors::run_handoff(node.context().clone(), peer));
     }
@@ -147,12 +153,13 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         print_admin_keys(&admin);
     }
     let stop = stop_signal().await?;
+    let metrics = Arc::new(Metrics::default());
     let app = Arc::new(App {
         node,
-        metrics: Metrics::default(),
-        max_body: config.http.max_body_bytes,
+        metrics: metrics.clone(),
         max_event_data: config.security.max_event_data_bytes,
         node_id: config.cluster.node_id.clone(),
+        routes: crate::api::table(),
     });
     tracing::info!(%addr, node = %config.cluster.node_id, "webhookd listening");
     println!("listening on http://{addr}");
@@ -162,8 +169,18 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         keepalive_idle: Duration::from_secs_f64(config.http.keepalive_idle_secs),
         max_header_bytes: config.http.max_header_bytes,
         max_headers: config.http.max_headers,
+        max_body: config.http.max_body_bytes,
     };
-    crate::http::serve(listener, app, limits, stop, config.shutdown_grace()).await;
+    let api = Arc::new(Api(app));
+    crate::http::serve(
+        listener,
+        api,
+        metrics,
+        limits,
+        stop,
+        config.shutdown_grace(),
+    )
+    .await;
     // Outcomes buffered by the supervisor are written as it stops; attempts still running
     // keep their due entries and run again at the next start.
     if let Err(e) = supervisor

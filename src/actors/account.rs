@@ -11,10 +11,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use ractor_cluster::RactorMessage;
 use uuid::Uuid;
 
+use super::remote::DeleteSubscriptionsOf;
 use super::{now_us, NodeContext, RegistrationMsg};
-use crate::cluster::protocol::Command;
 use crate::crypto;
-use crate::service::{msg, ServiceError, WriteResult};
+use crate::domain::{msg, ServiceError, WriteResult};
 use crate::store::{Account, KeyKind, PendingKey, Registration};
 
 const HOUR_US: u64 = 3_600_000_000;
@@ -244,8 +244,8 @@ const CLEANUP_RETRY: Duration = Duration::from_secs(1);
 async fn remote_cleanup(ctx: &NodeContext, account: &Uuid) -> bool {
     let mut all = true;
     for peer in ctx.cluster.peers() {
-        let command = Command::DeleteSubscriptionsOf { account: *account };
-        if ctx.cluster.call(peer, &command).await.is_err() {
+        let command = DeleteSubscriptionsOf { account: *account };
+        if !matches!(ctx.cluster.call(peer, &command).await, Ok(Ok(_))) {
             all = false;
         }
     }

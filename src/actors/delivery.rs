@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use uuid::Uuid;
 
+use super::remote::{AcceptDeliveries, SubscriptionExists};
 use super::{now_us, NodeContext};
-use crate::cluster::protocol::{Answer, Command};
 use crate::delivery::attempt::{self, Request};
 use crate::delivery::connections::IDLE_TIMEOUT;
 use crate::delivery::metrics::{Counted, DeliveryMetrics};
@@ -218,14 +218,14 @@ pub async fn run_handoff(ctx: Arc<NodeContext>, peer_index: usize) {
                     }
                 },
             };
-            let command = Command::AcceptDeliveries {
+            let command = AcceptDeliveries {
                 triggered: trigger,
                 items,
             };
             let ctx = ctx.clone();
             calls.spawn(async move {
                 let handed = match ctx.cluster.peers().get(peer_index) {
-                    Some(peer) => ctx.cluster.call(peer, &command).await.is_ok(),
+                    Some(peer) => matches!(ctx.cluster.call(peer, &command).await, Ok(Ok(_))),
                     None => false,
                 };
                 (key, handed)
@@ -912,11 +912,8 @@ impl DeliveryWorker {
             None => self.ctx.store.subscription_exists(&subscription),
             Some(_) if due.attempts == 0 => Ok(true),
             Some(peer) => {
-                let ask = Command::SubscriptionExists { id: subscription };
-                Ok(!matches!(
-                    cluster.call(peer, &ask).await,
-                    Ok(Answer::Bool(false))
-                ))
+                let ask = SubscriptionExists { id: subscription };
+                Ok(!matches!(cluster.call(peer, &ask).await, Ok(Ok(false))))
             }
         }
     }

@@ -12,7 +12,7 @@ use ractor::rpc::CallResult;
 use ractor::{ActorId, ActorRef, Message, RpcReplyPort};
 use uuid::Uuid;
 
-use crate::service::ServiceError;
+use crate::domain::ServiceError;
 
 /// How often a call is retried when its actor stopped under it.
 const ATTEMPTS: usize = 3;

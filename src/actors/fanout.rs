@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::delivery::{accepted, judge, skipped};
 use super::{now_us, NodeContext};
-use crate::service::ServiceError;
+use crate::domain::ServiceError;
 use crate::store::{DueEntry, FanoutStep, NewDelivery, PreparedDeliveries};
 
 /// Subscriptions handed to delivery by a fan-out's first step. Small, so that the first

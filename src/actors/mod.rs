@@ -10,6 +10,7 @@ mod delivery;
 mod directory;
 mod fanout;
 mod registration;
+pub mod remote;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,7 @@ pub use registration::{RegistrationActor, RegistrationMsg};
 use crate::cluster::Cluster;
 use crate::crypto::AuthCache;
 use crate::delivery::EndpointClient;
-use crate::service::ServiceError;
+use crate::domain::ServiceError;
 use crate::store::Store;
 
 /// Settings the actors need from the configuration.

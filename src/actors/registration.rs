@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::fanout::{self, run_fanout, PreparedStep};
 use super::{now_us, NodeContext};
 use crate::delivery::pyjson::to_python_json;
-use crate::service::{msg, Caller, ServiceError, WriteResult};
+use crate::domain::access::{self, Access};
+use crate::domain::{msg, Caller, ServiceError, WriteResult};
 use crate::store::{SubscribeError, Subscription, Triggered};
 
 /// Reply of a registration operation.
@@ -97,13 +98,10 @@ impl RegistrationActor {
         description: Result<String, ServiceError>,
     ) -> Result<WriteResult, ServiceError> {
         let found = self.ctx.store.registration(&self.id)?;
-        let mut registration = match found {
-            Some(r) if caller.is_admin || r.account_id == caller.id => r,
-            None if caller.is_admin => {
-                description?;
-                return Ok(WriteResult::skipped());
-            }
-            _ => return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into())),
+        let access = access::modify(&caller, found.as_ref().map(|r| r.account_id))?;
+        let (Access::Granted, Some(mut registration)) = (access, found) else {
+            description?;
+            return Ok(WriteResult::skipped());
         };
         let description = description?;
         if registration.description == description {
@@ -116,16 +114,11 @@ impl RegistrationActor {
     }
 
     async fn delete(&self, caller: Option<Caller>) -> Result<WriteResult, ServiceError> {
-        let found = self.ctx.store.registration(&self.id)?;
-        let allowed = match (&caller, &found) {
-            (None, _) => true,
-            (Some(c), Some(r)) => c.is_admin || r.account_id == c.id,
-            // The original deletes through a filter: a missing id counts nothing, not skipped.
-            (Some(c), None) => c.is_admin,
-        };
-        if !allowed {
-            return Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()));
+        if let Some(caller) = &caller {
+            let found = self.ctx.store.registration(&self.id)?;
+            access::modify(caller, found.map(|r| r.account_id))?;
         }
+        // The original deletes through a filter: a missing id counts nothing, not skipped.
         let Some(registration) = self.ctx.store.begin_registration_delete(&self.id)? else {
             return Ok(WriteResult::deleted(0));
         };
@@ -173,17 +166,15 @@ impl RegistrationActor {
             .store
             .subscription(&subscription)?
             .filter(|s| s.registration_id == self.id);
-        match found {
-            Some(s) if caller.is_admin || s.account_id == caller.id => {
-                self.ctx
-                    .store
-                    .delete_subscriptions(std::slice::from_ref(&s))?;
-                self.ctx.store.flush().await?;
-                Ok(WriteResult::deleted(1))
-            }
-            None if caller.is_admin => Ok(WriteResult::skipped()),
-            _ => Err(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into())),
-        }
+        let access = access::modify(&caller, found.as_ref().map(|s| s.account_id))?;
+        let (Access::Granted, Some(s)) = (access, found) else {
+            return Ok(WriteResult::skipped());
+        };
+        self.ctx
+            .store
+            .delete_subscriptions(std::slice::from_ref(&s))?;
+        self.ctx.store.flush().await?;
+        Ok(WriteResult::deleted(1))
     }
 
     async fn trigger(
@@ -199,11 +190,7 @@ impl RegistrationActor {
             .ok_or(ServiceError::NotFound(
                 msg::NO_SUCH_REGISTRATION_TRIGGER.into(),
             ))?;
-        if registration.account_id != caller.id {
-            return Err(ServiceError::Unauthorized(
-                msg::NOT_REGISTRATION_OWNER.into(),
-            ));
-        }
+        access::trigger(&caller, registration.account_id)?;
         if let Some(key) = &idempotency_key {
             if let Some(first) = self.ctx.store.idempotent_trigger(&self.id, key, now_us())? {
                 return Ok((first, true));

@@ -3,11 +3,15 @@
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use super::{auth, auth_admin, ApiResult};
+use super::{ApiResult, Call};
 use crate::delivery::client::parse_endpoint;
 use crate::delivery::signing::standard_webhooks_secret;
-use crate::http::request::{invalid_field, parse_id, string_field, ApiRequest};
-use crate::http::{response, App};
+use crate::domain::{Caller, Credentials, WriteResult};
+use crate::http::request::{invalid_field, string_field};
+use crate::http::response;
+use crate::service::{
+    CreateAccount, DeleteAccount, DeleteLocalAccounts, GetAccount, Table, UpdateEndpoint,
+};
 use crate::store::records::epoch_secs;
 use crate::store::Account;
 
@@ -38,8 +42,8 @@ fn endpoint_field(body: &serde_json::Map<String, Value>) -> Result<String, crate
 }
 
 /// POST /v1/account — no auth; body → uniqueness → echo → 201 with the plaintext key.
-pub async fn create(mut req: ApiRequest, app: &App) -> ApiResult {
-    let body = req.json_object().await?;
+pub async fn create(mut c: Call) -> ApiResult {
+    let body = c.req.json_object().await?;
     let username = string_field(&body, "username")?;
     if username.is_empty()
         || username.chars().count() > MAX_USERNAME_CHARS
@@ -48,7 +52,7 @@ pub async fn create(mut req: ApiRequest, app: &App) -> ApiResult {
         return Err(invalid_field("username"));
     }
     let endpoint = endpoint_field(&body)?;
-    let created = app.node.create_account(username, endpoint).await?;
+    let created = c.app.node.ask(CreateAccount { username, endpoint }).await?;
     Ok(response::json(
         StatusCode::CREATED,
         &render(&created.account, Some(&created.api_key)),
@@ -56,38 +60,36 @@ pub async fn create(mut req: ApiRequest, app: &App) -> ApiResult {
 }
 
 /// GET /v1/account/<id> — the caller's own record only.
-pub async fn get(id: &str, req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    let account = app.node.get_account(&caller, parse_id(id)).await?;
+pub async fn get(c: Call, credentials: Credentials) -> ApiResult {
+    let id = c.id();
+    let account = c.app.node.ask(GetAccount { credentials, id }).await?;
     Ok(response::json(StatusCode::OK, &render(&account, None)))
 }
 
 /// PATCH /v1/account — change the caller's endpoint (echo-checked).
-pub async fn update(mut req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    let body = req.json_object().await?;
+pub async fn update(mut c: Call, caller: Caller) -> ApiResult {
+    let body = c.req.json_object().await?;
     let endpoint = endpoint_field(&body)?;
-    let result = app.node.update_endpoint(&caller, endpoint).await?;
+    let result = c.app.node.ask(UpdateEndpoint { caller, endpoint }).await?;
     Ok(response::json(StatusCode::OK, &json!(result)))
 }
 
 /// DELETE /v1/account/<id> — self or an admin; cascades.
-pub async fn delete(id: &str, req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    let result = app.node.delete_account(&caller, parse_id(id)).await?;
+pub async fn delete(c: Call, credentials: Credentials) -> ApiResult {
+    let id = c.id();
+    let result = c.app.node.ask(DeleteAccount { credentials, id }).await?;
     Ok(response::json(StatusCode::OK, &json!(result)))
 }
 
 /// GET /v1/accounts — admin.
-pub async fn list(req: ApiRequest, app: &App) -> ApiResult {
-    auth_admin(&req, app).await?;
-    let page = app.node.list_accounts(req.page()?).await?;
+pub async fn list(c: Call) -> ApiResult {
+    let page = c.app.node.list(Table::Accounts, c.req.page()?).await?;
     Ok(response::page("accounts", page, |a| render(&a, None)))
 }
 
 /// DELETE /v1/accounts — admin; every non-admin account, with cascades.
-pub async fn delete_all(req: ApiRequest, app: &App) -> ApiResult {
-    auth_admin(&req, app).await?;
-    let result = app.node.delete_all_accounts().await?;
+pub async fn delete_all(c: Call) -> ApiResult {
+    let counts = c.app.node.ask_everywhere(DeleteLocalAccounts).await?;
+    let result = WriteResult::deleted(counts.into_iter().sum());
     Ok(response::json(StatusCode::OK, &json!(result)))
 }

@@ -3,10 +3,10 @@
 use hyper::StatusCode;
 use serde_json::json;
 
-use super::{auth, ApiResult};
-use crate::http::request::ApiRequest;
-use crate::http::{response, ApiError, App};
-use crate::service::{msg, ServiceError};
+use super::{ApiResult, Call};
+use crate::domain::{msg, Credentials, ServiceError};
+use crate::http::{response, ApiError};
+use crate::service::{ResetKey, ResetSecretKey};
 use crate::store::KeyKind;
 
 fn sent() -> ApiResult {
@@ -18,21 +18,20 @@ fn sent() -> ApiResult {
 
 /// POST /v1/account/reset/apikey — only the username header, as in the original
 /// (rate-limited per account instead).
-pub async fn reset_api_key(req: ApiRequest, app: &App) -> ApiResult {
-    let username = req
+pub async fn reset_api_key(c: Call) -> ApiResult {
+    let username = c
+        .req
         .header("username")
         .ok_or(ApiError::Service(ServiceError::BadRequest(
             msg::MISSING_USERNAME_RESET.into(),
         )))?;
-    app.node.reset_key(&username, KeyKind::ApiKey).await?;
+    let kind = KeyKind::ApiKey;
+    c.app.node.ask(ResetKey { username, kind }).await?;
     sent()
 }
 
 /// POST /v1/account/reset/secretkey — full auth.
-pub async fn reset_secret_key(req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    app.node
-        .reset_key(&caller.username, KeyKind::SecretKey)
-        .await?;
+pub async fn reset_secret_key(c: Call, credentials: Credentials) -> ApiResult {
+    c.app.node.ask(ResetSecretKey(credentials)).await?;
     sent()
 }

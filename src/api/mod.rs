@@ -1,79 +1,149 @@
-//! The `/v1` API: one module per resource, each handler shaped
-//! parse → authorise → ask the node → respond.
+//! The `/v1` API: the route table ([`routes`]), one module per resource, each handler
+//! shaped parse → authorise → ask the node → respond.
+//!
+//! [`App`] is the HTTP layer's [`Service`]: it matches the table, applies the gates a route
+//! declares (Content-Type, then authentication) and calls the route's handler.
 
 mod accounts;
 mod keys;
 mod ops;
 mod registrations;
+mod routes;
 mod subscriptions;
 mod triggers;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
+use uuid::Uuid;
 
-use crate::http::request::ApiRequest;
-use crate::http::router::Endpoint;
-use crate::http::{ApiError, App};
-use crate::service::Caller;
+use crate::domain::{Caller, Credentials};
+use crate::http::metrics::Metrics;
+use crate::http::request::{parse_id, ApiRequest};
+use crate::http::router::Routes;
+use crate::http::{ApiError, Service};
+use crate::service::{Authenticate, Node};
+
+pub use routes::table;
 
 /// A handler's outcome.
 pub type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
+/// A handler's future.
+pub type Reply = Pin<Box<dyn Future<Output = ApiResult> + Send>>;
 
-/// Authenticates from the `api-key` and `username` headers.
-async fn auth(req: &ApiRequest, app: &App) -> Result<Caller, ApiError> {
-    let key = req.header("api-key");
-    let user = req.header("username");
-    Ok(app
-        .node
-        .authenticate(key.as_deref(), user.as_deref())
-        .await?)
+/// A request as a handler receives it.
+pub struct Call {
+    /// The request (headers, query, body).
+    pub req: ApiRequest,
+    /// What every handler shares.
+    pub app: Arc<App>,
+    /// The raw `{id}` path segment, if the route has one.
+    pub raw_id: Option<String>,
 }
 
-/// Authenticates and requires an administrator.
-async fn auth_admin(req: &ApiRequest, app: &App) -> Result<Caller, ApiError> {
-    let key = req.header("api-key");
-    let user = req.header("username");
-    Ok(app
-        .node
-        .authenticate_admin(key.as_deref(), user.as_deref())
-        .await?)
-}
-
-/// Runs the endpoint's handler behind the Content-Type gate.
-pub async fn handle(endpoint: Endpoint, req: ApiRequest, app: &App) -> ApiResult {
-    if endpoint.is_api() {
-        req.require_json_content_type()?;
+impl Call {
+    /// The path id; a malformed UUID is an id that matches nothing.
+    pub fn id(&self) -> Option<Uuid> {
+        self.raw_id.as_deref().and_then(parse_id)
     }
-    match endpoint {
-        Endpoint::CreateAccount => accounts::create(req, app).await,
-        Endpoint::GetAccount(id) => accounts::get(&id, req, app).await,
-        Endpoint::UpdateAccount => accounts::update(req, app).await,
-        Endpoint::DeleteAccount(id) => accounts::delete(&id, req, app).await,
-        Endpoint::ListAccounts => accounts::list(req, app).await,
-        Endpoint::DeleteAccounts => accounts::delete_all(req, app).await,
-        Endpoint::ResetApiKey => keys::reset_api_key(req, app).await,
-        Endpoint::ResetSecretKey => keys::reset_secret_key(req, app).await,
-        Endpoint::CreateRegistration => registrations::create(req, app).await,
-        Endpoint::ListOwnRegistrations => registrations::list_own(req, app).await,
-        Endpoint::UpdateRegistration(id) => registrations::update(&id, req, app).await,
-        Endpoint::DeleteRegistration(id) => registrations::delete(&id, req, app).await,
-        Endpoint::ListRegistrations => registrations::list(req, app).await,
-        Endpoint::DeleteRegistrations => registrations::delete_all(req, app).await,
-        Endpoint::Subscribe(id) => subscriptions::create(&id, req, app).await,
-        Endpoint::ListOwnSubscriptions => subscriptions::list_own(req, app).await,
-        Endpoint::DeleteSubscription(id) => subscriptions::delete(&id, req, app).await,
-        Endpoint::ListSubscriptions => subscriptions::list(req, app).await,
-        Endpoint::DeleteSubscriptions => subscriptions::delete_all(req, app).await,
-        Endpoint::Trigger(id) => triggers::create(&id, req, app).await,
-        Endpoint::ListTriggered => triggers::list(req, app).await,
-        Endpoint::TriggerStatus(id) => triggers::status(&id, req, app).await,
-        Endpoint::ListDeliveries(id) => triggers::deliveries(&id, req, app).await,
-        Endpoint::Redeliver(id) => triggers::redeliver(&id, req, app).await,
-        Endpoint::Cluster => ops::cluster(req, app).await,
-        Endpoint::Health => ops::health(),
-        Endpoint::Ready => ops::ready(app),
-        Endpoint::Metrics => ops::metrics(app),
-        Endpoint::OpenApi => ops::openapi(),
+
+    /// The `api-key` and `username` headers (401 for the first missing).
+    pub fn credentials(&self) -> Result<Credentials, ApiError> {
+        Ok(Credentials::from_headers(
+            self.req.header("api-key"),
+            self.req.header("username"),
+        )?)
+    }
+}
+
+/// A route's gate and handler: what the caller must prove, and what it then gets.
+pub enum Handler {
+    /// No authentication.
+    Open(fn(Call) -> Reply),
+    /// The handler's operation authenticates the credentials where the caller's account
+    /// lives, in the same request as the work (one round trip).
+    Credentials(fn(Call, Credentials) -> Reply),
+    /// Any authenticated account.
+    Caller(fn(Call, Caller) -> Reply),
+    /// An authenticated administrator.
+    Admin(fn(Call, Caller) -> Reply),
+}
+
+/// What every request handler shares; the HTTP layer's [`Service`].
+pub struct App {
+    /// The node's operations.
+    pub node: Node,
+    /// Request counters (shared with the HTTP server, which records them).
+    pub metrics: Arc<Metrics>,
+    /// `security.max_event_data_bytes`.
+    pub max_event_data: usize,
+    /// This node's id (shown by `/ready`).
+    pub node_id: String,
+    /// The route table.
+    pub routes: Routes<Handler>,
+}
+
+impl App {
+    /// Passes the route's gates and runs its handler.
+    async fn dispatch(self: Arc<Self>, req: ApiRequest) -> (Response<Full<Bytes>>, &'static str) {
+        let (handler, gated, template, raw_id) = match self.routes.find(req.method(), req.path()) {
+            Ok(m) => (&m.route.endpoint, m.route.gated, m.route.template, m.id),
+            Err(miss) => {
+                let gate = match miss.gated {
+                    true => req.require_json_content_type().err(),
+                    false => None,
+                };
+                return (gate.unwrap_or(miss.error).into_response(), miss.template);
+            }
+        };
+        if gated {
+            if let Err(e) = req.require_json_content_type() {
+                return (e.into_response(), template);
+            }
+        }
+        let call = Call {
+            req,
+            app: self.clone(),
+            raw_id,
+        };
+        let result = match handler {
+            Handler::Open(h) => h(call).await,
+            Handler::Credentials(h) => match call.credentials() {
+                Ok(credentials) => h(call, credentials).await,
+                Err(e) => Err(e),
+            },
+            Handler::Caller(h) => match self.authenticate(&call).await {
+                Ok(caller) => h(call, caller).await,
+                Err(e) => Err(e),
+            },
+            Handler::Admin(h) => match self.authenticate(&call).await {
+                Ok(caller) => match caller.admin() {
+                    Ok(admin) => h(call, admin).await,
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e),
+            },
+        };
+        (result.unwrap_or_else(ApiError::into_response), template)
+    }
+
+    async fn authenticate(&self, call: &Call) -> Result<Caller, ApiError> {
+        Ok(self.node.ask(Authenticate(call.credentials()?)).await?)
+    }
+}
+
+/// The server's handle on the API.
+pub struct Api(pub Arc<App>);
+
+impl Service for Api {
+    fn answer(
+        &self,
+        request: ApiRequest,
+    ) -> impl Future<Output = (Response<Full<Bytes>>, &'static str)> + Send {
+        self.0.clone().dispatch(request)
     }
 }

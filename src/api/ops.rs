@@ -6,18 +6,18 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::{auth_admin, ApiResult};
+use super::{ApiResult, Call};
 use crate::cluster::Cluster;
-use crate::http::request::ApiRequest;
-use crate::http::{response, App};
+use crate::http::response;
 
 /// GET /health — the process is up.
-pub fn health() -> ApiResult {
+pub async fn health(_: Call) -> ApiResult {
     Ok(response::json(StatusCode::OK, &json!({ "status": "ok" })))
 }
 
 /// GET /ready — storage answers and every shard owner is reachable.
-pub fn ready(app: &App) -> ApiResult {
+pub async fn ready(c: Call) -> ApiResult {
+    let app = &c.app;
     let storage = app.node.is_ready();
     let cluster = app.node.cluster();
     let ready = storage && cluster.all_up();
@@ -55,9 +55,8 @@ fn peers(cluster: &Cluster) -> Vec<Value> {
 }
 
 /// GET /v1/cluster (admin) — members, their states and the shard map.
-pub async fn cluster(req: ApiRequest, app: &App) -> ApiResult {
-    auth_admin(&req, app).await?;
-    let cluster = app.node.cluster();
+pub async fn cluster(c: Call) -> ApiResult {
+    let cluster = c.app.node.cluster();
     let map = cluster.map();
     let owners: Vec<&str> = (0..map.shards())
         .map(|s| map.owner(s).unwrap_or(""))
@@ -85,7 +84,8 @@ pub async fn cluster(req: ApiRequest, app: &App) -> ApiResult {
 }
 
 /// GET /metrics — Prometheus text.
-pub fn metrics(app: &App) -> ApiResult {
+pub async fn metrics(c: Call) -> ApiResult {
+    let app = &c.app;
     let mut text = app.metrics.render();
     text.push_str(&app.node.delivery_metrics());
     let mut r = Response::new(Full::new(Bytes::from(text)));
@@ -101,7 +101,7 @@ pub fn metrics(app: &App) -> ApiResult {
 pub const OPENAPI_JSON: &str = include_str!("../../openapi/openapi.json");
 
 /// GET /v1/openapi.json — the API's OpenAPI document.
-pub fn openapi() -> ApiResult {
+pub async fn openapi(_: Call) -> ApiResult {
     let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI_JSON.as_bytes())));
     *r.status_mut() = StatusCode::OK;
     r.headers_mut()
@@ -115,10 +115,10 @@ mod tests {
 
     #[test]
     fn every_documented_operation_is_routed_as_documented() {
-        use crate::http::router::route;
         use crate::http::ApiError;
         use hyper::Method;
 
+        let routes = super::super::table();
         let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
         let paths = doc["paths"].as_object().unwrap();
         let mut operations = 0;
@@ -132,10 +132,10 @@ mod tests {
                     .unwrap()
                     .iter()
                     .any(|t| t == "missing-id");
-                match route(&m, &concrete) {
-                    Ok(endpoint) => {
+                match routes.find(&m, &concrete) {
+                    Ok(matched) => {
                         assert!(!missing_id, "{method} {path} is tagged missing-id");
-                        assert_eq!(endpoint.template(), path, "{method} {path}");
+                        assert_eq!(matched.route.template, path, "{method} {path}");
                     }
                     Err(miss) => {
                         assert!(missing_id, "{method} {path} is not routed");

@@ -3,10 +3,14 @@
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use super::{auth, auth_admin, ApiResult};
-use crate::http::request::{invalid_field, parse_id, string_field, ApiRequest};
-use crate::http::{response, ApiError, App};
-use crate::service::ServiceError;
+use super::{ApiResult, Call};
+use crate::domain::{Caller, ServiceError, WriteResult};
+use crate::http::request::{invalid_field, string_field};
+use crate::http::{response, ApiError};
+use crate::service::{
+    CreateRegistration, DeleteLocalRegistrations, DeleteRegistration, ListOwnRegistrations,
+    PatchRegistration, Table,
+};
 use crate::store::records::epoch_secs;
 use crate::store::Registration;
 
@@ -24,9 +28,8 @@ fn render(r: &Registration) -> Value {
 }
 
 /// POST /v1/webhook/registration — any account.
-pub async fn create(mut req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    let body = req.json_object().await?;
+pub async fn create(mut c: Call, caller: Caller) -> ApiResult {
+    let body = c.req.json_object().await?;
     let event = string_field(&body, "event")?;
     if event.is_empty() {
         return Err(invalid_field("event"));
@@ -36,37 +39,39 @@ pub async fn create(mut req: ApiRequest, app: &App) -> ApiResult {
         .get("event_data")
         .ok_or_else(|| ApiError::BadRequest("Missing event_data field".into()))?;
     let event_data = serde_json::to_string(event_data).map_err(|_| invalid_field("event_data"))?;
-    if event_data.len() > app.max_event_data {
+    if event_data.len() > c.app.max_event_data {
         return Err(ApiError::EventDataTooLarge);
     }
-    let registration = app
-        .node
-        .create_registration(&caller, event, description, event_data)
-        .await?;
+    let create = CreateRegistration {
+        caller,
+        event,
+        description,
+        event_data,
+    };
+    let registration = c.app.node.ask(create).await?;
     Ok(response::json(StatusCode::CREATED, &render(&registration)))
 }
 
 /// GET /v1/webhook/registration — the caller's own.
-pub async fn list_own(req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    let page = app
+pub async fn list_own(c: Call, caller: Caller) -> ApiResult {
+    let page = c.req.page()?;
+    let page = c
+        .app
         .node
-        .list_own_registrations(&caller, req.page()?)
+        .ask(ListOwnRegistrations { caller, page })
         .await?;
     Ok(response::page("registrations", page, |r| render(&r)))
 }
 
 /// GET /v1/webhook/registrations — everyone's.
-pub async fn list(req: ApiRequest, app: &App) -> ApiResult {
-    auth(&req, app).await?;
-    let page = app.node.list_registrations(req.page()?).await?;
+pub async fn list(c: Call) -> ApiResult {
+    let page = c.app.node.list(Table::Registrations, c.req.page()?).await?;
     Ok(response::page("registrations", page, |r| render(&r)))
 }
 
 /// PATCH /v1/webhook/registration/<id> — owner or admin; access is checked before the body.
-pub async fn update(id: &str, mut req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    let bytes = req.body_bytes().await?;
+pub async fn update(mut c: Call, caller: Caller) -> ApiResult {
+    let bytes = c.req.body_bytes().await?;
     let description = match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(body)) => match body.get("description") {
             Some(Value::String(d)) => Ok(d.clone()),
@@ -78,23 +83,26 @@ pub async fn update(id: &str, mut req: ApiRequest, app: &App) -> ApiResult {
         )),
         Err(_) => Err(ServiceError::BadRequest("Invalid JSON body".into())),
     };
-    let result = app
-        .node
-        .patch_registration(&caller, parse_id(id), description)
-        .await?;
+    let id = c.id();
+    let patch = PatchRegistration {
+        caller,
+        id,
+        description,
+    };
+    let result = c.app.node.ask(patch).await?;
     Ok(response::json(StatusCode::OK, &json!(result)))
 }
 
 /// DELETE /v1/webhook/registration/<id> — owner or admin; removes its subscriptions too.
-pub async fn delete(id: &str, req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    let result = app.node.delete_registration(&caller, parse_id(id)).await?;
+pub async fn delete(c: Call, caller: Caller) -> ApiResult {
+    let id = c.id();
+    let result = c.app.node.ask(DeleteRegistration { caller, id }).await?;
     Ok(response::json(StatusCode::OK, &json!(result)))
 }
 
 /// DELETE /v1/webhook/registrations — admin; every registration and subscription.
-pub async fn delete_all(req: ApiRequest, app: &App) -> ApiResult {
-    auth_admin(&req, app).await?;
-    let result = app.node.delete_all_registrations().await?;
+pub async fn delete_all(c: Call) -> ApiResult {
+    let counts = c.app.node.ask_everywhere(DeleteLocalRegistrations).await?;
+    let result = WriteResult::deleted(counts.into_iter().sum());
     Ok(response::json(StatusCode::OK, &json!(result)))
 }

@@ -3,9 +3,10 @@
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use super::{auth, auth_admin, ApiResult};
-use crate::http::request::{parse_id, ApiRequest};
-use crate::http::{response, App};
+use super::{ApiResult, Call};
+use crate::domain::{Caller, WriteResult};
+use crate::http::response;
+use crate::service::{DeleteLocalSubscriptions, DeleteSubscription, Subscribe, Table};
 use crate::store::records::epoch_secs;
 use crate::store::Subscription;
 
@@ -20,39 +21,43 @@ fn render(s: &Subscription) -> Value {
 }
 
 /// POST /v1/webhook/subscription/<registration_id> — any account; the body is ignored.
-pub async fn create(registration: &str, req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    let subscription = app.node.subscribe(&caller, parse_id(registration)).await?;
+pub async fn create(c: Call, caller: Caller) -> ApiResult {
+    let registration = c.id();
+    let subscription = c
+        .app
+        .node
+        .ask(Subscribe {
+            caller,
+            registration,
+        })
+        .await?;
     Ok(response::json(StatusCode::CREATED, &render(&subscription)))
 }
 
 /// GET /v1/webhook/subscription — the caller's own.
-pub async fn list_own(req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    let page = app
-        .node
-        .list_own_subscriptions(&caller, req.page()?)
-        .await?;
+pub async fn list_own(c: Call, caller: Caller) -> ApiResult {
+    let table = Table::Subscriptions(Some(caller.id));
+    let page = c.app.node.list(table, c.req.page()?).await?;
     Ok(response::page("subscriptions", page, |s| render(&s)))
 }
 
 /// GET /v1/webhook/subscriptions — everyone's (auth before paging, api.md B.8).
-pub async fn list(req: ApiRequest, app: &App) -> ApiResult {
-    auth(&req, app).await?;
-    let page = app.node.list_subscriptions(req.page()?).await?;
+pub async fn list(c: Call) -> ApiResult {
+    let table = Table::Subscriptions(None);
+    let page = c.app.node.list(table, c.req.page()?).await?;
     Ok(response::page("subscriptions", page, |s| render(&s)))
 }
 
 /// DELETE /v1/webhook/subscription/<id> — the subscriber or an admin.
-pub async fn delete(id: &str, req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    let result = app.node.delete_subscription(&caller, parse_id(id)).await?;
+pub async fn delete(c: Call, caller: Caller) -> ApiResult {
+    let id = c.id();
+    let result = c.app.node.ask(DeleteSubscription { caller, id }).await?;
     Ok(response::json(StatusCode::OK, &json!(result)))
 }
 
 /// DELETE /v1/webhook/subscriptions — admin.
-pub async fn delete_all(req: ApiRequest, app: &App) -> ApiResult {
-    auth_admin(&req, app).await?;
-    let result = app.node.delete_all_subscriptions().await?;
+pub async fn delete_all(c: Call) -> ApiResult {
+    let counts = c.app.node.ask_everywhere(DeleteLocalSubscriptions).await?;
+    let result = WriteResult::deleted(counts.into_iter().sum());
     Ok(response::json(StatusCode::OK, &json!(result)))
 }

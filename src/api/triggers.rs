@@ -3,9 +3,10 @@
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use super::{auth, ApiResult};
-use crate::http::request::{parse_id, ApiRequest};
-use crate::http::{response, ApiError, App};
+use super::{ApiResult, Call};
+use crate::domain::Caller;
+use crate::http::{response, ApiError};
+use crate::service::{ListDeliveries, Redeliver, Table, Trigger, TriggerStatus};
 use crate::store::records::epoch_secs;
 use crate::store::{Attempt, Delivery, Triggered};
 
@@ -45,9 +46,8 @@ fn render_delivery(d: &Delivery) -> Value {
 ///
 /// An optional body `{"event_data": ...}` replaces the payload for this trigger; an
 /// `Idempotency-Key` repeated within 24 h answers 200 with the first trigger.
-pub async fn create(registration: &str, mut req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    let idempotency_key = req.header("idempotency-key");
+pub async fn create(mut c: Call, caller: Caller) -> ApiResult {
+    let idempotency_key = c.req.header("idempotency-key");
     if idempotency_key
         .as_ref()
         .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
@@ -56,7 +56,7 @@ pub async fn create(registration: &str, mut req: ApiRequest, app: &App) -> ApiRe
             "Invalid Idempotency-Key header".into(),
         ));
     }
-    let event_data = match req.optional_json_object().await? {
+    let event_data = match c.req.optional_json_object().await? {
         Some(body) => match body.get("event_data") {
             Some(v) => Some(
                 serde_json::to_string(v)
@@ -68,14 +68,17 @@ pub async fn create(registration: &str, mut req: ApiRequest, app: &App) -> ApiRe
     };
     if event_data
         .as_ref()
-        .is_some_and(|d| d.len() > app.max_event_data)
+        .is_some_and(|d| d.len() > c.app.max_event_data)
     {
         return Err(ApiError::EventDataTooLarge);
     }
-    let (triggered, replayed) = app
-        .node
-        .trigger(&caller, parse_id(registration), event_data, idempotency_key)
-        .await?;
+    let trigger = Trigger {
+        caller,
+        registration: c.id(),
+        event_data,
+        idempotency_key,
+    };
+    let (triggered, replayed) = c.app.node.ask(trigger).await?;
     let status = if replayed {
         StatusCode::OK
     } else {
@@ -85,16 +88,15 @@ pub async fn create(registration: &str, mut req: ApiRequest, app: &App) -> ApiRe
 }
 
 /// GET /v1/webhook/triggered — every triggered record (auth before paging, api.md B.8).
-pub async fn list(req: ApiRequest, app: &App) -> ApiResult {
-    auth(&req, app).await?;
-    let page = app.node.list_triggered(req.page()?).await?;
+pub async fn list(c: Call) -> ApiResult {
+    let page = c.app.node.list(Table::Triggered, c.req.page()?).await?;
     Ok(response::page("triggered_webhooks", page, |t| render(&t)))
 }
 
 /// GET /v1/webhook/triggered/<id> — the record with its delivery counts (owner or admin).
-pub async fn status(id: &str, req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    let (t, counts, fanout_complete) = app.node.trigger_status(&caller, parse_id(id)).await?;
+pub async fn status(c: Call, caller: Caller) -> ApiResult {
+    let id = c.id();
+    let (t, counts, fanout_complete) = c.app.node.ask(TriggerStatus { caller, id }).await?;
     let mut body = render(&t);
     if let Value::Object(map) = &mut body {
         map.insert("deliveries".into(), json!(counts));
@@ -105,19 +107,16 @@ pub async fn status(id: &str, req: ApiRequest, app: &App) -> ApiResult {
 }
 
 /// GET /v1/webhook/triggered/<id>/deliveries — one row per subscriber delivery.
-pub async fn deliveries(id: &str, req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    let page = app
-        .node
-        .list_deliveries(&caller, parse_id(id), req.page()?)
-        .await?;
+pub async fn deliveries(c: Call, caller: Caller) -> ApiResult {
+    let (id, page) = (c.id(), c.req.page()?);
+    let page = c.app.node.ask(ListDeliveries { caller, id, page }).await?;
     Ok(response::page("deliveries", page, |d| render_delivery(&d)))
 }
 
 /// POST /v1/webhook/triggered/<id>/redeliver — re-queue the failed deliveries.
-pub async fn redeliver(id: &str, req: ApiRequest, app: &App) -> ApiResult {
-    let caller = auth(&req, app).await?;
-    let requeued = app.node.redeliver(&caller, parse_id(id)).await?;
+pub async fn redeliver(c: Call, caller: Caller) -> ApiResult {
+    let id = c.id();
+    let requeued = c.app.node.ask(Redeliver { caller, id }).await?;
     Ok(response::json(
         StatusCode::OK,
         &json!({ "requeued": requeued }),

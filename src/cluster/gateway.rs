@@ -1,14 +1,16 @@
-//! The NodeGateway: the one remote-capable actor of a node.
+//! The gateway: the one remote-capable actor of a node.
 //!
-//! Peers find it through a ractor process group and send it encoded [`Command`]s; each is
-//! executed on its own task (a slow command, such as an echo challenge, must not hold up
-//! the others) by the node's ordinary operations, and the encoded reply goes back.
+//! Peers find it through a ractor process group and send it encoded [`Envelope`]s; each
+//! is served on its own task (a slow operation, such as an echo challenge, must not hold
+//! up the others) by the handler registered for its operation, and the encoded answer goes
+//! back.
+
+use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 
-use super::protocol::{decode, encode, Command, Reply};
-use crate::service::{Node, ServiceError};
+use super::rpc::{decode, encode, CallError, Endpoints, Envelope};
 
 /// Process-group scope the gateways join.
 pub const GATEWAY_SCOPE: &str = "webhookd";
@@ -18,17 +20,18 @@ pub const GATEWAY_GROUP: &str = "gateways";
 /// Messages a gateway accepts (from any node).
 #[derive(RactorClusterMessage)]
 pub enum GatewayMsg {
-    /// An encoded [`Command`]; the reply is an encoded [`Reply`].
+    /// An encoded [`Envelope`]; the answer is an encoded `Result<Vec<u8>, CallError>`.
     #[rpc]
     Call(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
 
 /// The gateway actor.
-pub struct NodeGateway {
-    node: Node,
+pub struct Gateway {
+    node_id: String,
+    endpoints: Arc<Endpoints>,
 }
 
-impl NodeGateway {
+impl Gateway {
     /// The registered name of `node_id`'s gateway (peers tell gateways apart by it).
     pub fn name(node_id: &str) -> String {
         format!("gateway:{node_id}")
@@ -37,14 +40,18 @@ impl NodeGateway {
     /// Spawns this node's gateway and joins it to the gateways' group.
     pub async fn start(
         node_id: &str,
-        node: Node,
+        endpoints: Arc<Endpoints>,
     ) -> Result<ActorRef<GatewayMsg>, ractor::SpawnErr> {
-        let (actor, _) = Actor::spawn(Some(Self::name(node_id)), NodeGateway { node }, ()).await?;
+        let gateway = Gateway {
+            node_id: node_id.to_string(),
+            endpoints,
+        };
+        let (actor, _) = Actor::spawn(Some(Self::name(node_id)), gateway, ()).await?;
         Ok(actor)
     }
 }
 
-impl Actor for NodeGateway {
+impl Actor for Gateway {
     type Msg = GatewayMsg;
     type State = ();
     type Arguments = ();
@@ -69,14 +76,15 @@ impl Actor for NodeGateway {
         _: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let GatewayMsg::Call(bytes, port) = message;
-        let node = self.node.clone();
+        let endpoints = self.endpoints.clone();
+        let node_id = self.node_id.clone();
         tokio::spawn(async move {
-            let reply: Reply = match decode::<Command>(&bytes) {
-                Ok(command) => node.execute(command).await,
-                Err(e) => Err(ServiceError::Internal(format!("peer command: {e}"))),
+            let answer = match decode::<Envelope>(&bytes) {
+                Ok(envelope) => endpoints.dispatch(&node_id, envelope).await,
+                Err(e) => Err(CallError::Protocol(format!("peer request: {e}"))),
             };
             // The caller may have timed out meanwhile; nothing to do then.
-            let _ = port.send(encode(&reply));
+            let _ = port.send(encode(&answer));
         });
         Ok(())
     }

@@ -16,14 +16,12 @@ use ractor::{Actor, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
 
-use super::gateway::{GatewayMsg, NodeGateway, GATEWAY_GROUP, GATEWAY_SCOPE};
-use super::protocol::{decode, encode, Answer, Command, Reply};
+use serde::{Deserialize, Serialize};
+
+use super::gateway::{Gateway, GatewayMsg, GATEWAY_GROUP, GATEWAY_SCOPE};
+use super::rpc::{decode, decode_answer, encode, CallError, Endpoints, Envelope, Rpc};
 use super::shard::{ShardId, ShardMap};
 use crate::config::{ClusterConfig, Member};
-use crate::service::{Node, ServiceError};
-
-/// Seconds a client is told to wait before retrying a call for a down node's shard.
-const RETRY_AFTER_SECS: u64 = 5;
 /// Longest wait between two dials of an unreachable peer.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -121,6 +119,35 @@ pub struct Cluster {
     map: ShardMap,
     config: ClusterConfig,
     peers: Vec<Peer>,
+    endpoints: Arc<Endpoints>,
+}
+
+/// The heartbeat: the sender's (shards, members) digest, which must equal the receiver's.
+#[derive(Debug, Serialize, Deserialize)]
+struct Ping {
+    from: String,
+    digest: u64,
+}
+
+/// The answer to a [`Ping`].
+#[derive(Debug, Serialize, Deserialize)]
+enum Pong {
+    /// Same configuration.
+    Accepted,
+    /// The configurations differ; the receiver's digest.
+    Refused(u64),
+}
+
+impl Rpc for Ping {
+    type Answer = Pong;
+    const NAME: &'static str = "cluster/ping";
+}
+
+/// What a heartbeat learnt about a peer.
+enum Heard {
+    Accepted,
+    Refused(u64),
+    Silent,
 }
 
 impl Cluster {
@@ -143,6 +170,7 @@ impl Cluster {
             map: ShardMap::new(config.shards, config.member_ids()),
             config: config.clone(),
             peers,
+            endpoints: Arc::default(),
         }
     }
 
@@ -186,50 +214,58 @@ impl Cluster {
         }
     }
 
-    fn unavailable(peer: &Peer) -> ServiceError {
-        ServiceError::Unavailable {
-            message: format!("Node {} is unavailable, try again later", peer.member.id),
-            retry_after_secs: RETRY_AFTER_SECS,
-        }
+    /// Serves operation `R` to the peers with `handler`.
+    pub fn serve<R, F, Fut>(&self, handler: F)
+    where
+        R: Rpc,
+        F: Fn(R) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = R::Answer> + Send + 'static,
+    {
+        self.endpoints.serve(handler);
     }
 
-    async fn send(
+    async fn send<R: Rpc>(
         &self,
+        peer: &Peer,
         gateway: &ActorRef<GatewayMsg>,
-        command: &Command,
+        request: &R,
         timeout: Duration,
-    ) -> Option<Reply> {
-        let bytes = encode(command);
+    ) -> Result<R::Answer, CallError> {
+        let frame = encode(&Envelope::of(request)?);
+        let unavailable = || CallError::Unavailable(peer.member.id.clone());
         match gateway
-            .call(|port| GatewayMsg::Call(bytes, port), Some(timeout))
+            .call(|port| GatewayMsg::Call(frame, port), Some(timeout))
             .await
         {
-            Ok(CallResult::Success(reply)) => match decode::<Reply>(&reply) {
-                Ok(reply) => Some(reply),
-                Err(e) => Some(Err(ServiceError::Internal(format!("peer reply: {e}")))),
-            },
-            _ => None,
+            Ok(CallResult::Success(reply)) => {
+                let answer = decode::<Result<Vec<u8>, CallError>>(&reply)
+                    .map_err(|e| CallError::Protocol(format!("peer answer: {e}")))??;
+                decode_answer::<R>(&answer)
+            }
+            _ => Err(unavailable()),
         }
     }
 
-    /// Asks `peer` to execute `command`; 503 when it is not up or does not answer.
-    pub async fn call(&self, peer: &Peer, command: &Command) -> Result<Answer, ServiceError> {
+    /// Asks `peer` to serve `request`; [`CallError::Unavailable`] when it is not up or does
+    /// not answer within `cluster.rpc_timeout_ms`.
+    pub async fn call<R: Rpc>(&self, peer: &Peer, request: &R) -> Result<R::Answer, CallError> {
         let gateway = peer
             .usable_gateway()
-            .ok_or_else(|| Self::unavailable(peer))?;
+            .ok_or_else(|| CallError::Unavailable(peer.member.id.clone()))?;
         let timeout = Duration::from_millis(self.config.rpc_timeout_ms);
-        match self.send(&gateway, command, timeout).await {
-            Some(reply) => reply,
-            None => Err(Self::unavailable(peer)),
-        }
+        self.send(peer, &gateway, request, timeout).await
     }
 
     /// Starts the cluster side of this node: listener, gateway, dialers and heartbeats.
-    pub async fn start(self: &Arc<Self>, node: Node) -> Result<(), ServiceError> {
+    pub async fn start(self: &Arc<Self>) -> Result<(), String> {
         if self.peers.is_empty() {
             return Ok(());
         }
-        let internal = |e: String| ServiceError::Internal(e);
+        let me = self.clone();
+        self.serve(move |ping: Ping| {
+            let me = me.clone();
+            async move { me.pong(&ping.from, ping.digest) }
+        });
         let listen = self.config.listen;
         let server = NodeServer::new(
             listen.port(),
@@ -242,14 +278,14 @@ impl Cluster {
         .with_listen_addr(listen.ip());
         let (server, _) = Actor::spawn(None, server, ())
             .await
-            .map_err(|e| internal(format!("starting the cluster listener on {listen}: {e}")))?;
+            .map_err(|e| format!("starting the cluster listener on {listen}: {e}"))?;
         let _ = server.cast(NodeServerMessage::SubscribeToEvents {
             id: "webhookd-membership".into(),
             subscription: Box::new(SessionLog::default()),
         });
-        NodeGateway::start(&self.node_id, node)
+        Gateway::start(&self.node_id, self.endpoints.clone())
             .await
-            .map_err(|e| internal(format!("starting the gateway: {e}")))?;
+            .map_err(|e| format!("starting the gateway: {e}"))?;
         for index in 0..self.peers.len() {
             let cluster = self.clone();
             let server = server.clone();
@@ -287,16 +323,21 @@ impl Cluster {
                 continue;
             };
             backoff = Duration::from_millis(100);
-            let ping = Command::Ping {
+            let ping = Ping {
                 from: self.node_id.clone(),
                 digest: self.map.digest(),
             };
-            match self.send(&gateway, &ping, down_after).await {
-                Some(Ok(Answer::Pong { digest })) if digest == self.map.digest() => {
+            let heard = match self.send(peer, &gateway, &ping, down_after).await {
+                Ok(Pong::Accepted) => Heard::Accepted,
+                Ok(Pong::Refused(digest)) => Heard::Refused(digest),
+                Err(_) => Heard::Silent,
+            };
+            match heard {
+                Heard::Accepted => {
                     last_ok = Some(Instant::now());
                     peer.set(PeerState::Up, Some(gateway));
                 }
-                Some(Ok(Answer::Pong { digest })) | Some(Err(ServiceError::Refused { digest })) => {
+                Heard::Refused(digest) => {
                     peer.set(
                         PeerState::Refused(format!(
                             "cluster configuration differs (shards/members digest {digest:016x}, \
@@ -307,7 +348,7 @@ impl Cluster {
                     );
                     tokio::time::sleep(MAX_BACKOFF).await;
                 }
-                _ => {
+                Heard::Silent => {
                     if last_ok.is_none_or(|t| t.elapsed() >= down_after) {
                         peer.set(PeerState::Down, None);
                     }
@@ -318,7 +359,7 @@ impl Cluster {
     }
 
     /// This node's answer to a ping: refuse a peer whose digest differs.
-    pub fn pong(&self, from: &str, digest: u64) -> Result<Answer, ServiceError> {
+    fn pong(&self, from: &str, digest: u64) -> Pong {
         let ours = self.map.digest();
         if digest != ours {
             tracing::error!(
@@ -326,15 +367,15 @@ impl Cluster {
                 "refusing peer: cluster configuration differs (shards/members digest \
                  {digest:016x}, ours {ours:016x})"
             );
-            return Err(ServiceError::Refused { digest: ours });
+            return Pong::Refused(ours);
         }
-        Ok(Answer::Pong { digest: ours })
+        Pong::Accepted
     }
 }
 
 /// The remote gateway of `node_id`, if its node is connected.
 fn find_gateway(node_id: &str) -> Option<ActorRef<GatewayMsg>> {
-    let name = NodeGateway::name(node_id);
+    let name = Gateway::name(node_id);
     ractor::pg::get_scoped_members(&GATEWAY_SCOPE.to_string(), &GATEWAY_GROUP.to_string())
         .into_iter()
         .find(|cell| !cell.get_id().is_local() && cell.get_name().as_deref() == Some(name.as_str()))

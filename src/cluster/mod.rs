@@ -1,13 +1,17 @@
-//! The cluster: shards, membership, the node-to-node protocol and its gateway.
+//! The cluster as a transport: shards, membership, and typed requests between nodes.
 //!
-//! Every key maps to a virtual shard and every shard to one member node. A request is
-//! served by its shard's owner: locally, or through the owner's [`gateway::NodeGateway`].
-//! A single node is a cluster of one: the same code path, every shard local.
+//! Every key maps to a virtual shard and every shard to one member node ([`shard`]). A
+//! subsystem that needs a peer declares its operations as [`rpc::Rpc`] types, serves them
+//! with [`Cluster::serve`] and asks with [`Cluster::call`]; the frames travel over one
+//! cookie-authenticated `ractor_cluster` connection per peer to the peer's
+//! [`gateway::Gateway`]. This module knows no domain type: it never imports the service,
+//! the actors or the store. A single node is a cluster of one: every shard is local.
 
 pub mod gateway;
 pub mod membership;
-pub mod protocol;
+pub mod rpc;
 pub mod shard;
 
 pub use membership::{Cluster, Owner, Peer, PeerState};
+pub use rpc::{CallError, Rpc};
 pub use shard::{ShardId, ShardMap};

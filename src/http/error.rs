@@ -6,7 +6,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
-use crate::service::ServiceError;
+use crate::domain::ServiceError;
 
 /// A request that ends in an error response.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,7 @@ pub enum ApiError {
     #[error("The method is not allowed for the requested URL.")]
     MethodNotAllowed {
         /// Value of the `Allow` header.
-        allow: &'static str,
+        allow: String,
     },
     /// A route that needs an id was called without one (`Missing account_id`, …).
     #[error("Missing {0}")]
@@ -55,9 +55,7 @@ impl ApiError {
                 ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
                 ServiceError::UsernameTaken => StatusCode::CONFLICT,
                 ServiceError::TooManyKeyResets { .. } => StatusCode::TOO_MANY_REQUESTS,
-                ServiceError::Unavailable { .. } | ServiceError::Refused { .. } => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                ServiceError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -88,8 +86,9 @@ impl ApiError {
                     status,
                     &json!({ "message": "The method is not allowed for the requested URL." }),
                 );
-                r.headers_mut()
-                    .insert(ALLOW, HeaderValue::from_static(allow));
+                if let Ok(allow) = HeaderValue::from_str(&allow) {
+                    r.headers_mut().insert(ALLOW, allow);
+                }
                 r
             }
             ApiError::Service(ServiceError::Internal(detail)) => {

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::Request;
+use hyper::{Method, Request};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -15,6 +15,8 @@ use crate::store::PageRequest;
 
 /// An incoming API request with the accessors handlers need.
 pub struct ApiRequest {
+    method: Method,
+    path: String,
     headers: HeaderMap,
     query: Option<String>,
     body: Option<Incoming>,
@@ -26,11 +28,23 @@ impl ApiRequest {
     pub fn new(req: Request<Incoming>, max_body: usize) -> Self {
         let (parts, body) = req.into_parts();
         Self {
+            method: parts.method,
+            path: parts.uri.path().to_string(),
             headers: parts.headers,
             query: parts.uri.query().map(str::to_string),
             body: Some(body),
             max_body,
         }
+    }
+
+    /// The method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The path (without the query).
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     /// The Content-Type gate: must start with `application/json`, case-insensitively.
@@ -203,6 +217,8 @@ mod proptests {
             headers.insert(CONTENT_TYPE, value);
         }
         ApiRequest {
+            method: Method::POST,
+            path: "/v1/account".into(),
             headers,
             query: None,
             body: None,

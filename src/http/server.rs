@@ -21,8 +21,6 @@ use super::connection::{Activity, TrackedIo};
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::request::ApiRequest;
-use super::router::route;
-use crate::service::Node;
 
 /// Connection-level limits (`[http]`).
 #[derive(Debug, Clone)]
@@ -37,52 +35,40 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most header fields in a request (431 above).
     pub max_headers: usize,
+    /// Largest request body, bytes (413 above).
+    pub max_body: usize,
 }
 
-/// What every request handler shares.
-pub struct App {
-    /// The node's operations.
-    pub node: Node,
-    /// Request counters.
-    pub metrics: Metrics,
-    /// `http.max_body_bytes`.
-    pub max_body: usize,
-    /// `security.max_event_data_bytes`.
-    pub max_event_data: usize,
-    /// This node's id (shown by `/ready`).
-    pub node_id: String,
+/// What answers the requests: routing, gates and handlers, all above this layer.
+pub trait Service: Send + Sync + 'static {
+    /// Answers a request; also names its route template for logs and metrics.
+    fn answer(
+        &self,
+        request: ApiRequest,
+    ) -> impl Future<Output = (Response<Full<Bytes>>, &'static str)> + Send;
 }
 
 /// hyper's smallest allowed read buffer.
 const MIN_BUF: usize = 8192;
 
 /// Answers one request and logs it (method, route template, status, latency; never keys).
-async fn answer(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
+async fn answer<S: Service>(
+    req: Request<Incoming>,
+    service: &S,
+    metrics: &Metrics,
+    max_body: usize,
+) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let method = req.method().clone();
-    let routed = route(&method, req.uri().path());
-    let request = ApiRequest::new(req, app.max_body);
-    let (response, template) = match routed {
-        _ if request.declared_too_large() => (ApiError::PayloadTooLarge.into_response(), "any"),
-        Ok(endpoint) => {
-            let template = endpoint.template();
-            let response = crate::api::handle(endpoint, request, app)
-                .await
-                .unwrap_or_else(ApiError::into_response);
-            (response, template)
-        }
-        Err(miss) => {
-            let gate = if miss.gated {
-                request.require_json_content_type().err()
-            } else {
-                None
-            };
-            (gate.unwrap_or(miss.error).into_response(), miss.template)
-        }
+    let request = ApiRequest::new(req, max_body);
+    let (response, template) = if request.declared_too_large() {
+        (ApiError::PayloadTooLarge.into_response(), "any")
+    } else {
+        service.answer(request).await
     };
     let took = started.elapsed();
     let status = response.status().as_u16();
-    app.metrics.record(method.as_str(), template, status, took);
+    metrics.record(method.as_str(), template, status, took);
     tracing::info!(
         method = %method,
         route = template,
@@ -95,9 +81,10 @@ async fn answer(req: Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
 
 /// Serves `listener` until `shutdown` completes, then waits up to `grace` for in-flight
 /// requests to finish.
-pub async fn serve(
+pub async fn serve<S: Service>(
     listener: TcpListener,
-    app: Arc<App>,
+    service: Arc<S>,
+    metrics: Arc<Metrics>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -133,14 +120,15 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let activity = Activity::new();
-                let app = app.clone();
+                let (service, metrics) = (service.clone(), metrics.clone());
+                let max_body = limits.max_body;
                 let tracker = activity.clone();
                 let service = service_fn(move |req| {
-                    let app = app.clone();
+                    let (service, metrics) = (service.clone(), metrics.clone());
                     let tracker = tracker.clone();
                     async move {
                         tracker.request_started();
-                        let response = answer(req, &app).await;
+                        let response = answer(req, &*service, &metrics, max_body).await;
                         tracker.request_done();
                         Ok::<_, Infallible>(response)
                     }

@@ -4,12 +4,71 @@
 //! Each node returns its first `start + limit` rows of the table; the merge of those holds
 //! the global rows `start..start + limit`.
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::remote::unexpected;
-use super::{Node, ServiceError};
-use crate::cluster::protocol::{Answer, Command, Rows, Table};
+use super::{Node, Op};
+use crate::cluster::Rpc;
+use crate::domain::ServiceError;
 use crate::store::{Account, Delivery, Page, PageRequest, Registration, Subscription, Triggered};
+
+pub(super) fn serve(node: &Node) {
+    node.serve::<LocalRows>();
+}
+
+/// Rows a global listing merges from every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Table {
+    /// Accounts.
+    Accounts,
+    /// Registrations.
+    Registrations,
+    /// Subscriptions, optionally only those of one subscriber.
+    Subscriptions(Option<Uuid>),
+    /// Triggered records.
+    Triggered,
+    /// Deliveries of one trigger.
+    Deliveries(Uuid),
+}
+
+/// Rows of one table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Rows {
+    /// Accounts.
+    Accounts(Vec<Account>),
+    /// Registrations.
+    Registrations(Vec<Registration>),
+    /// Subscriptions.
+    Subscriptions(Vec<Subscription>),
+    /// Triggered records.
+    Triggered(Vec<Triggered>),
+    /// Deliveries.
+    Deliveries(Vec<Delivery>),
+}
+
+/// The node's first `limit` rows of a table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LocalRows {
+    table: Table,
+    limit: u64,
+}
+
+impl Rpc for LocalRows {
+    type Answer = Result<Rows, ServiceError>;
+    const NAME: &'static str = "service/local_rows";
+}
+
+impl Op for LocalRows {
+    async fn run(self, node: Node) -> Self::Answer {
+        node.local_rows(
+            self.table,
+            PageRequest {
+                start: 0,
+                limit: self.limit,
+            },
+        )
+    }
+}
 
 /// A row of a global listing: how it sorts, and how to pick it out of [`Rows`].
 pub trait Listed: Sized {
@@ -81,7 +140,7 @@ impl Listed for Delivery {
 
 impl Node {
     /// This node's page of `table` for `req`.
-    pub(super) fn local_rows(&self, table: Table, req: PageRequest) -> Result<Rows, ServiceError> {
+    fn local_rows(&self, table: Table, req: PageRequest) -> Result<Rows, ServiceError> {
         let store = &self.ctx.store;
         Ok(match table {
             Table::Accounts => Rows::Accounts(store.list_accounts(req)?.items),
@@ -98,7 +157,7 @@ impl Node {
     }
 
     /// The page `req` of `table` across the whole cluster (503 if a node is down).
-    pub(super) async fn global_page<T: Listed>(
+    pub async fn list<T: Listed>(
         &self,
         table: Table,
         req: PageRequest,
@@ -109,13 +168,9 @@ impl Node {
             return Ok(Page::new(req, rows));
         }
         let limit = req.start.saturating_add(req.limit);
-        let first = PageRequest { start: 0, limit };
-        let mut all = T::from_rows(self.local_rows(table, first)?).ok_or_else(wrong)?;
-        for answer in self.broadcast(&Command::LocalRows { table, limit }).await? {
-            match answer {
-                Answer::Rows(rows) => all.extend(T::from_rows(rows).ok_or_else(wrong)?),
-                other => return Err(unexpected(other)),
-            }
+        let mut all = Vec::new();
+        for rows in self.ask_everywhere(LocalRows { table, limit }).await? {
+            all.extend(T::from_rows(rows).ok_or_else(wrong)?);
         }
         all.sort_by_key(Listed::order);
         let skip = usize::try_from(req.start).unwrap_or(usize::MAX);

@@ -1,4 +1,5 @@
-//! The RethinkDB-shaped write summary that mutating routes answer with (§3.8).
+//! The write summary that mutating routes answer with: the six counters of the RethinkDB
+//! write result the original returned, kept so that existing clients can read it.
 
 use serde::{Deserialize, Serialize};
 

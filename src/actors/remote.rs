@@ -1,0 +1,83 @@
+//! What the actors of one node ask of another's: the delivery engine's handoffs and
+//! subscription checks, and the subscription half of an account's cascade.
+//!
+//! Each operation is declared once here with its answer, and [`serve`] registers the
+//! handlers that run on the receiving node.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::NodeContext;
+use crate::cluster::Rpc;
+use crate::domain::ServiceError;
+use crate::store::{NewDelivery, Triggered};
+
+/// Persist the deliveries of a fan-out batch whose subscribers the receiving node owns;
+/// answers how many were created (a resent batch creates none twice).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AcceptDeliveries {
+    /// The trigger (body and event included).
+    pub triggered: Triggered,
+    /// The subscriptions to serve.
+    pub items: Vec<NewDelivery>,
+}
+
+impl Rpc for AcceptDeliveries {
+    type Answer = Result<u64, ServiceError>;
+    const NAME: &'static str = "actors/accept_deliveries";
+}
+
+/// Does this subscription still exist? (Asked before retrying a delivery whose
+/// subscription lives on another node.)
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SubscriptionExists {
+    /// The subscription.
+    pub id: Uuid,
+}
+
+impl Rpc for SubscriptionExists {
+    type Answer = Result<bool, ServiceError>;
+    const NAME: &'static str = "actors/subscription_exists";
+}
+
+/// Drop the receiving node's subscriptions held by a deleted account; answers how many.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeleteSubscriptionsOf {
+    /// The deleted subscriber.
+    pub account: Uuid,
+}
+
+impl Rpc for DeleteSubscriptionsOf {
+    type Answer = Result<u64, ServiceError>;
+    const NAME: &'static str = "actors/delete_subscriptions_of";
+}
+
+/// Serves the operations above to the peers.
+pub fn serve(ctx: &Arc<NodeContext>) {
+    let cluster = &ctx.cluster;
+    let c = ctx.clone();
+    cluster.serve(move |req: AcceptDeliveries| {
+        let ctx = c.clone();
+        async move {
+            let created = super::accept_remote_batch(&ctx, &req.triggered, &req.items)?;
+            ctx.store.flush().await?;
+            Ok(created)
+        }
+    });
+    let c = ctx.clone();
+    cluster.serve(move |req: SubscriptionExists| {
+        let ctx = c.clone();
+        async move { Ok(ctx.store.subscription(&req.id)?.is_some()) }
+    });
+    let c = ctx.clone();
+    cluster.serve(move |req: DeleteSubscriptionsOf| {
+        let ctx = c.clone();
+        async move {
+            let deleted = ctx.store.delete_subscriptions_of_subscriber(&req.account)?;
+            ctx.store.flush().await?;
+            Ok(deleted)
+        }
+    });
+}

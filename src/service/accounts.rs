@@ -1,0 +1,291 @@
+//! Account operations: authenticate, create, read, change the endpoint, reset a key,
+//! delete (one or all).
+//!
+//! An account lives on its username's shard (its id is minted there), so an operation on
+//! the caller's own account authenticates and acts on one node, in one request.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{id_shard, username_shard, Node, Op, ShardOp};
+use crate::actors::AccountMsg;
+use crate::cluster::{Rpc, ShardId, ShardMap};
+use crate::domain::{
+    access, msg, Caller, Credentials, NewAccount, ServiceError, WriteResult, ADMIN_USERNAME,
+};
+use crate::store::{Account, KeyKind};
+
+pub(super) fn serve(node: &Node) {
+    node.serve::<Authenticate>();
+    node.serve::<CreateAccount>();
+    node.serve::<GetAccount>();
+    node.serve::<UpdateEndpoint>();
+    node.serve::<DeleteAccount>();
+    node.serve::<DeleteAccountById>();
+    node.serve::<ResetKey>();
+    node.serve::<ResetSecretKey>();
+    node.serve::<DeleteLocalAccounts>();
+}
+
+/// Checks credentials; answers who the caller is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Authenticate(pub Credentials);
+
+impl Rpc for Authenticate {
+    type Answer = Result<Caller, ServiceError>;
+    const NAME: &'static str = "service/authenticate";
+}
+
+impl Op for Authenticate {
+    async fn run(self, node: Node) -> Self::Answer {
+        node.authenticate_here(&self.0).await
+    }
+}
+
+impl ShardOp for Authenticate {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        Some(username_shard(shards, &self.0.username))
+    }
+}
+
+/// Creates an account: uniqueness first, then the echo challenge, then an atomic insert.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateAccount {
+    /// The username (validated by the API).
+    pub username: String,
+    /// The endpoint (an absolute http(s) URL).
+    pub endpoint: String,
+}
+
+impl Rpc for CreateAccount {
+    type Answer = Result<NewAccount, ServiceError>;
+    const NAME: &'static str = "service/create_account";
+}
+
+impl Op for CreateAccount {
+    async fn run(self, node: Node) -> Self::Answer {
+        if self.username == ADMIN_USERNAME || node.ctx.store.username_taken(&self.username)? {
+            return Err(ServiceError::UsernameTaken);
+        }
+        if let Err(e) = node.ctx.client.echo(&self.endpoint).await {
+            tracing::info!(error = %e, "echo challenge failed on account creation");
+            return Err(ServiceError::BadRequest(msg::ECHO_FAILED.into()));
+        }
+        node.insert_account(self.username, self.endpoint, false)
+            .await
+    }
+}
+
+impl ShardOp for CreateAccount {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        Some(username_shard(shards, &self.username))
+    }
+}
+
+/// The caller's own account (no admin bypass, as in the original).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetAccount {
+    /// Who asks.
+    pub credentials: Credentials,
+    /// The account asked for (`None`: not a valid id).
+    pub id: Option<Uuid>,
+}
+
+impl Rpc for GetAccount {
+    type Answer = Result<Account, ServiceError>;
+    const NAME: &'static str = "service/get_account";
+}
+
+impl Op for GetAccount {
+    async fn run(self, node: Node) -> Self::Answer {
+        let caller = node.authenticate_here(&self.credentials).await?;
+        let id = access::read_account(&caller, self.id)?;
+        node.ctx
+            .store
+            .account(&id)?
+            .ok_or(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()))
+    }
+}
+
+impl ShardOp for GetAccount {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        Some(username_shard(shards, &self.credentials.username))
+    }
+}
+
+/// Changes the caller's endpoint (echo-checked) and resets its `failed_count`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateEndpoint {
+    /// Who asks.
+    pub caller: Caller,
+    /// The new endpoint.
+    pub endpoint: String,
+}
+
+impl Rpc for UpdateEndpoint {
+    type Answer = Result<WriteResult, ServiceError>;
+    const NAME: &'static str = "service/update_endpoint";
+}
+
+impl Op for UpdateEndpoint {
+    async fn run(self, node: Node) -> Self::Answer {
+        let endpoint = self.endpoint;
+        node.ctx
+            .ask_account(self.caller.id, |reply| AccountMsg::UpdateEndpoint {
+                endpoint: endpoint.clone(),
+                reply,
+            })
+            .await?
+    }
+}
+
+impl ShardOp for UpdateEndpoint {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        id_shard(shards, Some(&self.caller.id))
+    }
+}
+
+/// Deletes an account with its cascade (the account itself, or an admin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteAccount {
+    /// Who asks.
+    pub credentials: Credentials,
+    /// The account (`None`: not a valid id).
+    pub id: Option<Uuid>,
+}
+
+impl Rpc for DeleteAccount {
+    type Answer = Result<WriteResult, ServiceError>;
+    const NAME: &'static str = "service/delete_account";
+}
+
+impl Op for DeleteAccount {
+    async fn run(self, node: Node) -> Self::Answer {
+        let caller = node.authenticate_here(&self.credentials).await?;
+        access::delete_account(&caller, self.id)?;
+        let Some(id) = self.id else {
+            return Ok(WriteResult::skipped());
+        };
+        // An account deleting itself is on this node; an admin's target may not be.
+        node.ask(DeleteAccountById(id)).await
+    }
+}
+
+impl ShardOp for DeleteAccount {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        Some(username_shard(shards, &self.credentials.username))
+    }
+}
+
+/// Deletes an account by id, once the caller was allowed to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DeleteAccountById(Uuid);
+
+impl Rpc for DeleteAccountById {
+    type Answer = Result<WriteResult, ServiceError>;
+    const NAME: &'static str = "service/delete_account_by_id";
+}
+
+impl Op for DeleteAccountById {
+    async fn run(self, node: Node) -> Self::Answer {
+        if node.ctx.store.account(&self.0)?.is_none() {
+            return Ok(WriteResult::skipped());
+        }
+        node.ctx
+            .ask_account(self.0, |reply| AccountMsg::Delete { reply })
+            .await?
+    }
+}
+
+impl ShardOp for DeleteAccountById {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        id_shard(shards, Some(&self.0))
+    }
+}
+
+/// Resets a key of the account named `username` and sends it to the account's endpoint.
+/// The API key reset needs no credentials: the new key goes to the registered endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResetKey {
+    /// The account.
+    pub username: String,
+    /// Which key.
+    pub kind: KeyKind,
+}
+
+impl Rpc for ResetKey {
+    type Answer = Result<(), ServiceError>;
+    const NAME: &'static str = "service/reset_key";
+}
+
+impl Op for ResetKey {
+    async fn run(self, node: Node) -> Self::Answer {
+        let account = node
+            .ctx
+            .store
+            .account_by_username(&self.username)?
+            .ok_or(ServiceError::NotFound(msg::USERNAME_NOT_FOUND.into()))?;
+        let kind = self.kind;
+        node.ctx
+            .ask_account(account.id, |reply| AccountMsg::ResetKey { kind, reply })
+            .await?
+    }
+}
+
+impl ShardOp for ResetKey {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        Some(username_shard(shards, &self.username))
+    }
+}
+
+/// Resets the caller's secret key (authenticated, unlike the API key reset).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResetSecretKey(pub Credentials);
+
+impl Rpc for ResetSecretKey {
+    type Answer = Result<(), ServiceError>;
+    const NAME: &'static str = "service/reset_secret_key";
+}
+
+impl Op for ResetSecretKey {
+    async fn run(self, node: Node) -> Self::Answer {
+        let caller = node.authenticate_here(&self.0).await?;
+        let reset = ResetKey {
+            username: caller.username,
+            kind: KeyKind::SecretKey,
+        };
+        reset.run(node).await
+    }
+}
+
+impl ShardOp for ResetSecretKey {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        Some(username_shard(shards, &self.0.username))
+    }
+}
+
+/// Deletes the node's non-admin accounts, each with its cascade; answers how many. Asked
+/// of every node ([`Node::ask_everywhere`]) by the admin's bulk delete.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteLocalAccounts;
+
+impl Rpc for DeleteLocalAccounts {
+    type Answer = Result<u64, ServiceError>;
+    const NAME: &'static str = "service/delete_local_accounts";
+}
+
+impl Op for DeleteLocalAccounts {
+    async fn run(self, node: Node) -> Self::Answer {
+        let mut deleted = 0;
+        for (id, is_admin) in node.ctx.store.account_ids()? {
+            if !is_admin {
+                let result = node
+                    .ctx
+                    .ask_account(id, |reply| AccountMsg::Delete { reply })
+                    .await??;
+                deleted += result.deleted;
+            }
+        }
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,206 @@
+//! Registration operations: create, list the caller's own, patch, delete (one or all).
+//!
+//! A registration lives on its own shard, minted in its owner's shard at creation; its
+//! actor decides every change, and [`crate::domain::access`] who may make it.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{id_shard, Node, Op, ShardOp};
+use crate::actors::{AccountMsg, RegistrationMsg};
+use crate::cluster::{Rpc, ShardId, ShardMap};
+use crate::domain::access;
+use crate::domain::{Caller, ServiceError, WriteResult};
+use crate::store::{Page, PageRequest, Registration};
+
+pub(super) fn serve(node: &Node) {
+    node.serve::<CreateRegistration>();
+    node.serve::<ListOwnRegistrations>();
+    node.serve::<PatchRegistration>();
+    node.serve::<DeleteRegistration>();
+    node.serve::<DeleteLocalRegistrations>();
+}
+
+/// Registers a webhook owned by the caller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRegistration {
+    /// The owner.
+    pub caller: Caller,
+    /// Event name.
+    pub event: String,
+    /// Description.
+    pub description: String,
+    /// Payload, JSON text.
+    pub event_data: String,
+}
+
+impl Rpc for CreateRegistration {
+    type Answer = Result<Registration, ServiceError>;
+    const NAME: &'static str = "service/create_registration";
+}
+
+impl Op for CreateRegistration {
+    async fn run(self, node: Node) -> Self::Answer {
+        let Self {
+            caller,
+            event,
+            description,
+            event_data,
+        } = self;
+        node.ctx
+            .ask_account(caller.id, |reply| AccountMsg::CreateRegistration {
+                event: event.clone(),
+                description: description.clone(),
+                event_data: event_data.clone(),
+                reply,
+            })
+            .await?
+    }
+}
+
+impl ShardOp for CreateRegistration {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        id_shard(shards, Some(&self.caller.id))
+    }
+}
+
+/// A page of the caller's registrations (they live on the caller's shard).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListOwnRegistrations {
+    /// The owner.
+    pub caller: Caller,
+    /// Which page.
+    pub page: PageRequest,
+}
+
+impl Rpc for ListOwnRegistrations {
+    type Answer = Result<Page<Registration>, ServiceError>;
+    const NAME: &'static str = "service/list_own_registrations";
+}
+
+impl Op for ListOwnRegistrations {
+    async fn run(self, node: Node) -> Self::Answer {
+        Ok(node
+            .ctx
+            .store
+            .list_account_registrations(&self.caller.id, self.page)?)
+    }
+}
+
+impl ShardOp for ListOwnRegistrations {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        id_shard(shards, Some(&self.caller.id))
+    }
+}
+
+/// Changes a registration's description (owner or admin; access is checked before the
+/// body, so a body error travels with the request).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PatchRegistration {
+    /// Who asks.
+    pub caller: Caller,
+    /// Which (`None`: not a valid id).
+    pub id: Option<Uuid>,
+    /// The description, or the body error to report once access is granted.
+    pub description: Result<String, ServiceError>,
+}
+
+impl Rpc for PatchRegistration {
+    type Answer = Result<WriteResult, ServiceError>;
+    const NAME: &'static str = "service/patch_registration";
+}
+
+impl Op for PatchRegistration {
+    async fn run(self, node: Node) -> Self::Answer {
+        let Self {
+            caller,
+            id,
+            description,
+        } = self;
+        // No actor for a record that does not exist (it would linger until idle).
+        let Some(id) = id.filter(|id| matches!(node.ctx.store.registration(id), Ok(Some(_))))
+        else {
+            access::modify(&caller, None)?;
+            description?;
+            return Ok(WriteResult::skipped());
+        };
+        node.ctx
+            .ask_registration(id, |reply| RegistrationMsg::Patch {
+                caller: caller.clone(),
+                description: description.clone(),
+                reply,
+            })
+            .await?
+    }
+}
+
+impl ShardOp for PatchRegistration {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        id_shard(shards, self.id.as_ref())
+    }
+}
+
+/// Deletes a registration and its subscriptions (owner or admin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteRegistration {
+    /// Who asks.
+    pub caller: Caller,
+    /// Which (`None`: not a valid id).
+    pub id: Option<Uuid>,
+}
+
+impl Rpc for DeleteRegistration {
+    type Answer = Result<WriteResult, ServiceError>;
+    const NAME: &'static str = "service/delete_registration";
+}
+
+impl Op for DeleteRegistration {
+    async fn run(self, node: Node) -> Self::Answer {
+        let Self { caller, id } = self;
+        let Some(id) = id.filter(|id| matches!(node.ctx.store.registration(id), Ok(Some(_))))
+        else {
+            // The original deleted through a filter: a missing id counts nothing.
+            access::modify(&caller, None)?;
+            return Ok(WriteResult::deleted(0));
+        };
+        node.ctx
+            .ask_registration(id, |reply| RegistrationMsg::Delete {
+                caller: Some(caller.clone()),
+                reply,
+            })
+            .await?
+    }
+}
+
+impl ShardOp for DeleteRegistration {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        id_shard(shards, self.id.as_ref())
+    }
+}
+
+/// Deletes the node's registrations with their subscriptions; answers how many. Asked of
+/// every node by the admin's bulk delete.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteLocalRegistrations;
+
+impl Rpc for DeleteLocalRegistrations {
+    type Answer = Result<u64, ServiceError>;
+    const NAME: &'static str = "service/delete_local_registrations";
+}
+
+impl Op for DeleteLocalRegistrations {
+    async fn run(self, node: Node) -> Self::Answer {
+        let mut deleted = 0;
+        for id in node.ctx.store.registration_ids()? {
+            let result = node
+                .ctx
+                .ask_registration(id, |reply| RegistrationMsg::Delete {
+                    caller: None,
+                    reply,
+                })
+                .await??;
+            deleted += result.deleted;
+        }
+        Ok(deleted)
+    }
+}

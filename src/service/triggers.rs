@@ -1,0 +1,223 @@
+//! Trigger operations: trigger a registration, a trigger's status, its deliveries, and
+//! redelivering its failures.
+//!
+//! A triggered record lives on its registration's shard; its deliveries live with their
+//! subscribers, so counts, listings and redelivery ask every node.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::listing::Table;
+use super::{id_shard, Node, Op, ShardOp};
+use crate::actors::{now_us, RegistrationMsg};
+use crate::cluster::{Rpc, ShardId, ShardMap};
+use crate::domain::{access, msg, Caller, ServiceError};
+use crate::store::{Delivery, DeliveryCounts as Counts, Page, PageRequest, Triggered};
+
+pub(super) fn serve(node: &Node) {
+    node.serve::<Trigger>();
+    node.serve::<TriggerStatus>();
+    node.serve::<ListDeliveries>();
+    node.serve::<Redeliver>();
+    node.serve::<DeliveryCounts>();
+    node.serve::<Requeue>();
+}
+
+/// Triggers a registration (its owner only): records it, answers, then fans out.
+///
+/// `event_data` (JSON text) replaces the registered payload for this trigger; a repeated
+/// `idempotency_key` within 24 h returns the first trigger, flagged as a replay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Trigger {
+    /// Who asks.
+    pub caller: Caller,
+    /// The registration (`None`: not a valid id).
+    pub registration: Option<Uuid>,
+    /// Payload override, JSON text.
+    pub event_data: Option<String>,
+    /// `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+}
+
+impl Rpc for Trigger {
+    /// The trigger, and whether it replays an earlier one.
+    type Answer = Result<(Triggered, bool), ServiceError>;
+    const NAME: &'static str = "service/trigger";
+}
+
+impl Op for Trigger {
+    async fn run(self, node: Node) -> Self::Answer {
+        let missing = || ServiceError::NotFound(msg::NO_SUCH_REGISTRATION_TRIGGER.into());
+        let registration = self.registration.ok_or_else(missing)?;
+        if node.ctx.store.registration(&registration)?.is_none() {
+            return Err(missing());
+        }
+        let Self {
+            caller,
+            event_data,
+            idempotency_key,
+            ..
+        } = self;
+        node.ctx
+            .ask_registration(registration, |reply| RegistrationMsg::Trigger {
+                caller: caller.clone(),
+                event_data: event_data.clone(),
+                idempotency_key: idempotency_key.clone(),
+                reply,
+            })
+            .await?
+    }
+}
+
+impl ShardOp for Trigger {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        id_shard(shards, self.registration.as_ref())
+    }
+}
+
+/// A trigger the caller may inspect (the registration's owner, or an admin), and whether
+/// its fan-out finished; served by the trigger's owner.
+fn visible_trigger(
+    node: &Node,
+    caller: &Caller,
+    id: Option<Uuid>,
+) -> Result<(Triggered, bool), ServiceError> {
+    let found = match id {
+        Some(id) => node.ctx.store.triggered(&id)?,
+        None => None,
+    };
+    access::read_trigger(caller, found.as_ref().map(|t| t.account_id))?;
+    let t = found.ok_or(ServiceError::NotFound(msg::NO_SUCH_TRIGGER.into()))?;
+    let done = node.ctx.store.fanout(&t.id)?.is_none();
+    Ok((t, done))
+}
+
+/// A trigger with its delivery counts (summed over the nodes that deliver it) and
+/// whether its fan-out finished.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TriggerStatus {
+    /// Who asks.
+    pub caller: Caller,
+    /// Which (`None`: not a valid id).
+    pub id: Option<Uuid>,
+}
+
+impl Rpc for TriggerStatus {
+    type Answer = Result<(Triggered, Counts, bool), ServiceError>;
+    const NAME: &'static str = "service/trigger_status";
+}
+
+impl Op for TriggerStatus {
+    async fn run(self, node: Node) -> Self::Answer {
+        let (t, fanout_done) = visible_trigger(&node, &self.caller, self.id)?;
+        let mut counts = Counts::default();
+        for c in node.ask_everywhere(DeliveryCounts(t.id)).await? {
+            counts.pending += c.pending;
+            counts.succeeded += c.succeeded;
+            counts.failed += c.failed;
+            counts.skipped += c.skipped;
+            counts.cancelled += c.cancelled;
+        }
+        Ok((t, counts, fanout_done))
+    }
+}
+
+impl ShardOp for TriggerStatus {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        id_shard(shards, self.id.as_ref())
+    }
+}
+
+/// A page of a trigger's deliveries with their attempt logs, from every node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListDeliveries {
+    /// Who asks.
+    pub caller: Caller,
+    /// The trigger (`None`: not a valid id).
+    pub id: Option<Uuid>,
+    /// Which page.
+    pub page: PageRequest,
+}
+
+impl Rpc for ListDeliveries {
+    type Answer = Result<Page<Delivery>, ServiceError>;
+    const NAME: &'static str = "service/list_deliveries";
+}
+
+impl Op for ListDeliveries {
+    async fn run(self, node: Node) -> Self::Answer {
+        let (t, _) = visible_trigger(&node, &self.caller, self.id)?;
+        node.list(Table::Deliveries(t.id), self.page).await
+    }
+}
+
+impl ShardOp for ListDeliveries {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        id_shard(shards, self.id.as_ref())
+    }
+}
+
+/// Re-queues a trigger's failed deliveries on every node; answers how many.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Redeliver {
+    /// Who asks.
+    pub caller: Caller,
+    /// The trigger (`None`: not a valid id).
+    pub id: Option<Uuid>,
+}
+
+impl Rpc for Redeliver {
+    type Answer = Result<u64, ServiceError>;
+    const NAME: &'static str = "service/redeliver";
+}
+
+impl Op for Redeliver {
+    async fn run(self, node: Node) -> Self::Answer {
+        let (t, _) = visible_trigger(&node, &self.caller, self.id)?;
+        Ok(node.ask_everywhere(Requeue(t.id)).await?.into_iter().sum())
+    }
+}
+
+impl ShardOp for Redeliver {
+    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
+        id_shard(shards, self.id.as_ref())
+    }
+}
+
+/// Counts of the node's deliveries of a trigger.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryCounts(pub Uuid);
+
+impl Rpc for DeliveryCounts {
+    type Answer = Result<Counts, ServiceError>;
+    const NAME: &'static str = "service/delivery_counts";
+}
+
+impl Op for DeliveryCounts {
+    async fn run(self, node: Node) -> Self::Answer {
+        Ok(node.ctx.store.delivery_counts(&self.0)?)
+    }
+}
+
+/// Re-queues the node's failed deliveries of a trigger; answers how many.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Requeue(pub Uuid);
+
+impl Rpc for Requeue {
+    type Answer = Result<u64, ServiceError>;
+    const NAME: &'static str = "service/requeue";
+}
+
+impl Op for Requeue {
+    async fn run(self, node: Node) -> Self::Answer {
+        let n = node.ctx.store.requeue_failed(&self.0, now_us())?;
+        node.ctx.store.flush().await?;
+        node.ctx
+            .delivery
+            .metrics
+            .due
+            .fetch_add(n as i64, std::sync::atomic::Ordering::Relaxed);
+        node.ctx.delivery.wake();
+        Ok(n)
+    }
+}
