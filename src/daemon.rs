@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::actors::{ActorSettings, DeliveryContext, DeliverySupervisor, Directory, NodeContext};
-use crate::api::{Api, App};
+use crate::api::Api;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::crypto::AuthCache;
@@ -16,7 +16,7 @@ use crate::delivery::{EndpointClient, EndpointPolicy};
 use crate::domain::{NewAccount, ServiceError};
 use crate::http::metrics::Metrics;
 use crate::http::Limits;
-use crate::service::Node;
+use crate::service::Service;
 use crate::store::{Store, StoreError};
 
 /// Usernames remembered by the verification cache at most.
@@ -56,8 +56,8 @@ pub fn open_store(config: &Config) -> Result<Store, StoreError> {
     )
 }
 
-/// Builds the node's shared context and façade over an open store.
-pub fn build_node(config: &Config, store: Store) -> Result<Node, DaemonError> {
+/// Builds the node's shared context and its service over an open store.
+pub fn build_service(config: &Config, store: Store) -> Result<Service, DaemonError> {
     let policy = EndpointPolicy::new(
         config.security.endpoint_deny_cidrs.clone(),
         config.security.endpoint_allow_cidrs.clone(),
@@ -99,7 +99,7 @@ pub fn build_node(config: &Config, store: Store) -> Result<Node, DaemonError> {
             fanout_steps: Default::default(),
         },
     };
-    Ok(Node::new(Arc::new(ctx)))
+    Ok(Service::new(Arc::new(ctx)))
 }
 
 /// Prints the admin keys on stdout, the one time they exist in plaintext.
@@ -135,27 +135,28 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         addr: config.http.listen,
         source,
     })?;
-    let node = build_node(&config, store.clone())?;
-    node.context().resume_cascades().await?;
-    let supervisor = DeliverySupervisor::start(node.context().clone())
+    let service = build_service(&config, store.clone())?;
+    service.context().resume_cascades().await?;
+    let supervisor = DeliverySupervisor::start(service.context().clone())
         .await
         .map_err(|e| ServiceError::Internal(format!("starting the delivery engine: {e}")))?;
-    node.context().resume_fanouts()?;
-    node.context()
+    service.context().resume_fanouts()?;
+    service
+        .context()
         .cluster
         .start()
         .await
         .map_err(ServiceError::Internal)?;
-    for peer in 0..node.context().cluster.peers().len() {
-        tokio::spawn(crate::actors::run_handoff(node.context().clone(), peer));
+    for peer in 0..service.context().cluster.peers().len() {
+        tokio::spawn(crate::actors::run_handoff(service.context().clone(), peer));
     }
-    if let Some(admin) = node.bootstrap_admin().await? {
+    if let Some(admin) = service.bootstrap_admin().await? {
         print_admin_keys(&admin);
     }
     let stop = stop_signal().await?;
     let metrics = Arc::new(Metrics::default());
-    let app = Arc::new(App {
-        node,
+    let api = Arc::new(Api {
+        service,
         metrics: metrics.clone(),
         max_event_data: config.security.max_event_data_bytes,
         node_id: config.cluster.node_id.clone(),
@@ -171,7 +172,6 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         max_headers: config.http.max_headers,
         max_body: config.http.max_body_bytes,
     };
-    let api = Arc::new(Api(app));
     crate::http::serve(
         listener,
         api,

@@ -117,8 +117,9 @@ fn run(cli: Cli) -> Result<(), String> {
             runtime()?.block_on(async {
                 store.wipe().map_err(|e| e.to_string())?;
                 println!("Storage wiped.");
-                let node = daemon::build_node(&loaded.config, store).map_err(|e| e.to_string())?;
-                match node.bootstrap_admin().await.map_err(|e| e.to_string())? {
+                let service =
+                    daemon::build_service(&loaded.config, store).map_err(|e| e.to_string())?;
+                match service.bootstrap_admin().await.map_err(|e| e.to_string())? {
                     Some(admin) => daemon::print_admin_keys(&admin),
                     None => println!(
                         "This node does not own the admin account's shard: the member that \

@@ -7,20 +7,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SpawnErr};
 use ractor_cluster::RactorMessage;
 use uuid::Uuid;
 
 use super::remote::DeleteSubscriptionsOf;
-use super::{now_us, NodeContext, RegistrationMsg};
+use super::{now_us, NodeContext, RegistrationMsg, ReplyPort};
 use crate::crypto;
 use crate::domain::{msg, ServiceError, WriteResult};
 use crate::store::{Account, KeyKind, PendingKey, Registration};
 
 const HOUR_US: u64 = 3_600_000_000;
-
-/// Reply of an account operation.
-pub type Reply<T> = RpcReplyPort<Result<T, ServiceError>>;
 
 /// Requests an AccountActor serves.
 #[derive(RactorMessage)]
@@ -30,14 +27,14 @@ pub enum AccountMsg {
         /// The new endpoint (already validated as an http(s) URL).
         endpoint: String,
         /// Write result.
-        reply: Reply<WriteResult>,
+        reply: ReplyPort<WriteResult>,
     },
     /// Generate a new key, deliver it to the endpoint, commit it on success.
     ResetKey {
         /// Which key.
         kind: KeyKind,
         /// Unit on success.
-        reply: Reply<()>,
+        reply: ReplyPort<()>,
     },
     /// Create a registration owned by this account.
     CreateRegistration {
@@ -48,12 +45,12 @@ pub enum AccountMsg {
         /// The payload as JSON text.
         event_data: String,
         /// The new record.
-        reply: Reply<Registration>,
+        reply: ReplyPort<Registration>,
     },
     /// Delete the account and everything that hangs off it.
     Delete {
         /// `deleted: 1`, or `skipped: 1` when there is no such account.
-        reply: Reply<WriteResult>,
+        reply: ReplyPort<WriteResult>,
     },
     /// Timer tick: stop when idle.
     IdleCheck,

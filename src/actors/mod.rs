@@ -30,6 +30,9 @@ use crate::delivery::EndpointClient;
 use crate::domain::ServiceError;
 use crate::store::Store;
 
+/// Where an actor sends the outcome of a request.
+pub type ReplyPort<T> = ractor::RpcReplyPort<Result<T, ServiceError>>;
+
 /// Settings the actors need from the configuration.
 #[derive(Debug, Clone)]
 pub struct ActorSettings {

@@ -7,19 +7,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SpawnErr};
 use ractor_cluster::RactorMessage;
 use uuid::Uuid;
 
 use super::fanout::{self, run_fanout, PreparedStep};
-use super::{now_us, NodeContext};
+use super::{now_us, NodeContext, ReplyPort};
 use crate::delivery::pyjson::to_python_json;
 use crate::domain::access::{self, Access};
 use crate::domain::{msg, Caller, ServiceError, WriteResult};
 use crate::store::{SubscribeError, Subscription, Triggered};
-
-/// Reply of a registration operation.
-pub type Reply<T> = RpcReplyPort<Result<T, ServiceError>>;
 
 /// Requests a RegistrationActor serves.
 #[derive(RactorMessage)]
@@ -31,21 +28,21 @@ pub enum RegistrationMsg {
         /// The new description, or the body error to report once access is granted.
         description: Result<String, ServiceError>,
         /// Write result.
-        reply: Reply<WriteResult>,
+        reply: ReplyPort<WriteResult>,
     },
     /// Delete the registration and every subscription to it.
     Delete {
         /// Who asks; `None` for a cascade from the owner's account delete.
         caller: Option<Caller>,
         /// Write result.
-        reply: Reply<WriteResult>,
+        reply: ReplyPort<WriteResult>,
     },
     /// Subscribe `subscriber` (any live account) to this registration.
     Subscribe {
         /// The subscribing account.
         subscriber: Uuid,
         /// The new subscription.
-        reply: Reply<Subscription>,
+        reply: ReplyPort<Subscription>,
     },
     /// Remove one subscription to this registration (subscriber or admin).
     Unsubscribe {
@@ -54,7 +51,7 @@ pub enum RegistrationMsg {
         /// The subscription.
         subscription: Uuid,
         /// Write result.
-        reply: Reply<WriteResult>,
+        reply: ReplyPort<WriteResult>,
     },
     /// Record a trigger (owner only) and start its fan-out.
     Trigger {
@@ -65,7 +62,7 @@ pub enum RegistrationMsg {
         /// An `Idempotency-Key`: a repeat within 24 h returns the first trigger.
         idempotency_key: Option<String>,
         /// The triggered record, and whether it is a replay of an earlier trigger.
-        reply: Reply<(Triggered, bool)>,
+        reply: ReplyPort<(Triggered, bool)>,
     },
     /// Timer tick: stop when idle.
     IdleCheck,

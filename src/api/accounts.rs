@@ -52,7 +52,11 @@ pub async fn create(mut c: Call) -> ApiResult {
         return Err(invalid_field("username"));
     }
     let endpoint = endpoint_field(&body)?;
-    let created = c.app.node.ask(CreateAccount { username, endpoint }).await?;
+    let created = c
+        .api
+        .service
+        .ask(CreateAccount { username, endpoint })
+        .await?;
     Ok(response::json(
         StatusCode::CREATED,
         &render(&created.account, Some(&created.api_key)),
@@ -62,7 +66,7 @@ pub async fn create(mut c: Call) -> ApiResult {
 /// GET /v1/account/<id> — the caller's own record only.
 pub async fn get(c: Call, credentials: Credentials) -> ApiResult {
     let id = c.id();
-    let account = c.app.node.ask(GetAccount { credentials, id }).await?;
+    let account = c.api.service.ask(GetAccount { credentials, id }).await?;
     Ok(response::json(StatusCode::OK, &render(&account, None)))
 }
 
@@ -70,26 +74,30 @@ pub async fn get(c: Call, credentials: Credentials) -> ApiResult {
 pub async fn update(mut c: Call, caller: Caller) -> ApiResult {
     let body = c.req.json_object().await?;
     let endpoint = endpoint_field(&body)?;
-    let result = c.app.node.ask(UpdateEndpoint { caller, endpoint }).await?;
+    let result = c
+        .api
+        .service
+        .ask(UpdateEndpoint { caller, endpoint })
+        .await?;
     Ok(response::json(StatusCode::OK, &json!(result)))
 }
 
 /// DELETE /v1/account/<id> — self or an admin; cascades.
 pub async fn delete(c: Call, credentials: Credentials) -> ApiResult {
     let id = c.id();
-    let result = c.app.node.ask(DeleteAccount { credentials, id }).await?;
+    let result = c.api.service.ask(DeleteAccount { credentials, id }).await?;
     Ok(response::json(StatusCode::OK, &json!(result)))
 }
 
 /// GET /v1/accounts — admin.
 pub async fn list(c: Call) -> ApiResult {
-    let page = c.app.node.list(Table::Accounts, c.req.page()?).await?;
+    let page = c.api.service.list(Table::Accounts, c.req.page()?).await?;
     Ok(response::page("accounts", page, |a| render(&a, None)))
 }
 
 /// DELETE /v1/accounts — admin; every non-admin account, with cascades.
 pub async fn delete_all(c: Call) -> ApiResult {
-    let counts = c.app.node.ask_everywhere(DeleteLocalAccounts).await?;
+    let counts = c.api.service.ask_everywhere(DeleteLocalAccounts).await?;
     let result = WriteResult::deleted(counts.into_iter().sum());
     Ok(response::json(StatusCode::OK, &json!(result)))
 }

@@ -26,12 +26,12 @@ pub async fn reset_api_key(c: Call) -> ApiResult {
             msg::MISSING_USERNAME_RESET.into(),
         )))?;
     let kind = KeyKind::ApiKey;
-    c.app.node.ask(ResetKey { username, kind }).await?;
+    c.api.service.ask(ResetKey { username, kind }).await?;
     sent()
 }
 
 /// POST /v1/account/reset/secretkey — full auth.
 pub async fn reset_secret_key(c: Call, credentials: Credentials) -> ApiResult {
-    c.app.node.ask(ResetSecretKey(credentials)).await?;
+    c.api.service.ask(ResetSecretKey(credentials)).await?;
     sent()
 }

@@ -1,8 +1,8 @@
 //! The `/v1` API: the route table ([`routes`]), one module per resource, each handler
 //! shaped parse → authorise → ask the node → respond.
 //!
-//! [`App`] is the HTTP layer's [`Service`]: it matches the table, applies the gates a route
-//! declares (Content-Type, then authentication) and calls the route's handler.
+//! [`Api`] is the HTTP layer's [`Handler`]: it matches the table, applies the gates a
+//! route declares (Content-Type, then authentication) and calls the route's handler.
 
 mod accounts;
 mod keys;
@@ -25,22 +25,22 @@ use crate::domain::{Caller, Credentials};
 use crate::http::metrics::Metrics;
 use crate::http::request::{parse_id, ApiRequest};
 use crate::http::router::Routes;
-use crate::http::{ApiError, Service};
-use crate::service::{Authenticate, Node};
+use crate::http::{ApiError, Handler};
+use crate::service::{Authenticate, Service};
 
 pub use routes::table;
 
 /// A handler's outcome.
 pub type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
-/// A handler's future.
-pub type Reply = Pin<Box<dyn Future<Output = ApiResult> + Send>>;
+/// A handler's outcome, to come.
+pub type Pending = Pin<Box<dyn Future<Output = ApiResult> + Send>>;
 
 /// A request as a handler receives it.
 pub struct Call {
     /// The request (headers, query, body).
     pub req: ApiRequest,
     /// What every handler shares.
-    pub app: Arc<App>,
+    pub api: Arc<Api>,
     /// The raw `{id}` path segment, if the route has one.
     pub raw_id: Option<String>,
 }
@@ -60,23 +60,24 @@ impl Call {
     }
 }
 
-/// A route's gate and handler: what the caller must prove, and what it then gets.
-pub enum Handler {
+/// What serves a route: its authentication gate (what the caller must prove) and the
+/// handler that then gets what was proven.
+pub enum Endpoint {
     /// No authentication.
-    Open(fn(Call) -> Reply),
+    Open(fn(Call) -> Pending),
     /// The handler's operation authenticates the credentials where the caller's account
     /// lives, in the same request as the work (one round trip).
-    Credentials(fn(Call, Credentials) -> Reply),
+    Credentials(fn(Call, Credentials) -> Pending),
     /// Any authenticated account.
-    Caller(fn(Call, Caller) -> Reply),
+    Caller(fn(Call, Caller) -> Pending),
     /// An authenticated administrator.
-    Admin(fn(Call, Caller) -> Reply),
+    Admin(fn(Call, Caller) -> Pending),
 }
 
-/// What every request handler shares; the HTTP layer's [`Service`].
-pub struct App {
+/// The API: what every request handler shares; the HTTP layer's [`Handler`].
+pub struct Api {
     /// The node's operations.
-    pub node: Node,
+    pub service: Service,
     /// Request counters (shared with the HTTP server, which records them).
     pub metrics: Arc<Metrics>,
     /// `security.max_event_data_bytes`.
@@ -84,10 +85,10 @@ pub struct App {
     /// This node's id (shown by `/ready`).
     pub node_id: String,
     /// The route table.
-    pub routes: Routes<Handler>,
+    pub routes: Routes<Endpoint>,
 }
 
-impl App {
+impl Api {
     /// Passes the route's gates and runs its handler.
     async fn dispatch(self: Arc<Self>, req: ApiRequest) -> (Response<Full<Bytes>>, &'static str) {
         let (handler, gated, template, raw_id) = match self.routes.find(req.method(), req.path()) {
@@ -107,20 +108,20 @@ impl App {
         }
         let call = Call {
             req,
-            app: self.clone(),
+            api: self.clone(),
             raw_id,
         };
         let result = match handler {
-            Handler::Open(h) => h(call).await,
-            Handler::Credentials(h) => match call.credentials() {
+            Endpoint::Open(h) => h(call).await,
+            Endpoint::Credentials(h) => match call.credentials() {
                 Ok(credentials) => h(call, credentials).await,
                 Err(e) => Err(e),
             },
-            Handler::Caller(h) => match self.authenticate(&call).await {
+            Endpoint::Caller(h) => match self.authenticate(&call).await {
                 Ok(caller) => h(call, caller).await,
                 Err(e) => Err(e),
             },
-            Handler::Admin(h) => match self.authenticate(&call).await {
+            Endpoint::Admin(h) => match self.authenticate(&call).await {
                 Ok(caller) => match caller.admin() {
                     Ok(admin) => h(call, admin).await,
                     Err(e) => Err(e.into()),
@@ -132,18 +133,15 @@ impl App {
     }
 
     async fn authenticate(&self, call: &Call) -> Result<Caller, ApiError> {
-        Ok(self.node.ask(Authenticate(call.credentials()?)).await?)
+        Ok(self.service.ask(Authenticate(call.credentials()?)).await?)
     }
 }
 
-/// The server's handle on the API.
-pub struct Api(pub Arc<App>);
-
-impl Service for Api {
+impl Handler for Api {
     fn answer(
-        &self,
+        self: Arc<Self>,
         request: ApiRequest,
     ) -> impl Future<Output = (Response<Full<Bytes>>, &'static str)> + Send {
-        self.0.clone().dispatch(request)
+        self.dispatch(request)
     }
 }

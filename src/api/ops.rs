@@ -17,9 +17,9 @@ pub async fn health(_: Call) -> ApiResult {
 
 /// GET /ready — storage answers and every shard owner is reachable.
 pub async fn ready(c: Call) -> ApiResult {
-    let app = &c.app;
-    let storage = app.node.is_ready();
-    let cluster = app.node.cluster();
+    let api = &c.api;
+    let storage = api.service.is_ready();
+    let cluster = api.service.cluster();
     let ready = storage && cluster.all_up();
     let status = if ready {
         StatusCode::OK
@@ -30,7 +30,7 @@ pub async fn ready(c: Call) -> ApiResult {
         status,
         &json!({
             "status": if ready { "ready" } else { "not ready" },
-            "node": app.node_id,
+            "node": api.node_id,
             "storage": if storage { "ok" } else { "unavailable" },
             "peers": peers(cluster),
         }),
@@ -56,7 +56,7 @@ fn peers(cluster: &Cluster) -> Vec<Value> {
 
 /// GET /v1/cluster (admin) — members, their states and the shard map.
 pub async fn cluster(c: Call) -> ApiResult {
-    let cluster = c.app.node.cluster();
+    let cluster = c.api.service.cluster();
     let map = cluster.map();
     let owners: Vec<&str> = (0..map.shards())
         .map(|s| map.owner(s).unwrap_or(""))
@@ -85,9 +85,9 @@ pub async fn cluster(c: Call) -> ApiResult {
 
 /// GET /metrics — Prometheus text.
 pub async fn metrics(c: Call) -> ApiResult {
-    let app = &c.app;
-    let mut text = app.metrics.render();
-    text.push_str(&app.node.delivery_metrics());
+    let api = &c.api;
+    let mut text = api.metrics.render();
+    text.push_str(&api.service.delivery_metrics());
     let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = StatusCode::OK;
     r.headers_mut().insert(

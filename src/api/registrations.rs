@@ -39,7 +39,7 @@ pub async fn create(mut c: Call, caller: Caller) -> ApiResult {
         .get("event_data")
         .ok_or_else(|| ApiError::BadRequest("Missing event_data field".into()))?;
     let event_data = serde_json::to_string(event_data).map_err(|_| invalid_field("event_data"))?;
-    if event_data.len() > c.app.max_event_data {
+    if event_data.len() > c.api.max_event_data {
         return Err(ApiError::EventDataTooLarge);
     }
     let create = CreateRegistration {
@@ -48,7 +48,7 @@ pub async fn create(mut c: Call, caller: Caller) -> ApiResult {
         description,
         event_data,
     };
-    let registration = c.app.node.ask(create).await?;
+    let registration = c.api.service.ask(create).await?;
     Ok(response::json(StatusCode::CREATED, &render(&registration)))
 }
 
@@ -56,8 +56,8 @@ pub async fn create(mut c: Call, caller: Caller) -> ApiResult {
 pub async fn list_own(c: Call, caller: Caller) -> ApiResult {
     let page = c.req.page()?;
     let page = c
-        .app
-        .node
+        .api
+        .service
         .ask(ListOwnRegistrations { caller, page })
         .await?;
     Ok(response::page("registrations", page, |r| render(&r)))
@@ -65,7 +65,11 @@ pub async fn list_own(c: Call, caller: Caller) -> ApiResult {
 
 /// GET /v1/webhook/registrations — everyone's.
 pub async fn list(c: Call) -> ApiResult {
-    let page = c.app.node.list(Table::Registrations, c.req.page()?).await?;
+    let page = c
+        .api
+        .service
+        .list(Table::Registrations, c.req.page()?)
+        .await?;
     Ok(response::page("registrations", page, |r| render(&r)))
 }
 
@@ -89,20 +93,24 @@ pub async fn update(mut c: Call, caller: Caller) -> ApiResult {
         id,
         description,
     };
-    let result = c.app.node.ask(patch).await?;
+    let result = c.api.service.ask(patch).await?;
     Ok(response::json(StatusCode::OK, &json!(result)))
 }
 
 /// DELETE /v1/webhook/registration/<id> — owner or admin; removes its subscriptions too.
 pub async fn delete(c: Call, caller: Caller) -> ApiResult {
     let id = c.id();
-    let result = c.app.node.ask(DeleteRegistration { caller, id }).await?;
+    let result = c.api.service.ask(DeleteRegistration { caller, id }).await?;
     Ok(response::json(StatusCode::OK, &json!(result)))
 }
 
 /// DELETE /v1/webhook/registrations — admin; every registration and subscription.
 pub async fn delete_all(c: Call) -> ApiResult {
-    let counts = c.app.node.ask_everywhere(DeleteLocalRegistrations).await?;
+    let counts = c
+        .api
+        .service
+        .ask_everywhere(DeleteLocalRegistrations)
+        .await?;
     let result = WriteResult::deleted(counts.into_iter().sum());
     Ok(response::json(StatusCode::OK, &json!(result)))
 }

@@ -3,15 +3,15 @@
 //!
 //! A row is: method, path template (its `{id}` segment named for `Missing <param>`), the
 //! Content-Type gate (every `/v1` route; not the operations endpoints nor the OpenAPI
-//! document), and a [`Handler`] whose variant is the authentication gate.
+//! document), and an [`Endpoint`]: the authentication gate and the handler.
 
 use hyper::Method;
 
-use super::{accounts, keys, ops, registrations, subscriptions, triggers, Handler};
+use super::{accounts, keys, ops, registrations, subscriptions, triggers, Endpoint};
 use crate::http::router::{Route, Routes};
 
 /// One `/v1` row (Content-Type gated).
-fn v1(method: Method, template: &'static str, param: &'static str, h: Handler) -> Route<Handler> {
+fn v1(method: Method, template: &'static str, param: &'static str, h: Endpoint) -> Route<Endpoint> {
     Route {
         method,
         template,
@@ -22,7 +22,7 @@ fn v1(method: Method, template: &'static str, param: &'static str, h: Handler) -
 }
 
 /// One operations row (no Content-Type gate).
-fn ops(template: &'static str, h: Handler) -> Route<Handler> {
+fn ops(template: &'static str, h: Endpoint) -> Route<Endpoint> {
     Route {
         method: Method::GET,
         template,
@@ -34,8 +34,8 @@ fn ops(template: &'static str, h: Handler) -> Route<Handler> {
 
 /// The table (one row per line: it is read as a table).
 #[rustfmt::skip]
-pub fn table() -> Routes<Handler> {
-    use Handler::{Admin, Caller, Credentials, Open};
+pub fn table() -> Routes<Endpoint> {
+    use Endpoint::{Admin, Caller, Credentials, Open};
     use Method as M;
     Routes::new(vec![
         v1(M::POST, "/v1/account", "", Open(|c| Box::pin(accounts::create(c)))),

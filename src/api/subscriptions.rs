@@ -24,8 +24,8 @@ fn render(s: &Subscription) -> Value {
 pub async fn create(c: Call, caller: Caller) -> ApiResult {
     let registration = c.id();
     let subscription = c
-        .app
-        .node
+        .api
+        .service
         .ask(Subscribe {
             caller,
             registration,
@@ -37,27 +37,31 @@ pub async fn create(c: Call, caller: Caller) -> ApiResult {
 /// GET /v1/webhook/subscription — the caller's own.
 pub async fn list_own(c: Call, caller: Caller) -> ApiResult {
     let table = Table::Subscriptions(Some(caller.id));
-    let page = c.app.node.list(table, c.req.page()?).await?;
+    let page = c.api.service.list(table, c.req.page()?).await?;
     Ok(response::page("subscriptions", page, |s| render(&s)))
 }
 
 /// GET /v1/webhook/subscriptions — everyone's (auth before paging, api.md B.8).
 pub async fn list(c: Call) -> ApiResult {
     let table = Table::Subscriptions(None);
-    let page = c.app.node.list(table, c.req.page()?).await?;
+    let page = c.api.service.list(table, c.req.page()?).await?;
     Ok(response::page("subscriptions", page, |s| render(&s)))
 }
 
 /// DELETE /v1/webhook/subscription/<id> — the subscriber or an admin.
 pub async fn delete(c: Call, caller: Caller) -> ApiResult {
     let id = c.id();
-    let result = c.app.node.ask(DeleteSubscription { caller, id }).await?;
+    let result = c.api.service.ask(DeleteSubscription { caller, id }).await?;
     Ok(response::json(StatusCode::OK, &json!(result)))
 }
 
 /// DELETE /v1/webhook/subscriptions — admin.
 pub async fn delete_all(c: Call) -> ApiResult {
-    let counts = c.app.node.ask_everywhere(DeleteLocalSubscriptions).await?;
+    let counts = c
+        .api
+        .service
+        .ask_everywhere(DeleteLocalSubscriptions)
+        .await?;
     let result = WriteResult::deleted(counts.into_iter().sum());
     Ok(response::json(StatusCode::OK, &json!(result)))
 }

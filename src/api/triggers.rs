@@ -68,7 +68,7 @@ pub async fn create(mut c: Call, caller: Caller) -> ApiResult {
     };
     if event_data
         .as_ref()
-        .is_some_and(|d| d.len() > c.app.max_event_data)
+        .is_some_and(|d| d.len() > c.api.max_event_data)
     {
         return Err(ApiError::EventDataTooLarge);
     }
@@ -78,7 +78,7 @@ pub async fn create(mut c: Call, caller: Caller) -> ApiResult {
         event_data,
         idempotency_key,
     };
-    let (triggered, replayed) = c.app.node.ask(trigger).await?;
+    let (triggered, replayed) = c.api.service.ask(trigger).await?;
     let status = if replayed {
         StatusCode::OK
     } else {
@@ -89,14 +89,14 @@ pub async fn create(mut c: Call, caller: Caller) -> ApiResult {
 
 /// GET /v1/webhook/triggered — every triggered record (auth before paging, api.md B.8).
 pub async fn list(c: Call) -> ApiResult {
-    let page = c.app.node.list(Table::Triggered, c.req.page()?).await?;
+    let page = c.api.service.list(Table::Triggered, c.req.page()?).await?;
     Ok(response::page("triggered_webhooks", page, |t| render(&t)))
 }
 
 /// GET /v1/webhook/triggered/<id> — the record with its delivery counts (owner or admin).
 pub async fn status(c: Call, caller: Caller) -> ApiResult {
     let id = c.id();
-    let (t, counts, fanout_complete) = c.app.node.ask(TriggerStatus { caller, id }).await?;
+    let (t, counts, fanout_complete) = c.api.service.ask(TriggerStatus { caller, id }).await?;
     let mut body = render(&t);
     if let Value::Object(map) = &mut body {
         map.insert("deliveries".into(), json!(counts));
@@ -109,14 +109,18 @@ pub async fn status(c: Call, caller: Caller) -> ApiResult {
 /// GET /v1/webhook/triggered/<id>/deliveries — one row per subscriber delivery.
 pub async fn deliveries(c: Call, caller: Caller) -> ApiResult {
     let (id, page) = (c.id(), c.req.page()?);
-    let page = c.app.node.ask(ListDeliveries { caller, id, page }).await?;
+    let page = c
+        .api
+        .service
+        .ask(ListDeliveries { caller, id, page })
+        .await?;
     Ok(response::page("deliveries", page, |d| render_delivery(&d)))
 }
 
 /// POST /v1/webhook/triggered/<id>/redeliver — re-queue the failed deliveries.
 pub async fn redeliver(c: Call, caller: Caller) -> ApiResult {
     let id = c.id();
-    let requeued = c.app.node.ask(Redeliver { caller, id }).await?;
+    let requeued = c.api.service.ask(Redeliver { caller, id }).await?;
     Ok(response::json(
         StatusCode::OK,
         &json!({ "requeued": requeued }),

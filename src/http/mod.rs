@@ -1,5 +1,5 @@
 //! The HTTP front end: the hyper server, route matching, request guards and the mapping
-//! of every error to its response. It knows no route: the API hands it a [`Service`].
+//! of every error to its response. It knows no route: the API hands it a [`Handler`].
 
 mod connection;
 pub mod error;
@@ -10,4 +10,4 @@ pub mod router;
 mod server;
 
 pub use error::ApiError;
-pub use server::{serve, Limits, Service};
+pub use server::{serve, Handler, Limits};

@@ -39,11 +39,11 @@ pub struct Limits {
     pub max_body: usize,
 }
 
-/// What answers the requests: routing, gates and handlers, all above this layer.
-pub trait Service: Send + Sync + 'static {
+/// What answers the requests (routing, gates, handlers): the layer above this one.
+pub trait Handler: Send + Sync + 'static {
     /// Answers a request; also names its route template for logs and metrics.
     fn answer(
-        &self,
+        self: Arc<Self>,
         request: ApiRequest,
     ) -> impl Future<Output = (Response<Full<Bytes>>, &'static str)> + Send;
 }
@@ -52,9 +52,9 @@ pub trait Service: Send + Sync + 'static {
 const MIN_BUF: usize = 8192;
 
 /// Answers one request and logs it (method, route template, status, latency; never keys).
-async fn answer<S: Service>(
+async fn answer<H: Handler>(
     req: Request<Incoming>,
-    service: &S,
+    handler: Arc<H>,
     metrics: &Metrics,
     max_body: usize,
 ) -> Response<Full<Bytes>> {
@@ -64,7 +64,7 @@ async fn answer<S: Service>(
     let (response, template) = if request.declared_too_large() {
         (ApiError::PayloadTooLarge.into_response(), "any")
     } else {
-        service.answer(request).await
+        handler.answer(request).await
     };
     let took = started.elapsed();
     let status = response.status().as_u16();
@@ -81,9 +81,9 @@ async fn answer<S: Service>(
 
 /// Serves `listener` until `shutdown` completes, then waits up to `grace` for in-flight
 /// requests to finish.
-pub async fn serve<S: Service>(
+pub async fn serve<H: Handler>(
     listener: TcpListener,
-    service: Arc<S>,
+    handler: Arc<H>,
     metrics: Arc<Metrics>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
@@ -120,15 +120,15 @@ pub async fn serve<S: Service>(
                 };
                 let _ = stream.set_nodelay(true);
                 let activity = Activity::new();
-                let (service, metrics) = (service.clone(), metrics.clone());
+                let (handler, metrics) = (handler.clone(), metrics.clone());
                 let max_body = limits.max_body;
                 let tracker = activity.clone();
                 let service = service_fn(move |req| {
-                    let (service, metrics) = (service.clone(), metrics.clone());
+                    let (handler, metrics) = (handler.clone(), metrics.clone());
                     let tracker = tracker.clone();
                     async move {
                         tracker.request_started();
-                        let response = answer(req, &*service, &metrics, max_body).await;
+                        let response = answer(req, handler, &metrics, max_body).await;
                         tracker.request_done();
                         Ok::<_, Infallible>(response)
                     }

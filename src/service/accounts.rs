@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{id_shard, username_shard, Node, Op, ShardOp};
+use super::{id_shard, username_shard, Op, Service, ShardOp};
 use crate::actors::AccountMsg;
 use crate::cluster::{Rpc, ShardId, ShardMap};
 use crate::domain::{
@@ -15,16 +15,16 @@ use crate::domain::{
 };
 use crate::store::{Account, KeyKind};
 
-pub(super) fn serve(node: &Node) {
-    node.serve::<Authenticate>();
-    node.serve::<CreateAccount>();
-    node.serve::<GetAccount>();
-    node.serve::<UpdateEndpoint>();
-    node.serve::<DeleteAccount>();
-    node.serve::<DeleteAccountById>();
-    node.serve::<ResetKey>();
-    node.serve::<ResetSecretKey>();
-    node.serve::<DeleteLocalAccounts>();
+pub(super) fn serve(service: &Service) {
+    service.serve::<Authenticate>();
+    service.serve::<CreateAccount>();
+    service.serve::<GetAccount>();
+    service.serve::<UpdateEndpoint>();
+    service.serve::<DeleteAccount>();
+    service.serve::<DeleteAccountById>();
+    service.serve::<ResetKey>();
+    service.serve::<ResetSecretKey>();
+    service.serve::<DeleteLocalAccounts>();
 }
 
 /// Checks credentials; answers who the caller is.
@@ -37,8 +37,8 @@ impl Rpc for Authenticate {
 }
 
 impl Op for Authenticate {
-    async fn run(self, node: Node) -> Self::Answer {
-        node.authenticate_here(&self.0).await
+    async fn run(self, service: Service) -> Self::Answer {
+        service.authenticate_here(&self.0).await
     }
 }
 
@@ -63,15 +63,16 @@ impl Rpc for CreateAccount {
 }
 
 impl Op for CreateAccount {
-    async fn run(self, node: Node) -> Self::Answer {
-        if self.username == ADMIN_USERNAME || node.ctx.store.username_taken(&self.username)? {
+    async fn run(self, service: Service) -> Self::Answer {
+        if self.username == ADMIN_USERNAME || service.ctx.store.username_taken(&self.username)? {
             return Err(ServiceError::UsernameTaken);
         }
-        if let Err(e) = node.ctx.client.echo(&self.endpoint).await {
+        if let Err(e) = service.ctx.client.echo(&self.endpoint).await {
             tracing::info!(error = %e, "echo challenge failed on account creation");
             return Err(ServiceError::BadRequest(msg::ECHO_FAILED.into()));
         }
-        node.insert_account(self.username, self.endpoint, false)
+        service
+            .insert_account(self.username, self.endpoint, false)
             .await
     }
 }
@@ -97,10 +98,11 @@ impl Rpc for GetAccount {
 }
 
 impl Op for GetAccount {
-    async fn run(self, node: Node) -> Self::Answer {
-        let caller = node.authenticate_here(&self.credentials).await?;
+    async fn run(self, service: Service) -> Self::Answer {
+        let caller = service.authenticate_here(&self.credentials).await?;
         let id = access::read_account(&caller, self.id)?;
-        node.ctx
+        service
+            .ctx
             .store
             .account(&id)?
             .ok_or(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()))
@@ -128,9 +130,10 @@ impl Rpc for UpdateEndpoint {
 }
 
 impl Op for UpdateEndpoint {
-    async fn run(self, node: Node) -> Self::Answer {
+    async fn run(self, service: Service) -> Self::Answer {
         let endpoint = self.endpoint;
-        node.ctx
+        service
+            .ctx
             .ask_account(self.caller.id, |reply| AccountMsg::UpdateEndpoint {
                 endpoint: endpoint.clone(),
                 reply,
@@ -160,14 +163,14 @@ impl Rpc for DeleteAccount {
 }
 
 impl Op for DeleteAccount {
-    async fn run(self, node: Node) -> Self::Answer {
-        let caller = node.authenticate_here(&self.credentials).await?;
+    async fn run(self, service: Service) -> Self::Answer {
+        let caller = service.authenticate_here(&self.credentials).await?;
         access::delete_account(&caller, self.id)?;
         let Some(id) = self.id else {
             return Ok(WriteResult::skipped());
         };
         // An account deleting itself is on this node; an admin's target may not be.
-        node.ask(DeleteAccountById(id)).await
+        service.ask(DeleteAccountById(id)).await
     }
 }
 
@@ -187,11 +190,12 @@ impl Rpc for DeleteAccountById {
 }
 
 impl Op for DeleteAccountById {
-    async fn run(self, node: Node) -> Self::Answer {
-        if node.ctx.store.account(&self.0)?.is_none() {
+    async fn run(self, service: Service) -> Self::Answer {
+        if service.ctx.store.account(&self.0)?.is_none() {
             return Ok(WriteResult::skipped());
         }
-        node.ctx
+        service
+            .ctx
             .ask_account(self.0, |reply| AccountMsg::Delete { reply })
             .await?
     }
@@ -219,14 +223,15 @@ impl Rpc for ResetKey {
 }
 
 impl Op for ResetKey {
-    async fn run(self, node: Node) -> Self::Answer {
-        let account = node
+    async fn run(self, service: Service) -> Self::Answer {
+        let account = service
             .ctx
             .store
             .account_by_username(&self.username)?
             .ok_or(ServiceError::NotFound(msg::USERNAME_NOT_FOUND.into()))?;
         let kind = self.kind;
-        node.ctx
+        service
+            .ctx
             .ask_account(account.id, |reply| AccountMsg::ResetKey { kind, reply })
             .await?
     }
@@ -248,13 +253,13 @@ impl Rpc for ResetSecretKey {
 }
 
 impl Op for ResetSecretKey {
-    async fn run(self, node: Node) -> Self::Answer {
-        let caller = node.authenticate_here(&self.0).await?;
+    async fn run(self, service: Service) -> Self::Answer {
+        let caller = service.authenticate_here(&self.0).await?;
         let reset = ResetKey {
             username: caller.username,
             kind: KeyKind::SecretKey,
         };
-        reset.run(node).await
+        reset.run(service).await
     }
 }
 
@@ -265,7 +270,7 @@ impl ShardOp for ResetSecretKey {
 }
 
 /// Deletes the node's non-admin accounts, each with its cascade; answers how many. Asked
-/// of every node ([`Node::ask_everywhere`]) by the admin's bulk delete.
+/// of every node ([`Service::ask_everywhere`]) by the admin's bulk delete.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeleteLocalAccounts;
 
@@ -275,11 +280,11 @@ impl Rpc for DeleteLocalAccounts {
 }
 
 impl Op for DeleteLocalAccounts {
-    async fn run(self, node: Node) -> Self::Answer {
+    async fn run(self, service: Service) -> Self::Answer {
         let mut deleted = 0;
-        for (id, is_admin) in node.ctx.store.account_ids()? {
+        for (id, is_admin) in service.ctx.store.account_ids()? {
             if !is_admin {
-                let result = node
+                let result = service
                     .ctx
                     .ask_account(id, |reply| AccountMsg::Delete { reply })
                     .await??;

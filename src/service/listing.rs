@@ -7,13 +7,13 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Node, Op};
+use super::{Op, Service};
 use crate::cluster::Rpc;
 use crate::domain::ServiceError;
 use crate::store::{Account, Delivery, Page, PageRequest, Registration, Subscription, Triggered};
 
-pub(super) fn serve(node: &Node) {
-    node.serve::<LocalRows>();
+pub(super) fn serve(service: &Service) {
+    service.serve::<LocalRows>();
 }
 
 /// Rows a global listing merges from every node.
@@ -59,8 +59,8 @@ impl Rpc for LocalRows {
 }
 
 impl Op for LocalRows {
-    async fn run(self, node: Node) -> Self::Answer {
-        node.local_rows(
+    async fn run(self, service: Service) -> Self::Answer {
+        service.local_rows(
             self.table,
             PageRequest {
                 start: 0,
@@ -138,7 +138,7 @@ impl Listed for Delivery {
     }
 }
 
-impl Node {
+impl Service {
     /// This node's page of `table` for `req`.
     fn local_rows(&self, table: Table, req: PageRequest) -> Result<Rows, ServiceError> {
         let store = &self.ctx.store;

@@ -2,9 +2,9 @@
 //!
 //! Each operation is one type ([`Op`]) declared in the file of its resource: its fields,
 //! its answer, the shard whose owner serves it ([`ShardOp`]) and what the owner does. The
-//! API builds the operation and calls [`Node::ask`]; `ask` serves it here when this node
+//! API builds the operation and calls [`Service::ask`]; `ask` serves it here when this node
 //! owns the shard and otherwise sends it, in one request, to the owner, which serves it
-//! the same way. Operations that concern every node ([`Node::ask_everywhere`]) run here and
+//! the same way. Operations that concern every node ([`Service::ask_everywhere`]) run here and
 //! on each peer. Handlers never see sled, actors or the wire.
 
 mod accounts;
@@ -39,7 +39,7 @@ use crate::store::{Account, NewAccountError};
 /// An operation a node serves, for itself or for a peer.
 pub trait Op: Rpc {
     /// Serves the operation on this node.
-    fn run(self, node: Node) -> impl Future<Output = Self::Answer> + Send;
+    fn run(self, service: Service) -> impl Future<Output = Self::Answer> + Send;
 }
 
 /// An operation served by the owner of one shard.
@@ -51,21 +51,21 @@ pub trait ShardOp: Op {
 
 /// The node's operations. Cheap to clone.
 #[derive(Clone)]
-pub struct Node {
+pub struct Service {
     ctx: Arc<NodeContext>,
 }
 
-impl Node {
+impl Service {
     /// Wraps the shared context and serves every operation to the peers.
     pub fn new(ctx: Arc<NodeContext>) -> Self {
-        let node = Self { ctx };
-        accounts::serve(&node);
-        listing::serve(&node);
-        registrations::serve(&node);
-        subscriptions::serve(&node);
-        triggers::serve(&node);
-        crate::actors::remote::serve(&node.ctx);
-        node
+        let service = Self { ctx };
+        accounts::serve(&service);
+        listing::serve(&service);
+        registrations::serve(&service);
+        subscriptions::serve(&service);
+        triggers::serve(&service);
+        crate::actors::remote::serve(&service.ctx);
+        service
     }
 
     /// The shared context (for start-up and shutdown tasks).
@@ -75,8 +75,8 @@ impl Node {
 
     /// Serves `O` to the peers.
     fn serve<O: Op>(&self) {
-        let node = self.clone();
-        self.ctx.cluster.serve(move |op: O| op.run(node.clone()));
+        let service = self.clone();
+        self.ctx.cluster.serve(move |op: O| op.run(service.clone()));
     }
 
     /// Serves `op` here when this node owns its shard, else asks the owner.
@@ -212,8 +212,8 @@ pub fn reset_admin_key_offline(
 ) -> Result<String, ServiceError> {
     let mut admin = store.account_by_username(ADMIN_USERNAME)?.ok_or_else(|| {
         ServiceError::Internal(
-            "there is no admin account in this node's storage (in a cluster, run this on \
-                 the node that printed the admin keys)"
+            "there is no admin account in this service's storage (in a cluster, run this on \
+                 the service that printed the admin keys)"
                 .into(),
         )
     })?;

@@ -6,19 +6,19 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{id_shard, Node, Op, ShardOp};
+use super::{id_shard, Op, Service, ShardOp};
 use crate::actors::{AccountMsg, RegistrationMsg};
 use crate::cluster::{Rpc, ShardId, ShardMap};
 use crate::domain::access;
 use crate::domain::{Caller, ServiceError, WriteResult};
 use crate::store::{Page, PageRequest, Registration};
 
-pub(super) fn serve(node: &Node) {
-    node.serve::<CreateRegistration>();
-    node.serve::<ListOwnRegistrations>();
-    node.serve::<PatchRegistration>();
-    node.serve::<DeleteRegistration>();
-    node.serve::<DeleteLocalRegistrations>();
+pub(super) fn serve(service: &Service) {
+    service.serve::<CreateRegistration>();
+    service.serve::<ListOwnRegistrations>();
+    service.serve::<PatchRegistration>();
+    service.serve::<DeleteRegistration>();
+    service.serve::<DeleteLocalRegistrations>();
 }
 
 /// Registers a webhook owned by the caller.
@@ -40,14 +40,15 @@ impl Rpc for CreateRegistration {
 }
 
 impl Op for CreateRegistration {
-    async fn run(self, node: Node) -> Self::Answer {
+    async fn run(self, service: Service) -> Self::Answer {
         let Self {
             caller,
             event,
             description,
             event_data,
         } = self;
-        node.ctx
+        service
+            .ctx
             .ask_account(caller.id, |reply| AccountMsg::CreateRegistration {
                 event: event.clone(),
                 description: description.clone(),
@@ -79,8 +80,8 @@ impl Rpc for ListOwnRegistrations {
 }
 
 impl Op for ListOwnRegistrations {
-    async fn run(self, node: Node) -> Self::Answer {
-        Ok(node
+    async fn run(self, service: Service) -> Self::Answer {
+        Ok(service
             .ctx
             .store
             .list_account_registrations(&self.caller.id, self.page)?)
@@ -111,20 +112,21 @@ impl Rpc for PatchRegistration {
 }
 
 impl Op for PatchRegistration {
-    async fn run(self, node: Node) -> Self::Answer {
+    async fn run(self, service: Service) -> Self::Answer {
         let Self {
             caller,
             id,
             description,
         } = self;
         // No actor for a record that does not exist (it would linger until idle).
-        let Some(id) = id.filter(|id| matches!(node.ctx.store.registration(id), Ok(Some(_))))
+        let Some(id) = id.filter(|id| matches!(service.ctx.store.registration(id), Ok(Some(_))))
         else {
             access::modify(&caller, None)?;
             description?;
             return Ok(WriteResult::skipped());
         };
-        node.ctx
+        service
+            .ctx
             .ask_registration(id, |reply| RegistrationMsg::Patch {
                 caller: caller.clone(),
                 description: description.clone(),
@@ -155,15 +157,16 @@ impl Rpc for DeleteRegistration {
 }
 
 impl Op for DeleteRegistration {
-    async fn run(self, node: Node) -> Self::Answer {
+    async fn run(self, service: Service) -> Self::Answer {
         let Self { caller, id } = self;
-        let Some(id) = id.filter(|id| matches!(node.ctx.store.registration(id), Ok(Some(_))))
+        let Some(id) = id.filter(|id| matches!(service.ctx.store.registration(id), Ok(Some(_))))
         else {
             // The original deleted through a filter: a missing id counts nothing.
             access::modify(&caller, None)?;
             return Ok(WriteResult::deleted(0));
         };
-        node.ctx
+        service
+            .ctx
             .ask_registration(id, |reply| RegistrationMsg::Delete {
                 caller: Some(caller.clone()),
                 reply,
@@ -189,10 +192,10 @@ impl Rpc for DeleteLocalRegistrations {
 }
 
 impl Op for DeleteLocalRegistrations {
-    async fn run(self, node: Node) -> Self::Answer {
+    async fn run(self, service: Service) -> Self::Answer {
         let mut deleted = 0;
-        for id in node.ctx.store.registration_ids()? {
-            let result = node
+        for id in service.ctx.store.registration_ids()? {
+            let result = service
                 .ctx
                 .ask_registration(id, |reply| RegistrationMsg::Delete {
                     caller: None,

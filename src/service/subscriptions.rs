@@ -6,17 +6,17 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{id_shard, Node, Op, ShardOp};
+use super::{id_shard, Op, Service, ShardOp};
 use crate::actors::RegistrationMsg;
 use crate::cluster::{Rpc, ShardId, ShardMap};
 use crate::domain::access;
 use crate::domain::{msg, Caller, ServiceError, WriteResult};
 use crate::store::Subscription;
 
-pub(super) fn serve(node: &Node) {
-    node.serve::<Subscribe>();
-    node.serve::<DeleteSubscription>();
-    node.serve::<DeleteLocalSubscriptions>();
+pub(super) fn serve(service: &Service) {
+    service.serve::<Subscribe>();
+    service.serve::<DeleteSubscription>();
+    service.serve::<DeleteLocalSubscriptions>();
 }
 
 /// Subscribes the caller to a registration (anyone's).
@@ -34,14 +34,15 @@ impl Rpc for Subscribe {
 }
 
 impl Op for Subscribe {
-    async fn run(self, node: Node) -> Self::Answer {
+    async fn run(self, service: Service) -> Self::Answer {
         let missing = || ServiceError::NotFound(msg::NO_SUCH_REGISTRATION_SUBSCRIBE.into());
         let registration = self.registration.ok_or_else(missing)?;
-        if node.ctx.store.registration(&registration)?.is_none() {
+        if service.ctx.store.registration(&registration)?.is_none() {
             return Err(missing());
         }
         let subscriber = self.caller.id;
-        node.ctx
+        service
+            .ctx
             .ask_registration(registration, |reply| RegistrationMsg::Subscribe {
                 subscriber,
                 reply,
@@ -71,9 +72,9 @@ impl Rpc for DeleteSubscription {
 }
 
 impl Op for DeleteSubscription {
-    async fn run(self, node: Node) -> Self::Answer {
+    async fn run(self, service: Service) -> Self::Answer {
         let found = match self.id {
-            Some(id) => node.ctx.store.subscription(&id)?,
+            Some(id) => service.ctx.store.subscription(&id)?,
             None => None,
         };
         let Some(subscription) = found else {
@@ -81,7 +82,8 @@ impl Op for DeleteSubscription {
             return Ok(WriteResult::skipped());
         };
         let caller = self.caller;
-        node.ctx
+        service
+            .ctx
             .ask_registration(subscription.registration_id, |reply| {
                 RegistrationMsg::Unsubscribe {
                     caller: caller.clone(),
@@ -110,9 +112,9 @@ impl Rpc for DeleteLocalSubscriptions {
 }
 
 impl Op for DeleteLocalSubscriptions {
-    async fn run(self, node: Node) -> Self::Answer {
-        let deleted = node.ctx.store.delete_all_subscriptions()?;
-        node.ctx.store.flush().await?;
+    async fn run(self, service: Service) -> Self::Answer {
+        let deleted = service.ctx.store.delete_all_subscriptions()?;
+        service.ctx.store.flush().await?;
         Ok(deleted)
     }
 }

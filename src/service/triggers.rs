@@ -8,19 +8,19 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::listing::Table;
-use super::{id_shard, Node, Op, ShardOp};
+use super::{id_shard, Op, Service, ShardOp};
 use crate::actors::{now_us, RegistrationMsg};
 use crate::cluster::{Rpc, ShardId, ShardMap};
 use crate::domain::{access, msg, Caller, ServiceError};
 use crate::store::{Delivery, DeliveryCounts as Counts, Page, PageRequest, Triggered};
 
-pub(super) fn serve(node: &Node) {
-    node.serve::<Trigger>();
-    node.serve::<TriggerStatus>();
-    node.serve::<ListDeliveries>();
-    node.serve::<Redeliver>();
-    node.serve::<DeliveryCounts>();
-    node.serve::<Requeue>();
+pub(super) fn serve(service: &Service) {
+    service.serve::<Trigger>();
+    service.serve::<TriggerStatus>();
+    service.serve::<ListDeliveries>();
+    service.serve::<Redeliver>();
+    service.serve::<DeliveryCounts>();
+    service.serve::<Requeue>();
 }
 
 /// Triggers a registration (its owner only): records it, answers, then fans out.
@@ -46,10 +46,10 @@ impl Rpc for Trigger {
 }
 
 impl Op for Trigger {
-    async fn run(self, node: Node) -> Self::Answer {
+    async fn run(self, service: Service) -> Self::Answer {
         let missing = || ServiceError::NotFound(msg::NO_SUCH_REGISTRATION_TRIGGER.into());
         let registration = self.registration.ok_or_else(missing)?;
-        if node.ctx.store.registration(&registration)?.is_none() {
+        if service.ctx.store.registration(&registration)?.is_none() {
             return Err(missing());
         }
         let Self {
@@ -58,7 +58,8 @@ impl Op for Trigger {
             idempotency_key,
             ..
         } = self;
-        node.ctx
+        service
+            .ctx
             .ask_registration(registration, |reply| RegistrationMsg::Trigger {
                 caller: caller.clone(),
                 event_data: event_data.clone(),
@@ -78,17 +79,17 @@ impl ShardOp for Trigger {
 /// A trigger the caller may inspect (the registration's owner, or an admin), and whether
 /// its fan-out finished; served by the trigger's owner.
 fn visible_trigger(
-    node: &Node,
+    service: &Service,
     caller: &Caller,
     id: Option<Uuid>,
 ) -> Result<(Triggered, bool), ServiceError> {
     let found = match id {
-        Some(id) => node.ctx.store.triggered(&id)?,
+        Some(id) => service.ctx.store.triggered(&id)?,
         None => None,
     };
     access::read_trigger(caller, found.as_ref().map(|t| t.account_id))?;
     let t = found.ok_or(ServiceError::NotFound(msg::NO_SUCH_TRIGGER.into()))?;
-    let done = node.ctx.store.fanout(&t.id)?.is_none();
+    let done = service.ctx.store.fanout(&t.id)?.is_none();
     Ok((t, done))
 }
 
@@ -108,10 +109,10 @@ impl Rpc for TriggerStatus {
 }
 
 impl Op for TriggerStatus {
-    async fn run(self, node: Node) -> Self::Answer {
-        let (t, fanout_done) = visible_trigger(&node, &self.caller, self.id)?;
+    async fn run(self, service: Service) -> Self::Answer {
+        let (t, fanout_done) = visible_trigger(&service, &self.caller, self.id)?;
         let mut counts = Counts::default();
-        for c in node.ask_everywhere(DeliveryCounts(t.id)).await? {
+        for c in service.ask_everywhere(DeliveryCounts(t.id)).await? {
             counts.pending += c.pending;
             counts.succeeded += c.succeeded;
             counts.failed += c.failed;
@@ -145,9 +146,9 @@ impl Rpc for ListDeliveries {
 }
 
 impl Op for ListDeliveries {
-    async fn run(self, node: Node) -> Self::Answer {
-        let (t, _) = visible_trigger(&node, &self.caller, self.id)?;
-        node.list(Table::Deliveries(t.id), self.page).await
+    async fn run(self, service: Service) -> Self::Answer {
+        let (t, _) = visible_trigger(&service, &self.caller, self.id)?;
+        service.list(Table::Deliveries(t.id), self.page).await
     }
 }
 
@@ -172,9 +173,13 @@ impl Rpc for Redeliver {
 }
 
 impl Op for Redeliver {
-    async fn run(self, node: Node) -> Self::Answer {
-        let (t, _) = visible_trigger(&node, &self.caller, self.id)?;
-        Ok(node.ask_everywhere(Requeue(t.id)).await?.into_iter().sum())
+    async fn run(self, service: Service) -> Self::Answer {
+        let (t, _) = visible_trigger(&service, &self.caller, self.id)?;
+        Ok(service
+            .ask_everywhere(Requeue(t.id))
+            .await?
+            .into_iter()
+            .sum())
     }
 }
 
@@ -194,8 +199,8 @@ impl Rpc for DeliveryCounts {
 }
 
 impl Op for DeliveryCounts {
-    async fn run(self, node: Node) -> Self::Answer {
-        Ok(node.ctx.store.delivery_counts(&self.0)?)
+    async fn run(self, service: Service) -> Self::Answer {
+        Ok(service.ctx.store.delivery_counts(&self.0)?)
     }
 }
 
@@ -209,15 +214,16 @@ impl Rpc for Requeue {
 }
 
 impl Op for Requeue {
-    async fn run(self, node: Node) -> Self::Answer {
-        let n = node.ctx.store.requeue_failed(&self.0, now_us())?;
-        node.ctx.store.flush().await?;
-        node.ctx
+    async fn run(self, service: Service) -> Self::Answer {
+        let n = service.ctx.store.requeue_failed(&self.0, now_us())?;
+        service.ctx.store.flush().await?;
+        service
+            .ctx
             .delivery
             .metrics
             .due
             .fetch_add(n as i64, std::sync::atomic::Ordering::Relaxed);
-        node.ctx.delivery.wake();
+        service.ctx.delivery.wake();
         Ok(n)
     }
 }
