@@ -41,7 +41,7 @@ pub async fn list_own(c: Call, caller: Caller) -> ApiResult {
     Ok(response::page("subscriptions", page, |s| render(&s)))
 }
 
-/// GET /v1/webhook/subscriptions — everyone's (auth before paging, api.md B.8).
+/// GET /v1/webhook/subscriptions — everyone's (authentication is checked before paging).
 pub async fn list(c: Call) -> ApiResult {
     let table = Table::Subscriptions(None);
     let page = c.api.service.list(table, c.req.page()?).await?;

@@ -87,7 +87,7 @@ pub async fn create(mut c: Call, caller: Caller) -> ApiResult {
     Ok(response::json(status, &render(&triggered)))
 }
 
-/// GET /v1/webhook/triggered — every triggered record (auth before paging, api.md B.8).
+/// GET /v1/webhook/triggered — every triggered record (authentication is checked before paging).
 pub async fn list(c: Call) -> ApiResult {
     let page = c.api.service.list(Table::Triggered, c.req.page()?).await?;
     Ok(response::page("triggered_webhooks", page, |t| render(&t)))

@@ -61,6 +61,8 @@ impl PeerState {
 struct PeerInner {
     state: PeerState,
     gateway: Option<ActorRef<GatewayMsg>>,
+    /// When the peer last answered anything: a ping or any other call.
+    last_heard: Option<Instant>,
 }
 
 /// One configured peer.
@@ -94,6 +96,22 @@ impl Peer {
             i.state = state;
             i.gateway = gateway;
         }
+    }
+
+    /// Notes an answer from the peer: any answered call is a sign of life.
+    fn heard(&self) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.last_heard = Some(Instant::now());
+        }
+    }
+
+    /// True when the peer answered something within `window`.
+    fn heard_within(&self, window: Duration) -> bool {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|i| i.last_heard)
+            .is_some_and(|t| t.elapsed() < window)
     }
 
     /// Its gateway, when the peer is up.
@@ -162,6 +180,7 @@ impl Cluster {
                 inner: Mutex::new(PeerInner {
                     state: PeerState::Connecting,
                     gateway: None,
+                    last_heard: None,
                 }),
             })
             .collect();
@@ -253,19 +272,60 @@ impl Cluster {
             .usable_gateway()
             .ok_or_else(|| CallError::Unavailable(peer.member.id.clone()))?;
         let timeout = Duration::from_millis(self.config.rpc_timeout_ms);
-        self.send(peer, &gateway, request, timeout).await
+        let answer = self.send(peer, &gateway, request, timeout).await;
+        if !matches!(answer, Err(CallError::Unavailable(_))) {
+            peer.heard();
+        }
+        answer
     }
 
-    /// Starts the cluster side of this node: listener, gateway, dialers and heartbeats.
+    /// Starts the cluster side of this node on a thread and runtime of its own: listener,
+    /// gateway, dialers and heartbeats. A node whose runtime is saturated by its own work
+    /// still answers and sends heartbeats on time, so load does not make healthy peers
+    /// look dead; the operations it serves still run on the caller's runtime.
     pub async fn start(self: &Arc<Self>) -> Result<(), String> {
         if self.peers.is_empty() {
             return Ok(());
         }
+        self.endpoints
+            .run_handlers_on(tokio::runtime::Handle::current());
         let me = self.clone();
-        self.serve(move |ping: Ping| {
+        self.endpoints.serve_inline(move |ping: Ping| {
             let me = me.clone();
             async move { me.pong(&ping.from, ping.digest) }
         });
+        let (started, ready) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("webhookd-cluster".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = started.send(Err(format!("starting the cluster runtime: {e}")));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let result = me.start_transport().await;
+                    let serving = result.is_ok();
+                    let _ = started.send(result);
+                    if serving {
+                        std::future::pending::<()>().await;
+                    }
+                });
+            })
+            .map_err(|e| format!("starting the cluster thread: {e}"))?;
+        ready
+            .await
+            .map_err(|_| "the cluster thread stopped while starting".to_string())?
+    }
+
+    /// The listener, gateway and peer watchers, on the current (the cluster's) runtime.
+    async fn start_transport(self: &Arc<Self>) -> Result<(), String> {
         let listen = self.config.listen;
         let server = NodeServer::new(
             listen.port(),
@@ -301,7 +361,6 @@ impl Cluster {
         };
         let interval = Duration::from_millis(self.config.heartbeat_interval_ms);
         let down_after = Duration::from_millis(self.config.down_after_ms);
-        let mut last_ok: Option<Instant> = None;
         let mut backoff = Duration::from_millis(100);
         let mut last_dial: Option<Instant> = None;
         loop {
@@ -334,7 +393,7 @@ impl Cluster {
             };
             match heard {
                 Heard::Accepted => {
-                    last_ok = Some(Instant::now());
+                    peer.heard();
                     peer.set(PeerState::Up, Some(gateway));
                 }
                 Heard::Refused(digest) => {
@@ -349,7 +408,7 @@ impl Cluster {
                     tokio::time::sleep(MAX_BACKOFF).await;
                 }
                 Heard::Silent => {
-                    if last_ok.is_none_or(|t| t.elapsed() >= down_after) {
+                    if !peer.heard_within(down_after) {
                         peer.set(PeerState::Down, None);
                     }
                 }

@@ -12,7 +12,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use tokio::runtime::Handle;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -110,15 +112,51 @@ type AnswerFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, CallError>> + Se
 /// A type-erased handler: decodes the body, serves it, encodes the answer.
 type ErasedHandler = Arc<dyn Fn(Vec<u8>) -> AnswerFuture + Send + Sync>;
 
+/// Where a handler runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// On the node's main runtime, with the work it serves.
+    Work,
+    /// On the transport's own runtime: only for cheap handlers that must answer under load
+    /// (the heartbeat).
+    Inline,
+}
+
 /// The operations this node serves to its peers, by name.
 #[derive(Default)]
 pub struct Endpoints {
-    handlers: RwLock<HashMap<&'static str, ErasedHandler>>,
+    handlers: RwLock<HashMap<&'static str, (ErasedHandler, Placement)>>,
+    work: OnceLock<Handle>,
 }
 
 impl Endpoints {
+    /// Runs the handlers served with [`Endpoints::serve`] on `runtime` from now on (until
+    /// then, and without it, they run where the request arrives).
+    pub fn run_handlers_on(&self, runtime: Handle) {
+        let _ = self.work.set(runtime);
+    }
+
     /// Serves `R` with `handler` (replacing an earlier handler of the same operation).
     pub fn serve<R, F, Fut>(&self, handler: F)
+    where
+        R: Rpc,
+        F: Fn(R) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R::Answer> + Send + 'static,
+    {
+        self.register(handler, Placement::Work);
+    }
+
+    /// Serves `R` with a cheap `handler` on the transport's own runtime.
+    pub fn serve_inline<R, F, Fut>(&self, handler: F)
+    where
+        R: Rpc,
+        F: Fn(R) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R::Answer> + Send + 'static,
+    {
+        self.register(handler, Placement::Inline);
+    }
+
+    fn register<R, F, Fut>(&self, handler: F, placement: Placement)
     where
         R: Rpc,
         F: Fn(R) -> Fut + Send + Sync + 'static,
@@ -137,7 +175,7 @@ impl Endpoints {
             })
         });
         if let Ok(mut handlers) = self.handlers.write() {
-            handlers.insert(R::NAME, erased);
+            handlers.insert(R::NAME, (erased, placement));
         }
     }
 
@@ -149,7 +187,17 @@ impl Endpoints {
             .ok()
             .and_then(|h| h.get(envelope.operation.as_str()).cloned());
         match handler {
-            Some(handler) => handler(envelope.body).await,
+            Some((handler, Placement::Work)) if self.work.get().is_some() => {
+                let serving = handler(envelope.body);
+                match self.work.get() {
+                    Some(work) => work
+                        .spawn(serving)
+                        .await
+                        .map_err(|e| CallError::Protocol(format!("handler failed: {e}")))?,
+                    None => serving.await,
+                }
+            }
+            Some((handler, _)) => handler(envelope.body).await,
             None => Err(CallError::NoHandler {
                 node: node.to_string(),
                 operation: envelope.operation,
