@@ -1,13 +1,12 @@
 //! The `accounts` tree and its `usernames` and `accounts_by_epoch` indexes.
 
-use sled::transaction::{ConflictableTransactionError, ConflictableTransactionResult};
 use sled::Transactional;
 use uuid::Uuid;
 
-use super::deliveries::failed_count_key;
+use super::keys::{epoch_key, failed_count_key, trailing_id};
 use super::pagination::{Page, PageRequest};
-use super::records::{decode, encode, Account};
-use super::{epoch_key, read_u64, trailing_id, Result, Store, StoreError};
+use super::records::{decode, encode, tx_decode, tx_encode, Account};
+use super::{Result, Store, StoreError};
 
 /// Why an account could not be inserted.
 #[derive(Debug, thiserror::Error)]
@@ -18,20 +17,6 @@ pub enum NewAccountError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// Decodes inside a transaction, aborting it on corrupt data.
-pub(super) fn tx_decode<T: serde::de::DeserializeOwned>(
-    bytes: &[u8],
-) -> ConflictableTransactionResult<T, StoreError> {
-    decode(bytes).map_err(ConflictableTransactionError::Abort)
-}
-
-/// Encodes inside a transaction.
-pub(super) fn tx_encode<T: serde::Serialize>(
-    record: &T,
-) -> ConflictableTransactionResult<Vec<u8>, StoreError> {
-    encode(record).map_err(ConflictableTransactionError::Abort)
 }
 
 impl Store {
@@ -70,27 +55,6 @@ impl Store {
         let mut account: Account = decode(&bytes)?;
         account.failed_count = self.failed_count(id)?;
         Ok(Some(account))
-    }
-
-    /// The account's `failed_count`.
-    pub fn failed_count(&self, id: &Uuid) -> Result<u64> {
-        match self.t().deliveries.get(failed_count_key(id))? {
-            Some(v) => read_u64(&v, 0),
-            None => Ok(0),
-        }
-    }
-
-    /// Sets the account's `failed_count` (0 re-enables delivery).
-    pub fn set_failed_count(&self, id: &Uuid, value: u64) -> Result<()> {
-        let _counts = self.lock_counts();
-        if value == 0 {
-            self.t().deliveries.remove(failed_count_key(id))?;
-        } else {
-            self.t()
-                .deliveries
-                .insert(failed_count_key(id), &value.to_be_bytes())?;
-        }
-        Ok(())
     }
 
     /// The live account named `username`.

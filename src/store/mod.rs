@@ -7,15 +7,20 @@
 //!
 //! Durability: callers that acknowledge a change call [`Store::flush`], a group commit shared
 //! by every writer that asked since the last flush.
+//!
+//! Each module adds the methods of its trees to [`Store`]. Their imports go one way, so a
+//! module can be read (and changed) without the ones above it: [`keys`] (every key
+//! encoding), [`records`] and [`pagination`] use nothing but the error type; [`deliveries`]
+//! uses those; the record trees (`accounts`, `registrations`, `subscriptions`,
+//! `triggered`) use those and the delivery store's types, never each other.
 
 mod accounts;
 pub mod deliveries;
-mod first_attempts;
 mod flusher;
+mod keys;
 pub mod pagination;
 pub mod records;
 mod registrations;
-mod settled;
 mod subscriptions;
 mod targets;
 mod triggered;
@@ -25,8 +30,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use uuid::Uuid;
-
 pub use accounts::NewAccountError;
 pub use deliveries::{
     Attempt, Delivery, DeliveryCounts, DeliveryState, DueEntry, FailedCountChange, FanoutCursor,
@@ -34,10 +37,12 @@ pub use deliveries::{
 };
 pub use pagination::{Page, PageRequest};
 pub use records::{Account, KeyKind, PendingKey, Registration, Subscription, Triggered};
-pub use subscriptions::SubscribeError;
+pub use subscriptions::{SubscribeError, SubscriptionBatch};
 pub use targets::DeliveryTarget;
 
+use deliveries::OpenBatches;
 use flusher::Flusher;
+use keys::read_u64;
 
 /// Rows removed per transaction by chunked cascades.
 const CASCADE_CHUNK: usize = 512;
@@ -109,7 +114,7 @@ struct Inner {
     flusher: Flusher,
     targets: targets::TargetCache,
     /// Pending batches not completed yet.
-    open_batches: first_attempts::OpenBatches,
+    open_batches: OpenBatches,
     /// Subscription deletions since the process started (see
     /// [`Store::subscription_deletions`]).
     subscription_deletions: AtomicU64,
@@ -191,7 +196,7 @@ impl Store {
                 t,
                 flusher,
                 targets: targets::TargetCache::default(),
-                open_batches: first_attempts::OpenBatches::default(),
+                open_batches: OpenBatches::default(),
                 subscription_deletions: AtomicU64::new(0),
                 counts_lock: Mutex::new(()),
                 accept_lock: Mutex::new(()),
@@ -270,43 +275,6 @@ impl Store {
     }
 }
 
-/// `epoch_us (8, big-endian) ++ id (16)`: the key of the epoch-ordered indexes.
-fn epoch_key(epoch_us: u64, id: &Uuid) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&epoch_us.to_be_bytes());
-    k[8..].copy_from_slice(id.as_bytes());
-    k
-}
-
-/// `owner (16) ++ epoch_us (8) ++ id (16)`: per-owner epoch-ordered indexes.
-fn owned_key(owner: &Uuid, epoch_us: u64, id: &Uuid) -> Vec<u8> {
-    let mut k = Vec::with_capacity(40);
-    k.extend_from_slice(owner.as_bytes());
-    k.extend_from_slice(&epoch_us.to_be_bytes());
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-fn read_u64(bytes: &[u8], at: usize) -> Result<u64> {
-    bytes
-        .get(at..at + 8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| StoreError::Corrupt("short index key".into()))
-}
-
-fn read_uuid(bytes: &[u8], at: usize) -> Result<Uuid> {
-    bytes
-        .get(at..at + 16)
-        .and_then(|b| Uuid::from_slice(b).ok())
-        .ok_or_else(|| StoreError::Corrupt("short index key".into()))
-}
-
-/// The id at the end of an index key.
-fn trailing_id(key: &[u8]) -> Result<Uuid> {
-    read_uuid(key, key.len().saturating_sub(16))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,11 +312,5 @@ mod tests {
             Err(StoreError::ShardMismatch { stored: 16, .. }) => {}
             other => panic!("{:?}", other.err()),
         }
-    }
-
-    #[test]
-    fn epoch_keys_sort_numerically() {
-        let id = Uuid::nil();
-        assert!(epoch_key(255, &id) < epoch_key(256, &id));
     }
 }

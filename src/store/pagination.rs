@@ -120,8 +120,8 @@ mod tests {
     }
 }
 
-/// Property tests of the paging parameters (api.md A.4: plain digits only,
-/// `0 <= start <= MAX_START`, `1 <= limit <= MAX_LIMIT`).
+/// Property tests of the paging parameters (plain digits only, `0 <= start <= MAX_START`,
+/// `1 <= limit <= MAX_LIMIT`).
 #[cfg(test)]
 mod proptests {
     use super::*;

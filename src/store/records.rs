@@ -4,13 +4,14 @@
 //! - version 1, JSON: for accounts, registrations, subscriptions and triggers, because JSON
 //!   keeps `event_data` exactly as registered (key order, big numbers);
 //! - version 2, bincode: for the records written once or more per delivery (delivery
-//!   records, handoff batches, fan-out cursors), where decoding and encoding JSON was a
-//!   measurable part of the node's CPU per delivery.
+//!   records, settled rows, pending and handoff batches, fan-out cursors): they are on
+//!   the delivery path and need no exact form, and bincode is cheaper to encode and decode.
 //!
 //! [`decode`] reads either, so a record's encoding can change without a migration.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, ConflictableTransactionResult};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -51,6 +52,20 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
         Some((v, _)) => Err(StoreError::Corrupt(format!("unknown record version {v}"))),
         None => Err(StoreError::Corrupt("empty record".into())),
     }
+}
+
+/// Decodes inside a transaction, aborting it on corrupt data.
+pub(super) fn tx_decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> ConflictableTransactionResult<T, StoreError> {
+    decode(bytes).map_err(ConflictableTransactionError::Abort)
+}
+
+/// Encodes inside a transaction.
+pub(super) fn tx_encode<T: serde::Serialize>(
+    record: &T,
+) -> ConflictableTransactionResult<Vec<u8>, StoreError> {
+    encode(record).map_err(ConflictableTransactionError::Abort)
 }
 
 /// Which key a reset replaces.

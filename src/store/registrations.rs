@@ -4,10 +4,10 @@
 use sled::Transactional;
 use uuid::Uuid;
 
-use super::accounts::{tx_decode, tx_encode};
+use super::keys::{epoch_key, owned_key, trailing_id};
 use super::pagination::{Page, PageRequest};
-use super::records::{decode, encode, Account, Registration};
-use super::{epoch_key, owned_key, trailing_id, Result, Store, StoreError};
+use super::records::{decode, encode, tx_decode, tx_encode, Account, Registration};
+use super::{Result, Store, StoreError};
 
 impl Store {
     /// Inserts a registration if its owner is a live account; returns false otherwise.

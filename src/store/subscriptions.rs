@@ -1,17 +1,17 @@
-//! The `subscriptions` tree and its indexes: by epoch, by registration (the fan-out list)
-//! and by subscriber ("my subscriptions" and account cascades).
+//! The `subscriptions` tree and its indexes: by epoch, by registration (the fan-out list,
+//! read a batch at a time by fan-out steps) and by subscriber ("my subscriptions" and
+//! account cascades).
 
 use std::sync::atomic::Ordering;
 
 use sled::Transactional;
 use uuid::Uuid;
 
-use super::accounts::tx_decode;
+use super::deliveries::NewDelivery;
+use super::keys::{epoch_key, owned_key, read_u64, read_uuid, trailing_id};
 use super::pagination::{Page, PageRequest};
-use super::records::{decode, encode, Account, Registration, Subscription};
-use super::{
-    epoch_key, owned_key, read_uuid, trailing_id, Result, Store, StoreError, CASCADE_CHUNK,
-};
+use super::records::{decode, encode, tx_decode, Account, Registration, Subscription};
+use super::{Result, Store, StoreError, CASCADE_CHUNK};
 
 /// Why a subscription could not be inserted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,15 @@ pub enum SubscribeError {
     NoRegistration,
     /// The subscriber is not a live account.
     NoSubscriber,
+}
+
+/// The next subscriptions a fan-out step serves.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionBatch {
+    /// The subscriptions, with their `subscriptions_by_registration` keys.
+    pub items: Vec<(Vec<u8>, NewDelivery)>,
+    /// True when the registration has more after them.
+    pub more: bool,
 }
 
 impl Store {
@@ -82,8 +91,8 @@ impl Store {
     }
 
     /// How many times subscriptions were deleted since the process started. A subscription
-    /// read while this was `n` still exists while it is `n`: first attempts need no
-    /// existence check then (one read per attempt was a visible cost).
+    /// read while this was `n` still exists while it is `n`, so a first attempt whose
+    /// fan-out step read its subscription skips the existence check (a read per attempt).
     pub fn subscription_deletions(&self) -> u64 {
         self.inner.subscription_deletions.load(Ordering::Acquire)
     }
@@ -188,5 +197,53 @@ impl Store {
                 Ok((trailing_id(&k)?, read_uuid(&v, 0)?))
             })
             .collect()
+    }
+
+    /// The next `limit` subscriptions of `registration` after `after` (index keys included),
+    /// and whether more follow.
+    pub fn subscription_batch(
+        &self,
+        registration: &Uuid,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<SubscriptionBatch> {
+        let prefix = registration.as_bytes().to_vec();
+        let index = &self.t().subscriptions_by_registration;
+        let range = match after {
+            Some(after) => {
+                let mut start = after.to_vec();
+                start.push(0);
+                index.range(start..)
+            }
+            None => index.range(prefix.clone()..),
+        };
+        let mut out = Vec::with_capacity(limit);
+        for item in range {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                return Ok(SubscriptionBatch {
+                    items: out,
+                    more: false,
+                });
+            }
+            if out.len() == limit {
+                return Ok(SubscriptionBatch {
+                    items: out,
+                    more: true,
+                });
+            }
+            out.push((
+                k.to_vec(),
+                NewDelivery {
+                    subscription_epoch_us: read_u64(&k, 16)?,
+                    subscription_id: read_uuid(&k, 24)?,
+                    account_id: read_uuid(&v, 0)?,
+                },
+            ));
+        }
+        Ok(SubscriptionBatch {
+            items: out,
+            more: false,
+        })
     }
 }

@@ -1,14 +1,17 @@
-//! The `triggered` tree, its `triggered_by_epoch` index and the `idempotency` keys.
+//! The `triggered` tree, its `triggered_by_epoch` index and the `idempotency` keys; and
+//! `remote_triggers`, the copies of other nodes' triggers that deliveries here serve.
 
 use sled::Transactional;
 use uuid::Uuid;
 
-use super::deliveries::{cursor_key, FanoutCursor, PreparedDeliveries};
+use super::deliveries::{FanoutCursor, PreparedDeliveries};
+use super::keys::{cursor_key, epoch_key, read_u64, read_uuid};
 use super::pagination::{Page, PageRequest};
 use super::records::{decode, encode, encode_compact, Triggered};
-use super::{epoch_key, read_u64, read_uuid, Result, Store, StoreError};
+use super::{Result, Store, StoreError};
 
-/// How long an `Idempotency-Key` is remembered (api.md C.2).
+/// How long an `Idempotency-Key` is remembered: a second trigger of the same registration
+/// with the same key within 24 hours answers with the first one and delivers nothing.
 pub const IDEMPOTENCY_WINDOW_US: u64 = 24 * 3_600_000_000;
 
 fn idempotency_key(registration: &Uuid, key: &str) -> Vec<u8> {
@@ -110,5 +113,28 @@ impl Store {
     pub fn list_triggered(&self, req: PageRequest) -> Result<Page<Triggered>> {
         let ids = self.page_index(&self.t().triggered_by_epoch, &[], req)?;
         Ok(Page::new(req, self.load_all(ids, |id| self.triggered(id))?))
+    }
+
+    /// Keeps a copy of another node's trigger (its body and event) for local deliveries.
+    pub fn keep_remote_trigger(&self, t: &Triggered) -> Result<()> {
+        if !self.t().remote_triggers.contains_key(t.id.as_bytes())? {
+            self.t()
+                .remote_triggers
+                .insert(t.id.as_bytes(), encode(t)?)?;
+        }
+        Ok(())
+    }
+
+    /// A trigger recorded here, or the copy of another node's.
+    pub fn trigger_for_delivery(&self, id: &Uuid) -> Result<Option<Triggered>> {
+        match self.triggered(id)? {
+            Some(t) => Ok(Some(t)),
+            None => self
+                .t()
+                .remote_triggers
+                .get(id.as_bytes())?
+                .map(|v| decode(&v))
+                .transpose(),
+        }
     }
 }

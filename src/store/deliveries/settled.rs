@@ -1,30 +1,27 @@
-//! Settled first attempts: deliveries whose first attempt succeeded, written together.
+//! Settled first attempts (prefix `s`): deliveries whose first attempt succeeded, written
+//! together.
 //!
-//! Almost every delivery succeeds at its first attempt, and its record is then final.
-//! Writing one record per delivery was the largest storage cost left on the hot path (a
-//! tree insert, its share of node splits and log bytes each), so an outcome batch writes
-//! the records of the first attempts it settles as one row per pending batch instead:
+//! Almost every delivery succeeds at its first attempt, and its record is then final. A
+//! record per delivery costs a tree insert, its share of node splits and its log bytes, so
+//! an outcome batch writes the records of the first attempts it settles as one row per
+//! pending batch instead:
 //!
 //! - `s` ++ the pending-batch key without its `b` (triggered id ++ the first delivery's
 //!   subscription epoch and id) ++ a database-unique id (u64, big-endian) → the
 //!   [`Delivery`] records, all `succeeded`.
 //!
-//! A delivery is in at most one place: a record (`r`), a settled row, or a pending batch
-//! without either (waiting). Listings merge the three in record-key order. Keyed by
-//! their pending batch, settled rows also tell a handed-over batch sent again after it
-//! completed.
+//! Keyed by their pending batch, settled rows also tell a handed-over batch sent again
+//! after it completed.
 
 use std::collections::HashSet;
 use std::iter::Peekable;
 
 use uuid::Uuid;
 
-use super::deliveries::{prefixed, Delivery};
-use super::records::{decode, encode_compact};
-use super::{Result, Store};
-
-/// Key prefix of settled rows.
-pub(super) const SETTLED: u8 = b's';
+use super::types::Delivery;
+use crate::store::keys::{prefixed, SETTLED};
+use crate::store::records::{decode, encode_compact};
+use crate::store::{Result, Store};
 
 /// A trigger's settled deliveries in record-key order (see [`Store::settled_in_order`]).
 ///
@@ -161,25 +158,5 @@ impl Store {
             n += decode::<Vec<Delivery>>(&row?)?.len() as u64;
         }
         Ok(n)
-    }
-
-    /// Removes the settled rows whose deliveries all finished before `cutoff_us`; returns
-    /// how many deliveries went.
-    pub(super) fn sweep_settled(&self, cutoff_us: u64) -> Result<u64> {
-        let mut removed = 0;
-        let mut batch = sled::Batch::default();
-        for row in self.t().deliveries.scan_prefix([SETTLED]) {
-            let (key, value) = row?;
-            let records: Vec<Delivery> = decode(&value)?;
-            if records
-                .iter()
-                .all(|d| d.finished_us.is_some_and(|f| f < cutoff_us))
-            {
-                batch.remove(key);
-                removed += records.len() as u64;
-            }
-        }
-        self.t().deliveries.apply_batch(batch)?;
-        Ok(removed)
     }
 }

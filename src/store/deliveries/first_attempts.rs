@@ -1,12 +1,11 @@
-//! First attempts: the deliveries a fan-out step (or a handed-over batch) created and that
-//! have not been attempted yet.
+//! First attempts (prefix `b`): the deliveries a fan-out step (or a handed-over batch)
+//! created and that have not been attempted yet.
 //!
-//! They are not written one by one. A step writes a single pending-batch row under the
-//! `b` prefix of the `deliveries` tree and hands the attempts to the supervisor in memory;
-//! each delivery's record is written by its first outcome, and the row is removed with the
-//! outcome that completes it. Writing a record and a due entry per delivery at fan-out,
-//! then reading the record back and removing the entry at the outcome, was the largest
-//! share of the node's CPU per delivery.
+//! They are not written one by one, because a delivery is attempted within moments of its
+//! creation: a record and a due entry per delivery at creation would only be read back
+//! and removed by its first outcome. A step writes a single pending-batch row and hands the
+//! attempts to the supervisor in memory; each delivery's record (or settled row) is written
+//! by its first outcome, and the row is removed with the outcome that completes it.
 //!
 //! - `b` ++ the record key body (without `r`) of the batch's first delivery →
 //!   [`PendingBatch`]. The key is deterministic, so a batch handed over twice is recognised.
@@ -20,14 +19,10 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::deliveries::{
-    delivery_id, key_body, prefixed, Delivery, DeliveryState, DueEntry, NewDelivery, Scheduled,
-};
-use super::records::decode;
-use super::{read_uuid, Result, Store};
-
-/// Key prefix of pending batches.
-pub(super) const BATCH: u8 = b'b';
+use super::types::{delivery_id, Delivery, DueEntry, NewDelivery, Scheduled};
+use crate::store::keys::{key_body, prefixed, read_uuid, BATCH};
+use crate::store::records::decode;
+use crate::store::{Result, Store};
 
 /// Deliveries created together and waiting for their first attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,7 +73,7 @@ pub(super) fn first_attempt(
 /// How many deliveries of each open pending batch still wait for their first outcome, so
 /// that the outcome batch completing one removes its row.
 #[derive(Default)]
-pub(super) struct OpenBatches {
+pub(in crate::store) struct OpenBatches {
     remaining: Mutex<HashMap<Vec<u8>, usize>>,
 }
 
@@ -181,24 +176,6 @@ impl Store {
             }
         }
         Ok(waiting)
-    }
-}
-
-impl DueEntry {
-    /// The record of a delivery not attempted yet (what its first outcome starts from).
-    pub(super) fn first_record(&self, registration_id: Uuid) -> Delivery {
-        Delivery {
-            id: self.delivery_id,
-            triggered_id: self.triggered_id(),
-            registration_id,
-            subscription_id: self.subscription_id(),
-            subscription_epoch_us: self.subscription_epoch_us(),
-            account_id: self.account_id,
-            state: DeliveryState::Pending,
-            attempts: Vec::new(),
-            next_attempt_us: Some(self.due_us),
-            finished_us: None,
-        }
     }
 }
 

@@ -1,0 +1,134 @@
+//! The due queue (prefix `d`): retries and redeliveries, in due-time order.
+//!
+//! `d` ++ due µs ++ the record key body → delivery id ++ subscriber account id ++ attempts
+//! made (u16). The value carries what an attempt needs, so a worker never reads the
+//! record; only the outcome writer does. First attempts are not queued here: they wait in
+//! their pending batch (see [`super::first_attempts`]).
+
+use uuid::Uuid;
+
+use super::types::{Delivery, DeliveryState, DueEntry, Scheduled};
+use crate::store::keys::{due_key, prefixed, read_u64, read_uuid, DUE, RECORD};
+use crate::store::records::{decode, encode_compact};
+use crate::store::{Result, Store, StoreError};
+
+/// Length of a due-queue value: delivery id, account id, attempts made.
+pub(super) const DUE_VALUE_LEN: usize = 34;
+
+/// The due-queue value of a delivery with `attempts` made.
+pub(super) fn due_value(
+    delivery_id: &Uuid,
+    account_id: &Uuid,
+    attempts: usize,
+) -> [u8; DUE_VALUE_LEN] {
+    let mut v = [0u8; DUE_VALUE_LEN];
+    v[..16].copy_from_slice(delivery_id.as_bytes());
+    v[16..32].copy_from_slice(account_id.as_bytes());
+    let attempts = u16::try_from(attempts).unwrap_or(u16::MAX);
+    v[32..].copy_from_slice(&attempts.to_be_bytes());
+    v
+}
+
+impl Store {
+    /// Up to `limit` due entries with due time `<= now_us`, oldest first, from the due key
+    /// `from` on (or the start of the queue), skipping those `busy` says are in flight.
+    pub fn due_entries(
+        &self,
+        now_us: u64,
+        limit: usize,
+        from: Option<&[u8]>,
+        busy: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<DueEntry>> {
+        let mut out = Vec::new();
+        let start = from.map_or_else(|| vec![DUE], <[u8]>::to_vec);
+        for item in self.t().deliveries.range(start..vec![DUE + 1]) {
+            let (key, value) = item?;
+            let due_us = read_u64(&key, 1)?;
+            if due_us > now_us || out.len() >= limit {
+                break;
+            }
+            if key.len() != 9 + 40 {
+                return Err(StoreError::Corrupt("due-queue key".into()));
+            }
+            let record_key = prefixed(RECORD, &key[9..]);
+            if busy(&record_key) {
+                continue;
+            }
+            let (delivery_id, account_id, attempts) = if value.len() == DUE_VALUE_LEN {
+                (
+                    read_uuid(&value, 0)?,
+                    read_uuid(&value, 16)?,
+                    u16::from_be_bytes([value[32], value[33]]),
+                )
+            } else {
+                // Queued by an older release, without the attempt's facts: read the record.
+                match self.delivery_at(&record_key)? {
+                    Some(d) => (
+                        d.id,
+                        d.account_id,
+                        u16::try_from(d.attempts.len()).unwrap_or(u16::MAX),
+                    ),
+                    None => (Uuid::nil(), Uuid::nil(), 0),
+                }
+            };
+            out.push(DueEntry {
+                scheduled: Scheduled::Queue(key.to_vec()),
+                record_key,
+                due_us,
+                delivery_id,
+                account_id,
+                attempts,
+            });
+        }
+        Ok(out)
+    }
+
+    /// When the earliest due entry is due.
+    pub fn next_due_us(&self) -> Result<Option<u64>> {
+        match self.t().deliveries.scan_prefix([DUE]).keys().next() {
+            Some(key) => Ok(Some(read_u64(&key?, 1)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Numbers of due entries (pending deliveries) and of those not attempted yet, in one
+    /// pass over the queue.
+    pub fn due_counts(&self) -> Result<(usize, usize)> {
+        let (mut due, mut unattempted) = (0, 0);
+        for value in self.t().deliveries.scan_prefix([DUE]).values() {
+            let value = value?;
+            due += 1;
+            // An entry queued by an older release carries no count: it counts as attempted.
+            if value.len() == DUE_VALUE_LEN && value[32..] == [0, 0] {
+                unattempted += 1;
+            }
+        }
+        Ok((due, unattempted))
+    }
+
+    /// Puts `triggered`'s failed deliveries back in the queue, due `now_us`; returns how many.
+    pub fn requeue_failed(&self, triggered: &Uuid, now_us: u64) -> Result<u64> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self
+            .t()
+            .deliveries
+            .scan_prefix(prefixed(RECORD, triggered.as_bytes()))
+        {
+            let (k, v) = item?;
+            let mut d: Delivery = decode(&v)?;
+            if d.state != DeliveryState::Failed {
+                continue;
+            }
+            d.state = DeliveryState::Pending;
+            d.next_attempt_us = Some(now_us);
+            d.finished_us = None;
+            batch.insert(k.to_vec(), encode_compact(&d)?);
+            let due = due_value(&d.id, &d.account_id, d.attempts.len());
+            batch.insert(due_key(now_us, &k[1..]), due.as_slice());
+            n += 1;
+        }
+        self.t().deliveries.apply_batch(batch)?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,65 @@
+//! `failed_count`s (prefix `f`): failed attempts in a row per subscriber account (absent:
+//! 0). A subscriber at the limit is skipped at trigger time; a success resets the count.
+//!
+//! Outcome batches read, change and write counts back, so every writer of a count holds
+//! the counts lock ([`Store::lock_counts`]).
+
+use std::collections::HashMap;
+use std::sync::MutexGuard;
+
+use uuid::Uuid;
+
+use super::lock;
+use crate::store::keys::{failed_count_key, read_u64};
+use crate::store::{Result, Store};
+
+impl Store {
+    /// The account's `failed_count`.
+    pub fn failed_count(&self, id: &Uuid) -> Result<u64> {
+        match self.t().deliveries.get(failed_count_key(id))? {
+            Some(v) => read_u64(&v, 0),
+            None => Ok(0),
+        }
+    }
+
+    /// Sets the account's `failed_count` (0 re-enables delivery).
+    pub fn set_failed_count(&self, id: &Uuid, value: u64) -> Result<()> {
+        let _counts = self.lock_counts();
+        if value == 0 {
+            self.t().deliveries.remove(failed_count_key(id))?;
+        } else {
+            self.t()
+                .deliveries
+                .insert(failed_count_key(id), &value.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Holds the `failed_count` lock: counts are read, changed and written back by
+    /// outcome batches, so every other writer of a count takes it too.
+    pub(in crate::store) fn lock_counts(&self) -> MutexGuard<'_, ()> {
+        lock(&self.inner.counts_lock)
+    }
+
+    /// Adds the new `failed_count`s of `counts` (by account) to `batch`; the caller holds
+    /// the counts lock.
+    pub(super) fn write_failed_counts(
+        &self,
+        batch: &mut sled::Batch,
+        counts: HashMap<Uuid, u64>,
+    ) -> Result<()> {
+        for (account, count) in counts {
+            let key = failed_count_key(&account);
+            if count == 0 {
+                // Almost every success resets a count that is already 0 (no key): a
+                // read is much cheaper than a logged remove.
+                if self.t().deliveries.contains_key(key)? {
+                    batch.remove(&key);
+                }
+            } else {
+                batch.insert(&key, &count.to_be_bytes());
+            }
+        }
+        Ok(())
+    }
+}

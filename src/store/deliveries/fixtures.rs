@@ -1,0 +1,40 @@
+//! Test fixtures shared by the delivery store's tests.
+
+use uuid::Uuid;
+
+use super::types::{Attempt, Delivery, NewDelivery};
+use crate::store::{PageRequest, Store, Triggered};
+
+pub(super) fn item(n: u64) -> NewDelivery {
+    NewDelivery {
+        subscription_id: Uuid::new_v4(),
+        subscription_epoch_us: n,
+        account_id: Uuid::new_v4(),
+    }
+}
+
+pub(super) fn attempt(status: u16) -> Attempt {
+    Attempt {
+        at_us: 5,
+        status: Some(status),
+        error: None,
+        duration_us: 1,
+    }
+}
+
+pub(super) fn page(s: &Store, t: &Uuid, start: u64, limit: u64) -> Vec<Delivery> {
+    s.list_deliveries(t, PageRequest { start, limit })
+        .unwrap()
+        .items
+}
+
+pub(super) fn triggered(registration: Uuid) -> Triggered {
+    Triggered {
+        id: Uuid::new_v4(),
+        epoch_us: 7,
+        registration_id: registration,
+        account_id: Uuid::new_v4(),
+        event: "e".into(),
+        body: "{}".into(),
+    }
+}

@@ -1,0 +1,180 @@
+//! Listing and counting a trigger's deliveries.
+//!
+//! A delivery is in one of three places: its record (`r`), a settled row (`s`), or, before
+//! its first outcome, only in its pending batch (`b`). All three are keyed by the record
+//! key (or the key of a batch's first delivery), so a listing merges them in record-key
+//! order, which is subscription order.
+
+use uuid::Uuid;
+
+use super::types::{Delivery, DeliveryCounts, DeliveryState};
+use crate::store::keys::{prefixed, RECORD};
+use crate::store::pagination::{Page, PageRequest};
+use crate::store::records::decode;
+use crate::store::{Result, Store};
+
+/// Collects one page of rows offered in order, decoding only the rows it keeps.
+struct PageBuilder {
+    skip: usize,
+    take: usize,
+    seen: usize,
+    items: Vec<Delivery>,
+}
+
+impl PageBuilder {
+    /// Offers the next row; true once the page is full.
+    fn offer(&mut self, row: impl FnOnce() -> Result<Delivery>) -> Result<bool> {
+        if self.items.len() < self.take && self.seen >= self.skip {
+            self.items.push(row()?);
+        }
+        self.seen = self.seen.saturating_add(1);
+        Ok(self.items.len() >= self.take)
+    }
+}
+
+impl Store {
+    /// `triggered`'s deliveries without a record of their own, in record-key order: those
+    /// settled by their first attempt and those waiting for it.
+    fn unrecorded_of(
+        &self,
+        triggered: &Uuid,
+    ) -> Result<impl Iterator<Item = Result<(Vec<u8>, Delivery)>>> {
+        let mut settled = self.settled_in_order(triggered).peekable();
+        let mut waiting = self.unattempted_of(triggered)?.into_iter().peekable();
+        // Both are sorted and never share a key: merge them.
+        Ok(std::iter::from_fn(move || {
+            let settled_first = match (settled.peek(), waiting.peek()) {
+                (Some(Ok((s, _))), Some((w, _))) => s < w,
+                (Some(_), _) => true,
+                (None, _) => false,
+            };
+            if settled_first {
+                settled.next()
+            } else {
+                waiting.next().map(Ok)
+            }
+        }))
+    }
+
+    /// A page of `triggered`'s deliveries, in subscription order (those settled by or
+    /// waiting for their first attempt included).
+    pub fn list_deliveries(&self, triggered: &Uuid, req: PageRequest) -> Result<Page<Delivery>> {
+        let mut page = PageBuilder {
+            skip: usize::try_from(req.start).unwrap_or(usize::MAX),
+            take: usize::try_from(req.limit).unwrap_or(usize::MAX),
+            seen: 0,
+            items: Vec::new(),
+        };
+        let mut unrecorded = self.unrecorded_of(triggered)?.peekable();
+        let records = self
+            .t()
+            .deliveries
+            .scan_prefix(prefixed(RECORD, triggered.as_bytes()));
+        // Records and the others never share a key: merge them in key order (an error
+        // comes out first).
+        'records: for record in records {
+            let (key, value) = record?;
+            while let Some(other) =
+                unrecorded.next_if(|o| o.as_ref().map_or(true, |(k, _)| k.as_slice() < &*key))
+            {
+                let (_, d) = other?;
+                if page.offer(|| Ok(d))? {
+                    break 'records;
+                }
+            }
+            if page.offer(|| decode(&value))? {
+                break;
+            }
+        }
+        if page.items.len() < page.take {
+            for other in unrecorded {
+                let (_, d) = other?;
+                if page.offer(|| Ok(d))? {
+                    break;
+                }
+            }
+        }
+        Ok(Page::new(req, page.items))
+    }
+
+    /// Counts of `triggered`'s deliveries by state.
+    pub fn delivery_counts(&self, triggered: &Uuid) -> Result<DeliveryCounts> {
+        let mut counts = DeliveryCounts {
+            pending: self.unattempted_of(triggered)?.len() as u64,
+            succeeded: self.settled_count(triggered)?,
+            ..DeliveryCounts::default()
+        };
+        for v in self
+            .t()
+            .deliveries
+            .scan_prefix(prefixed(RECORD, triggered.as_bytes()))
+            .values()
+        {
+            match decode::<Delivery>(&v?)?.state {
+                DeliveryState::Pending => counts.pending += 1,
+                DeliveryState::Succeeded => counts.succeeded += 1,
+                DeliveryState::Failed => counts.failed += 1,
+                DeliveryState::Skipped => counts.skipped += 1,
+                DeliveryState::Cancelled => counts.cancelled += 1,
+            }
+        }
+        Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{attempt, item, page};
+    use super::super::types::{FailedCountChange, Outcome};
+    use super::*;
+    use crate::store::tests::temp_store;
+
+    #[test]
+    fn listings_merge_settled_rows_records_and_waiting_deliveries_in_order() {
+        let (_d, s) = temp_store();
+        let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
+        let first: Vec<_> = (1..=4).map(|n| (item(n), false)).collect();
+        let second: Vec<_> = (5..=8).map(|n| (item(n), false)).collect();
+        let mut entries = s.accept_handed_over(&t, &r, &first, 10).unwrap();
+        entries.extend(s.accept_handed_over(&t, &r, &second, 10).unwrap());
+        let outcome = |i: usize, status: u16| Outcome {
+            due: entries[i].clone(),
+            attempt: Some(attempt(status)),
+            state: if status == 200 {
+                DeliveryState::Succeeded
+            } else {
+                DeliveryState::Failed
+            },
+            next_due_us: None,
+            failed_count: FailedCountChange::Keep,
+        };
+        // Several rows per batch, each out of order; one failure (a record); 3 waits.
+        s.record_outcomes(&[outcome(6, 200), outcome(1, 200)], 20)
+            .unwrap();
+        s.record_outcomes(&[outcome(0, 200), outcome(4, 500), outcome(7, 200)], 21)
+            .unwrap();
+        let expected = [
+            DeliveryState::Succeeded,
+            DeliveryState::Succeeded,
+            DeliveryState::Pending,
+            DeliveryState::Pending,
+            DeliveryState::Failed,
+            DeliveryState::Pending,
+            DeliveryState::Succeeded,
+            DeliveryState::Succeeded,
+        ];
+        for limit in [1, 2, 3, 8] {
+            let mut listed = Vec::new();
+            for start in (0..8).step_by(limit) {
+                listed.extend(page(&s, &t, start as u64, limit as u64));
+            }
+            let epochs: Vec<u64> = listed.iter().map(|d| d.subscription_epoch_us).collect();
+            assert_eq!(epochs, (1..=8).collect::<Vec<_>>(), "pages of {limit}");
+            let states: Vec<_> = listed.iter().map(|d| d.state).collect();
+            assert_eq!(states, expected, "pages of {limit}");
+        }
+        let counts = s.delivery_counts(&t).unwrap();
+        assert_eq!((counts.succeeded, counts.failed, counts.pending), (4, 1, 3));
+        assert_eq!(s.resume_first_attempts().unwrap().len(), 3);
+    }
+}

@@ -1,0 +1,106 @@
+//! The delivery store: everything the delivery engine writes, in the one `deliveries` tree,
+//! told apart by a one-byte key prefix. One tree, so that every step of the engine (a
+//! fan-out step, a batch of outcomes) is one atomic `apply_batch` rather than a multi-tree
+//! transaction.
+//!
+//! # Key layout
+//!
+//! Numbers are big-endian (byte order is numeric order); `(n)` is a length in bytes. Most
+//! keys embed a delivery's *record key body*, so that a trigger's rows of every kind sort
+//! in subscription order:
+//!
+//! ```text
+//!                +-------------------+---------------------------+----------------------+
+//! key body (40): | triggered id (16) | subscription epoch µs (8) | subscription id (16) |
+//!                +-------------------+---------------------------+----------------------+
+//!
+//! r | key body                                        -> Delivery
+//! b | key body of the batch's first delivery          -> PendingBatch
+//! s | key body of the batch's first delivery | id (8) -> [Delivery], all succeeded
+//! d | due µs (8) | key body                           -> delivery id (16) | subscriber id (16)
+//!                                                        | attempts made (2)
+//! c | triggered id (16)                               -> FanoutCursor
+//! h | peer node id | 0 | triggered id (16) | µs (8) | n (4)
+//!                                                     -> [NewDelivery]
+//! f | subscriber account id (16)                      -> failed_count (8)
+//! ```
+//!
+//! | prefix | rows | module |
+//! |--------|------|--------|
+//! | `r` | delivery records: skipped deliveries, and those their first outcome did not settle | [`records`] |
+//! | `b` | pending batches: deliveries waiting for their first attempt | [`first_attempts`] |
+//! | `s` | settled rows: first attempts that succeeded, one row per outcome batch and pending batch | [`settled`] |
+//! | `d` | the due queue of retries and redeliveries, in time order | [`due`] |
+//! | `c` | cursors of the fan-outs not finished | [`cursors`] |
+//! | `h` | batches waiting to be handed to the node that owns their subscribers | [`handoffs`] |
+//! | `f` | subscribers' `failed_count`s (absent: 0) | [`failed_counts`] |
+//!
+//! The keys are built in [`crate::store::keys`]. Creating deliveries ([`create`]),
+//! recording outcomes ([`outcomes`]), listing ([`listing`]) and the retention sweep
+//! ([`sweep`]) each span several prefixes.
+//!
+//! # Where a delivery is
+//!
+//! A delivery is in one place at a time: its record, a settled row, or — until its first
+//! outcome — only in its pending batch. A pending-batch row stays until every delivery of
+//! the batch has an outcome, so the delivery is "waiting" only when it is in neither of the
+//! other two. Listings merge the three in record-key order.
+//!
+//! Rows written once or more per delivery (records, settled rows, pending and handoff
+//! batches, cursors) use the compact (bincode) encoding.
+
+mod create;
+mod cursors;
+mod due;
+mod failed_counts;
+mod first_attempts;
+#[cfg(test)]
+mod fixtures;
+mod handoffs;
+mod listing;
+mod outcomes;
+mod records;
+mod settled;
+mod sweep;
+mod types;
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+pub use create::PreparedDeliveries;
+pub(in crate::store) use first_attempts::OpenBatches;
+pub use types::{
+    Attempt, Delivery, DeliveryCounts, DeliveryState, DueEntry, FailedCountChange, FanoutCursor,
+    FanoutStep, Handoff, NewDelivery, Outcome, Scheduled,
+};
+
+use super::keys::{prefixed, CURSOR, FAILED_COUNT, HANDOFF};
+use super::Result;
+
+/// Moves the rows of the separate trees an earlier release used (`failed_counts`,
+/// `fanout`, `handoff`) under their prefixes in `deliveries`, then drops those trees.
+pub(super) fn migrate_legacy_trees(db: &sled::Db, deliveries: &sled::Tree) -> Result<()> {
+    let names = db.tree_names();
+    for (name, kind) in [
+        ("failed_counts", FAILED_COUNT),
+        ("fanout", CURSOR),
+        ("handoff", HANDOFF),
+    ] {
+        if !names.iter().any(|n| n.as_ref() == name.as_bytes()) {
+            continue;
+        }
+        let legacy = db.open_tree(name)?;
+        let mut batch = sled::Batch::default();
+        for item in legacy.iter() {
+            let (k, v) = item?;
+            batch.insert(prefixed(kind, &k), v);
+        }
+        deliveries.apply_batch(batch)?;
+        db.drop_tree(name)?;
+    }
+    Ok(())
+}
+
+/// Takes a lock that only guards `()`: a panic while holding it leaves nothing torn.
+fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
