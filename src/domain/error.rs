@@ -74,23 +74,40 @@ impl From<crate::crypto::RandomError> for ServiceError {
 
 /// The exact messages of the API that several places produce.
 pub mod msg {
+    /// No `api-key` header (authentication, first check).
     pub const MISSING_API_KEY: &str = "Missing API key header value";
+    /// No `username` header (authentication, second check).
     pub const MISSING_USERNAME: &str = "Missing username header value";
+    /// No account has that username.
     pub const UNKNOWN_USERNAME: &str = "Invalid API key or Username";
+    /// The key does not match the account.
     pub const INVALID_API_KEY: &str = "Invalid API key";
+    /// An administrator-only route, asked by another account.
     pub const NOT_ADMIN: &str = "Not an Admin";
+    /// A record of another account, or one that does not exist.
     pub const NOT_AUTHORIZED: &str = "Not authorized";
+    /// An API key reset without a `username` header.
     pub const MISSING_USERNAME_RESET: &str = "Missing the username header value";
+    /// An API key reset for a username no account has.
     pub const USERNAME_NOT_FOUND: &str = "Username not found";
+    /// The endpoint did not answer the echo challenge.
     pub const ECHO_FAILED: &str = "Echo response failed";
+    /// A key reset for an account without an endpoint (the admin).
     pub const ENDPOINT_NOT_FOUND: &str = "Endpoint not found";
+    /// The endpoint refused or did not take the new key.
     pub const RESET_FAILED: &str =
         "Failed to contact the endpoint or wrong HTTP status code returned";
+    /// A key reset succeeded.
     pub const KEY_SENT: &str = "New key sent to endpoint";
+    /// A subscribe to a registration that does not exist.
     pub const NO_SUCH_REGISTRATION_SUBSCRIBE: &str = "The registration id does not exist";
+    /// A trigger of a registration that does not exist.
     pub const NO_SUCH_REGISTRATION_TRIGGER: &str = "Registration id not found";
+    /// A trigger of another account's registration.
     pub const NOT_REGISTRATION_OWNER: &str =
         "You don't have access to this registration record or it no longer exists";
+    /// No triggered record with that id.
     pub const NO_SUCH_TRIGGER: &str = "Triggered webhook not found";
+    /// Deleting the only administrator.
     pub const LAST_ADMIN: &str = "Cannot delete the last admin account";
 }
