@@ -38,7 +38,7 @@ pub fn accept_remote_batch(
 }
 
 /// Hands queued fan-out batches to `peer`, removing each only once the peer persisted it.
-/// Up to [`HANDOFF_WINDOW`] batches are in flight at once: each waits for the peer's flush,
+/// Up to `HANDOFF_WINDOW` batches are in flight at once: each waits for the peer's flush,
 /// so one at a time would fall behind many small fan-outs.
 pub async fn run_handoff(ctx: Arc<NodeContext>, peer_index: usize) {
     let Some(peer) = ctx.cluster.peers().get(peer_index) else {
