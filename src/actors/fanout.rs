@@ -10,10 +10,13 @@
 //! the node's [`StepQueue`]: step runners on the blocking pool (a step is a few
 //! milliseconds of sled work that would otherwise hold an async worker away from the
 //! delivery engine) write the steps of several fan-outs in one batch, since each batch
-//! costs a log write and many small registrations triggered together made those the
-//! largest storage cost. A fan-out waits while the node's deliveries not attempted yet are
-//! above a backlog limit: writing deliveries far ahead of the engine only costs memory and
-//! slows the engine's own writes.
+//! costs a log write and many small registrations are often triggered together. A fan-out
+//! waits while the node's deliveries not attempted yet are above a backlog limit: writing
+//! deliveries far ahead of the engine only costs memory and slows the engine's own writes.
+//!
+//! Judging deliveries against the `failed_count` limit ([`judge`]) and counting and
+//! dispatching those created ([`accepted`]) serve both the steps here and the batches that
+//! other nodes hand over (the delivery engine's handoff).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -23,24 +26,22 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::delivery::{accepted, judge, skipped};
 use super::{now_us, NodeContext};
+use crate::delivery::metrics::Counted;
 use crate::domain::ServiceError;
-use crate::store::{DueEntry, FanoutStep, NewDelivery, PreparedDeliveries};
+use crate::store::{DueEntry, FanoutStep, NewDelivery, PreparedDeliveries, StoreError};
 
 /// Subscriptions handed to delivery by a fan-out's first step. Small, so that the first
-/// attempts start soon; a step writes one pending-batch row whatever its size, and 100
-/// fans a registration of up to 100 subscribers out in one commit (10 and then the rest
-/// took two, a visible cost when many small registrations are triggered).
+/// attempts start soon; a step writes one pending-batch row whatever its size, so 100 fans
+/// a registration of up to 100 subscribers out in one commit.
 pub const FIRST_BATCH: usize = 100;
 /// Subscriptions handed to delivery per later step.
 const FANOUT_BATCH: usize = 1000;
 /// Pending deliveries per delivery worker above which fan-outs wait.
 const BACKLOG_PER_WORKER: usize = 32;
 /// Step runners at once on the node, whatever the number of fan-outs: a step is CPU-bound
-/// storage work, and one blocking thread per concurrent trigger (hundreds, when many
-/// registrations are triggered together) cost hundreds of MB of stacks and allocator
-/// caches for no extra speed.
+/// storage work, so more runners add no speed, only a blocking thread each (its stack and
+/// allocator caches) when hundreds of registrations are triggered together.
 const STEP_RUNNERS: usize = 2;
 /// Pause before retrying a step that failed (storage trouble).
 const STEP_RETRY: Duration = Duration::from_secs(1);
@@ -310,6 +311,53 @@ impl StepOutcome {
         }
         !self.finished
     }
+}
+
+/// Judges deliveries for subscribers owned by this node: true marks those to skip, at the
+/// `failed_count` limit.
+pub fn judge(
+    ctx: &NodeContext,
+    items: Vec<NewDelivery>,
+) -> Result<Vec<(NewDelivery, bool)>, StoreError> {
+    let limit = ctx.delivery.max_failed_count;
+    let mut judged = Vec::with_capacity(items.len());
+    // A batch names the same subscriber accounts many times over.
+    let mut counts: HashMap<Uuid, u64> = HashMap::new();
+    for item in items {
+        let count = match counts.get(&item.account_id) {
+            Some(c) => *c,
+            None => {
+                let c = ctx.store.failed_count(&item.account_id)?;
+                counts.insert(item.account_id, c);
+                c
+            }
+        };
+        judged.push((item, count >= limit));
+    }
+    Ok(judged)
+}
+
+/// How many of the `judged` deliveries are skipped.
+pub fn skipped(judged: &[(NewDelivery, bool)]) -> u64 {
+    judged.iter().filter(|(_, skip)| *skip).count() as u64
+}
+
+/// Counts deliveries just written (`skipped` of them skipped) and hands their first
+/// attempts to the supervisor; returns how many were created.
+pub fn accepted(ctx: &NodeContext, entries: Vec<DueEntry>, skipped: u64) -> u64 {
+    let created = entries.len() as u64;
+    let metrics = &ctx.delivery.metrics;
+    metrics.count(Counted::Skipped, skipped);
+    metrics
+        .due
+        .fetch_add(created as i64, std::sync::atomic::Ordering::Relaxed);
+    ctx.delivery
+        .unattempted
+        .fetch_add(created as i64, std::sync::atomic::Ordering::Relaxed);
+    if !entries.is_empty() {
+        ctx.delivery.dispatch_first_attempts(entries);
+    }
+    created
 }
 
 #[cfg(test)]

@@ -9,13 +9,14 @@
 //! by every writer that asked since the last flush.
 //!
 //! Each module adds the methods of its trees to [`Store`]. Their imports go one way, so a
-//! module can be read (and changed) without the ones above it: [`keys`] (every key
-//! encoding), [`records`] and [`pagination`] use nothing but the error type; [`deliveries`]
-//! uses those; the record trees (`accounts`, `registrations`, `subscriptions`,
-//! `triggered`) use those and the delivery store's types, never each other.
+//! module can be read (and changed) without the ones above it: `keys` (every key
+//! encoding), [`records`] and [`pagination`] use nothing but the error type; `deliveries`
+//! (the delivery store, whose module doc draws its key layout) uses those; the record
+//! trees (`accounts`, `registrations`, `subscriptions`, `triggered`) use those and the
+//! delivery store's types, never each other.
 
 mod accounts;
-pub mod deliveries;
+mod deliveries;
 mod flusher;
 mod keys;
 pub mod pagination;

@@ -1,8 +1,8 @@
 //! Where deliveries to an account go: its endpoint and signing secret, cached.
 //!
-//! Every delivery attempt needs the subscriber's current endpoint and secret. Reading and
-//! decoding the account record per attempt was a visible share of the node's CPU per
-//! delivery, so the store keeps the pair in memory and drops it on every write to the
+//! Every delivery attempt needs the subscriber's current endpoint and secret, and the same
+//! subscribers are served again and again: rather than read and decode the account record
+//! per attempt, the store keeps the pair in memory and drops it on every write to the
 //! account. A generation number closes the race where a reader fetched the record just
 //! before a write and would otherwise cache the old pair after the write dropped it.
 

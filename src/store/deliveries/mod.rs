@@ -16,20 +16,21 @@
 //!
 //! r | key body                                        -> Delivery
 //! b | key body of the batch's first delivery          -> PendingBatch
-//! s | key body of the batch's first delivery | id (8) -> [Delivery], all succeeded
+//! s | key body of the batch's first delivery | unique id (8)
+//!                                                     -> [Delivery], all succeeded
 //! d | due µs (8) | key body                           -> delivery id (16) | subscriber id (16)
 //!                                                        | attempts made (2)
 //! c | triggered id (16)                               -> FanoutCursor
-//! h | peer node id | 0 | triggered id (16) | µs (8) | n (4)
+//! h | peer node id | 0 | triggered id (16) | step written µs (8) | n (4)
 //!                                                     -> [NewDelivery]
 //! f | subscriber account id (16)                      -> failed_count (8)
 //! ```
 //!
 //! | prefix | rows | module |
 //! |--------|------|--------|
-//! | `r` | delivery records: skipped deliveries, and those their first outcome did not settle | [`records`] |
+//! | `r` | records: deliveries skipped, or not settled by their first outcome | [`records`] |
 //! | `b` | pending batches: deliveries waiting for their first attempt | [`first_attempts`] |
-//! | `s` | settled rows: first attempts that succeeded, one row per outcome batch and pending batch | [`settled`] |
+//! | `s` | settled rows: succeeded first attempts, per outcome batch and pending batch | [`settled`] |
 //! | `d` | the due queue of retries and redeliveries, in time order | [`due`] |
 //! | `c` | cursors of the fan-outs not finished | [`cursors`] |
 //! | `h` | batches waiting to be handed to the node that owns their subscribers | [`handoffs`] |

@@ -1,0 +1,104 @@
+//! The delivery engine's part of the node context: its settings, the handle of the
+//! running supervisor, the counters that pace fan-outs, and the cache of trigger bodies
+//! that attempts share.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use foldhash::HashMap;
+use ractor::ActorRef;
+use uuid::Uuid;
+
+use super::messages::DeliveryMsg;
+use crate::actors::fanout::StepQueue;
+use crate::delivery::metrics::DeliveryMetrics;
+use crate::delivery::retry::RetryPolicy;
+use crate::store::{DueEntry, Store, StoreError};
+
+/// Trigger bodies kept in memory for attempts.
+const BODY_CACHE: usize = 1024;
+
+/// The delivery engine's settings and shared state, part of the node context.
+pub struct DeliveryContext {
+    /// The running supervisor (set once it started).
+    pub supervisor: OnceLock<ActorRef<DeliveryMsg>>,
+    /// The retry schedule.
+    pub retry: RetryPolicy,
+    /// Subscribers at or above this `failed_count` are skipped at trigger time.
+    pub max_failed_count: u64,
+    /// Attempts running at once at most.
+    pub max_in_flight: usize,
+    /// Timeout of one outbound request.
+    pub attempt_timeout: Duration,
+    /// How long finished deliveries are kept.
+    pub retention: Duration,
+    /// How often the retention sweep runs.
+    pub sweep_interval: Duration,
+    /// Counters.
+    pub metrics: DeliveryMetrics,
+    /// Recently used trigger bodies.
+    pub bodies: Mutex<HashMap<Uuid, Arc<TriggerBody>>>,
+    /// Wakes the handoff senders after a fan-out step queued batches for peers.
+    pub handoff_wake: tokio::sync::Notify,
+    /// Deliveries created and not attempted yet (the fan-out backlog).
+    pub unattempted: AtomicI64,
+    /// Wakes fan-outs waiting for the backlog to drain (after outcomes).
+    pub drained: tokio::sync::Notify,
+    /// Fan-out steps waiting to be written.
+    pub fanout_steps: StepQueue,
+}
+
+impl DeliveryContext {
+    /// Tells the supervisor that new work may be due.
+    pub fn wake(&self) {
+        if let Some(s) = self.supervisor.get() {
+            let _ = s.cast(DeliveryMsg::Wake);
+        }
+    }
+
+    /// Hands first attempts to the supervisor. It starts before anything creates
+    /// deliveries; were it gone (the node stopping), their pending batches resume them at
+    /// the next start.
+    pub(in crate::actors) fn dispatch_first_attempts(&self, entries: Vec<DueEntry>) {
+        if let Some(s) = self.supervisor.get() {
+            let _ = s.cast(DeliveryMsg::Accepted(entries));
+        }
+    }
+
+    /// The trigger's body and event, from the shared cache or storage.
+    pub(super) fn trigger_body(
+        &self,
+        store: &Store,
+        id: &Uuid,
+    ) -> Result<Option<Arc<TriggerBody>>, StoreError> {
+        let cache = &self.bodies;
+        if let Some(t) = cache.lock().ok().and_then(|c| c.get(id).cloned()) {
+            return Ok(Some(t));
+        }
+        let Some(t) = store.trigger_for_delivery(id)? else {
+            return Ok(None);
+        };
+        let t = Arc::new(TriggerBody {
+            event: t.event,
+            body: Bytes::from(t.body),
+        });
+        if let Ok(mut c) = cache.lock() {
+            if c.len() >= BODY_CACHE {
+                c.clear();
+            }
+            c.insert(*id, t.clone());
+        }
+        Ok(Some(t))
+    }
+}
+
+/// What every delivery of one trigger sends: its `event` header and its exact body (shared,
+/// not copied, by the attempts).
+pub struct TriggerBody {
+    /// The `event` header.
+    pub event: String,
+    /// The body.
+    pub body: Bytes,
+}

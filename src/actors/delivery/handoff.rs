@@ -1,0 +1,111 @@
+//! Handoff: a fan-out's deliveries for subscribers owned by other nodes. The sender hands
+//! each node its queued batches and forgets a batch once that node has persisted it; the
+//! receiver accepts a batch as its own fan-out step would. A batch sent again (the answer
+//! was lost) creates nothing twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use foldhash::{HashMap, HashMapExt};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::actors::fanout::{accepted, judge, skipped};
+use crate::actors::{now_us, NodeContext};
+use crate::actors::remote::AcceptDeliveries;
+use crate::store::{Handoff, NewDelivery, StoreError, Triggered};
+
+/// How often queued handoffs to an unavailable peer are retried.
+const HANDOFF_RETRY: Duration = Duration::from_secs(1);
+/// Handoff batches sent to one peer at once at most.
+const HANDOFF_WINDOW: usize = 16;
+
+/// Persists a batch handed over by the node that owns the trigger.
+pub fn accept_remote_batch(
+    ctx: &NodeContext,
+    triggered: &Triggered,
+    items: &[NewDelivery],
+) -> Result<u64, StoreError> {
+    ctx.store.keep_remote_trigger(triggered)?;
+    let judged = judge(ctx, items.to_vec())?;
+    let entries = ctx.store.accept_handed_over(
+        &triggered.id,
+        &triggered.registration_id,
+        &judged,
+        now_us(),
+    )?;
+    Ok(accepted(ctx, entries, skipped(&judged)))
+}
+
+/// Hands queued fan-out batches to `peer`, removing each only once the peer persisted it.
+/// Up to `HANDOFF_WINDOW` batches are in flight at once: each waits for the peer's flush,
+/// so one at a time would fall behind many small fan-outs.
+pub async fn run_handoff(ctx: Arc<NodeContext>, peer_index: usize) {
+    let Some(peer) = ctx.cluster.peers().get(peer_index) else {
+        return;
+    };
+    loop {
+        let batches = match ctx.store.handoffs_for(&peer.member.id, HANDOFF_WINDOW) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the handoff queue failed");
+                Vec::new()
+            }
+        };
+        let mut triggers: HashMap<Uuid, Triggered> = HashMap::new();
+        let mut calls = JoinSet::new();
+        for Handoff {
+            key,
+            triggered,
+            items,
+        } in batches
+        {
+            let trigger = match triggers.get(&triggered) {
+                Some(t) => t.clone(),
+                None => match ctx.store.triggered(&triggered) {
+                    Ok(Some(t)) => {
+                        triggers.insert(triggered, t.clone());
+                        t
+                    }
+                    // The trigger is gone (wiped): nothing left to deliver.
+                    Ok(None) => {
+                        let _ = ctx.store.remove_handoff(&key);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading a trigger for handoff failed");
+                        break;
+                    }
+                },
+            };
+            let command = AcceptDeliveries {
+                triggered: trigger,
+                items,
+            };
+            let ctx = ctx.clone();
+            calls.spawn(async move {
+                let handed = match ctx.cluster.peers().get(peer_index) {
+                    Some(peer) => matches!(ctx.cluster.call(peer, &command).await, Ok(Ok(_))),
+                    None => false,
+                };
+                (key, handed)
+            });
+        }
+        let mut progressed = false;
+        while let Some(call) = calls.join_next().await {
+            // Not handed (the peer is down): the batch waits; resending creates no duplicates.
+            if let Ok((key, true)) = call {
+                if let Err(e) = ctx.store.remove_handoff(&key) {
+                    tracing::error!(error = %e, "removing a handed-over batch failed");
+                }
+                progressed = true;
+            }
+        }
+        if !progressed {
+            tokio::select! {
+                () = ctx.delivery.handoff_wake.notified() => {}
+                () = tokio::time::sleep(HANDOFF_RETRY) => {}
+            }
+        }
+    }
+}

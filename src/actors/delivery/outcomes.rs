@@ -1,0 +1,127 @@
+//! Outcomes: how an attempt's result becomes an [`Outcome`], and the outcome writer that
+//! records them in batches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use tokio::sync::mpsc;
+
+use super::messages::DeliveryMsg;
+use crate::actors::{now_us, NodeContext};
+use crate::delivery::metrics::Counted;
+use crate::store::{Attempt, DeliveryState, DueEntry, FailedCountChange, Outcome};
+
+/// Outcomes written per transaction at most.
+const OUTCOME_BATCH: usize = 512;
+/// Time between the starts of two outcome commits at least. Each commit is a log write
+/// and a disk sync, so fewer, larger commits cost less; attempts never wait for it, only
+/// the bookkeeping of their outcomes does.
+const OUTCOME_COMMIT_GAP: Duration = Duration::from_millis(4);
+
+/// The outcome of a delivery whose subscription, subscriber or trigger is gone.
+pub(super) fn cancelled(due: DueEntry) -> Outcome {
+    Outcome {
+        due,
+        attempt: None,
+        state: DeliveryState::Cancelled,
+        next_due_us: None,
+        failed_count: FailedCountChange::Keep,
+    }
+}
+
+/// The outcome of a failed attempt: retry when the schedule allows, else give up.
+pub(super) fn failure(
+    ctx: &NodeContext,
+    due: DueEntry,
+    attempt: Attempt,
+    attempts_made: usize,
+) -> (Outcome, Counted) {
+    let next = ctx.delivery.retry.next_due_us(attempts_made, now_us());
+    let (state, counted) = match next {
+        Some(_) => (DeliveryState::Pending, Counted::Retrying),
+        None => (DeliveryState::Failed, Counted::Failed),
+    };
+    (
+        Outcome {
+            due,
+            attempt: Some(attempt),
+            state,
+            next_due_us: next,
+            failed_count: FailedCountChange::Increment,
+        },
+        counted,
+    )
+}
+
+/// The outcome writer: writes outcomes in batches (record, due queue and `failed_count`
+/// in one transaction), flushes each batch (one group commit) and reports it to the
+/// supervisor. Off the supervisor, so dispatch never waits for storage; outcomes that
+/// arrive during a write, a flush or the [`OUTCOME_COMMIT_GAP`] make the next batch
+/// bigger.
+pub(super) async fn write_outcomes(
+    ctx: Arc<NodeContext>,
+    mut outcomes: mpsc::UnboundedReceiver<Outcome>,
+    supervisor: ActorRef<DeliveryMsg>,
+) {
+    let mut batch = Vec::with_capacity(OUTCOME_BATCH);
+    let mut last_commit = tokio::time::Instant::now();
+    while outcomes.recv_many(&mut batch, OUTCOME_BATCH).await > 0 {
+        // Outcomes that arrive until the commit gap has passed join this batch.
+        tokio::time::sleep_until(last_commit + OUTCOME_COMMIT_GAP).await;
+        while batch.len() < OUTCOME_BATCH {
+            let Ok(outcome) = outcomes.try_recv() else {
+                break;
+            };
+            batch.push(outcome);
+        }
+        last_commit = tokio::time::Instant::now();
+        let taken = std::mem::take(&mut batch);
+        let keys: Vec<Vec<u8>> = taken.iter().map(|o| o.due.record_key.clone()).collect();
+        let finished = taken.iter().filter(|o| o.next_due_us.is_none()).count();
+        let first = taken.iter().filter(|o| o.due.attempts == 0).count();
+        let store = ctx.store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let result = store.record_outcomes(&taken, now_us());
+            (result, taken)
+        })
+        .await;
+        let mut again = Vec::new();
+        let finished = match written {
+            Ok((Ok(()), _)) => {
+                let delivery = &ctx.delivery;
+                delivery
+                    .unattempted
+                    .fetch_sub(first as i64, std::sync::atomic::Ordering::Relaxed);
+                delivery.drained.notify_waiters();
+                if let Err(e) = ctx.store.flush().await {
+                    tracing::error!(error = %e, "flushing delivery outcomes failed");
+                }
+                finished
+            }
+            // Nothing was written: retries stay due, first attempts are made again
+            // (at-least-once, never lost).
+            Ok((Err(e), taken)) => {
+                tracing::error!(error = %e, "recording delivery outcomes failed");
+                again = taken
+                    .into_iter()
+                    .filter(|o| o.due.due_key().is_none())
+                    .map(|o| o.due)
+                    .collect();
+                0
+            }
+            // The outcomes are lost with the panic; their pending batches resume the first
+            // attempts at the next start.
+            Err(e) => {
+                tracing::error!(error = %e, "recording delivery outcomes crashed");
+                0
+            }
+        };
+        // A stopped supervisor means the node is stopping: nothing left to free.
+        let _ = supervisor.cast(DeliveryMsg::Flushed {
+            keys,
+            finished,
+            again,
+        });
+    }
+}

@@ -1,0 +1,376 @@
+//! The delivery supervisor: owns the workers, feeds the work queue and keeps the books.
+//!
+//! It queues first attempts as fan-out steps and handed-over batches create them, and
+//! retries as the due queue, polled every tick, makes them due. It marks the record of
+//! every attempt queued or running as busy until its outcome is on disk, so that no
+//! delivery is attempted twice at once. Workers are linked children: a worker that panics
+//! or stays stuck past its deadline is replaced, and its attempt recorded as failed. The
+//! tick also runs the retention sweep and prunes idle connections.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::messages::{DeliveryMsg, WorkerMsg};
+use super::outcomes::{failure, write_outcomes};
+use super::queue::WorkQueue;
+use super::worker::{lock_slot, DeliveryWorker, Slot};
+use crate::actors::{now_us, NodeContext};
+use crate::delivery::connections::IDLE_TIMEOUT;
+use crate::store::{Attempt, DueEntry};
+
+/// How often the supervisor looks for due work, flushes outcomes and checks deadlines.
+const TICK: Duration = Duration::from_millis(10);
+/// Extra time a worker gets beyond the HTTP timeout before it counts as stuck.
+const STUCK_GRACE: Duration = Duration::from_secs(5);
+
+/// A worker as the supervisor knows it.
+struct Worker {
+    actor: ActorRef<WorkerMsg>,
+    slot: Slot,
+}
+
+/// The supervisor actor.
+pub struct DeliverySupervisor {
+    ctx: Arc<NodeContext>,
+}
+
+/// The supervisor's bookkeeping.
+pub struct SupervisorState {
+    workers: HashMap<ActorId, Worker>,
+    /// Workers waiting to be woken.
+    idle: Vec<ActorId>,
+    work: Arc<WorkQueue>,
+    /// Record keys queued, being attempted or whose outcome awaits writing.
+    busy: HashSet<Vec<u8>>,
+    /// Where the next dispatch scan of the due queue starts.
+    scan_from: Option<Vec<u8>>,
+    writer_task: Option<JoinHandle<()>>,
+    last_sweep: Instant,
+    last_prune: Instant,
+}
+
+impl DeliverySupervisor {
+    /// Starts the supervisor and its workers, and registers it in the context.
+    pub async fn start(ctx: Arc<NodeContext>) -> Result<ActorRef<DeliveryMsg>, ractor::SpawnErr> {
+        let (actor, _) = Actor::spawn(None, DeliverySupervisor { ctx: ctx.clone() }, ()).await?;
+        let _ = ctx.delivery.supervisor.set(actor.clone());
+        Ok(actor)
+    }
+
+    async fn spawn_worker(
+        &self,
+        myself: &ActorRef<DeliveryMsg>,
+        work: &Arc<WorkQueue>,
+    ) -> Result<(ActorId, Worker), ractor::SpawnErr> {
+        let slot = Slot::default();
+        let worker =
+            DeliveryWorker::new(self.ctx.clone(), myself.clone(), work.clone(), slot.clone());
+        let (actor, _) = Actor::spawn_linked(None, worker, (), myself.get_cell()).await?;
+        Ok((actor.get_id(), Worker { actor, slot }))
+    }
+
+    /// Queues attempts (first attempts at the back of theirs), marks their records busy
+    /// and wakes idle workers for them.
+    fn enqueue(&self, state: &mut SupervisorState, retries: Vec<DueEntry>, first: Vec<DueEntry>) {
+        for entry in retries.iter().chain(&first) {
+            state.busy.insert(entry.record_key.clone());
+        }
+        state.work.extend(retries, first);
+        self.wake_idle(state);
+    }
+
+    /// Wakes as many idle workers as there are queued attempts.
+    fn wake_idle(&self, state: &mut SupervisorState) {
+        let mut queued = state.work.len();
+        while queued > 0 {
+            let Some(id) = state.idle.pop() else {
+                break;
+            };
+            // A worker that cannot be told is gone: its supervision event replaces it.
+            if let Some(worker) = state.workers.get(&id) {
+                if worker.actor.cast(WorkerMsg::Drain).is_ok() {
+                    queued -= 1;
+                }
+            }
+        }
+    }
+
+    /// Queues the due retries (ahead of first attempts) and wakes idle workers.
+    fn dispatch(&self, state: &mut SupervisorState, from_start: bool) {
+        let retries = self.due_retries(state, from_start);
+        self.enqueue(state, retries, Vec::new());
+    }
+
+    /// Due entries of the queue not queued or in flight yet, up to the number of workers.
+    /// The scan starts after the last entry queued (entries before it are in flight, and
+    /// every refill would walk past them again), falling back to the start of
+    /// the queue when that finds too few; `from_start` (every tick) rescans from the start,
+    /// so nothing is passed over for long.
+    fn due_retries(&self, state: &mut SupervisorState, from_start: bool) -> Vec<DueEntry> {
+        let wanted = self
+            .ctx
+            .delivery
+            .max_in_flight
+            .saturating_sub(state.work.retries());
+        if wanted == 0 {
+            return Vec::new();
+        }
+        let from = if from_start {
+            None
+        } else {
+            state.scan_from.take()
+        };
+        let busy = &state.busy;
+        let store = &self.ctx.store;
+        let now = now_us();
+        let scanned = match store.due_entries(now, wanted, from.as_deref(), |k| busy.contains(k)) {
+            Ok(due) if due.len() < wanted && from.is_some() => {
+                store.due_entries(now, wanted, None, |k| busy.contains(k))
+            }
+            other => other,
+        };
+        match scanned {
+            Ok(due) => {
+                state.scan_from = due.last().and_then(|d| d.due_key()).map(<[u8]>::to_vec);
+                due
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the due queue failed");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Records a failed attempt for the attempt of a worker that died or hung, and starts
+    /// a replacement.
+    async fn worker_lost(
+        &self,
+        myself: &ActorRef<DeliveryMsg>,
+        state: &mut SupervisorState,
+        worker: ActorId,
+        why: &str,
+    ) {
+        let Some(lost) = state.workers.remove(&worker) else {
+            return;
+        };
+        state.idle.retain(|id| *id != worker);
+        let attempt = lock_slot(&lost.slot).take();
+        if let Some((due, started)) = attempt {
+            self.ctx
+                .delivery
+                .metrics
+                .in_flight
+                .fetch_sub(1, Ordering::Relaxed);
+            let attempt = Attempt {
+                at_us: now_us().saturating_sub(started.elapsed().as_micros() as u64),
+                status: None,
+                error: Some(why.to_string()),
+                duration_us: started.elapsed().as_micros() as u64,
+            };
+            let attempts_made = usize::from(due.attempts) + 1;
+            let (outcome, counted) = failure(&self.ctx, due, attempt, attempts_made);
+            self.ctx.delivery.metrics.count(counted, 1);
+            state.work.record(outcome);
+        }
+        // Boxed: spawning is a large future, and the supervisor's message futures, which
+        // ractor moves for every message, would otherwise all be that large.
+        match Box::pin(self.spawn_worker(myself, &state.work)).await {
+            Ok((id, w)) => {
+                state.workers.insert(id, w);
+                state.idle.push(id);
+                self.wake_idle(state);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot replace a delivery worker"),
+        }
+    }
+
+    /// Closes the stale idle delivery connections, so sockets the endpoints closed do not
+    /// linger.
+    fn maybe_prune(&self, state: &mut SupervisorState) {
+        if state.last_prune.elapsed() < IDLE_TIMEOUT / 2 {
+            return;
+        }
+        state.last_prune = Instant::now();
+        self.ctx.client.prune_idle_connections();
+    }
+
+    fn maybe_sweep(&self, state: &mut SupervisorState) {
+        let every = self.ctx.delivery.sweep_interval;
+        if state.last_sweep.elapsed() < every {
+            return;
+        }
+        state.last_sweep = Instant::now();
+        let store = self.ctx.store.clone();
+        let cutoff = now_us().saturating_sub(self.ctx.delivery.retention.as_micros() as u64);
+        // A full scan: off the supervisor, which must keep dispatching.
+        tokio::task::spawn_blocking(move || {
+            match (
+                store.sweep_deliveries(cutoff),
+                store.sweep_idempotency(now_us()),
+            ) {
+                (Ok(d), Ok(i)) => {
+                    tracing::info!(deliveries = d, idempotency_keys = i, "retention sweep")
+                }
+                (Err(e), _) | (_, Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+            }
+        });
+    }
+}
+
+impl Actor for DeliverySupervisor {
+    type Msg = DeliveryMsg;
+    type State = SupervisorState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let (writer, outcomes) = mpsc::unbounded_channel();
+        let work = Arc::new(WorkQueue::new(writer));
+        let mut workers = HashMap::with_capacity(self.ctx.delivery.max_in_flight);
+        for _ in 0..self.ctx.delivery.max_in_flight {
+            let (id, worker) = self.spawn_worker(&myself, &work).await?;
+            workers.insert(id, worker);
+        }
+        let (due, unattempted) = self.ctx.store.due_counts()?;
+        // Deliveries whose first attempt was not recorded before the node stopped, queued
+        // as the first message.
+        let first_attempts = self.ctx.store.resume_first_attempts()?;
+        let (due, unattempted) = (
+            due + first_attempts.len(),
+            unattempted + first_attempts.len(),
+        );
+        self.ctx
+            .delivery
+            .metrics
+            .due
+            .store(due as i64, std::sync::atomic::Ordering::Relaxed);
+        self.ctx
+            .delivery
+            .unattempted
+            .store(unattempted as i64, std::sync::atomic::Ordering::Relaxed);
+        myself.send_interval(TICK, || DeliveryMsg::Tick);
+        let _ = myself.cast(DeliveryMsg::Accepted(first_attempts));
+        let writer_task = tokio::spawn(write_outcomes(self.ctx.clone(), outcomes, myself));
+        Ok(SupervisorState {
+            idle: workers.keys().copied().collect(),
+            workers,
+            work,
+            busy: HashSet::new(),
+            scan_from: None,
+            writer_task: Some(writer_task),
+            last_sweep: Instant::now(),
+            last_prune: Instant::now(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            DeliveryMsg::Wake => self.dispatch(state, false),
+            DeliveryMsg::Accepted(entries) => self.enqueue(state, Vec::new(), entries),
+            DeliveryMsg::Tick => {
+                let deadline = self.ctx.delivery.attempt_timeout + STUCK_GRACE;
+                let stuck: Vec<ActorId> = state
+                    .workers
+                    .iter()
+                    .filter(|(_, w)| {
+                        lock_slot(&w.slot)
+                            .as_ref()
+                            .is_some_and(|(_, started)| started.elapsed() > deadline)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in stuck {
+                    if let Some(worker) = state.workers.get(&id) {
+                        tracing::warn!("a delivery attempt is stuck; stopping its worker");
+                        worker.actor.unlink(myself.get_cell());
+                        worker.actor.kill();
+                    }
+                    self.worker_lost(&myself, state, id, "attempt stuck past its deadline")
+                        .await;
+                }
+                self.dispatch(state, true);
+                self.maybe_sweep(state);
+                self.maybe_prune(state);
+            }
+            DeliveryMsg::Flushed {
+                keys,
+                finished,
+                again,
+            } => {
+                for k in &keys {
+                    state.busy.remove(k);
+                }
+                self.enqueue(state, Vec::new(), again);
+                self.ctx
+                    .delivery
+                    .metrics
+                    .due
+                    .fetch_sub(finished as i64, std::sync::atomic::Ordering::Relaxed);
+            }
+            DeliveryMsg::Idle(worker) => {
+                if state.workers.contains_key(&worker) {
+                    state.idle.push(worker);
+                }
+                // Refill in bulk: each scan of the due queue walks past the keys in flight.
+                let refill = (self.ctx.delivery.max_in_flight / 8).max(1);
+                if state.idle.len() >= refill {
+                    self.dispatch(state, false);
+                } else {
+                    self.wake_idle(state);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, error) => {
+                tracing::error!(%error, "a delivery worker failed");
+                self.worker_lost(&myself, state, cell.get_id(), "attempt crashed")
+                    .await;
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _)
+                if state.workers.contains_key(&cell.get_id()) =>
+            {
+                self.worker_lost(&myself, state, cell.get_id(), "attempt stopped")
+                    .await;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // The node is stopping: workers take no more attempts, and the writer writes and
+        // flushes what is left.
+        state.work.stop();
+        if let Some(task) = state.writer_task.take() {
+            task.await?;
+        }
+        Ok(())
+    }
+}

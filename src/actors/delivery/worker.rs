@@ -1,0 +1,189 @@
+//! A delivery worker: makes one attempt at a time, taking them from the work queue until it
+//! is empty, and hands each outcome to the outcome writer.
+//!
+//! A worker shows the attempt it is making in its [`Slot`], so that the supervisor can
+//! record that attempt as failed when the worker dies or hangs.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::messages::{DeliveryMsg, WorkerMsg};
+use super::outcomes::{cancelled, failure};
+use super::queue::WorkQueue;
+use crate::actors::{now_us, NodeContext};
+use crate::actors::remote::SubscriptionExists;
+use crate::delivery::attempt::{self, Request};
+use crate::delivery::metrics::Counted;
+use crate::store::{
+    Attempt, DeliveryState, DueEntry, FailedCountChange, Outcome, Scheduled, StoreError,
+};
+
+/// The attempt a worker is making and since when, so the supervisor can record it as
+/// failed if the worker dies or hangs. Whoever takes the attempt out records its outcome.
+pub type Slot = Arc<Mutex<Option<(DueEntry, Instant)>>>;
+
+pub(super) fn lock_slot(slot: &Slot) -> std::sync::MutexGuard<'_, Option<(DueEntry, Instant)>> {
+    // Only ever holds a value moved in or out: a poisoned lock's content is still whole.
+    slot.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A worker: makes one attempt at a time, taking them from the queue until it is empty.
+pub struct DeliveryWorker {
+    ctx: Arc<NodeContext>,
+    supervisor: ActorRef<DeliveryMsg>,
+    work: Arc<WorkQueue>,
+    slot: Slot,
+}
+
+impl DeliveryWorker {
+    /// A worker of `supervisor` taking attempts from `work` and showing each in `slot`.
+    pub(super) fn new(
+        ctx: Arc<NodeContext>,
+        supervisor: ActorRef<DeliveryMsg>,
+        work: Arc<WorkQueue>,
+        slot: Slot,
+    ) -> Self {
+        DeliveryWorker {
+            ctx,
+            supervisor,
+            work,
+            slot,
+        }
+    }
+
+    /// Makes queued attempts until the queue is empty (or the node stops).
+    async fn drain(&self) {
+        let metrics = &self.ctx.delivery.metrics;
+        while let Some(due) = self.work.take() {
+            // No await between taking the attempt and showing it: a worker that dies
+            // always leaves it in its slot.
+            *lock_slot(&self.slot) = Some((due.clone(), Instant::now()));
+            metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+            let (outcome, counted) = self.run(due).await;
+            // Taken already: the supervisor gave up on this attempt and recorded it.
+            if lock_slot(&self.slot).take().is_none() {
+                continue;
+            }
+            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            metrics.count(counted, 1);
+            self.work.record(outcome);
+        }
+    }
+
+    /// Resolves the delivery's current target and makes the attempt.
+    async fn run(&self, due: DueEntry) -> (Outcome, Counted) {
+        let ctx = &self.ctx;
+        let attempts_made = usize::from(due.attempts) + 1;
+        // Every attempt uses the subscriber's current endpoint and secret; a deleted
+        // subscription or account ends the delivery.
+        let target = (
+            self.subscription_exists(&due).await,
+            ctx.store.delivery_target(&due.account_id),
+            ctx.delivery.trigger_body(&ctx.store, &due.triggered_id()),
+        );
+        let (account, triggered) = match target {
+            (Ok(true), Ok(Some(account)), Ok(Some(triggered))) => (account, triggered),
+            (Ok(_), Ok(_), Ok(_)) => return (cancelled(due), Counted::Cancelled),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                let attempt = internal_attempt(e.to_string());
+                return failure(ctx, due, attempt, attempts_made);
+            }
+        };
+        let at_us = now_us();
+        let request = Request {
+            endpoint: &account.endpoint,
+            secret_key: &account.secret_key,
+            event: &triggered.event,
+            body: triggered.body.clone(),
+            delivery_id: due.delivery_id,
+            timestamp: (at_us / 1_000_000) as i64,
+        };
+        // The client bounds the exchange by `attempt_timeout`, and the supervisor stops a
+        // worker stuck past it.
+        let attempt = attempt::send(&ctx.client, request, at_us).await;
+        ctx.delivery.metrics.observe_attempt(attempt.duration_us);
+        if attempt::succeeded(&attempt) {
+            (
+                Outcome {
+                    due,
+                    attempt: Some(attempt),
+                    state: DeliveryState::Succeeded,
+                    next_due_us: None,
+                    failed_count: FailedCountChange::Reset,
+                },
+                Counted::Succeeded,
+            )
+        } else {
+            failure(ctx, due, attempt, attempts_made)
+        }
+    }
+
+    /// Whether the delivery's subscription still exists. A first attempt whose fan-out
+    /// step read it here knows it does while no subscription was deleted since. It lives
+    /// with its registration, possibly on another node: that node is asked only before a
+    /// retry (a first attempt follows the fan-out within moments), and an unreachable node
+    /// counts as a yes.
+    async fn subscription_exists(&self, due: &DueEntry) -> Result<bool, StoreError> {
+        if let Scheduled::Batch {
+            subscriptions_read_at: Some(read_at),
+            ..
+        } = due.scheduled
+        {
+            if read_at == self.ctx.store.subscription_deletions() {
+                return Ok(true);
+            }
+        }
+        let cluster = &self.ctx.cluster;
+        let subscription = due.subscription_id();
+        match cluster.remote_owner(cluster.map().shard_of_id(&subscription)) {
+            None => self.ctx.store.subscription_exists(&subscription),
+            Some(_) if due.attempts == 0 => Ok(true),
+            Some(peer) => {
+                let ask = SubscriptionExists { id: subscription };
+                Ok(!matches!(cluster.call(peer, &ask).await, Ok(Ok(false))))
+            }
+        }
+    }
+}
+
+/// An attempt that could not be made because of a local failure.
+fn internal_attempt(error: String) -> Attempt {
+    Attempt {
+        at_us: now_us(),
+        status: None,
+        error: Some(format!("internal error: {error}")),
+        duration_us: 0,
+    }
+}
+
+impl Actor for DeliveryWorker {
+    type Msg = WorkerMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        _: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let WorkerMsg::Drain = message;
+        // Boxed: ractor moves the message future for every message, and an attempt's
+        // future is large.
+        Box::pin(self.drain()).await;
+        // The supervisor stopping means the node is stopping: nothing left to report.
+        let _ = self.supervisor.cast(DeliveryMsg::Idle(myself.get_id()));
+        Ok(())
+    }
+}
