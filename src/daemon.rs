@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::actors::{ActorSettings, DeliveryContext, DeliverySupervisor, Directory, NodeContext};
+use crate::actors::{ActorSettings, DeliveryContext, DeliverySupervisor, Directory, NodeState};
 use crate::api::Api;
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -62,7 +62,7 @@ pub fn build_service(config: &Config, store: Store) -> Result<Service, DaemonErr
         config.security.endpoint_deny_cidrs.clone(),
         config.security.endpoint_allow_cidrs.clone(),
     );
-    let ctx = NodeContext {
+    let ctx = NodeState {
         store,
         // Up to 4 idle connections per attempt in flight: enough to keep one to each
         // endpoint of a fan-out's busy workers, bounded whatever the number of endpoints.

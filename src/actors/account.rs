@@ -12,7 +12,7 @@ use ractor_cluster::RactorMessage;
 use uuid::Uuid;
 
 use super::remote::DeleteSubscriptionsOf;
-use super::{now_us, NodeContext, RegistrationMsg, ReplyPort};
+use super::{now_us, NodeState, RegistrationMsg, ReplyPort};
 use crate::crypto;
 use crate::domain::{msg, ServiceError, WriteResult};
 use crate::store::{Account, KeyKind, PendingKey, Registration};
@@ -58,7 +58,7 @@ pub enum AccountMsg {
 
 /// The actor of one account.
 pub struct AccountActor {
-    ctx: Arc<NodeContext>,
+    ctx: Arc<NodeState>,
     id: Uuid,
 }
 
@@ -70,7 +70,7 @@ pub struct AccountState {
 impl AccountActor {
     /// Spawns the actor of account `id`.
     pub async fn spawn_for(
-        ctx: Arc<NodeContext>,
+        ctx: Arc<NodeState>,
         id: Uuid,
     ) -> Result<ActorRef<AccountMsg>, SpawnErr> {
         let (actor, _) = Actor::spawn(None, AccountActor { ctx, id }, ()).await?;
@@ -209,7 +209,7 @@ impl AccountActor {
 /// The account's own subscriptions live with the registrations they subscribe to, on
 /// any node: every peer is told to drop them. While a peer is unreachable the tombstone
 /// stays (the account is already gone for every reader) and a background task retries.
-pub(super) async fn cascade(ctx: &Arc<NodeContext>, account: &Account) -> Result<(), ServiceError> {
+pub(super) async fn cascade(ctx: &Arc<NodeState>, account: &Account) -> Result<(), ServiceError> {
     ctx.store.delete_subscriptions_of_subscriber(&account.id)?;
     for registration in ctx.store.registration_ids_of(&account.id)? {
         ctx.ask_registration(registration, |reply| RegistrationMsg::Delete {
@@ -238,7 +238,7 @@ pub(super) async fn cascade(ctx: &Arc<NodeContext>, account: &Account) -> Result
 const CLEANUP_RETRY: Duration = Duration::from_secs(1);
 
 /// Tells every peer to drop the subscriptions held by `account`; true when all did.
-async fn remote_cleanup(ctx: &NodeContext, account: &Uuid) -> bool {
+async fn remote_cleanup(ctx: &NodeState, account: &Uuid) -> bool {
     let mut all = true;
     for peer in ctx.cluster.peers() {
         let command = DeleteSubscriptionsOf { account: *account };

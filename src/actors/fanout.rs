@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{now_us, NodeContext};
+use super::{now_us, NodeState};
 use crate::delivery::metrics::Counted;
 use crate::domain::ServiceError;
 use crate::store::{DueEntry, FanoutStep, NewDelivery, PreparedDeliveries, StoreError};
@@ -48,7 +48,7 @@ const STEP_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs `triggered`'s fan-out to the end (`started`: its first step was written with the
 /// trigger).
-pub async fn run_fanout(ctx: Arc<NodeContext>, registration: Uuid, triggered: Uuid, started: bool) {
+pub async fn run_fanout(ctx: Arc<NodeState>, registration: Uuid, triggered: Uuid, started: bool) {
     let mut batch = if started { FANOUT_BATCH } else { FIRST_BATCH };
     loop {
         wait_for_backlog(&ctx).await;
@@ -149,7 +149,7 @@ impl Drop for RunnerGuard<'_> {
 }
 
 /// A step runner: writes queued steps, several fan-outs' in one batch, until none wait.
-fn run_steps(ctx: &NodeContext) {
+fn run_steps(ctx: &NodeState) {
     let queue = &ctx.delivery.fanout_steps;
     let mut guard = RunnerGuard { queue, armed: true };
     loop {
@@ -163,7 +163,7 @@ fn run_steps(ctx: &NodeContext) {
 }
 
 /// Reads and prepares each requested step, writes them all in one batch and answers each.
-fn write_steps(ctx: &NodeContext, requests: Vec<StepRequest>) {
+fn write_steps(ctx: &NodeState, requests: Vec<StepRequest>) {
     let mut ready = Vec::with_capacity(requests.len());
     for request in requests {
         match prepare(ctx, &request) {
@@ -203,7 +203,7 @@ fn write_steps(ctx: &NodeContext, requests: Vec<StepRequest>) {
 }
 
 /// The requested step read and prepared; `None` when the fan-out is complete.
-fn prepare(ctx: &NodeContext, request: &StepRequest) -> Result<Option<PreparedStep>, ServiceError> {
+fn prepare(ctx: &NodeState, request: &StepRequest) -> Result<Option<PreparedStep>, ServiceError> {
     let Some(cursor) = ctx.store.fanout(&request.triggered)? else {
         return Ok(None);
     };
@@ -219,13 +219,13 @@ fn prepare(ctx: &NodeContext, request: &StepRequest) -> Result<Option<PreparedSt
 
 /// True while the node's deliveries not attempted yet are within the backlog limit (those
 /// waiting for a retry do not count: they are not in the engine's way).
-pub fn backlog_allows(ctx: &NodeContext) -> bool {
+pub fn backlog_allows(ctx: &NodeState) -> bool {
     let limit = (ctx.delivery.max_in_flight * BACKLOG_PER_WORKER) as i64;
     ctx.delivery.unattempted.load(Ordering::Relaxed) <= limit
 }
 
 /// Waits until [`backlog_allows`] a step.
-async fn wait_for_backlog(ctx: &NodeContext) {
+async fn wait_for_backlog(ctx: &NodeState) {
     loop {
         let drained = ctx.delivery.drained.notified();
         if backlog_allows(ctx) {
@@ -261,7 +261,7 @@ impl PreparedStep {
     /// failed_count): local subscribers are accepted here, the others queued for their
     /// node.
     pub fn read(
-        ctx: &NodeContext,
+        ctx: &NodeState,
         registration: &Uuid,
         triggered: &Uuid,
         after: Option<Vec<u8>>,
@@ -304,7 +304,7 @@ impl StepOutcome {
     /// Once the step is written: counts it, hands its first attempts (`entries`) to
     /// delivery and its batches for other nodes to the handoff senders; true when more
     /// subscriptions remain.
-    pub fn written(self, ctx: &NodeContext, entries: Vec<DueEntry>) -> bool {
+    pub fn written(self, ctx: &NodeState, entries: Vec<DueEntry>) -> bool {
         accepted(ctx, entries, self.skipped);
         if self.has_handoffs {
             ctx.delivery.handoff_wake.notify_waiters();
@@ -316,7 +316,7 @@ impl StepOutcome {
 /// Judges deliveries for subscribers owned by this node: true marks those to skip, at the
 /// `failed_count` limit.
 pub fn judge(
-    ctx: &NodeContext,
+    ctx: &NodeState,
     items: Vec<NewDelivery>,
 ) -> Result<Vec<(NewDelivery, bool)>, StoreError> {
     let limit = ctx.delivery.max_failed_count;
@@ -344,7 +344,7 @@ pub fn skipped(judged: &[(NewDelivery, bool)]) -> u64 {
 
 /// Counts deliveries just written (`skipped` of them skipped) and hands their first
 /// attempts to the supervisor; returns how many were created.
-pub fn accepted(ctx: &NodeContext, entries: Vec<DueEntry>, skipped: u64) -> u64 {
+pub fn accepted(ctx: &NodeState, entries: Vec<DueEntry>, skipped: u64) -> u64 {
     let created = entries.len() as u64;
     let metrics = &ctx.delivery.metrics;
     metrics.count(Counted::Skipped, skipped);

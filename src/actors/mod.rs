@@ -44,8 +44,9 @@ pub struct ActorSettings {
     pub idle_stop: Duration,
 }
 
-/// Everything the node's actors share.
-pub struct NodeContext {
+/// The node's shared state: its storage, outbound client, view of the cluster, live actors
+/// and delivery engine. The actors and the service's operations reach everything through it.
+pub struct NodeState {
     /// The node's database.
     pub store: Store,
     /// Outbound calls to endpoints.
@@ -64,7 +65,7 @@ pub struct NodeContext {
     pub delivery: DeliveryContext,
 }
 
-impl NodeContext {
+impl NodeState {
     /// Asks account `id`'s actor, spawning it if needed.
     pub async fn ask_account<T: Send + 'static>(
         self: &Arc<Self>,

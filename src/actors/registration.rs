@@ -12,7 +12,7 @@ use ractor_cluster::RactorMessage;
 use uuid::Uuid;
 
 use super::fanout::{self, run_fanout, PreparedStep};
-use super::{now_us, NodeContext, ReplyPort};
+use super::{now_us, NodeState, ReplyPort};
 use crate::delivery::pyjson::to_python_json;
 use crate::domain::access::{self, Access};
 use crate::domain::{msg, Caller, ServiceError, WriteResult};
@@ -70,7 +70,7 @@ pub enum RegistrationMsg {
 
 /// The actor of one registration.
 pub struct RegistrationActor {
-    ctx: Arc<NodeContext>,
+    ctx: Arc<NodeState>,
     id: Uuid,
 }
 
@@ -82,7 +82,7 @@ pub struct RegistrationState {
 impl RegistrationActor {
     /// Spawns the actor of registration `id`.
     pub async fn spawn_for(
-        ctx: Arc<NodeContext>,
+        ctx: Arc<NodeState>,
         id: Uuid,
     ) -> Result<ActorRef<RegistrationMsg>, SpawnErr> {
         let (actor, _) = Actor::spawn(None, RegistrationActor { ctx, id }, ()).await?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::NodeContext;
+use super::NodeState;
 use crate::cluster::Rpc;
 use crate::domain::ServiceError;
 use crate::store::{NewDelivery, Triggered};
@@ -55,7 +55,7 @@ impl Rpc for DeleteSubscriptionsOf {
 }
 
 /// Serves the operations above to the peers.
-pub fn serve(ctx: &Arc<NodeContext>) {
+pub fn serve(ctx: &Arc<NodeState>) {
     let cluster = &ctx.cluster;
     let c = ctx.clone();
     cluster.serve(move |req: AcceptDeliveries| {

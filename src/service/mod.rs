@@ -30,7 +30,7 @@ pub use registrations::{
 pub use subscriptions::{DeleteLocalSubscriptions, DeleteSubscription, Subscribe};
 pub use triggers::{DeliveryCounts, ListDeliveries, Redeliver, Requeue, Trigger, TriggerStatus};
 
-use crate::actors::NodeContext;
+use crate::actors::NodeState;
 use crate::cluster::{Rpc, ShardId, ShardMap};
 use crate::crypto;
 use crate::domain::{msg, Caller, Credentials, NewAccount, ServiceError, ADMIN_USERNAME};
@@ -52,12 +52,12 @@ pub trait ShardOp: Op {
 /// The node's operations. Cheap to clone.
 #[derive(Clone)]
 pub struct Service {
-    ctx: Arc<NodeContext>,
+    ctx: Arc<NodeState>,
 }
 
 impl Service {
     /// Wraps the shared context and serves every operation to the peers.
-    pub fn new(ctx: Arc<NodeContext>) -> Self {
+    pub fn new(ctx: Arc<NodeState>) -> Self {
         let service = Self { ctx };
         accounts::serve(&service);
         listing::serve(&service);
@@ -69,7 +69,7 @@ impl Service {
     }
 
     /// The shared context (for start-up and shutdown tasks).
-    pub fn context(&self) -> &Arc<NodeContext> {
+    pub fn context(&self) -> &Arc<NodeState> {
         &self.ctx
     }
 

@@ -11,8 +11,8 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::actors::fanout::{accepted, judge, skipped};
-use crate::actors::{now_us, NodeContext};
 use crate::actors::remote::AcceptDeliveries;
+use crate::actors::{now_us, NodeState};
 use crate::store::{Handoff, NewDelivery, StoreError, Triggered};
 
 /// How often queued handoffs to an unavailable peer are retried.
@@ -22,7 +22,7 @@ const HANDOFF_WINDOW: usize = 16;
 
 /// Persists a batch handed over by the node that owns the trigger.
 pub fn accept_remote_batch(
-    ctx: &NodeContext,
+    ctx: &NodeState,
     triggered: &Triggered,
     items: &[NewDelivery],
 ) -> Result<u64, StoreError> {
@@ -40,7 +40,7 @@ pub fn accept_remote_batch(
 /// Hands queued fan-out batches to `peer`, removing each only once the peer persisted it.
 /// Up to `HANDOFF_WINDOW` batches are in flight at once: each waits for the peer's flush,
 /// so one at a time would fall behind many small fan-outs.
-pub async fn run_handoff(ctx: Arc<NodeContext>, peer_index: usize) {
+pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: usize) {
     let Some(peer) = ctx.cluster.peers().get(peer_index) else {
         return;
     };

@@ -8,7 +8,7 @@ use ractor::ActorRef;
 use tokio::sync::mpsc;
 
 use super::messages::DeliveryMsg;
-use crate::actors::{now_us, NodeContext};
+use crate::actors::{now_us, NodeState};
 use crate::delivery::metrics::Counted;
 use crate::store::{Attempt, DeliveryState, DueEntry, FailedCountChange, Outcome};
 
@@ -32,7 +32,7 @@ pub(super) fn cancelled(due: DueEntry) -> Outcome {
 
 /// The outcome of a failed attempt: retry when the schedule allows, else give up.
 pub(super) fn failure(
-    ctx: &NodeContext,
+    ctx: &NodeState,
     due: DueEntry,
     attempt: Attempt,
     attempts_made: usize,
@@ -60,7 +60,7 @@ pub(super) fn failure(
 /// arrive during a write, a flush or the [`OUTCOME_COMMIT_GAP`] make the next batch
 /// bigger.
 pub(super) async fn write_outcomes(
-    ctx: Arc<NodeContext>,
+    ctx: Arc<NodeState>,
     mut outcomes: mpsc::UnboundedReceiver<Outcome>,
     supervisor: ActorRef<DeliveryMsg>,
 ) {

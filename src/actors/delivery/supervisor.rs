@@ -20,7 +20,7 @@ use super::messages::{DeliveryMsg, WorkerMsg};
 use super::outcomes::{failure, write_outcomes};
 use super::queue::WorkQueue;
 use super::worker::{lock_slot, DeliveryWorker, Slot};
-use crate::actors::{now_us, NodeContext};
+use crate::actors::{now_us, NodeState};
 use crate::delivery::connections::IDLE_TIMEOUT;
 use crate::store::{Attempt, DueEntry};
 
@@ -37,7 +37,7 @@ struct Worker {
 
 /// The supervisor actor.
 pub struct DeliverySupervisor {
-    ctx: Arc<NodeContext>,
+    ctx: Arc<NodeState>,
 }
 
 /// The supervisor's bookkeeping.
@@ -57,7 +57,7 @@ pub struct SupervisorState {
 
 impl DeliverySupervisor {
     /// Starts the supervisor and its workers, and registers it in the context.
-    pub async fn start(ctx: Arc<NodeContext>) -> Result<ActorRef<DeliveryMsg>, ractor::SpawnErr> {
+    pub async fn start(ctx: Arc<NodeState>) -> Result<ActorRef<DeliveryMsg>, ractor::SpawnErr> {
         let (actor, _) = Actor::spawn(None, DeliverySupervisor { ctx: ctx.clone() }, ()).await?;
         let _ = ctx.delivery.supervisor.set(actor.clone());
         Ok(actor)

@@ -13,8 +13,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use super::messages::{DeliveryMsg, WorkerMsg};
 use super::outcomes::{cancelled, failure};
 use super::queue::WorkQueue;
-use crate::actors::{now_us, NodeContext};
 use crate::actors::remote::SubscriptionExists;
+use crate::actors::{now_us, NodeState};
 use crate::delivery::attempt::{self, Request};
 use crate::delivery::metrics::Counted;
 use crate::store::{
@@ -32,7 +32,7 @@ pub(super) fn lock_slot(slot: &Slot) -> std::sync::MutexGuard<'_, Option<(DueEnt
 
 /// A worker: makes one attempt at a time, taking them from the queue until it is empty.
 pub struct DeliveryWorker {
-    ctx: Arc<NodeContext>,
+    ctx: Arc<NodeState>,
     supervisor: ActorRef<DeliveryMsg>,
     work: Arc<WorkQueue>,
     slot: Slot,
@@ -41,7 +41,7 @@ pub struct DeliveryWorker {
 impl DeliveryWorker {
     /// A worker of `supervisor` taking attempts from `work` and showing each in `slot`.
     pub(super) fn new(
-        ctx: Arc<NodeContext>,
+        ctx: Arc<NodeState>,
         supervisor: ActorRef<DeliveryMsg>,
         work: Arc<WorkQueue>,
         slot: Slot,
