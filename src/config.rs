@@ -154,6 +154,8 @@ pub struct HttpClientConfig {
     pub timeout_secs: f64,
     /// Accept invalid TLS certificates (internal CAs without a trust store).
     pub insecure_tls: bool,
+    /// Bytes of an endpoint's reply read at most (an echo reply over it fails).
+    pub max_response_bytes: usize,
 }
 
 impl Default for HttpClientConfig {
@@ -161,6 +163,7 @@ impl Default for HttpClientConfig {
         Self {
             timeout_secs: 5.0,
             insecure_tls: false,
+            max_response_bytes: 64 * 1024,
         }
     }
 }
@@ -351,6 +354,11 @@ impl Config {
         positive("http.keepalive_idle_secs", self.http.keepalive_idle_secs)?;
         for (key, value, min) in [
             ("http.max_connections", self.http.max_connections, 1),
+            (
+                "http_client.max_response_bytes",
+                self.http_client.max_response_bytes,
+                1024,
+            ),
             ("http.max_header_bytes", self.http.max_header_bytes, 1024),
             ("http.max_headers", self.http.max_headers, 8),
         ] {
