@@ -128,6 +128,9 @@ pub struct SecurityConfig {
     pub endpoint_allow_cidrs: Vec<IpNet>,
     /// Largest `event_data` (as compact JSON) accepted at registration and trigger.
     pub max_event_data_bytes: usize,
+    /// Failed API key checks allowed per username and per client address per minute;
+    /// beyond it key checks answer 429 before hashing (0: no limit).
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for SecurityConfig {
@@ -142,6 +145,7 @@ impl Default for SecurityConfig {
             ],
             endpoint_allow_cidrs: Vec::new(),
             max_event_data_bytes: 256 * 1024,
+            auth_failures_per_minute: 20,
         }
     }
 }
