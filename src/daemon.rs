@@ -158,7 +158,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     println!("listening on http://{addr}");
     let limits = Limits {
         max_connections: config.http.max_connections,
+        max_connections_per_ip: config.http.max_connections_per_ip,
         header_read_timeout: Duration::from_secs_f64(config.http.header_read_timeout_secs),
+        request_timeout: Duration::from_secs_f64(config.http.request_timeout_secs),
         keepalive_idle: Duration::from_secs_f64(config.http.keepalive_idle_secs),
         max_header_bytes: config.http.max_header_bytes,
         max_headers: config.http.max_headers,
