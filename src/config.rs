@@ -66,10 +66,16 @@ pub struct HttpConfig {
     pub shutdown_grace_secs: f64,
     /// A request header must arrive completely within this time (slow clients are cut off).
     pub header_read_timeout_secs: f64,
+    /// A request's header and body must arrive completely within this time, counted from
+    /// its first byte (slow clients are cut off).
+    pub request_timeout_secs: f64,
     /// A keep-alive connection idle this long is closed.
     pub keepalive_idle_secs: f64,
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections from one client address (an IPv6 /64 counts as one) served at once;
+    /// further ones are closed.
+    pub max_connections_per_ip: usize,
     /// Largest request header section in bytes (431 above).
     pub max_header_bytes: usize,
     /// Most header fields per request (431 above).
@@ -83,8 +89,10 @@ impl Default for HttpConfig {
             max_body_bytes: 1024 * 1024,
             shutdown_grace_secs: 10.0,
             header_read_timeout_secs: 10.0,
+            request_timeout_secs: 30.0,
             keepalive_idle_secs: 60.0,
             max_connections: 10_000,
+            max_connections_per_ip: 1_000,
             max_header_bytes: 16 * 1024,
             max_headers: 64,
         }
@@ -128,6 +136,9 @@ pub struct SecurityConfig {
     pub endpoint_allow_cidrs: Vec<IpNet>,
     /// Largest `event_data` (as compact JSON) accepted at registration and trigger.
     pub max_event_data_bytes: usize,
+    /// Failed API key checks allowed per username and per client address per minute;
+    /// beyond it key checks answer 429 before hashing (0: no limit).
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for SecurityConfig {
@@ -142,6 +153,7 @@ impl Default for SecurityConfig {
             ],
             endpoint_allow_cidrs: Vec::new(),
             max_event_data_bytes: 256 * 1024,
+            auth_failures_per_minute: 20,
         }
     }
 }
@@ -154,6 +166,8 @@ pub struct HttpClientConfig {
     pub timeout_secs: f64,
     /// Accept invalid TLS certificates (internal CAs without a trust store).
     pub insecure_tls: bool,
+    /// Bytes of an endpoint's reply read at most (an echo reply over it fails).
+    pub max_response_bytes: usize,
 }
 
 impl Default for HttpClientConfig {
@@ -161,6 +175,7 @@ impl Default for HttpClientConfig {
         Self {
             timeout_secs: 5.0,
             insecure_tls: false,
+            max_response_bytes: 64 * 1024,
         }
     }
 }
@@ -349,8 +364,19 @@ impl Config {
             self.http.header_read_timeout_secs,
         )?;
         positive("http.keepalive_idle_secs", self.http.keepalive_idle_secs)?;
+        positive("http.request_timeout_secs", self.http.request_timeout_secs)?;
         for (key, value, min) in [
             ("http.max_connections", self.http.max_connections, 1),
+            (
+                "http.max_connections_per_ip",
+                self.http.max_connections_per_ip,
+                1,
+            ),
+            (
+                "http_client.max_response_bytes",
+                self.http_client.max_response_bytes,
+                1024,
+            ),
             ("http.max_header_bytes", self.http.max_header_bytes, 1024),
             ("http.max_headers", self.http.max_headers, 8),
         ] {

@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 
 use crate::actors::{ActorSettings, DeliveryContext, DeliverySupervisor, Directory, NodeState};
 use crate::api::Api;
+use crate::auth_throttle::AuthThrottle;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::crypto::AuthCache;
@@ -76,6 +77,7 @@ pub fn build_service(config: &Config, store: Store) -> Result<Service, DaemonErr
             Duration::from_secs_f64(config.security.auth_cache_ttl_secs),
             AUTH_CACHE_CAPACITY,
         ),
+        auth_throttle: AuthThrottle::new(config.security.auth_failures_per_minute),
         settings: ActorSettings {
             pbkdf2_iterations: config.security.pbkdf2_iterations,
             key_resets_per_hour: config.security.key_resets_per_hour,
@@ -166,7 +168,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     println!("listening on http://{addr}");
     let limits = Limits {
         max_connections: config.http.max_connections,
+        max_connections_per_ip: config.http.max_connections_per_ip,
         header_read_timeout: Duration::from_secs_f64(config.http.header_read_timeout_secs),
+        request_timeout: Duration::from_secs_f64(config.http.request_timeout_secs),
         keepalive_idle: Duration::from_secs_f64(config.http.keepalive_idle_secs),
         max_header_bytes: config.http.max_header_bytes,
         max_headers: config.http.max_headers,

@@ -10,6 +10,7 @@
 
 pub mod actors;
 pub mod api;
+pub mod auth_throttle;
 pub mod bench;
 pub mod cluster;
 pub mod config;

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 /// For each top-level module of `src/`, the modules it may use.
 const ALLOWED: &[(&str, &[&str])] = &[
+    ("auth_throttle", &[]),
     ("config", &[]),
     ("crypto", &[]),
     ("store", &[]),
@@ -28,13 +29,21 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("delivery", &["config", "crypto", "store"]),
     (
         "actors",
-        &["cluster", "config", "crypto", "delivery", "domain", "store"],
+        &[
+            "auth_throttle",
+            "cluster",
+            "config",
+            "crypto",
+            "delivery",
+            "domain",
+            "store",
+        ],
     ),
     (
         "service",
         &["actors", "cluster", "crypto", "delivery", "domain", "store"],
     ),
-    ("http", &["domain", "store"]),
+    ("http", &["auth_throttle", "domain", "store"]),
     (
         "api",
         &["cluster", "delivery", "domain", "http", "service", "store"],
@@ -43,8 +52,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "daemon",
         &[
-            "actors", "api", "cluster", "config", "crypto", "delivery", "domain", "http",
-            "service", "store",
+            "actors",
+            "api",
+            "auth_throttle",
+            "cluster",
+            "config",
+            "crypto",
+            "delivery",
+            "domain",
+            "http",
+            "service",
+            "store",
         ],
     ),
 ];

@@ -24,6 +24,7 @@ pub use delivery::{
 pub use directory::Directory;
 pub use registration::{RegistrationActor, RegistrationMsg};
 
+use crate::auth_throttle::AuthThrottle;
 use crate::cluster::Cluster;
 use crate::crypto::AuthCache;
 use crate::delivery::EndpointClient;
@@ -55,6 +56,8 @@ pub struct NodeState {
     pub cluster: Arc<Cluster>,
     /// Recent successful API key verifications.
     pub auth_cache: AuthCache,
+    /// Failed key checks per username and client address.
+    pub auth_throttle: AuthThrottle,
     /// Tunables.
     pub settings: ActorSettings,
     /// Live account actors.

@@ -56,6 +56,7 @@ impl Call {
         Ok(Credentials::from_headers(
             self.req.header("api-key"),
             self.req.header("username"),
+            self.req.client_ip(),
         )?)
     }
 }

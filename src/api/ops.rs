@@ -87,7 +87,7 @@ pub async fn cluster(c: Call) -> ApiResult {
 pub async fn metrics(c: Call) -> ApiResult {
     let api = &c.api;
     let mut text = api.metrics.render();
-    text.push_str(&api.service.delivery_metrics());
+    text.push_str(&api.service.metrics());
     let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = StatusCode::OK;
     r.headers_mut().insert(

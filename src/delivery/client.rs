@@ -3,11 +3,16 @@
 //! reqwest's pooled client serves everything (TLS, redirects) but deliveries to `http://`
 //! endpoints: those go out on plain hyper connections the delivery worker using one drives
 //! itself ([`DeliveryConnections`]), which costs markedly less CPU per request on the
-//! hot path (STACK.md measured reqwest at 0.6x a hyper client's rate). A delivery
+//! hot path. A delivery
 //! answered with a redirect is followed by reqwest from the first hop on, as the whole
 //! delivery would have been. The endpoint policy is enforced by resolution that drops
 //! refused addresses (hostnames), by a check of literal addresses before sending, and on
 //! every redirect hop.
+//!
+//! Nothing an endpoint sends can grow the node's memory: the echo reply is read up to
+//! `http_client.max_response_bytes` (a longer one fails the challenge), and the other calls
+//! are decided by their status alone — their bodies are read at most that far to reuse a
+//! connection, or not at all.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -21,6 +26,7 @@ use reqwest::redirect;
 use reqwest::Url;
 
 use super::connections::{DeliveryConnections, PlainTarget};
+use super::error::{transport, OutboundError};
 use super::policy::EndpointPolicy;
 use crate::config::HttpClientConfig;
 use crate::crypto;
@@ -31,52 +37,6 @@ const MAX_REDIRECTS: usize = 10;
 /// Parsed delivery endpoints kept at most; all are dropped when it is full (a fan-out
 /// refills it with the endpoints in use).
 const MAX_ENDPOINTS: usize = 16_384;
-
-/// Why an outbound call failed (logged; clients only see the API's fixed messages).
-#[derive(Debug, thiserror::Error)]
-pub enum OutboundError {
-    /// The URL is not an absolute http(s) URL.
-    #[error("invalid endpoint URL")]
-    InvalidUrl,
-    /// The endpoint's address is refused by the endpoint policy.
-    #[error("endpoint address refused by the endpoint policy")]
-    Refused,
-    /// Transport failure, timeout or refused resolution, with its causes (but without the
-    /// URL: its query may carry a new key).
-    #[error("request failed: {0}")]
-    Transport(String),
-    /// The endpoint answered, but not as required.
-    #[error("unexpected answer: {0}")]
-    Answer(String),
-    /// No randomness for the challenge.
-    #[error(transparent)]
-    Random(#[from] crypto::RandomError),
-}
-
-impl From<reqwest::Error> for OutboundError {
-    fn from(e: reqwest::Error) -> Self {
-        if e.is_timeout() {
-            return OutboundError::Transport("timed out".into());
-        }
-        // reqwest's own message ("error sending request") hides the cause: walk the chain.
-        OutboundError::Transport(with_causes(&e.without_url()))
-    }
-}
-
-/// `e`'s message followed by those of its causes that it does not already contain.
-pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
 
 /// Resolution failure, as both clients' resolver interfaces take it.
 type ResolveError = Box<dyn std::error::Error + Send + Sync>;
@@ -125,6 +85,8 @@ struct DeliveryEndpoint {
 pub struct EndpointClient {
     http: reqwest::Client,
     timeout: Duration,
+    /// `http_client.max_response_bytes`.
+    max_response: usize,
     policy: Arc<EndpointPolicy>,
     /// Delivery endpoints by their text (the policy does not change while running).
     endpoints: Arc<Mutex<HashMap<String, Arc<DeliveryEndpoint>>>>,
@@ -164,9 +126,13 @@ impl EndpointClient {
         Ok(Self {
             http,
             timeout,
+            max_response: cfg.max_response_bytes,
             policy,
             endpoints: Arc::default(),
-            connections: Arc::new(DeliveryConnections::new(max_idle_connections)),
+            connections: Arc::new(DeliveryConnections::new(
+                max_idle_connections,
+                cfg.max_response_bytes,
+            )),
         })
     }
 
@@ -179,13 +145,14 @@ impl EndpointClient {
         Ok(url)
     }
 
-    /// `GET <endpoint>` with `extra` appended to its query string; returns status and body.
+    /// `GET <endpoint>` with `param=value` appended to its query string; returns the
+    /// response once its head arrived (the body is left to the caller).
     async fn get_with(
         &self,
         endpoint: &str,
         param: &str,
         value: &str,
-    ) -> Result<(u16, bytes::Bytes), OutboundError> {
+    ) -> Result<reqwest::Response, OutboundError> {
         let mut url = self.target(endpoint)?;
         url.query_pairs_mut().append_pair(param, value);
         let response = self
@@ -195,17 +162,19 @@ impl EndpointClient {
             .header("content-type", "application/json")
             .send()
             .await?;
-        let status = response.status().as_u16();
-        Ok((status, response.bytes().await?))
+        Ok(response)
     }
 
-    /// The echo challenge: passes only on 200 with JSON `{"echo": <the challenge>}`.
+    /// The echo challenge: passes only on 200 with JSON `{"echo": <the challenge>}` of at
+    /// most `max_response_bytes`.
     pub async fn echo(&self, endpoint: &str) -> Result<(), OutboundError> {
         let challenge = crypto::generate_key()?;
-        let (status, body) = self.get_with(endpoint, "echo", &challenge).await?;
+        let response = self.get_with(endpoint, "echo", &challenge).await?;
+        let status = response.status().as_u16();
         if status != 200 {
             return Err(OutboundError::Answer(format!("status {status}")));
         }
+        let body = read_capped(response, self.max_response).await?;
         let answer: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|_| OutboundError::Answer("body is not JSON".into()))?;
         match answer.get("echo").and_then(|v| v.as_str()) {
@@ -214,20 +183,41 @@ impl EndpointClient {
         }
     }
 
-    /// Delivers a new key as `GET <endpoint>?api_key=…` / `?secret_key=…`; any 2xx succeeds.
+    /// Delivers a new key as `GET <endpoint>?api_key=…` / `?secret_key=…`; any 2xx succeeds,
+    /// whatever its body (which is not read: dropping the response closes the connection).
     pub async fn send_key(
         &self,
         endpoint: &str,
         kind: KeyKind,
         key: &str,
     ) -> Result<(), OutboundError> {
-        let (status, _) = self.get_with(endpoint, kind.param(), key).await?;
-        if (200..300).contains(&status) {
+        let status = self.get_with(endpoint, kind.param(), key).await?.status();
+        if status.is_success() {
             Ok(())
         } else {
-            Err(OutboundError::Answer(format!("status {status}")))
+            Err(OutboundError::Answer(format!("status {}", status.as_u16())))
         }
     }
+}
+
+/// `response`'s body, refused once it runs past `max` bytes (the client's timeout bounds
+/// how long it is read).
+async fn read_capped(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, OutboundError> {
+    let too_large = || OutboundError::Answer(format!("reply larger than {max} bytes"));
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 impl EndpointClient {
@@ -286,8 +276,8 @@ impl EndpointClient {
         Ok(parsed)
     }
 
-    /// One `POST` on the delivery connections (no redirects followed), bounded by the
-    /// client timeout, connecting included.
+    /// One `POST` on the delivery connections (no redirects followed); its status must
+    /// arrive within the client timeout, connecting included.
     async fn post_plain(
         &self,
         target: &PlainTarget,
@@ -297,12 +287,11 @@ impl EndpointClient {
         let mut request = hyper::Request::new(Full::new(body));
         *request.method_mut() = hyper::Method::POST;
         *request.headers_mut() = headers;
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let addrs = || self.plain_addrs(target);
-        let exchange = self.connections.post(target, request, addrs);
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(OutboundError::Transport("timed out".into())),
-        }
+        self.connections
+            .post(target, request, addrs, deadline)
+            .await
     }
 
     /// The addresses to connect to for `target`: its literal address (checked when the
@@ -315,7 +304,7 @@ impl EndpointClient {
                 let allowed = allowed_addrs(&self.policy, name).await.map_err(|e| {
                     match e.downcast::<OutboundError>() {
                         Ok(refused) => *refused,
-                        Err(e) => OutboundError::Transport(with_causes(&*e)),
+                        Err(e) => transport(&*e),
                     }
                 })?;
                 return Ok(allowed
@@ -432,5 +421,16 @@ mod tests {
             &p,
             &Url::parse("http://localhost/").unwrap()
         ));
+        // "This host", however spelt, whatever the lists.
+        let open = EndpointPolicy::default();
+        for this_host in [
+            "http://0.0.0.0/",
+            "http://0/",
+            "http://0x0:80/",
+            "http://[::]/",
+        ] {
+            let url = Url::parse(this_host).unwrap();
+            assert!(literal_refused(&open, &url), "{this_host}");
+        }
     }
 }

@@ -10,6 +10,11 @@
 //! An idle connection is not polled, so before reusing one the worker polls it once: a peer
 //! that closed it meanwhile is seen then (its end of stream is already registered), and the
 //! delivery takes another or opens a fresh one.
+//!
+//! The outcome is the status line: a delivery is decided when the response head arrives
+//! within the timeout. The body that follows is read (and dropped) only so the connection
+//! can be reused, up to `http_client.max_response_bytes` and for [`DRAIN_BOUND`] at most;
+//! a longer or slower body just closes the connection.
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -20,18 +25,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foldhash::HashMap;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::client::OutboundError;
+use super::error::{transport, OutboundError};
 
 /// An idle connection older than this is closed rather than reused: endpoint servers
 /// close idle connections after a while, and a request written just as they do fails.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bytes of a response body read (and dropped) so the connection can be reused.
-const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
+/// How long the body of a response is read at most (within the attempt's timeout) so its
+/// connection can be reused; a slower one closes the connection instead.
+const DRAIN_BOUND: Duration = Duration::from_millis(500);
 
 /// Where a plain `http://` delivery goes, prepared once per endpoint.
 pub struct PlainTarget {
@@ -67,14 +74,18 @@ pub struct DeliveryConnections {
     idle: Mutex<Idle>,
     /// Idle connections kept at most; one more is closed instead.
     max_idle: usize,
+    /// Bytes of a response body read at most to reuse its connection.
+    max_response: usize,
 }
 
 impl DeliveryConnections {
-    /// Keeps at most `max_idle` idle connections.
-    pub fn new(max_idle: usize) -> Self {
+    /// Keeps at most `max_idle` idle connections, and reuses a connection only when the
+    /// response body is at most `max_response` bytes.
+    pub fn new(max_idle: usize, max_response: usize) -> Self {
         Self {
             idle: Mutex::default(),
             max_idle,
+            max_response,
         }
     }
 
@@ -144,28 +155,32 @@ impl DeliveryConnections {
     }
 
     /// `POST`s `request` (its target and `Host` set from `target`) on an idle connection to
-    /// the endpoint or a new one to `addrs()`'s addresses; returns the response status.
-    /// The caller bounds the whole call in time.
+    /// the endpoint or a new one to `addrs()`'s addresses; returns the response status, which
+    /// must arrive by `deadline` (connecting included).
     pub async fn post<A, F>(
         &self,
         target: &PlainTarget,
         mut request: hyper::Request<Full<Bytes>>,
         addrs: A,
+        deadline: tokio::time::Instant,
     ) -> Result<hyper::StatusCode, OutboundError>
     where
         A: FnOnce() -> F,
         F: Future<Output = Result<Vec<SocketAddr>, OutboundError>>,
     {
-        let mut conn = match self.take_live(&target.authority).await {
-            Some(conn) => conn,
-            None => Conn::open(target, addrs().await?).await?,
-        };
+        let mut conn = within(deadline, async {
+            match self.take_live(&target.authority).await {
+                Some(conn) => Ok(conn),
+                None => Conn::open(target, addrs().await?).await,
+            }
+        })
+        .await?;
         *request.uri_mut() = target.path.clone();
         request
             .headers_mut()
             .insert(hyper::header::HOST, target.host_header.clone());
-        let status = conn.exchange(request).await?;
-        if conn.wait_reusable().await {
+        let (status, drained) = conn.exchange(request, deadline, self.max_response).await?;
+        if drained && conn.wait_reusable().await {
             self.put_back(conn);
         }
         Ok(status)
@@ -209,20 +224,25 @@ impl Conn {
         .await
     }
 
-    /// Sends `request` and reads the response (its body bounded and dropped), driving the
-    /// connection meanwhile.
+    /// Sends `request` and waits for the response head until `deadline`, driving the
+    /// connection meanwhile; then reads the body (dropping it) for [`DRAIN_BOUND`] at most
+    /// and up to `max_body` bytes. Returns the status and whether the body was read whole.
     async fn exchange(
         &mut self,
         request: hyper::Request<Full<Bytes>>,
-    ) -> Result<hyper::StatusCode, OutboundError> {
+        deadline: tokio::time::Instant,
+        max_body: usize,
+    ) -> Result<(hyper::StatusCode, bool), OutboundError> {
         let response = self.sender.send_request(request);
         let mut response = std::pin::pin!(async {
-            let response = response.await.map_err(transport)?;
+            let response = within(deadline, async { response.await.map_err(transport) }).await?;
             let status = response.status();
-            let _ = Limited::new(response.into_body(), RESPONSE_BODY_LIMIT)
-                .collect()
-                .await;
-            Ok(status)
+            let drain_until = deadline.min(tokio::time::Instant::now() + DRAIN_BOUND);
+            let drained =
+                tokio::time::timeout_at(drain_until, drain(response.into_body(), max_body))
+                    .await
+                    .unwrap_or(false);
+            Ok((status, drained))
         });
         let connection = &mut self.connection;
         let mut ended = false;
@@ -261,9 +281,31 @@ impl Conn {
     }
 }
 
-/// A hyper failure with its causes.
-fn transport(e: impl std::error::Error) -> OutboundError {
-    OutboundError::Transport(super::client::with_causes(&e))
+/// `fut`'s result, or a timeout failure once `deadline` passed.
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    fut: impl Future<Output = Result<T, OutboundError>>,
+) -> Result<T, OutboundError> {
+    tokio::time::timeout_at(deadline, fut)
+        .await
+        .unwrap_or_else(|_| Err(OutboundError::Transport("timed out".into())))
+}
+
+/// Reads `body` to its end, dropping it; false when it failed or ran past `max` bytes.
+async fn drain(mut body: Incoming, max: usize) -> bool {
+    let mut read = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return false;
+        };
+        if let Some(data) = frame.data_ref() {
+            read += data.len();
+            if read > max {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -308,18 +350,101 @@ mod tests {
 
     async fn post(conns: &DeliveryConnections, addr: SocketAddr) -> u16 {
         let request = hyper::Request::new(Full::new(Bytes::from_static(b"{}")));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         conns
-            .post(&target(addr), request, || async move { Ok(vec![addr]) })
+            .post(
+                &target(addr),
+                request,
+                || async move { Ok(vec![addr]) },
+                deadline,
+            )
             .await
             .unwrap()
             .as_u16()
+    }
+
+    /// A loopback server answering every request with a 200 head declaring `len` body bytes,
+    /// then writing them `chunk` at a time, `pause` apart; counts its connections.
+    async fn raw_server(
+        len: usize,
+        chunk: usize,
+        pause: Duration,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    loop {
+                        // A request: a head and the 2-byte body `{}`.
+                        while !request.ends_with(b"\r\n\r\n{}") {
+                            let mut buf = [0u8; 1024];
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => request.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        request.clear();
+                        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                        if stream.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let mut left = len;
+                        while left > 0 {
+                            let n = left.min(chunk);
+                            if stream.write_all(&vec![b'x'; n]).await.is_err() {
+                                return;
+                            }
+                            left -= n;
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn the_status_decides_and_a_dripping_body_only_costs_the_connection() {
+        // 1,000 bytes, one every 100 ms: the whole body would take 100 s.
+        let (addr, opened) = raw_server(1000, 1, Duration::from_millis(100)).await;
+        let conns = DeliveryConnections::new(4, 64 * 1024);
+        let started = Instant::now();
+        assert_eq!(post(&conns, addr).await, 200);
+        assert!(
+            started.elapsed() < DRAIN_BOUND + Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        // The unread body closed the connection: the next delivery opens another.
+        assert_eq!(post(&conns, addr).await, 200);
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_is_not_read_to_its_end() {
+        let (big, big_opened) = raw_server(100_000, 16 * 1024, Duration::ZERO).await;
+        let (small, small_opened) = raw_server(1000, 1000, Duration::ZERO).await;
+        let conns = DeliveryConnections::new(4, 1024);
+        for _ in 0..2 {
+            assert_eq!(post(&conns, big).await, 200);
+            assert_eq!(post(&conns, small).await, 200);
+        }
+        assert_eq!(big_opened.load(Ordering::SeqCst), 2);
+        assert_eq!(small_opened.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn idle_connections_are_reused_up_to_the_limit() {
         let ((a, a_opened), (b, b_opened)) = (server().await, server().await);
         // Room for one idle connection: the second endpoint's is closed after use.
-        let conns = DeliveryConnections::new(1);
+        let conns = DeliveryConnections::new(1, 64 * 1024);
         for _ in 0..3 {
             assert_eq!(post(&conns, a).await, 200);
             assert_eq!(post(&conns, b).await, 200);

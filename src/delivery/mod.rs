@@ -4,11 +4,13 @@
 pub mod attempt;
 pub mod client;
 pub mod connections;
+mod error;
 pub mod metrics;
 pub mod policy;
 pub mod pyjson;
 pub mod retry;
 pub mod signing;
 
-pub use client::{EndpointClient, OutboundError};
+pub use client::EndpointClient;
+pub use error::OutboundError;
 pub use policy::EndpointPolicy;

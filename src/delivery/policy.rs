@@ -2,8 +2,13 @@
 //!
 //! Checked on the *resolved* address, at connect time, so a hostname that resolves into a
 //! denied network is refused as surely as a literal address.
+//!
+//! The unspecified addresses ("this host": `0.0.0.0/8` and `::/128`) are refused whatever
+//! the lists say: Linux connects them to the local host, so a deny list that covers the
+//! loopback networks would otherwise be bypassed by `http://0.0.0.0/`, `http://0/` or
+//! `http://[::]/`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::IpNet;
 
@@ -27,10 +32,18 @@ impl EndpointPolicy {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        if self.deny.iter().any(|n| n.contains(&ip)) {
+        if is_unspecified(ip) || self.deny.iter().any(|n| n.contains(&ip)) {
             return false;
         }
         self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// True for `0.0.0.0/8` and `::`, which are never a valid endpoint address.
+fn is_unspecified(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.octets()[0] == 0,
+        IpAddr::V6(v6) => v6 == Ipv6Addr::UNSPECIFIED,
     }
 }
 
@@ -53,5 +66,25 @@ mod tests {
         assert!(p.allows("127.0.0.1".parse().unwrap()));
         assert!(!p.allows("127.0.0.2".parse().unwrap()));
         assert!(!p.allows("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn this_host_is_refused_whatever_the_lists() {
+        let open = EndpointPolicy::default();
+        let allow_all = EndpointPolicy::new(vec![], nets(&["0.0.0.0/0", "::/0"]));
+        for p in [&open, &allow_all] {
+            for ip in [
+                "0.0.0.0",
+                "0.1.2.3",
+                "0.255.255.255",
+                "::",
+                "::ffff:0.0.0.0",
+            ] {
+                assert!(!p.allows(ip.parse().unwrap()), "{ip}");
+            }
+            for ip in ["1.0.0.0", "127.0.0.1", "::1", "::2", "10.0.0.1"] {
+                assert!(p.allows(ip.parse().unwrap()), "{ip}");
+            }
+        }
     }
 }

@@ -76,7 +76,7 @@ fn hmac_with_key<M: KeyInit>(key: &[u8]) -> M {
 mod tests {
     use super::*;
 
-    /// The body PyWebhooks was observed to send (spec §8.1).
+    /// The body PyWebhooks was observed to send.
     const OBSERVED_BODY: &str = r#"{"message": "John Doe", "b": [1, 2.5, "\u00e9", {"z": 1, "a": 2}], "a": null, "t": true}"#;
 
     #[test]

@@ -35,6 +35,12 @@ pub enum ServiceError {
         /// Seconds until a reset is allowed again.
         retry_after_secs: u64,
     },
+    /// 429: too many failed key checks for this username or client address.
+    #[error("Too many failed authentications")]
+    TooManyAuthFailures {
+        /// Seconds until key checks are allowed again.
+        retry_after_secs: u64,
+    },
     /// 503: the shard's owner cannot be reached.
     #[error("{message}")]
     Unavailable {

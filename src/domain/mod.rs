@@ -8,6 +8,8 @@ pub mod access;
 mod error;
 mod write_result;
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -26,6 +28,8 @@ pub struct Credentials {
     pub api_key: String,
     /// The `username` header.
     pub username: String,
+    /// The client's address, for throttling failed checks.
+    pub client: Option<IpAddr>,
 }
 
 impl Credentials {
@@ -34,10 +38,15 @@ impl Credentials {
     pub fn from_headers(
         api_key: Option<String>,
         username: Option<String>,
+        client: Option<IpAddr>,
     ) -> Result<Self, ServiceError> {
         let api_key = api_key.ok_or(ServiceError::Unauthorized(msg::MISSING_API_KEY.into()))?;
         let username = username.ok_or(ServiceError::Unauthorized(msg::MISSING_USERNAME.into()))?;
-        Ok(Self { api_key, username })
+        Ok(Self {
+            api_key,
+            username,
+            client,
+        })
     }
 }
 

@@ -54,7 +54,8 @@ impl ApiError {
                 ServiceError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
                 ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
                 ServiceError::UsernameTaken => StatusCode::CONFLICT,
-                ServiceError::TooManyKeyResets { .. } => StatusCode::TOO_MANY_REQUESTS,
+                ServiceError::TooManyKeyResets { .. }
+                | ServiceError::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
                 ServiceError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -97,6 +98,7 @@ impl ApiError {
             }
             ApiError::Service(
                 ref e @ (ServiceError::TooManyKeyResets { retry_after_secs }
+                | ServiceError::TooManyAuthFailures { retry_after_secs }
                 | ServiceError::Unavailable {
                     retry_after_secs, ..
                 }),

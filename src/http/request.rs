@@ -2,6 +2,8 @@
 //!
 //! Handlers call these in the contract's order: Content-Type → auth → paging → body.
 
+use std::net::IpAddr;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -13,6 +15,9 @@ use uuid::Uuid;
 use super::error::ApiError;
 use crate::store::PageRequest;
 
+/// Called once the body has been read (to its end, or until reading it failed).
+type BodyRead = Box<dyn FnOnce() + Send + Sync>;
+
 /// An incoming API request with the accessors handlers need.
 pub struct ApiRequest {
     method: Method,
@@ -21,6 +26,10 @@ pub struct ApiRequest {
     query: Option<String>,
     body: Option<Incoming>,
     max_body: usize,
+    /// Tells the connection that the request is no longer being received.
+    body_read: Option<BodyRead>,
+    /// The client's address (the TCP peer), when known.
+    client_ip: Option<IpAddr>,
 }
 
 impl ApiRequest {
@@ -34,6 +43,8 @@ impl ApiRequest {
             query: parts.uri.query().map(str::to_string),
             body: Some(body),
             max_body,
+            body_read: None,
+            client_ip: None,
         }
     }
 
@@ -45,6 +56,25 @@ impl ApiRequest {
     /// The path (without the query).
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Records the client's address (the TCP peer).
+    pub(super) fn with_client_ip(mut self, ip: IpAddr) -> Self {
+        self.client_ip = Some(ip);
+        self
+    }
+
+    /// The client's address (the TCP peer; no forwarding header is trusted), e.g. to
+    /// throttle failed authentications per address.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    /// Calls `done` once the body has been read (the connection's request deadline stops
+    /// counting then).
+    pub(super) fn on_body_read(mut self, done: impl FnOnce() + Send + Sync + 'static) -> Self {
+        self.body_read = Some(Box::new(done));
+        self
     }
 
     /// The Content-Type gate: must start with `application/json`, case-insensitively.
@@ -103,7 +133,11 @@ impl ApiRequest {
         let Some(body) = self.body.take() else {
             return Ok(Bytes::new());
         };
-        match Limited::new(body, self.max_body).collect().await {
+        let read = Limited::new(body, self.max_body).collect().await;
+        if let Some(done) = self.body_read.take() {
+            done();
+        }
+        match read {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge),
             Err(_) => Err(ApiError::BadRequest(
@@ -223,6 +257,8 @@ mod proptests {
             query: None,
             body: None,
             max_body: 0,
+            body_read: None,
+            client_ip: None,
         }
     }
 

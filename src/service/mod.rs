@@ -110,7 +110,11 @@ impl Service {
 
     /// Authenticates credentials against this node's store (the username's shard owner).
     async fn authenticate_here(&self, credentials: &Credentials) -> Result<Caller, ServiceError> {
-        let Credentials { api_key, username } = credentials;
+        let Credentials {
+            api_key,
+            username,
+            client,
+        } = credentials;
         let account = self
             .ctx
             .store
@@ -118,11 +122,19 @@ impl Service {
             .ok_or(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME.into()))?;
         let cache = &self.ctx.auth_cache;
         if !cache.hit(username, api_key, &account.api_key_hash) {
+            // Refused before hashing: a wrong key costs a full PBKDF2.
+            let throttle = &self.ctx.auth_throttle;
+            throttle.check(username, *client).map_err(|wait| {
+                ServiceError::TooManyAuthFailures {
+                    retry_after_secs: wait.secs(),
+                }
+            })?;
             let (key, hash) = (api_key.clone(), account.api_key_hash.clone());
             let valid = tokio::task::spawn_blocking(move || crypto::verify_key(&key, &hash))
                 .await
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
             if !valid {
+                throttle.record_failure(username, *client);
                 return Err(ServiceError::Unauthorized(msg::INVALID_API_KEY.into()));
             }
             cache.insert(username, api_key, &account.api_key_hash);
@@ -177,9 +189,11 @@ impl Service {
             .map(Some)
     }
 
-    /// The delivery engine's metrics, as Prometheus text.
-    pub fn delivery_metrics(&self) -> String {
-        self.ctx.delivery.metrics.render()
+    /// The delivery engine's and the authentication throttle's metrics, as Prometheus text.
+    pub fn metrics(&self) -> String {
+        let mut text = self.ctx.delivery.metrics.render();
+        self.ctx.auth_throttle.render_metrics(&mut text);
+        text
     }
 
     /// This node's view of the cluster.
