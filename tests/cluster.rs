@@ -13,15 +13,13 @@
 //! The tests run one at a time ([`SERIAL`]): each starts its own processes, and the timing
 //! assertions must not compete with another test's fan-out for the CPU.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::cluster::*;
-use common::scenario::{functional_scenario, Scenario};
-use common::*;
+use crate::common::cluster::*;
+use crate::common::scenario::{functional_scenario, Scenario};
+use crate::common::*;
 use serde_json::{json, Value};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -6,12 +6,10 @@
 //! retries), C.1 (Standard Webhooks headers), C.2 (dynamic payloads, idempotency) and C.3
 //! (delivery visibility, redeliver), plus the delivery metrics.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// Fast retries (1 attempt + 3 retries ~50 ms apart) and a short outbound timeout.

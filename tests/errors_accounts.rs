@@ -1,9 +1,7 @@
 //! Error paths of the account routes (§4.1, §4.2; routes 1–8), with the decisions of
 //! contract.md: guard order path id → Content-Type → auth → paging → body.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn account_path(id: &str) -> String {

@@ -1,8 +1,6 @@
 //! Error paths of the registration routes (§4.3; routes 9–14).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const REG: &str = "/v1/webhook/registration";

@@ -1,8 +1,6 @@
 //! Error paths of the subscription routes (§4.4; routes 15–19).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const SUB: &str = "/v1/webhook/subscription";
 const SUBS: &str = "/v1/webhook/subscriptions";

@@ -1,8 +1,6 @@
 //! Error paths of the trigger routes (§4.5; routes 20–21). Deliveries are not asserted here.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const TRIGGERED: &str = "/v1/webhook/triggered";

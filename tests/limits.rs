@@ -14,13 +14,11 @@
 //! `security.key_resets_per_hour` (429 with `Retry-After`) is covered by
 //! `admin_rules.rs::api_key_resets_are_rate_limited` and its neighbours, not repeated here.
 
-mod common;
-
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

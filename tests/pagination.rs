@@ -2,9 +2,7 @@
 //! `next_start` whenever the page is full. The per-route bad-paging checks live in the
 //! `errors_*` files.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn names(rows: &[Value]) -> Vec<String> {

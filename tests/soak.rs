@@ -1,7 +1,7 @@
 //! Soak test (issue 6, item 6): mixed API load plus triggers against one node for a bounded
 //! time, with a receiver that fails 20% of delivery attempts at random (500).
 //!
-//! Ignored by default; `.ci/run` runs it as `SOAK_SECS=60 cargo test --test soak -- --ignored`
+//! Ignored by default; `.ci/run` runs it as `SOAK_SECS=60 cargo test --test it -- --ignored soak::`
 //! (`SOAK_SECS` defaults to 60). It asserts:
 //!
 //! * zero 5xx (and zero transport errors) over the whole run, every status counted;
@@ -21,8 +21,6 @@
 //!   the RSS is polled for up to `SETTLE_DEADLINE`; a leak never comes back within the
 //!   tolerance.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,8 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::{id_of, Account, AsCreds, Creds, TestNode};
 use bytes::Bytes;
-use common::{id_of, Account, AsCreds, Creds, TestNode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -178,7 +176,7 @@ async fn receive(
         }
         (status, "{}".to_string())
     } else {
-        let echo = common::parse_query(&query)
+        let echo = crate::common::parse_query(&query)
             .into_iter()
             .find(|(k, _)| k == "echo")
             .map(|(_, v)| v);
@@ -722,7 +720,7 @@ fn soak_secs() -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "soak test: run with `cargo test --test soak -- --ignored` (SOAK_SECS, default 60)"]
+#[ignore = "soak test: run with `cargo test --test it -- --ignored soak::` (SOAK_SECS, default 60)"]
 async fn soak_mixed_load_with_a_flaky_receiver() {
     let run = Duration::from_secs(soak_secs());
     let receiver = Receiver::start().await;
