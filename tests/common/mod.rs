@@ -8,8 +8,7 @@
 //! * [`endpoint`]: [`EndpointServer`], a real hyper server in the test process standing in
 //!   for the account endpoints (echo challenge, key resets, deliveries).
 //! * [`records`]: credentials and accounts; [`messages`]: the API's error messages;
-//!   [`guards`]: the guard checkers (`assert_*`) of the per-route error tests; [`world`]: a
-//!   node with two accounts, the starting point of those tests.
+//!   [`world`]: a node with two accounts, the starting point of the per-route tests.
 //! * [`signatures`] and [`delivery`]: what a delivery must carry and what the engine reports.
 //! * [`poll`]: [`eventually`], to poll with a deadline instead of sleeping.
 //! * [`cluster`]: several nodes on loopback joined into one cluster; [`scenario`]: the
@@ -22,7 +21,6 @@ pub mod cli;
 pub mod cluster;
 pub mod delivery;
 pub mod endpoint;
-pub mod guards;
 pub mod http;
 pub mod messages;
 pub mod node;
@@ -35,7 +33,6 @@ pub mod world;
 pub use cli::*;
 pub use delivery::*;
 pub use endpoint::*;
-pub use guards::*;
 pub use http::*;
 pub use messages::*;
 pub use node::config::*;

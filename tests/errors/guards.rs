@@ -1,9 +1,7 @@
-//! Guard checkers shared by the per-route tests. Each takes a closure building the request
+//! Guard checkers shared by the error tests. Each takes a closure building the request
 //! *without* the part under test, so the same check runs against every route.
 
-use crate::common::http::Req;
-use crate::common::messages::*;
-use crate::common::records::{random_hex40, unknown_id, AsCreds};
+use crate::common::*;
 
 /// §3.2 steps 1–2: `api-key` is checked before `username`, so no headers at all, or only
 /// `username`, both give `Missing API key header value`.
