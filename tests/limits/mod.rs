@@ -4,7 +4,7 @@
 //! [`TcpStream`]; every wait is bounded.
 //!
 //! * `http.max_body_bytes` → 413 at the exact boundary and for a chunked body (the plain case
-//!   is also in `errors_misc.rs::body_over_the_limit_is_413`);
+//!   is also in `errors::misc::body_over_the_limit_is_413`);
 //! * `http.max_header_bytes` / `http.max_headers` → 431 (hyper's answer);
 //! * `http.header_read_timeout_secs` → a client trickling its header is cut off;
 //! * `http.keepalive_idle_secs` → an idle keep-alive connection is closed;
@@ -12,7 +12,7 @@
 //! * `security.max_event_data_bytes` → 413 at registration and at trigger.
 //!
 //! `security.key_resets_per_hour` (429 with `Retry-After`) is covered by
-//! `admin_rules.rs::api_key_resets_are_rate_limited` and its neighbours, not repeated here.
+//! `admin_rules::api_key_resets_are_rate_limited` and its neighbours, not repeated here.
 
 mod raw;
 
