@@ -1,8 +1,6 @@
 //! Admin rules (api.md B.4, §3.5, §11) and the key-reset rate limit (B.10).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

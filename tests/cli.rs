@@ -2,11 +2,9 @@
 //! (bad config, port taken, storage locked). Failures must exit != 0 with one stderr line
 //! starting with `error: ` that names the cause.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 fn path_str(p: &Path) -> String {
     p.display().to_string()

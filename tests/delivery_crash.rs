@@ -2,12 +2,10 @@
 //! in the middle of a large fan-out, restart it on the same data, and check that no delivery
 //! is lost.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// `json.dumps` of the event_data `TestNode::register` uses (python3).

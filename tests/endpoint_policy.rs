@@ -9,12 +9,10 @@
 //! started with `endpoint_allow_cidrs = ["127.0.0.1/32"]`, then restarted on the same data with
 //! `endpoint_deny_cidrs = ["127.0.0.0/8"]`.
 
-mod common;
-
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const ECHO_FAILED: &str = "Echo response failed";

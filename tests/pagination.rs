@@ -1,10 +1,8 @@
 //! Pagination semantics (§3.6, api.md A.4): oldest first by epoch, 204 for an empty page,
 //! `next_start` whenever the page is full. The per-route bad-paging checks live in the
-//! `errors_*` files.
+//! `errors` suites.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn names(rows: &[Value]) -> Vec<String> {

@@ -1,10 +1,8 @@
 //! Durability across process restarts: SIGKILL (no clean stop) and SIGTERM (graceful).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// Every listing, whole and in pages of 2, as the admin sees it.

@@ -1,6 +1,6 @@
 //! Port of the original functional scenario (`tests/functional/http_interactions.py`,
 //! pywebhooks-original.md §13.2), shared by `tests/functional.rs` (one node) and
-//! `tests/cluster.rs` (each request to a randomly chosen node of a cluster). The steps run in
+//! `tests/cluster/` (each request to a randomly chosen node of a cluster). The steps run in
 //! order, each on the state left by the previous one, and every step is asserted.
 //!
 //! Counts differ from the original only where api.md B.5 (cascading bulk deletes) changes

@@ -1,9 +1,9 @@
 //! Error paths of the registration routes (§4.3; routes 9–14).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
+
+use super::guards::*;
 
 const REG: &str = "/v1/webhook/registration";
 const REGS: &str = "/v1/webhook/registrations";
@@ -57,51 +57,6 @@ async fn create_registration_returns_the_record() {
             .expect(201);
         assert_eq!(r.json()["event_data"], data);
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_registration_missing_auth_headers() {
-    let w = World::new().await;
-    let body = valid_body();
-    assert_missing_auth_headers(|| w.node.post(REG).json(&body), &w.john).await;
-    // auth before body
-    w.node
-        .post(REG)
-        .body("{")
-        .send()
-        .await
-        .expect_error(401, MISSING_API_KEY);
-    assert!(w.node.all_registrations().await.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_registration_wrong_key() {
-    let w = World::new().await;
-    let body = valid_body();
-    assert_wrong_key(|| w.node.post(REG).json(&body), &w.john.username).await;
-    w.node
-        .post(REG)
-        .key(&w.john.username, &random_hex40())
-        .body("not json")
-        .send()
-        .await
-        .expect_error(401, INVALID_API_KEY);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_registration_unknown_username() {
-    let w = World::new().await;
-    let body = valid_body();
-    assert_unknown_username(|| w.node.post(REG).json(&body), &w.john).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_registration_content_type_gate() {
-    let w = World::new().await;
-    let body = valid_body();
-    assert_content_type_before_auth(|| w.node.post(REG).json(&body)).await;
-    assert_content_type_gate(|| w.node.post(REG).auth(&w.john).json(&body), 201).await;
-    assert_eq!(w.node.all_registrations().await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,44 +115,9 @@ async fn create_registration_wrongly_typed_fields() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_own_registrations_missing_auth_headers() {
-    let w = World::new().await;
-    let path = format!("{REG}?start=0&limit=10");
-    assert_missing_auth_headers(|| w.node.get(&path), &w.john).await;
-    w.node
-        .get(&format!("{REG}?start=-1"))
-        .send()
-        .await
-        .expect_error(401, MISSING_API_KEY);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_own_registrations_wrong_key() {
-    let w = World::new().await;
-    let path = format!("{REG}?start=0&limit=10");
-    assert_wrong_key(|| w.node.get(&path), &w.john.username).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_own_registrations_unknown_username() {
-    let w = World::new().await;
-    let path = format!("{REG}?start=0&limit=10");
-    assert_unknown_username(|| w.node.get(&path), &w.john).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_own_registrations_bad_paging() {
     let w = World::new().await;
     assert_bad_paging(|q| w.node.get(&format!("{REG}?{q}")).auth(&w.john)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_own_registrations_content_type_gate() {
-    let w = World::new().await;
-    w.node.register(&w.john, "e").await;
-    let path = format!("{REG}?start=0&limit=10");
-    assert_content_type_before_auth(|| w.node.get(&path)).await;
-    assert_content_type_gate(|| w.node.get(&path).auth(&w.john), 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,30 +158,6 @@ async fn patch_registration_missing_id() {
             .await
             .expect_error(400, "Missing registration_id");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patch_registration_missing_auth_headers() {
-    let w = World::new().await;
-    let path = reg_path(&id_of(&w.node.register(&w.john, "e").await));
-    let body = json!({"description": "new"});
-    assert_missing_auth_headers(|| w.node.patch(&path).json(&body), &w.john).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patch_registration_wrong_key() {
-    let w = World::new().await;
-    let path = reg_path(&id_of(&w.node.register(&w.john, "e").await));
-    let body = json!({"description": "new"});
-    assert_wrong_key(|| w.node.patch(&path).json(&body), &w.john.username).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patch_registration_unknown_username() {
-    let w = World::new().await;
-    let path = reg_path(&id_of(&w.node.register(&w.john, "e").await));
-    let body = json!({"description": "new"});
-    assert_unknown_username(|| w.node.patch(&path).json(&body), &w.john).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,15 +205,6 @@ async fn patch_registration_bad_and_unknown_ids() {
             .await
             .expect_write(&[("skipped", 1)]);
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patch_registration_content_type_gate() {
-    let w = World::new().await;
-    let path = reg_path(&id_of(&w.node.register(&w.john, "e").await));
-    let body = json!({"description": "new"});
-    assert_content_type_before_auth(|| w.node.patch(&path).json(&body)).await;
-    assert_content_type_gate(|| w.node.patch(&path).auth(&w.john).json(&body), 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,30 +293,6 @@ async fn delete_registration_missing_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_registration_missing_auth_headers() {
-    let w = World::new().await;
-    let path = reg_path(&id_of(&w.node.register(&w.john, "e").await));
-    assert_missing_auth_headers(|| w.node.delete(&path), &w.john).await;
-    assert_eq!(w.node.all_registrations().await.len(), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_registration_wrong_key() {
-    let w = World::new().await;
-    let path = reg_path(&id_of(&w.node.register(&w.john, "e").await));
-    assert_wrong_key(|| w.node.delete(&path), &w.john.username).await;
-    assert_eq!(w.node.all_registrations().await.len(), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_registration_unknown_username() {
-    let w = World::new().await;
-    let path = reg_path(&id_of(&w.node.register(&w.john, "e").await));
-    assert_unknown_username(|| w.node.delete(&path), &w.john).await;
-    assert_eq!(w.node.all_registrations().await.len(), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_registration_non_owner() {
     let w = World::new().await;
     let path = reg_path(&id_of(&w.node.register(&w.john, "e").await));
@@ -466,15 +329,6 @@ async fn delete_registration_bad_and_unknown_ids() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_registration_content_type_gate() {
-    let w = World::new().await;
-    let path = reg_path(&id_of(&w.node.register(&w.john, "e").await));
-    assert_content_type_before_auth(|| w.node.delete(&path)).await;
-    assert_content_type_gate(|| w.node.delete(&path).auth(&w.john), 200).await;
-    assert!(w.node.all_registrations().await.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_registration_cascades_to_its_subscriptions() {
     let w = World::new().await;
     let reg = id_of(&w.node.register(&w.john, "e").await);
@@ -505,44 +359,9 @@ async fn delete_registration_cascades_to_its_subscriptions() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_all_registrations_missing_auth_headers() {
-    let w = World::new().await;
-    let path = format!("{REGS}?start=0&limit=10");
-    assert_missing_auth_headers(|| w.node.get(&path), &w.john).await;
-    w.node
-        .get(&format!("{REGS}?limit=0"))
-        .send()
-        .await
-        .expect_error(401, MISSING_API_KEY);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_all_registrations_wrong_key() {
-    let w = World::new().await;
-    let path = format!("{REGS}?start=0&limit=10");
-    assert_wrong_key(|| w.node.get(&path), &w.john.username).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_all_registrations_unknown_username() {
-    let w = World::new().await;
-    let path = format!("{REGS}?start=0&limit=10");
-    assert_unknown_username(|| w.node.get(&path), &w.john).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_all_registrations_bad_paging() {
     let w = World::new().await;
     assert_bad_paging(|q| w.node.get(&format!("{REGS}?{q}")).auth(&w.john)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_all_registrations_content_type_gate() {
-    let w = World::new().await;
-    w.node.register(&w.john, "e").await;
-    let path = format!("{REGS}?start=0&limit=10");
-    assert_content_type_before_auth(|| w.node.get(&path)).await;
-    assert_content_type_gate(|| w.node.get(&path).auth(&w.jane), 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -559,48 +378,6 @@ async fn list_all_registrations_shows_everyones() {
 // ---------------------------------------------------------------------------------------------
 // 14. DELETE /v1/webhook/registrations
 // ---------------------------------------------------------------------------------------------
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_all_registrations_missing_auth_headers() {
-    let w = World::new().await;
-    w.node.register(&w.john, "e").await;
-    assert_missing_auth_headers(|| w.node.delete(REGS), &w.admin()).await;
-    assert_eq!(w.node.all_registrations().await.len(), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_all_registrations_wrong_key() {
-    let w = World::new().await;
-    w.node.register(&w.john, "e").await;
-    assert_wrong_key(|| w.node.delete(REGS), "admin").await;
-    assert_eq!(w.node.all_registrations().await.len(), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_all_registrations_unknown_username() {
-    let w = World::new().await;
-    assert_unknown_username(|| w.node.delete(REGS), &w.admin()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_all_registrations_non_admin() {
-    let w = World::new().await;
-    w.node.register(&w.john, "e").await;
-    w.node
-        .delete(REGS)
-        .auth(&w.john)
-        .send()
-        .await
-        .expect_error(401, NOT_AN_ADMIN);
-    assert_eq!(w.node.all_registrations().await.len(), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_all_registrations_content_type_gate() {
-    let w = World::new().await;
-    assert_content_type_before_auth(|| w.node.delete(REGS)).await;
-    assert_content_type_gate(|| w.node.delete(REGS).auth(&w.admin()), 200).await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_all_registrations_cascades_to_subscriptions() {

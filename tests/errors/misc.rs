@@ -1,9 +1,7 @@
 //! Cross-route behaviour: unknown paths (404), wrong methods (405), the guard order around
 //! them, trailing slashes, the body size limit (413), odd ids, and the operations endpoints.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const METHOD_NOT_ALLOWED: &str = "The method is not allowed for the requested URL.";

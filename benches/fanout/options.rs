@@ -1,0 +1,112 @@
+//! The command line and the sizes of a run (full, or `--quick`).
+
+use std::time::Duration;
+
+use webhookd::bench::progress::group;
+
+/// The `--nodes` values accepted: one node, or one node then a cluster of three.
+const NODE_COUNTS: [usize; 2] = [1, 3];
+
+const USAGE: &str = "usage: cargo bench --bench fanout -- [--quick] [--nodes 1|3]";
+
+/// Sizes of one run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sizes {
+    pub(crate) warmup: Duration,
+    pub(crate) measure: Duration,
+    pub(crate) latency_triggers: usize,
+    pub(crate) latency_subscribers: usize,
+    pub(crate) b_subscribers: usize,
+    pub(crate) c_registrations: usize,
+    pub(crate) c_subscribers: usize,
+    pub(crate) triggers: usize,
+    /// (e): subscribers of the memory fan-out (None: skipped).
+    pub(crate) e_subscribers: Option<usize>,
+    pub(crate) deadline: Duration,
+}
+
+pub(crate) const FULL: Sizes = Sizes {
+    warmup: Duration::from_secs(1),
+    measure: Duration::from_secs(5),
+    // 200 so that p99 is not just the slowest trigger (the 2nd slowest of 200).
+    latency_triggers: 200,
+    latency_subscribers: 100,
+    b_subscribers: 10_000,
+    c_registrations: 100,
+    c_subscribers: 100,
+    triggers: 5,
+    e_subscribers: Some(100_000),
+    deadline: Duration::from_secs(300),
+};
+
+pub(crate) const QUICK: Sizes = Sizes {
+    warmup: Duration::from_millis(300),
+    measure: Duration::from_millis(1500),
+    latency_triggers: 50,
+    latency_subscribers: 100,
+    b_subscribers: 2_000,
+    c_registrations: 20,
+    c_subscribers: 100,
+    triggers: 5,
+    e_subscribers: Some(20_000),
+    deadline: Duration::from_secs(60),
+};
+
+impl Sizes {
+    pub(crate) fn b_label(&self) -> String {
+        format!(
+            "(b) 1 × {} × {}",
+            group(self.b_subscribers as u64),
+            self.triggers
+        )
+    }
+
+    pub(crate) fn c_label(&self) -> String {
+        format!(
+            "(c) {} × {} × {}",
+            self.c_registrations, self.c_subscribers, self.triggers
+        )
+    }
+}
+
+/// Command-line options (after `--`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    pub(crate) bench: bool,
+    pub(crate) quick: bool,
+    pub(crate) nodes: usize,
+}
+
+pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+    let mut opts = Options {
+        bench: false,
+        quick: false,
+        nodes: 1,
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let nodes = |v: Option<String>| {
+            let n = v
+                .ok_or("--nodes needs a value".to_string())?
+                .parse::<usize>()
+                .map_err(|e| format!("--nodes: {e}"))?;
+            if NODE_COUNTS.contains(&n) {
+                Ok(n)
+            } else {
+                Err(format!(
+                    "--nodes {n}: the bench runs 1 node, or 1 node and then a local 3-node cluster (--nodes 3); {USAGE}"
+                ))
+            }
+        };
+        match arg.as_str() {
+            "--bench" => opts.bench = true,
+            "--quick" => opts.quick = true,
+            "--nodes" => opts.nodes = nodes(args.next())?,
+            other if other.starts_with("--nodes=") => {
+                opts.nodes = nodes(other.strip_prefix("--nodes=").map(str::to_string))?
+            }
+            other => return Err(format!("unknown argument {other:?}; {USAGE}")),
+        }
+    }
+    Ok(opts)
+}

@@ -1,0 +1,144 @@
+//! Deletions end pending retries: deleting the subscription or the subscriber's account
+//! cancels what was still to be attempted.
+
+use super::*;
+
+/// Slow retries, so there is time to delete between the first attempt and the retry.
+const SLOW_RETRIES: &str = r#"
+[delivery]
+retry_delays_secs = [2.0, 2.0]
+[http_client]
+timeout_secs = 1.0
+"#;
+
+/// Triggers against a failing endpoint and waits until the first attempt is recorded and
+/// a retry is pending; returns the trigger id and the retry's due time (epoch seconds).
+async fn first_attempt_failed(p: &Pair) -> (String, f64) {
+    p.ep.set_post_status(&p.sub.endpoint, 500);
+    let tid = p.trigger().await;
+    let rows = p
+        .node
+        .wait_deliveries(
+            &p.owner,
+            &tid,
+            "the first attempt to be recorded",
+            DELIVERY_DEADLINE,
+            |rows| rows.len() == 1 && attempts_of(&rows[0]).len() == 1,
+        )
+        .await;
+    assert_eq!(rows[0]["state"], "pending", "{}", rows[0]);
+    let next = rows[0]["next_attempt"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("a retry should be scheduled: {}", rows[0]));
+    assert_eq!(p.ep.posts_to(&p.sub.endpoint).len(), 1);
+    (tid, next)
+}
+
+/// After a deletion: the delivery ends `cancelled` without another attempt or POST.
+async fn assert_cancelled(p: &Pair, tid: &str, retry_due: f64) {
+    let deleted_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        deleted_at < retry_due,
+        "the deletion came after the retry was due ({deleted_at} >= {retry_due}); the machine is too slow for this test"
+    );
+    let rows = p
+        .node
+        .wait_deliveries(
+            &p.owner,
+            tid,
+            "the delivery to be cancelled",
+            DELIVERY_DEADLINE,
+            |rows| single_row_in_state(rows, "cancelled"),
+        )
+        .await;
+    let row = &rows[0];
+    assert_eq!(
+        attempts_of(row).len(),
+        1,
+        "no attempt after the deletion: {row}"
+    );
+    assert_eq!(row["next_attempt"], Value::Null, "{row}");
+    assert_eq!(
+        p.ep.posts_to(&p.sub.endpoint).len(),
+        1,
+        "no POST after the deletion"
+    );
+    p.node
+        .wait_trigger_counts(
+            &p.owner,
+            tid,
+            &delivery_counts(&[("cancelled", 1)]),
+            DELIVERY_DEADLINE,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn deleting_the_subscription_cancels_pending_retries() {
+    let p = Pair::new(SLOW_RETRIES, "gone.event").await;
+    let (tid, retry_due) = first_attempt_failed(&p).await;
+    p.node
+        .delete(&format!("/v1/webhook/subscription/{}", p.subscription))
+        .auth(&p.sub)
+        .send()
+        .await
+        .expect_write(&[("deleted", 1)]);
+    assert_cancelled(&p, &tid, retry_due).await;
+}
+
+#[tokio::test]
+async fn deleting_a_subscription_before_its_first_attempt_cancels_it() {
+    // One attempt at a time: the later subscription's first attempt waits behind a held one.
+    let p = Pair::new(
+        r#"
+[delivery]
+max_in_flight = 1
+retry_delays_secs = []
+[http_client]
+timeout_secs = 2.0
+"#,
+        "late.event",
+    )
+    .await;
+    let late = p
+        .node
+        .create_account("late", &p.ep.endpoint_url("late"))
+        .await;
+    let late_subscription = id_of(&p.node.subscribe(&late, &p.reg).await);
+    p.ep.hold_posts(&p.sub.endpoint, Duration::from_secs(30));
+    let tid = p.trigger().await;
+    p.ep.wait_for_posts(&p.sub.endpoint, 1, DELIVERY_DEADLINE)
+        .await;
+    // Fanned out already; deleted before its attempt comes up.
+    p.node
+        .delete(&format!("/v1/webhook/subscription/{late_subscription}"))
+        .auth(&late)
+        .send()
+        .await
+        .expect_write(&[("deleted", 1)]);
+    p.node
+        .wait_trigger_counts(
+            &p.owner,
+            &tid,
+            &delivery_counts(&[("failed", 1), ("cancelled", 1)]),
+            DELIVERY_DEADLINE,
+        )
+        .await;
+    assert!(p.ep.posts_to(&late.endpoint).is_empty());
+}
+
+#[tokio::test]
+async fn deleting_the_subscriber_account_cancels_pending_retries() {
+    let p = Pair::new(SLOW_RETRIES, "gone.event").await;
+    let (tid, retry_due) = first_attempt_failed(&p).await;
+    p.node
+        .delete(&format!("/v1/account/{}", p.sub.id))
+        .auth(&p.node.admin())
+        .send()
+        .await
+        .expect_write(&[("deleted", 1)]);
+    assert_cancelled(&p, &tid, retry_due).await;
+}
