@@ -11,6 +11,7 @@
 mod common;
 
 mod admin_rules;
+mod architecture;
 mod cli;
 mod cluster;
 mod delivery;
@@ -18,6 +19,7 @@ mod delivery_crash;
 mod endpoint_policy;
 mod errors;
 mod functional;
+mod hardening;
 mod limits;
 mod pagination;
 mod pyjson_differential;
