@@ -1,4 +1,5 @@
-//! Admin rules (api.md B.4, §3.5, §11) and the key-reset rate limit (B.10).
+//! Admin rules (the last admin cannot be deleted, admins see every record) and the key-reset
+//! rate limit.
 
 use crate::common::*;
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! The endpoint policy (issue 6, item 4): with `127.0.0.0/8` denied, a loopback endpoint is
+//! The endpoint policy: with `127.0.0.0/8` denied, a loopback endpoint is
 //! refused at account creation, at an endpoint change (PATCH /v1/account), at a key reset and
 //! at delivery time — as a literal address, as an IPv4-mapped IPv6 literal and as a hostname
 //! (`localhost`) that resolves to a denied address. The endpoints are a real

@@ -1,5 +1,5 @@
-//! Port of the original functional scenario (`tests/functional/http_interactions.py`,
-//! pywebhooks-original.md §13.2) against one real node. The scenario itself lives in
+//! Port of the original PyWebhooks functional scenario (its
+//! `tests/functional/http_interactions.py`) against one real node. The scenario itself lives in
 //! `tests/common/scenario.rs`, shared with `tests/cluster/` (which sends each request to a
 //! randomly chosen node of a three-node cluster).
 

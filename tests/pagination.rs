@@ -1,4 +1,4 @@
-//! Pagination semantics (§3.6, api.md A.4): oldest first by epoch, 204 for an empty page,
+//! Pagination semantics: oldest first by epoch, 204 for an empty page,
 //! `next_start` whenever the page is full. The per-route bad-paging checks live in the
 //! `errors` suites.
 
@@ -18,7 +18,7 @@ fn next_start(r: &Resp) -> Option<u64> {
     })
 }
 
-/// The original's observation with 5 accounts (§3.6).
+/// The original's observation with 5 accounts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_accounts_page_like_the_original() {
     let ep = EndpointServer::start().await;

@@ -417,7 +417,7 @@ async fn the_api_conforms_to_its_openapi_document() {
     // Per-operation settings:
     // * operations whose drawn ids would never exist use the records made above;
     // * the API-key reset names the test account (a drawn username is almost always 404);
-    // * the `missing-id` operations exist only to answer `400 Missing <param>` (§4.6), so a
+    // * the `missing-id` operations exist only to answer `400 Missing <param>`, so a
     //   schema-valid request to them is rightly refused with 400.
     let config = dir.path().join("schemathesis.toml");
     std::fs::write(

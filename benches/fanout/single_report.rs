@@ -11,7 +11,7 @@ use crate::single_node::SingleRun;
 
 pub(crate) fn single_table(s: &SingleRun) -> Table {
     let c = s.ceiling.per_second;
-    let mut table = Table::new(["figure", "value", "ratio", "goal (issue 5)"]);
+    let mut table = Table::new(["figure", "value", "ratio", "goal"]);
     table.row([
         "(a) ceiling: delivery-like POSTs → sink, 64 in flight".to_string(),
         per_s(c),

@@ -1,7 +1,7 @@
-//! Cluster integration tests (issue 4, "Acceptance"): real `webhookd serve` processes on
+//! Cluster integration tests: real `webhookd serve` processes on
 //! loopback, joined into one cluster (see `tests/common/cluster/`).
 //!
-//! 1. the §13.2 functional scenario with each request sent to a random node gives the
+//! 1. the functional scenario with each request sent to a random node gives the
 //!    single-node results, and every listing gives identical pages from every node;
 //! 2. a registration on node A with subscribers on every node: each receives its signed
 //!    delivery exactly once;

@@ -176,7 +176,7 @@ impl Resp {
         );
     }
 
-    /// Asserts 200 and the six-counter write result (§3.8): the listed counters have the
+    /// Asserts 200 and the six-counter write result: the listed counters have the
     /// given values, every other counter is 0, and there are no other keys.
     #[track_caller]
     pub fn expect_write(&self, counters: &[(&str, u64)]) {

@@ -1,10 +1,11 @@
-//! Port of the original functional scenario (`tests/functional/http_interactions.py`,
-//! pywebhooks-original.md §13.2), shared by `tests/functional.rs` (one node) and
+//! Port of the original PyWebhooks functional scenario (its
+//! `tests/functional/http_interactions.py`), shared by `tests/functional.rs` (one node) and
 //! `tests/cluster/` (each request to a randomly chosen node of a cluster). The steps run in
 //! order, each on the state left by the previous one, and every step is asserted.
 //!
-//! Counts differ from the original only where api.md B.5 (cascading bulk deletes) changes
-//! them; those places carry a `B.5` comment.
+//! Counts differ from the original only where cascading bulk deletes change them (deleting
+//! accounts also deletes their registrations and subscriptions, see
+//! docs/differences-from-pywebhooks.md); those places carry a `B.5` comment.
 //!
 //! With more than one node, [`Scenario::checkpoint`] also asserts after each step that the
 //! global and own listings give identical pages from every node (a no-op on one node).

@@ -61,7 +61,7 @@ fn unix_now_secs() -> i64 {
         .as_secs() as i64
 }
 
-/// Asserts everything a delivery POST must carry (api.md A.7, C.1), verified with the
+/// Asserts everything a delivery POST must carry, verified with the
 /// subscriber's own `secret_key` over the raw received body: both signatures, `content-type`
 /// and `accept` `application/json`, the `event` header (absent when `event` is empty), a UUID
 /// `webhook-id` and a current `webhook-timestamp`. Returns the `webhook-id`.

@@ -1,7 +1,7 @@
 //! The delivery engine, black-box: a real `webhookd serve` process delivering to a real
 //! receiver ([`EndpointServer`]) on loopback.
 //!
-//! Covers api.md A.6 (duplicate subscriptions), A.7 (delivery bytes and the legacy signature),
+//! Covers duplicate subscriptions, the delivery bytes and the legacy signature,
 //! A.9 (`max_failed_count`), B.6/B.7 (success = 2xx, retries, `failed_count`, deletions end
 //! retries), C.1 (Standard Webhooks headers), C.2 (dynamic payloads, idempotency) and C.3
 //! (delivery visibility, redeliver), plus the delivery metrics.

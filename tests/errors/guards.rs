@@ -3,7 +3,7 @@
 
 use crate::common::*;
 
-/// §3.2 steps 1–2: `api-key` is checked before `username`, so no headers at all, or only
+/// `api-key` is checked before `username`, so no headers at all, or only
 /// `username`, both give `Missing API key header value`.
 pub async fn assert_missing_auth_headers(make: impl Fn() -> Req, who: &impl AsCreds) {
     make().send().await.expect_error(401, MISSING_API_KEY);
@@ -19,7 +19,7 @@ pub async fn assert_missing_auth_headers(make: impl Fn() -> Req, who: &impl AsCr
         .expect_error(401, MISSING_USERNAME);
 }
 
-/// §3.2 step 4: known username, key that does not verify (an empty key is present but invalid).
+/// A known username, key that does not verify (an empty key is present but invalid).
 pub async fn assert_wrong_key(make: impl Fn() -> Req, username: &str) {
     make()
         .key(username, &random_hex40())
@@ -33,7 +33,7 @@ pub async fn assert_wrong_key(make: impl Fn() -> Req, username: &str) {
         .expect_error(401, INVALID_API_KEY);
 }
 
-/// §3.2 step 3: no account with that username (the lookup is case-sensitive).
+/// No account with that username (the lookup is case-sensitive).
 pub async fn assert_unknown_username(make: impl Fn() -> Req, who: &impl AsCreds) {
     make()
         .key(&format!("nobody-{}", unknown_id()), who.api_key())
@@ -47,7 +47,7 @@ pub async fn assert_unknown_username(make: impl Fn() -> Req, who: &impl AsCreds)
         .expect_error(401, UNKNOWN_USERNAME);
 }
 
-/// §3.1: anything but `application/json...` (case-insensitive, at position 0) is a plain-text
+/// The Content-Type gate: anything but `application/json...` (case-insensitive, at position 0) is a plain-text
 /// 415, before auth. `make` builds a request that would otherwise succeed with `ok_status`;
 /// that accepted variant is sent last, so it may change state.
 pub async fn assert_content_type_gate(make: impl Fn() -> Req, ok_status: u16) {

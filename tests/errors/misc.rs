@@ -53,7 +53,7 @@ async fn unknown_paths_are_404_json() {
     }
 }
 
-/// Known paths with a method they do not have (§4.6 and contract.md).
+/// Known paths with a method they do not have.
 fn wrong_method_pairs() -> Vec<(&'static str, String)> {
     let id = unknown_id();
     vec![
@@ -133,7 +133,7 @@ async fn content_type_gate_comes_before_405() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_path_id_comes_before_everything() {
-    // contract.md guard order: the missing-id 400 precedes the Content-Type gate and auth.
+    // Guard order: the missing-id 400 precedes the Content-Type gate and auth.
     let node = TestNode::spawn().await;
     let cases = [
         ("GET", "/v1/account", "Missing account_id"),

@@ -1,4 +1,4 @@
-//! Error paths of the registration routes (§4.3; routes 9–14).
+//! Error paths of the registration routes (routes 9–14 of the auth table).
 
 use crate::common::*;
 use serde_json::{json, Value};
@@ -317,7 +317,7 @@ async fn delete_registration_bad_and_unknown_ids() {
             .send()
             .await
             .expect_error(401, NOT_AUTHORIZED);
-        // admin: a delete through a filter, so deleted 0 and NOT skipped (§4.3 route 12)
+        // admin: a delete through a filter, so deleted 0 and NOT skipped
         w.node
             .delete(&reg_path(id))
             .auth(&w.admin())

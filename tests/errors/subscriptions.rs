@@ -1,4 +1,4 @@
-//! Error paths of the subscription routes (§4.4; routes 15–19).
+//! Error paths of the subscription routes (routes 15–19 of the auth table).
 
 use crate::common::*;
 

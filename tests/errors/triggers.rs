@@ -1,4 +1,4 @@
-//! Error paths of the trigger routes (§4.5; routes 20–21). Deliveries are not asserted here.
+//! Error paths of the trigger routes (routes 20–21 of the auth table). Deliveries are not asserted here.
 
 use crate::common::*;
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! The configurable limits (issue 6, item 3), each with a small configured value, against a
+//! The configurable limits, each with a small configured value, against a
 //! real `webhookd serve` on loopback. Requests that must reach the server byte for byte (huge
 //! or many headers, chunked bodies, trickled headers, held connections) go over a raw
 //! [`TcpStream`]; every wait is bounded.

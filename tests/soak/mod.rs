@@ -1,4 +1,4 @@
-//! Soak test (issue 6, item 6): mixed API load plus triggers against one node for a bounded
+//! Soak test: mixed API load plus triggers against one node for a bounded
 //! time, with a receiver that fails 20% of delivery attempts at random (500).
 //!
 //! Ignored by default; `.ci/run` runs it as `SOAK_SECS=60 cargo test --test it -- --ignored soak::`
