@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::NodeState;
-use crate::cluster::Rpc;
+use crate::cluster::rpc;
 use crate::domain::ServiceError;
 use crate::store::{NewDelivery, Triggered};
 
@@ -24,10 +24,7 @@ pub struct AcceptDeliveries {
     pub items: Vec<NewDelivery>,
 }
 
-impl Rpc for AcceptDeliveries {
-    type Answer = Result<u64, ServiceError>;
-    const NAME: &'static str = "actors/accept_deliveries";
-}
+rpc!(AcceptDeliveries => Result<u64, ServiceError>, "actors/accept_deliveries");
 
 /// Does this subscription still exist? (Asked before retrying a delivery whose
 /// subscription lives on another node.)
@@ -37,10 +34,7 @@ pub struct SubscriptionExists {
     pub id: Uuid,
 }
 
-impl Rpc for SubscriptionExists {
-    type Answer = Result<bool, ServiceError>;
-    const NAME: &'static str = "actors/subscription_exists";
-}
+rpc!(SubscriptionExists => Result<bool, ServiceError>, "actors/subscription_exists");
 
 /// Drop the receiving node's subscriptions held by a deleted account; answers how many.
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,10 +43,7 @@ pub struct DeleteSubscriptionsOf {
     pub account: Uuid,
 }
 
-impl Rpc for DeleteSubscriptionsOf {
-    type Answer = Result<u64, ServiceError>;
-    const NAME: &'static str = "actors/delete_subscriptions_of";
-}
+rpc!(DeleteSubscriptionsOf => Result<u64, ServiceError>, "actors/delete_subscriptions_of");
 
 /// Serves the operations above to the peers.
 pub fn serve(ctx: &Arc<NodeState>) {

@@ -13,5 +13,6 @@ pub mod rpc;
 pub mod shard;
 
 pub use membership::{Cluster, Owner, Peer, PeerState};
+pub(crate) use rpc::rpc;
 pub use rpc::{CallError, Rpc};
 pub use shard::{ShardId, ShardMap};

@@ -31,6 +31,17 @@ pub trait Rpc: Serialize + DeserializeOwned + Send + Sync + 'static {
     const NAME: &'static str;
 }
 
+/// Declares that `$request` is the operation named `$name`, answered with `$answer`.
+macro_rules! rpc {
+    ($request:ty => $answer:ty, $name:literal) => {
+        impl $crate::cluster::Rpc for $request {
+            type Answer = $answer;
+            const NAME: &'static str = $name;
+        }
+    };
+}
+pub(crate) use rpc;
+
 /// Why a call got no answer from its handler.
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
 pub enum CallError {

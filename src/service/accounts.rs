@@ -7,9 +7,10 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{id_shard, username_shard, Op, Service, ShardOp};
+use super::served_by;
+use super::{id_shard, username_shard, Op, Service};
 use crate::actors::AccountMsg;
-use crate::cluster::{Rpc, ShardId, ShardMap};
+use crate::cluster::rpc;
 use crate::domain::{
     access, msg, Caller, Credentials, NewAccount, ServiceError, WriteResult, ADMIN_USERNAME,
 };
@@ -31,10 +32,7 @@ pub(super) fn serve(service: &Service) {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Authenticate(pub Credentials);
 
-impl Rpc for Authenticate {
-    type Answer = Result<Caller, ServiceError>;
-    const NAME: &'static str = "service/authenticate";
-}
+rpc!(Authenticate => Result<Caller, ServiceError>, "service/authenticate");
 
 impl Op for Authenticate {
     async fn run(self, service: Service) -> Self::Answer {
@@ -42,11 +40,10 @@ impl Op for Authenticate {
     }
 }
 
-impl ShardOp for Authenticate {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        Some(username_shard(shards, &self.0.username))
-    }
-}
+served_by!(Authenticate, |op, shards| Some(username_shard(
+    shards,
+    &op.0.username
+)));
 
 /// Creates an account: uniqueness first, then the echo challenge, then an atomic insert.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,10 +54,7 @@ pub struct CreateAccount {
     pub endpoint: String,
 }
 
-impl Rpc for CreateAccount {
-    type Answer = Result<NewAccount, ServiceError>;
-    const NAME: &'static str = "service/create_account";
-}
+rpc!(CreateAccount => Result<NewAccount, ServiceError>, "service/create_account");
 
 impl Op for CreateAccount {
     async fn run(self, service: Service) -> Self::Answer {
@@ -77,11 +71,10 @@ impl Op for CreateAccount {
     }
 }
 
-impl ShardOp for CreateAccount {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        Some(username_shard(shards, &self.username))
-    }
-}
+served_by!(CreateAccount, |op, shards| Some(username_shard(
+    shards,
+    &op.username
+)));
 
 /// The caller's own account (no admin bypass, as in the original).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,10 +85,7 @@ pub struct GetAccount {
     pub id: Option<Uuid>,
 }
 
-impl Rpc for GetAccount {
-    type Answer = Result<Account, ServiceError>;
-    const NAME: &'static str = "service/get_account";
-}
+rpc!(GetAccount => Result<Account, ServiceError>, "service/get_account");
 
 impl Op for GetAccount {
     async fn run(self, service: Service) -> Self::Answer {
@@ -109,11 +99,10 @@ impl Op for GetAccount {
     }
 }
 
-impl ShardOp for GetAccount {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        Some(username_shard(shards, &self.credentials.username))
-    }
-}
+served_by!(GetAccount, |op, shards| Some(username_shard(
+    shards,
+    &op.credentials.username
+)));
 
 /// Changes the caller's endpoint (echo-checked) and resets its `failed_count`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,10 +113,7 @@ pub struct UpdateEndpoint {
     pub endpoint: String,
 }
 
-impl Rpc for UpdateEndpoint {
-    type Answer = Result<WriteResult, ServiceError>;
-    const NAME: &'static str = "service/update_endpoint";
-}
+rpc!(UpdateEndpoint => Result<WriteResult, ServiceError>, "service/update_endpoint");
 
 impl Op for UpdateEndpoint {
     async fn run(self, service: Service) -> Self::Answer {
@@ -142,11 +128,10 @@ impl Op for UpdateEndpoint {
     }
 }
 
-impl ShardOp for UpdateEndpoint {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        id_shard(shards, Some(&self.caller.id))
-    }
-}
+served_by!(UpdateEndpoint, |op, shards| id_shard(
+    shards,
+    Some(&op.caller.id)
+));
 
 /// Deletes an account with its cascade (the account itself, or an admin).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,10 +142,7 @@ pub struct DeleteAccount {
     pub id: Option<Uuid>,
 }
 
-impl Rpc for DeleteAccount {
-    type Answer = Result<WriteResult, ServiceError>;
-    const NAME: &'static str = "service/delete_account";
-}
+rpc!(DeleteAccount => Result<WriteResult, ServiceError>, "service/delete_account");
 
 impl Op for DeleteAccount {
     async fn run(self, service: Service) -> Self::Answer {
@@ -174,20 +156,16 @@ impl Op for DeleteAccount {
     }
 }
 
-impl ShardOp for DeleteAccount {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        Some(username_shard(shards, &self.credentials.username))
-    }
-}
+served_by!(DeleteAccount, |op, shards| Some(username_shard(
+    shards,
+    &op.credentials.username
+)));
 
 /// Deletes an account by id, once the caller was allowed to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DeleteAccountById(Uuid);
 
-impl Rpc for DeleteAccountById {
-    type Answer = Result<WriteResult, ServiceError>;
-    const NAME: &'static str = "service/delete_account_by_id";
-}
+rpc!(DeleteAccountById => Result<WriteResult, ServiceError>, "service/delete_account_by_id");
 
 impl Op for DeleteAccountById {
     async fn run(self, service: Service) -> Self::Answer {
@@ -201,11 +179,10 @@ impl Op for DeleteAccountById {
     }
 }
 
-impl ShardOp for DeleteAccountById {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        id_shard(shards, Some(&self.0))
-    }
-}
+served_by!(DeleteAccountById, |op, shards| id_shard(
+    shards,
+    Some(&op.0)
+));
 
 /// Resets a key of the account named `username` and sends it to the account's endpoint.
 /// The API key reset needs no credentials: the new key goes to the registered endpoint.
@@ -217,10 +194,7 @@ pub struct ResetKey {
     pub kind: KeyKind,
 }
 
-impl Rpc for ResetKey {
-    type Answer = Result<(), ServiceError>;
-    const NAME: &'static str = "service/reset_key";
-}
+rpc!(ResetKey => Result<(), ServiceError>, "service/reset_key");
 
 impl Op for ResetKey {
     async fn run(self, service: Service) -> Self::Answer {
@@ -237,20 +211,16 @@ impl Op for ResetKey {
     }
 }
 
-impl ShardOp for ResetKey {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        Some(username_shard(shards, &self.username))
-    }
-}
+served_by!(ResetKey, |op, shards| Some(username_shard(
+    shards,
+    &op.username
+)));
 
 /// Resets the caller's secret key (authenticated, unlike the API key reset).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResetSecretKey(pub Credentials);
 
-impl Rpc for ResetSecretKey {
-    type Answer = Result<(), ServiceError>;
-    const NAME: &'static str = "service/reset_secret_key";
-}
+rpc!(ResetSecretKey => Result<(), ServiceError>, "service/reset_secret_key");
 
 impl Op for ResetSecretKey {
     async fn run(self, service: Service) -> Self::Answer {
@@ -263,21 +233,17 @@ impl Op for ResetSecretKey {
     }
 }
 
-impl ShardOp for ResetSecretKey {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        Some(username_shard(shards, &self.0.username))
-    }
-}
+served_by!(ResetSecretKey, |op, shards| Some(username_shard(
+    shards,
+    &op.0.username
+)));
 
 /// Deletes the node's non-admin accounts, each with its cascade; answers how many. Asked
 /// of every node ([`Service::ask_everywhere`]) by the admin's bulk delete.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeleteLocalAccounts;
 
-impl Rpc for DeleteLocalAccounts {
-    type Answer = Result<u64, ServiceError>;
-    const NAME: &'static str = "service/delete_local_accounts";
-}
+rpc!(DeleteLocalAccounts => Result<u64, ServiceError>, "service/delete_local_accounts");
 
 impl Op for DeleteLocalAccounts {
     async fn run(self, service: Service) -> Self::Answer {

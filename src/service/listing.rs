@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Op, Service};
-use crate::cluster::Rpc;
+use crate::cluster::rpc;
 use crate::domain::ServiceError;
 use crate::store::{Account, Delivery, Page, PageRequest, Registration, Subscription, Triggered};
 
@@ -53,10 +53,7 @@ struct LocalRows {
     limit: u64,
 }
 
-impl Rpc for LocalRows {
-    type Answer = Result<Rows, ServiceError>;
-    const NAME: &'static str = "service/local_rows";
-}
+rpc!(LocalRows => Result<Rows, ServiceError>, "service/local_rows");
 
 impl Op for LocalRows {
     async fn run(self, service: Service) -> Self::Answer {

@@ -49,6 +49,22 @@ pub trait ShardOp: Op {
     fn shard(&self, shards: &ShardMap) -> Option<ShardId>;
 }
 
+/// Declares which shard's owner serves an operation: `served_by!(Op, |op, shards| …)`.
+macro_rules! served_by {
+    ($op:ty, |$this:ident, $shards:ident| $shard:expr) => {
+        impl $crate::service::ShardOp for $op {
+            fn shard(
+                &self,
+                $shards: &$crate::cluster::ShardMap,
+            ) -> Option<$crate::cluster::ShardId> {
+                let $this = self;
+                $shard
+            }
+        }
+    };
+}
+pub(crate) use served_by;
+
 /// The node's operations. Cheap to clone.
 #[derive(Clone)]
 pub struct Service {

@@ -6,9 +6,10 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{id_shard, Op, Service, ShardOp};
+use super::served_by;
+use super::{id_shard, Op, Service};
 use crate::actors::{AccountMsg, RegistrationMsg};
-use crate::cluster::{Rpc, ShardId, ShardMap};
+use crate::cluster::rpc;
 use crate::domain::access;
 use crate::domain::{Caller, ServiceError, WriteResult};
 use crate::store::{Page, PageRequest, Registration};
@@ -34,10 +35,7 @@ pub struct CreateRegistration {
     pub event_data: String,
 }
 
-impl Rpc for CreateRegistration {
-    type Answer = Result<Registration, ServiceError>;
-    const NAME: &'static str = "service/create_registration";
-}
+rpc!(CreateRegistration => Result<Registration, ServiceError>, "service/create_registration");
 
 impl Op for CreateRegistration {
     async fn run(self, service: Service) -> Self::Answer {
@@ -59,11 +57,10 @@ impl Op for CreateRegistration {
     }
 }
 
-impl ShardOp for CreateRegistration {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        id_shard(shards, Some(&self.caller.id))
-    }
-}
+served_by!(CreateRegistration, |op, shards| id_shard(
+    shards,
+    Some(&op.caller.id)
+));
 
 /// A page of the caller's registrations (they live on the caller's shard).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,10 +71,7 @@ pub struct ListOwnRegistrations {
     pub page: PageRequest,
 }
 
-impl Rpc for ListOwnRegistrations {
-    type Answer = Result<Page<Registration>, ServiceError>;
-    const NAME: &'static str = "service/list_own_registrations";
-}
+rpc!(ListOwnRegistrations => Result<Page<Registration>, ServiceError>, "service/list_own_registrations");
 
 impl Op for ListOwnRegistrations {
     async fn run(self, service: Service) -> Self::Answer {
@@ -88,11 +82,10 @@ impl Op for ListOwnRegistrations {
     }
 }
 
-impl ShardOp for ListOwnRegistrations {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        id_shard(shards, Some(&self.caller.id))
-    }
-}
+served_by!(ListOwnRegistrations, |op, shards| id_shard(
+    shards,
+    Some(&op.caller.id)
+));
 
 /// Changes a registration's description (owner or admin; access is checked before the
 /// body, so a body error travels with the request).
@@ -106,10 +99,7 @@ pub struct PatchRegistration {
     pub description: Result<String, ServiceError>,
 }
 
-impl Rpc for PatchRegistration {
-    type Answer = Result<WriteResult, ServiceError>;
-    const NAME: &'static str = "service/patch_registration";
-}
+rpc!(PatchRegistration => Result<WriteResult, ServiceError>, "service/patch_registration");
 
 impl Op for PatchRegistration {
     async fn run(self, service: Service) -> Self::Answer {
@@ -136,11 +126,10 @@ impl Op for PatchRegistration {
     }
 }
 
-impl ShardOp for PatchRegistration {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        id_shard(shards, self.id.as_ref())
-    }
-}
+served_by!(PatchRegistration, |op, shards| id_shard(
+    shards,
+    op.id.as_ref()
+));
 
 /// Deletes a registration and its subscriptions (owner or admin).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,10 +140,7 @@ pub struct DeleteRegistration {
     pub id: Option<Uuid>,
 }
 
-impl Rpc for DeleteRegistration {
-    type Answer = Result<WriteResult, ServiceError>;
-    const NAME: &'static str = "service/delete_registration";
-}
+rpc!(DeleteRegistration => Result<WriteResult, ServiceError>, "service/delete_registration");
 
 impl Op for DeleteRegistration {
     async fn run(self, service: Service) -> Self::Answer {
@@ -175,21 +161,17 @@ impl Op for DeleteRegistration {
     }
 }
 
-impl ShardOp for DeleteRegistration {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        id_shard(shards, self.id.as_ref())
-    }
-}
+served_by!(DeleteRegistration, |op, shards| id_shard(
+    shards,
+    op.id.as_ref()
+));
 
 /// Deletes the node's registrations with their subscriptions; answers how many. Asked of
 /// every node by the admin's bulk delete.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeleteLocalRegistrations;
 
-impl Rpc for DeleteLocalRegistrations {
-    type Answer = Result<u64, ServiceError>;
-    const NAME: &'static str = "service/delete_local_registrations";
-}
+rpc!(DeleteLocalRegistrations => Result<u64, ServiceError>, "service/delete_local_registrations");
 
 impl Op for DeleteLocalRegistrations {
     async fn run(self, service: Service) -> Self::Answer {

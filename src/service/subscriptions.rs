@@ -6,9 +6,10 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{id_shard, Op, Service, ShardOp};
+use super::served_by;
+use super::{id_shard, Op, Service};
 use crate::actors::RegistrationMsg;
-use crate::cluster::{Rpc, ShardId, ShardMap};
+use crate::cluster::rpc;
 use crate::domain::access;
 use crate::domain::{msg, Caller, ServiceError, WriteResult};
 use crate::store::Subscription;
@@ -28,10 +29,7 @@ pub struct Subscribe {
     pub registration: Option<Uuid>,
 }
 
-impl Rpc for Subscribe {
-    type Answer = Result<Subscription, ServiceError>;
-    const NAME: &'static str = "service/subscribe";
-}
+rpc!(Subscribe => Result<Subscription, ServiceError>, "service/subscribe");
 
 impl Op for Subscribe {
     async fn run(self, service: Service) -> Self::Answer {
@@ -51,11 +49,10 @@ impl Op for Subscribe {
     }
 }
 
-impl ShardOp for Subscribe {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        id_shard(shards, self.registration.as_ref())
-    }
-}
+served_by!(Subscribe, |op, shards| id_shard(
+    shards,
+    op.registration.as_ref()
+));
 
 /// Removes a subscription (its subscriber, or an admin).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,10 +63,7 @@ pub struct DeleteSubscription {
     pub id: Option<Uuid>,
 }
 
-impl Rpc for DeleteSubscription {
-    type Answer = Result<WriteResult, ServiceError>;
-    const NAME: &'static str = "service/delete_subscription";
-}
+rpc!(DeleteSubscription => Result<WriteResult, ServiceError>, "service/delete_subscription");
 
 impl Op for DeleteSubscription {
     async fn run(self, service: Service) -> Self::Answer {
@@ -95,21 +89,17 @@ impl Op for DeleteSubscription {
     }
 }
 
-impl ShardOp for DeleteSubscription {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        id_shard(shards, self.id.as_ref())
-    }
-}
+served_by!(DeleteSubscription, |op, shards| id_shard(
+    shards,
+    op.id.as_ref()
+));
 
 /// Deletes the node's subscriptions; answers how many. Asked of every node by the admin's
 /// bulk delete.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeleteLocalSubscriptions;
 
-impl Rpc for DeleteLocalSubscriptions {
-    type Answer = Result<u64, ServiceError>;
-    const NAME: &'static str = "service/delete_local_subscriptions";
-}
+rpc!(DeleteLocalSubscriptions => Result<u64, ServiceError>, "service/delete_local_subscriptions");
 
 impl Op for DeleteLocalSubscriptions {
     async fn run(self, service: Service) -> Self::Answer {

@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::listing::Table;
-use super::{id_shard, Op, Service, ShardOp};
+use super::served_by;
+use super::{id_shard, Op, Service};
 use crate::actors::{now_us, RegistrationMsg};
-use crate::cluster::{Rpc, ShardId, ShardMap};
+use crate::cluster::rpc;
 use crate::domain::{access, msg, Caller, ServiceError};
 use crate::store::{Delivery, DeliveryCounts as Counts, Page, PageRequest, Triggered};
 
@@ -39,11 +40,7 @@ pub struct Trigger {
     pub idempotency_key: Option<String>,
 }
 
-impl Rpc for Trigger {
-    /// The trigger, and whether it replays an earlier one.
-    type Answer = Result<(Triggered, bool), ServiceError>;
-    const NAME: &'static str = "service/trigger";
-}
+rpc!(Trigger => Result<(Triggered, bool), ServiceError>, "service/trigger");
 
 impl Op for Trigger {
     async fn run(self, service: Service) -> Self::Answer {
@@ -70,11 +67,10 @@ impl Op for Trigger {
     }
 }
 
-impl ShardOp for Trigger {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        id_shard(shards, self.registration.as_ref())
-    }
-}
+served_by!(Trigger, |op, shards| id_shard(
+    shards,
+    op.registration.as_ref()
+));
 
 /// A trigger the caller may inspect (the registration's owner, or an admin), and whether
 /// its fan-out finished; served by the trigger's owner.
@@ -103,10 +99,7 @@ pub struct TriggerStatus {
     pub id: Option<Uuid>,
 }
 
-impl Rpc for TriggerStatus {
-    type Answer = Result<(Triggered, Counts, bool), ServiceError>;
-    const NAME: &'static str = "service/trigger_status";
-}
+rpc!(TriggerStatus => Result<(Triggered, Counts, bool), ServiceError>, "service/trigger_status");
 
 impl Op for TriggerStatus {
     async fn run(self, service: Service) -> Self::Answer {
@@ -123,11 +116,7 @@ impl Op for TriggerStatus {
     }
 }
 
-impl ShardOp for TriggerStatus {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        id_shard(shards, self.id.as_ref())
-    }
-}
+served_by!(TriggerStatus, |op, shards| id_shard(shards, op.id.as_ref()));
 
 /// A page of a trigger's deliveries with their attempt logs, from every node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,10 +129,7 @@ pub struct ListDeliveries {
     pub page: PageRequest,
 }
 
-impl Rpc for ListDeliveries {
-    type Answer = Result<Page<Delivery>, ServiceError>;
-    const NAME: &'static str = "service/list_deliveries";
-}
+rpc!(ListDeliveries => Result<Page<Delivery>, ServiceError>, "service/list_deliveries");
 
 impl Op for ListDeliveries {
     async fn run(self, service: Service) -> Self::Answer {
@@ -152,11 +138,10 @@ impl Op for ListDeliveries {
     }
 }
 
-impl ShardOp for ListDeliveries {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        id_shard(shards, self.id.as_ref())
-    }
-}
+served_by!(ListDeliveries, |op, shards| id_shard(
+    shards,
+    op.id.as_ref()
+));
 
 /// Re-queues a trigger's failed deliveries on every node; answers how many.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,10 +152,7 @@ pub struct Redeliver {
     pub id: Option<Uuid>,
 }
 
-impl Rpc for Redeliver {
-    type Answer = Result<u64, ServiceError>;
-    const NAME: &'static str = "service/redeliver";
-}
+rpc!(Redeliver => Result<u64, ServiceError>, "service/redeliver");
 
 impl Op for Redeliver {
     async fn run(self, service: Service) -> Self::Answer {
@@ -183,20 +165,13 @@ impl Op for Redeliver {
     }
 }
 
-impl ShardOp for Redeliver {
-    fn shard(&self, shards: &ShardMap) -> Option<ShardId> {
-        id_shard(shards, self.id.as_ref())
-    }
-}
+served_by!(Redeliver, |op, shards| id_shard(shards, op.id.as_ref()));
 
 /// Counts of the node's deliveries of a trigger.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeliveryCounts(pub Uuid);
 
-impl Rpc for DeliveryCounts {
-    type Answer = Result<Counts, ServiceError>;
-    const NAME: &'static str = "service/delivery_counts";
-}
+rpc!(DeliveryCounts => Result<Counts, ServiceError>, "service/delivery_counts");
 
 impl Op for DeliveryCounts {
     async fn run(self, service: Service) -> Self::Answer {
@@ -208,10 +183,7 @@ impl Op for DeliveryCounts {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Requeue(pub Uuid);
 
-impl Rpc for Requeue {
-    type Answer = Result<u64, ServiceError>;
-    const NAME: &'static str = "service/requeue";
-}
+rpc!(Requeue => Result<u64, ServiceError>, "service/requeue");
 
 impl Op for Requeue {
     async fn run(self, service: Service) -> Self::Answer {
