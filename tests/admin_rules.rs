@@ -13,10 +13,7 @@ async fn bootstrap_admin_record() {
     assert_eq!(admin["username"], "admin");
     assert_eq!(admin["is_admin"], true);
     assert_eq!(admin["endpoint"], "");
-    assert_eq!(
-        admin["failed_count"], 0,
-        "B.4: the admin has failed_count 0"
-    );
+    assert_eq!(admin["failed_count"], 0, "the admin has failed_count 0");
     assert_eq!(admin["secret_key"], node.admin_secret.as_str());
     assert!(admin["api_key"]
         .as_str()
@@ -166,7 +163,7 @@ async fn admin_cannot_reset_keys_without_an_endpoint() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Key reset rate limit (B.10), with security.key_resets_per_hour = 2
+// Key reset rate limit, with security.key_resets_per_hour = 2
 // ---------------------------------------------------------------------------------------------
 
 const LIMITED: &str = "[security]\nkey_resets_per_hour = 2";
@@ -248,7 +245,7 @@ async fn secret_key_resets_are_rate_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_counts_both_kinds_of_reset() {
-    // Assumption: "per account" (B.10, config doc "Key resets (API or secret)") means API-key
+    // Assumption: "per account" (config doc "Key resets (API or secret)") means API-key
     // and secret-key resets share one budget.
     let w = World::with_config(LIMITED).await;
     w.node

@@ -93,7 +93,7 @@ pub fn random_hex40() -> String {
     format!("{a}{b}")[..40].to_string()
 }
 
-/// Ids that are not UUIDs at all (B.9: they behave like unknown ids).
+/// Ids that are not UUIDs at all (they behave like unknown ids).
 pub const MALFORMED_IDS: &[&str] = &[
     "not-a-uuid",
     "12345",

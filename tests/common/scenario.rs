@@ -5,7 +5,7 @@
 //!
 //! Counts differ from the original only where cascading bulk deletes change them (deleting
 //! accounts also deletes their registrations and subscriptions, see
-//! docs/differences-from-pywebhooks.md); those places carry a `B.5` comment.
+//! docs/differences-from-pywebhooks.md); those places carry a `cascade` comment.
 //!
 //! With more than one node, [`Scenario::checkpoint`] also asserts after each step that the
 //! global and own listings give identical pages from every node (a no-op on one node).
@@ -149,7 +149,7 @@ impl<'a> Scenario<'a> {
             .expect_write(&[("deleted", 1)]);
     }
 
-    /// The admin's three bulk deletes, in the original's order. With B.5 the account delete
+    /// The admin's three bulk deletes, in the original's order. With the cascade the account delete
     /// cascades, so the later two report 0 whatever was there.
     async fn bulk_delete(&self, accounts_deleted: u64) {
         let admin = self.node().admin();
@@ -380,7 +380,7 @@ async fn validate_subscription_actions(s: &Scenario<'_>, p: &People) {
 
     s.register(&p.leah, "leah's second webhook").await;
 
-    // duplicates are allowed (A.6)
+    // duplicates are allowed
     s.subscribe(&p.john, &jane_reg).await;
     let own = s
         .node()
@@ -405,7 +405,7 @@ async fn validate_subscription_actions(s: &Scenario<'_>, p: &People) {
 }
 
 async fn validate_table_deletions(s: &Scenario<'_>) {
-    // B.5: the original reports accounts 2, subscriptions 1, registrations 2 because its bulk
+    // cascade: the original reports accounts 2, subscriptions 1, registrations 2 because its bulk
     // account delete leaves orphans. Here deleting jane and leah also removes their two
     // registrations and leah's subscription, so the later two deletes find nothing.
     s.bulk_delete(2).await;
@@ -449,7 +449,7 @@ async fn validate_chain_scenario_one(s: &Scenario<'_>) {
         .await
         .expect_write(&[("deleted", 1)]);
     assert_only_jane_and_leah_left(s, &p, &jane_reg).await;
-    // B.5: subscriptions/registrations go with the accounts, so those deletes report 0.
+    // cascade: subscriptions/registrations go with the accounts, so those deletes report 0.
     s.bulk_delete(4).await;
 }
 
@@ -457,7 +457,7 @@ async fn validate_chain_scenario_two(s: &Scenario<'_>) {
     let (p, _john_reg, jane_reg) = chain_setup(s).await;
     s.delete_account_as_admin(&p.john).await;
     assert_only_jane_and_leah_left(s, &p, &jane_reg).await;
-    s.bulk_delete(3).await; // B.5 as above
+    s.bulk_delete(3).await; // cascade, as above
 }
 
 async fn validate_misc_actions(s: &Scenario<'_>) {
@@ -494,7 +494,7 @@ async fn validate_misc_actions(s: &Scenario<'_>) {
         .await
         .expect_write(&[("deleted", 1)]);
 
-    s.bulk_delete(3).await; // B.5 as above
+    s.bulk_delete(3).await; // cascade, as above
 }
 
 async fn validate_webhook_actions(s: &Scenario<'_>) -> People {

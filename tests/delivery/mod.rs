@@ -2,9 +2,9 @@
 //! receiver ([`EndpointServer`]) on loopback.
 //!
 //! Covers duplicate subscriptions, the delivery bytes and the legacy signature,
-//! A.9 (`max_failed_count`), B.6/B.7 (success = 2xx, retries, `failed_count`, deletions end
-//! retries), C.1 (Standard Webhooks headers), C.2 (dynamic payloads, idempotency) and C.3
-//! (delivery visibility, redeliver), plus the delivery metrics.
+//! `max_failed_count`, success (any 2xx), retries, `failed_count`, deletions ending retries,
+//! the Standard Webhooks headers, dynamic payloads and idempotency, delivery visibility and
+//! redeliver, plus the delivery metrics.
 
 mod connections;
 mod deletions;
@@ -32,7 +32,7 @@ timeout_secs = 1.0
 /// How long a delivery that should happen now may take to be recorded.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(20);
 
-/// A registered `event_data` exercising the `json.dumps` rules (A.7): non-ASCII (BMP and
+/// A registered `event_data` exercising the `json.dumps` rules: non-ASCII (BMP and
 /// astral), a float needing Python's exponent spelling, `-0.0`, a big integer, key order
 /// that is not sorted, and the short escapes. Sent verbatim as the registration body.
 const EVENT_DATA: &str = r#"{"message": "héllo ✓ 😀", "n": [1, 2.5, 1e100, -0.0, 0.1, 12345678901234567890], "z": {"b": 1, "a": null, "t": true, "s": "q\"/\\\n"}}"#;

@@ -179,7 +179,7 @@ timeout_secs = 1.0
         "{metrics}"
     );
 
-    // PATCH /v1/account with an endpoint resets failed_count (A.9), and delivery resumes.
+    // PATCH /v1/account with an endpoint resets failed_count, and delivery resumes.
     p.node
         .patch("/v1/account")
         .auth(&p.sub)

@@ -182,7 +182,7 @@ async fn patch_account_echo_failure_changes_nothing() {
             .send()
             .await
             .expect_error(400, "Echo response failed");
-        // the echo went to the NEW endpoint (B.3)
+        // the echo went to the NEW endpoint
         assert_eq!(w.ep.echo_requests(&endpoint).len(), 1);
     }
     assert_eq!(w.node.read_account(&w.john).await, before);
@@ -345,7 +345,7 @@ async fn delete_accounts_keeps_the_admin_and_cascades() {
     let accounts = w.node.all_accounts().await;
     assert_eq!(accounts.len(), 1);
     assert_eq!(accounts[0]["username"], "admin");
-    // B.5: no orphans
+    // cascade: no orphans
     assert!(w.node.all_registrations().await.is_empty());
     assert!(w.node.all_subscriptions().await.is_empty());
     // nothing left to delete

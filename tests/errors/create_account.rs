@@ -195,7 +195,7 @@ async fn create_account_duplicate_username_is_409_before_the_echo() {
     let node = TestNode::spawn().await;
     node.create_account("johndoe", &ep.endpoint_url("first"))
         .await;
-    // B.2: uniqueness is checked before the endpoint is contacted, even a broken one
+    // Uniqueness is checked before the endpoint is contacted, even a broken one
     for endpoint in [ep.endpoint_url("second"), ep.bad_echo_url("second")] {
         node.try_create_account("johndoe", &endpoint)
             .await

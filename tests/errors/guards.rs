@@ -90,7 +90,7 @@ pub async fn assert_content_type_before_auth(make: impl Fn() -> Req) {
         .expect_unsupported_media_type();
 }
 
-/// Query strings that must all give 400 `Invalid limit or start parameter` (A.4: plain
+/// Query strings that must all give 400 `Invalid limit or start parameter` (plain
 /// digits only, 0 <= start <= 999999999999999, 1 <= limit <= 100).
 pub const BAD_PAGING: &[&str] = &[
     "start=-1&limit=10",

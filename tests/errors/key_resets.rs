@@ -55,7 +55,7 @@ async fn reset_apikey_success_rotates_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_apikey_accepts_any_2xx() {
-    // B.6: success = any 2xx, body ignored (the endpoint answers 201 with a non-JSON body).
+    // Success = any 2xx, body ignored (the endpoint answers 201 with a non-JSON body).
     let ep = EndpointServer::start().await;
     let node = TestNode::spawn().await;
     let endpoint = ep.reset_status_url(201, "odd");
@@ -91,7 +91,7 @@ async fn reset_apikey_endpoint_failure_keeps_the_old_key() {
             .send()
             .await
             .expect_error(400, RESET_FAILED);
-        // B.10: the old key stays valid
+        // the old key stays valid
         node.get(&account_path(&who.id))
             .auth(who)
             .send()

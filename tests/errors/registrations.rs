@@ -393,7 +393,7 @@ async fn delete_all_registrations_cascades_to_subscriptions() {
         .await
         .expect_write(&[("deleted", 2)]);
     assert!(w.node.all_registrations().await.is_empty());
-    // B.5: all subscriptions go too
+    // cascade: all subscriptions go too
     assert!(w.node.all_subscriptions().await.is_empty());
     // the accounts stay
     assert_eq!(w.node.all_accounts().await.len(), 3);

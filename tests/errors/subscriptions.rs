@@ -40,7 +40,7 @@ async fn subscribe_returns_the_record_and_allows_duplicates() {
     );
     assert_eq!(first["account_id"], w.jane.id.as_str());
     assert_eq!(first["registration_id"], reg.as_str());
-    // A.6: a duplicate is a new row; the owner may subscribe to their own registration
+    // A duplicate is a new row; the owner may subscribe to their own registration
     let second = w.node.subscribe(&w.jane, &reg).await;
     assert_ne!(first["id"], second["id"]);
     w.node.subscribe(&w.john, &reg).await;

@@ -100,7 +100,7 @@ async fn trigger_bad_and_unknown_ids() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_body_is_optional_but_must_be_a_json_object_when_present() {
-    // C.2: an optional `{"event_data": ...}` body; without a body the stored data is used.
+    // An optional `{"event_data": ...}` body; without a body the stored data is used.
     let (w, reg) = with_registration().await;
     let path = trigger_path(&reg);
     for raw in ["{", "not json", "{\"event_data\": }"] {
@@ -138,7 +138,7 @@ async fn trigger_body_is_optional_but_must_be_a_json_object_when_present() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_idempotency_key_returns_the_first_record() {
-    // C.2: a repeat with the same Idempotency-Key returns the first triggered record (200).
+    // A repeat with the same Idempotency-Key returns the first triggered record (200).
     let (w, reg) = with_registration().await;
     let path = trigger_path(&reg);
     let first = w
