@@ -148,7 +148,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if let Some(admin) = service.bootstrap_admin().await? {
         print_admin_keys(&admin);
     }
-    let stop = stop::stop_signal(config.shutdown_grace(), store.clone())?;
+    let stop = stop::stop_signal(config.shutdown_grace())?;
     let metrics = Arc::new(Metrics::default());
     let api = Arc::new(Api {
         service,

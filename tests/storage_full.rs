@@ -160,14 +160,23 @@ async fn write(client: &reqwest::Client, base_url: &str, who: &Account, n: usize
     }
 }
 
-/// GET `path` without panicking on a transport error (`None`: the node is gone).
-async fn try_get(client: &reqwest::Client, base_url: &str, path: &str) -> Option<(u16, Value)> {
-    let r = client
+/// GET `path` (as `who`, when given) without panicking on a transport error (`None`: the
+/// node is gone).
+async fn try_get(
+    client: &reqwest::Client,
+    base_url: &str,
+    path: &str,
+    who: Option<&Account>,
+) -> Option<(u16, Value)> {
+    let mut request = client
         .get(format!("{base_url}{path}"))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .ok()?;
+        .header("content-type", "application/json");
+    if let Some(who) = who {
+        request = request
+            .header("username", who.username.as_str())
+            .header("api-key", who.api_key.as_str());
+    }
+    let r = request.send().await.ok()?;
     let status = r.status().as_u16();
     let body = r.bytes().await.ok()?;
     Some((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
@@ -235,7 +244,7 @@ async fn a_full_disk_is_answered_then_the_node_exits_for_a_restart_and_loses_not
             "/health to report the failed storage",
             Duration::from_secs(1) + SLACK,
             move || async move {
-                let Some((_, health)) = try_get(client, url, "/health").await else {
+                let Some((_, health)) = try_get(client, url, "/health", None).await else {
                     panic!("the node exited before /health reported the failed storage");
                 };
                 match health["storage"].as_str() {
@@ -254,9 +263,9 @@ async fn a_full_disk_is_answered_then_the_node_exits_for_a_restart_and_loses_not
     loop {
         let url = node.base_url.as_str();
         let write = write(&client, url, &who, MAX_WRITES).await;
-        let health = try_get(&client, url, "/health").await;
-        let ready = try_get(&client, url, "/ready").await;
-        let read = try_get(&client, url, "/v1/webhook/registrations?start=0&limit=1").await;
+        let health = try_get(&client, url, "/health", None).await;
+        let ready = try_get(&client, url, "/ready", None).await;
+        let read = try_get(&client, url, &format!("/v1/account/{}", who.id), Some(&who)).await;
         if write == Outcome::Gone || health.is_none() || ready.is_none() || read.is_none() {
             break;
         }
@@ -271,8 +280,8 @@ async fn a_full_disk_is_answered_then_the_node_exits_for_a_restart_and_loses_not
             (503, &json!("failed")),
             "{ready}"
         );
-        // Unauthenticated: 401 shows the node still reads its storage.
-        assert_eq!(read.map(|r| r.0), Some(401));
+        let (status, account) = read.unwrap_or_default();
+        assert_eq!((status, &account["username"]), (200, &json!("filler")));
         answered += 1;
         assert!(
             failed_at.elapsed() < FAILED_EXIT_DELAY + SLACK,

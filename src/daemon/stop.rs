@@ -20,11 +20,12 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::DaemonError;
-use crate::store::{StorageState, Store};
+use crate::store::Store;
 
 /// Exit code of a node whose storage failed (`EX_IOERR` of sysexits.h).
 pub const EXIT_STORAGE: i32 = 74;
-/// Exit code of a node that did not stop in time after a signal, its storage not failed.
+/// Exit code of a node that did not stop in time after a signal. (A failed storage has
+/// ended the process [`FAILED_EXIT_DELAY`] after the failure, with [`EXIT_STORAGE`].)
 const EXIT_STUCK: i32 = 1;
 /// How long a node whose storage failed keeps answering before it exits.
 pub const FAILED_EXIT_DELAY: Duration = Duration::from_secs(2);
@@ -67,7 +68,7 @@ pub fn watch_storage(store: &Store, stall: Duration) -> Result<(), DaemonError> 
 
 /// Listens for SIGTERM and SIGINT on a thread of its own. The returned future resolves on
 /// the first one; [`backstop`]`(grace)` later, a process still running exits.
-pub fn stop_signal(grace: Duration, store: Store) -> Result<impl Future<Output = ()>, DaemonError> {
+pub fn stop_signal(grace: Duration) -> Result<impl Future<Output = ()>, DaemonError> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -95,16 +96,12 @@ pub fn stop_signal(grace: Duration, store: Store) -> Result<impl Future<Output =
             let _ = stop_tx.send(());
             let deadline = backstop(grace);
             std::thread::sleep(deadline);
-            let code = match store.state() {
-                StorageState::Failed(_) => EXIT_STORAGE,
-                StorageState::Ok => EXIT_STUCK,
-            };
             tracing::error!(
-                code,
+                code = EXIT_STUCK,
                 "the node did not stop within {:.1} s of the signal: exiting",
                 deadline.as_secs_f64()
             );
-            std::process::exit(code)
+            std::process::exit(EXIT_STUCK)
         })
         .map_err(DaemonError::Signals)?;
     match ready_rx.recv() {
