@@ -4,8 +4,9 @@
 //! made on the async workers, and then no task runs, but the node must still stop.
 //!
 //! * A signal (SIGTERM, SIGINT) is received by a thread of its own, on a one-thread runtime
-//!   (tokio delivers a signal to every runtime that listens for it). It starts the graceful
-//!   stop and arms a backstop: a node still running [`backstop`] after the signal exits.
+//!   of its own, so it is seen even when every worker of the main runtime is blocked. It
+//!   starts the graceful stop and arms a backstop: a node still running [`backstop`] after
+//!   the signal exits.
 //! * A failed storage (see `store::health`) cannot be repaired in place: the storage
 //!   watchdog's thread waits [`FAILED_EXIT_DELAY`], so that in-flight requests get their
 //!   answers (writes 507) and `/ready` answers 503 meanwhile, and exits with
@@ -23,12 +24,12 @@ use super::DaemonError;
 use crate::store::Store;
 
 /// Exit code of a node whose storage failed (`EX_IOERR` of sysexits.h).
-pub const EXIT_STORAGE: i32 = 74;
+const EXIT_STORAGE: i32 = 74;
 /// Exit code of a node that did not stop in time after a signal. (A failed storage has
 /// ended the process [`FAILED_EXIT_DELAY`] after the failure, with [`EXIT_STORAGE`].)
 const EXIT_STUCK: i32 = 1;
 /// How long a node whose storage failed keeps answering before it exits.
-pub const FAILED_EXIT_DELAY: Duration = Duration::from_secs(2);
+const FAILED_EXIT_DELAY: Duration = Duration::from_secs(2);
 /// After the HTTP drain, the time left to stop the delivery engine and flush the storage.
 pub const STOP_TAIL: Duration = Duration::from_secs(5);
 /// The part of [`STOP_TAIL`] kept for the final flush.
@@ -36,7 +37,7 @@ pub const FINAL_FLUSH_RESERVE: Duration = Duration::from_secs(1);
 
 /// How long after a signal a node that has not finished stopping is made to exit: the HTTP
 /// drain (`grace`), the stop tail, and one second to log and exit.
-pub fn backstop(grace: Duration) -> Duration {
+fn backstop(grace: Duration) -> Duration {
     grace + STOP_TAIL + Duration::from_secs(1)
 }
 
