@@ -109,6 +109,10 @@ pub struct StorageConfig {
     /// (recent deliveries, the due queue, the subscriptions being fanned out); the bench's
     /// 100,000-subscriber fan-out ran as fast with it as with 128 MiB.
     pub cache_capacity_bytes: u64,
+    /// A flush to disk running for longer than this means the disk is stuck: the node logs
+    /// it and exits (non-zero) so that its supervisor restarts it. A healthy flush takes
+    /// milliseconds; the margin is for slow disks under bursts.
+    pub flush_stall_secs: f64,
 }
 
 impl Default for StorageConfig {
@@ -116,6 +120,7 @@ impl Default for StorageConfig {
         Self {
             path: PathBuf::from("./data"),
             cache_capacity_bytes: 64 * 1024 * 1024,
+            flush_stall_secs: 30.0,
         }
     }
 }
@@ -388,6 +393,7 @@ impl Config {
             }
         }
         positive("http_client.timeout_secs", self.http_client.timeout_secs)?;
+        positive("storage.flush_stall_secs", self.storage.flush_stall_secs)?;
         positive("actors.idle_stop_secs", self.actors.idle_stop_secs)?;
         positive(
             "delivery.log_retention_hours",
@@ -503,6 +509,11 @@ impl Config {
     /// `http.shutdown_grace_secs` as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs_f64(self.http.shutdown_grace_secs)
+    }
+
+    /// `storage.flush_stall_secs` as a duration.
+    pub fn flush_stall(&self) -> Duration {
+        Duration::from_secs_f64(self.storage.flush_stall_secs)
     }
 }
 

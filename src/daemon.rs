@@ -1,7 +1,10 @@
-//! Assembling a node from its configuration, and the daemon's life cycle.
+//! Assembling a node from its configuration, and the daemon's life cycle (how it stops:
+//! [`stop`]).
+
+mod stop;
 
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
@@ -18,7 +21,7 @@ use crate::domain::{NewAccount, ServiceError};
 use crate::http::metrics::Metrics;
 use crate::http::Limits;
 use crate::service::Service;
-use crate::store::{Store, StoreError};
+use crate::store::{StorageState, Store, StoreError};
 
 /// Usernames remembered by the verification cache at most.
 const AUTH_CACHE_CAPACITY: usize = 100_000;
@@ -111,22 +114,14 @@ pub fn print_admin_keys(admin: &NewAccount) {
     println!("admin secret_key: {}", admin.account.secret_key);
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn stop_signal() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
-            _ = int.recv() => tracing::info!("SIGINT received, stopping"),
-        }
-    })
-}
-
 /// Runs a node until SIGTERM/SIGINT: storage, admin bootstrap, HTTP server, clean stop.
+///
+/// Returns only after a clean stop (storage flushed). A failed storage, a final flush that
+/// fails or does not finish in time, and a stop that overruns its deadline end the process
+/// from inside (see [`stop`]).
 pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let store = open_store(&config)?;
+    stop::watch_storage(&store, config.flush_stall())?;
     let listener = TcpListener::bind(config.http.listen)
         .await
         .map_err(|source| DaemonError::Bind {
@@ -155,7 +150,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if let Some(admin) = service.bootstrap_admin().await? {
         print_admin_keys(&admin);
     }
-    let stop = stop_signal().await?;
+    let stop = stop::stop_signal(config.shutdown_grace())?;
     let metrics = Arc::new(Metrics::default());
     let api = Arc::new(Api {
         service,
@@ -185,15 +180,28 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         config.shutdown_grace(),
     )
     .await;
+    let tail_end = Instant::now() + stop::STOP_TAIL;
+    if let StorageState::Failed(reason) = store.state() {
+        stop::exit_storage_failed(&reason);
+    }
     // Outcomes buffered by the supervisor are written as it stops; attempts still running
     // keep their due entries and run again at the next start.
     if let Err(e) = supervisor
-        .stop_and_wait(None, Some(Duration::from_secs(5)))
+        .stop_and_wait(None, Some(stop::STOP_TAIL - stop::FINAL_FLUSH_RESERVE))
         .await
     {
         tracing::warn!(error = %e, "the delivery engine did not stop in time");
     }
-    store.flush_blocking()?;
-    tracing::info!("storage flushed, bye");
-    Ok(())
+    let left = tail_end.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, store.flush()).await {
+        Ok(Ok(())) => {
+            tracing::info!("storage flushed, bye");
+            Ok(())
+        }
+        Ok(Err(e)) => stop::exit_storage_failed(&e.to_string()),
+        Err(_) => stop::exit_storage_failed(&format!(
+            "the final flush did not finish within {:.1} s",
+            left.as_secs_f64()
+        )),
+    }
 }

@@ -87,6 +87,9 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// How long the runtime waits for its blocking tasks once a node has stopped.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -104,9 +107,12 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Serve { config } => {
             let loaded = load(config.as_ref())?;
             init_logging(&loaded.config);
-            runtime()?
-                .block_on(daemon::serve(loaded.config))
-                .map_err(|e| e.to_string())
+            let runtime = runtime()?;
+            let served = runtime.block_on(daemon::serve(loaded.config));
+            // The storage is flushed by now: a blocking task still running (a DNS lookup, an
+            // endpoint's slow reply) must not hold the exit.
+            runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
+            served.map_err(|e| e.to_string())
         }
         Command::Init { reset, yes, config } => {
             if !reset || !yes {

@@ -9,18 +9,32 @@ use serde_json::{json, Value};
 use super::{ApiResult, Call};
 use crate::cluster::Cluster;
 use crate::http::response;
+use crate::store::StorageState;
 
-/// GET /health — the process is up.
-pub async fn health(_: Call) -> ApiResult {
-    Ok(response::json(StatusCode::OK, &json!({ "status": "ok" })))
+/// GET /health — the process is up, and whether its storage takes writes (`"failed"`: the
+/// node is about to exit so that its supervisor restarts it). Never touches the disk.
+pub async fn health(c: Call) -> ApiResult {
+    let storage = match c.api.service.storage_state() {
+        StorageState::Ok => "ok",
+        StorageState::Failed(_) => "failed",
+    };
+    Ok(response::json(
+        StatusCode::OK,
+        &json!({ "status": "ok", "storage": storage }),
+    ))
 }
 
-/// GET /ready — storage answers and every shard owner is reachable.
+/// GET /ready — storage takes writes and answers reads, and every shard owner is reachable.
 pub async fn ready(c: Call) -> ApiResult {
     let api = &c.api;
-    let storage = api.service.is_ready();
+    // A failed storage is not read: sled calls may block on a broken disk.
+    let storage = match api.service.storage_state() {
+        StorageState::Failed(_) => "failed",
+        StorageState::Ok if api.service.is_ready() => "ok",
+        StorageState::Ok => "unavailable",
+    };
     let cluster = api.service.cluster();
-    let ready = storage && cluster.all_up();
+    let ready = storage == "ok" && cluster.all_up();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -31,7 +45,7 @@ pub async fn ready(c: Call) -> ApiResult {
         &json!({
             "status": if ready { "ready" } else { "not ready" },
             "node": api.node_id,
-            "storage": if storage { "ok" } else { "unavailable" },
+            "storage": storage,
             "peers": peers(cluster),
         }),
     ))

@@ -49,14 +49,22 @@ pub enum ServiceError {
         /// Seconds after which a retry may succeed.
         retry_after_secs: u64,
     },
-    /// 500: a bug or a storage failure; details are logged, not shown.
+    /// 500: a bug or corrupt data; details are logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),
+    /// 507: the disk failed (full, I/O error, stuck), so the change could not be stored;
+    /// details are logged, not shown. Last, so that peers' encodings of the others hold.
+    #[error("Insufficient storage")]
+    InsufficientStorage(String),
 }
 
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
-        ServiceError::Internal(e.to_string())
+        if e.is_disk_fault() {
+            ServiceError::InsufficientStorage(e.to_string())
+        } else {
+            ServiceError::Internal(e.to_string())
+        }
     }
 }
 

@@ -58,6 +58,7 @@ impl ApiError {
                 | ServiceError::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
                 ServiceError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                ServiceError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             },
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -95,6 +96,10 @@ impl ApiError {
             ApiError::Service(ServiceError::Internal(detail)) => {
                 tracing::error!(error = %detail, "internal error");
                 error_body(status, "Internal server error")
+            }
+            ApiError::Service(ref e @ ServiceError::InsufficientStorage(ref detail)) => {
+                tracing::warn!(error = %detail, "write refused: storage failed");
+                error_body(status, &e.to_string())
             }
             ApiError::Service(
                 ref e @ (ServiceError::TooManyKeyResets { retry_after_secs }

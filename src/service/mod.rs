@@ -217,9 +217,14 @@ impl Service {
         &self.ctx.cluster
     }
 
-    /// True when storage answers (readiness).
+    /// True when storage answers reads (readiness).
     pub fn is_ready(&self) -> bool {
         self.ctx.store.is_healthy()
+    }
+
+    /// Whether storage takes writes (never touches the disk).
+    pub fn storage_state(&self) -> crate::store::StorageState {
+        self.ctx.store.state()
     }
 }
 

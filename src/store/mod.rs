@@ -6,7 +6,8 @@
 //! gone at once and a restart can finish the job) and then remove the rows in chunks.
 //!
 //! Durability: callers that acknowledge a change call [`Store::flush`], a group commit shared
-//! by every writer that asked since the last flush.
+//! by every writer that asked since the last flush. A flush that fails or stalls fails the
+//! storage for the rest of the process ([`health`]): sled cannot recover in place.
 //!
 //! Each module adds the methods of its trees to [`Store`]. Their imports go one way, so a
 //! module can be read (and changed) without the ones above it: `keys` (every key
@@ -18,6 +19,7 @@
 mod accounts;
 mod deliveries;
 mod flusher;
+mod health;
 mod keys;
 pub mod pagination;
 pub mod records;
@@ -29,13 +31,14 @@ mod triggered;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use accounts::NewAccountError;
 pub use deliveries::{
     Attempt, Delivery, DeliveryCounts, DeliveryState, DueEntry, FailedCountChange, FanoutCursor,
     FanoutStep, Handoff, NewDelivery, Outcome, PreparedDeliveries, Scheduled,
 };
+pub use health::StorageState;
 pub use pagination::{Page, PageRequest};
 pub use records::{Account, KeyKind, PendingKey, Registration, Subscription, Triggered};
 pub use subscriptions::{SubscribeError, SubscriptionBatch};
@@ -43,6 +46,7 @@ pub use targets::DeliveryTarget;
 
 use deliveries::OpenBatches;
 use flusher::Flusher;
+use health::Health;
 use keys::read_u64;
 
 /// Rows removed per transaction by chunked cascades.
@@ -57,6 +61,9 @@ pub enum StoreError {
     /// sled reported an error.
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
+    /// The disk failed (full, I/O error, stuck): no write succeeds until a restart.
+    #[error("storage failed: {0}")]
+    Failed(String),
     /// A record or key could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -68,6 +75,17 @@ pub enum StoreError {
         /// Shard count of the configuration.
         configured: u16,
     },
+}
+
+impl StoreError {
+    /// True when the disk, not the data, is at fault: an I/O error (a full disk, EIO) or a
+    /// failed storage.
+    pub fn is_disk_fault(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Failed(_) | StoreError::Sled(sled::Error::Io(_))
+        )
+    }
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
@@ -113,6 +131,7 @@ struct Inner {
     db: sled::Db,
     t: Trees,
     flusher: Flusher,
+    health: Arc<Health>,
     targets: targets::TargetCache,
     /// Pending batches not completed yet.
     open_batches: OpenBatches,
@@ -190,12 +209,14 @@ impl Store {
                 last = last.max(read_u64(&k, 0)?);
             }
         }
-        let flusher = Flusher::new(db.clone())?;
+        let health = Health::new();
+        let flusher = Flusher::new(db.clone(), health.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 t,
                 flusher,
+                health,
                 targets: targets::TargetCache::default(),
                 open_batches: OpenBatches::default(),
                 subscription_deletions: AtomicU64::new(0),
@@ -273,6 +294,23 @@ impl Store {
     /// True when the database answers reads.
     pub fn is_healthy(&self) -> bool {
         self.inner.t.meta.get(b"shards").is_ok()
+    }
+
+    /// Whether the storage takes writes. Cheap, and never touches sled.
+    pub fn state(&self) -> StorageState {
+        self.inner.health.state()
+    }
+
+    /// Starts the storage watchdog (an OS thread): a flush running for longer than `stall`
+    /// fails the storage, and once the storage failed, for any cause, `on_failure` runs with
+    /// the reason, once.
+    pub fn watch(
+        &self,
+        stall: Duration,
+        on_failure: impl FnOnce(String) + Send + 'static,
+    ) -> Result<()> {
+        health::watch(self.inner.health.clone(), stall, on_failure)
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))
     }
 }
 

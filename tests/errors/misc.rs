@@ -435,7 +435,7 @@ async fn operations_endpoints_need_no_content_type_or_auth() {
         .send()
         .await
         .expect(200);
-    assert_eq!(r.json(), &json!({"status": "ok"}));
+    assert_eq!(r.json(), &json!({"status": "ok", "storage": "ok"}));
     let r = node
         .get("/ready")
         .no_content_type()

@@ -1,0 +1,117 @@
+//! How a node stops: on a signal, within a deadline, and on its own when its storage fails.
+//!
+//! Both rely on OS threads, not on the async runtime: a broken disk can block sled calls
+//! made on the async workers, and then no task runs, but the node must still stop.
+//!
+//! * A signal (SIGTERM, SIGINT) is received by a thread of its own, on a one-thread runtime
+//!   of its own, so it is seen even when every worker of the main runtime is blocked. It
+//!   starts the graceful stop and arms a backstop: a node still running [`backstop`] after
+//!   the signal exits.
+//! * A failed storage (see `store::health`) cannot be repaired in place: the storage
+//!   watchdog's thread waits [`FAILED_EXIT_DELAY`], so that in-flight requests get their
+//!   answers (writes 507) and `/ready` answers 503 meanwhile, and exits with
+//!   [`EXIT_STORAGE`], for the supervisor to restart the node on a fresh storage engine.
+//!
+//! Exiting with [`std::process::exit`] runs no destructor, on purpose: dropping the store
+//! joins the flush thread and flushes sled, and either can wait forever on a stuck disk.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::DaemonError;
+use crate::store::Store;
+
+/// Exit code of a node whose storage failed (`EX_IOERR` of sysexits.h).
+const EXIT_STORAGE: i32 = 74;
+/// Exit code of a node that did not stop in time after a signal. (A failed storage has
+/// ended the process [`FAILED_EXIT_DELAY`] after the failure, with [`EXIT_STORAGE`].)
+const EXIT_STUCK: i32 = 1;
+/// How long a node whose storage failed keeps answering before it exits.
+const FAILED_EXIT_DELAY: Duration = Duration::from_secs(2);
+/// After the HTTP drain, the time left to stop the delivery engine and flush the storage.
+pub const STOP_TAIL: Duration = Duration::from_secs(5);
+/// The part of [`STOP_TAIL`] kept for the final flush.
+pub const FINAL_FLUSH_RESERVE: Duration = Duration::from_secs(1);
+
+/// How long after a signal a node that has not finished stopping is made to exit: the HTTP
+/// drain (`grace`), the stop tail, and one second to log and exit.
+fn backstop(grace: Duration) -> Duration {
+    grace + STOP_TAIL + Duration::from_secs(1)
+}
+
+/// Ends the process because the storage failed. Logs why first.
+pub fn exit_storage_failed(reason: &str) -> ! {
+    tracing::error!(
+        %reason,
+        code = EXIT_STORAGE,
+        "exiting: the storage failed and cannot recover in place; the supervisor restarts \
+         the node on the same data (every acknowledged write is on disk)"
+    );
+    std::process::exit(EXIT_STORAGE)
+}
+
+/// Starts the storage watchdog with the daemon's answer to a failure: answer for
+/// [`FAILED_EXIT_DELAY`], then exit.
+pub fn watch_storage(store: &Store, stall: Duration) -> Result<(), DaemonError> {
+    store.watch(stall, |reason| {
+        tracing::error!(
+            %reason,
+            "storage failed: writes answer 507 and the node exits in {:.0} s",
+            FAILED_EXIT_DELAY.as_secs_f64()
+        );
+        std::thread::sleep(FAILED_EXIT_DELAY);
+        exit_storage_failed(&reason)
+    })?;
+    Ok(())
+}
+
+/// Listens for SIGTERM and SIGINT on a thread of its own. The returned future resolves on
+/// the first one; [`backstop`]`(grace)` later, a process still running exits.
+pub fn stop_signal(grace: Duration) -> Result<impl Future<Output = ()>, DaemonError> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("webhookd-signals".into())
+        .spawn(move || {
+            let listened = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let mut term = signal(SignalKind::terminate())?;
+                        let mut int = signal(SignalKind::interrupt())?;
+                        let _ = ready_tx.send(Ok(()));
+                        tokio::select! {
+                            _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
+                            _ = int.recv() => tracing::info!("SIGINT received, stopping"),
+                        }
+                        Ok(())
+                    })
+                });
+            if let Err(e) = listened {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+            let _ = stop_tx.send(());
+            let deadline = backstop(grace);
+            std::thread::sleep(deadline);
+            tracing::error!(
+                code = EXIT_STUCK,
+                "the node did not stop within {:.1} s of the signal: exiting",
+                deadline.as_secs_f64()
+            );
+            std::process::exit(EXIT_STUCK)
+        })
+        .map_err(DaemonError::Signals)?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(async move {
+            let _ = stop_rx.await;
+        }),
+        Ok(Err(e)) => Err(DaemonError::Signals(e)),
+        Err(_) => Err(DaemonError::Signals(std::io::Error::other(
+            "the signal thread ended",
+        ))),
+    }
+}
