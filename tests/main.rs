@@ -26,3 +26,4 @@ mod pyjson_differential;
 mod restart;
 mod schemathesis;
 mod soak;
+mod storage_full;

@@ -6,14 +6,12 @@
 //! The storage path is a small tmpfs, so these tests need root (to mount it); they say so
 //! and pass without running otherwise.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// Size of the storage's filesystem.

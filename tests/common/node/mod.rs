@@ -144,6 +144,21 @@ impl TestNode {
         }
     }
 
+    /// Waits (bounded) for the process to exit by itself.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("node is not running");
+        match tokio::time::timeout(deadline, child.wait()).await {
+            Ok(status) => status.expect("wait for webhookd"),
+            Err(_) => {
+                let _ = child.kill().await;
+                panic!(
+                    "webhookd did not exit within {deadline:?}\n{}",
+                    self.config.log()
+                );
+            }
+        }
+    }
+
     /// Starts the node again on the same config and data (SIGKILLs it first if still running).
     /// The admin exists already, so the new process must not print admin keys.
     pub async fn restart(&mut self) {
