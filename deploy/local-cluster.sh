@@ -2,67 +2,75 @@
 # Runs a three-node webhookd cluster on this machine: node1..node3 on 127.0.0.1..127.0.0.3,
 # HTTP on port 8081 and cluster traffic on port 7081 of each address.
 #
-#   deploy/local-cluster.sh start    build once (release), start the three nodes in the background
+#   deploy/local-cluster.sh start    build (cargo build --release), start the stopped nodes
 #   deploy/local-cluster.sh status   show each node's process and /ready answer
 #   deploy/local-cluster.sh stop     stop the nodes (SIGTERM, then wait for them to exit)
 #
-# Logs go to deploy/local/logs/nodeN.log, pid files to deploy/local/run/nodeN.pid, data to
-# ./data/nodeN (relative to the repository root). The cluster cookie is generated on the
-# first start and kept in deploy/local/run/cookie.
+# Everything the cluster writes goes under deploy/local/run (git-ignored; set
+# LOCAL_CLUSTER_DIR to use another directory): nodeN/ is node N's storage, nodeN.log its
+# stdout and stderr, nodeN.pid its pid, cookie the cluster cookie generated on the first
+# start. The binary is the one cargo builds: $CARGO_TARGET_DIR/release/webhookd when
+# CARGO_TARGET_DIR is set, else target/release/webhookd.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-run_dir="deploy/local/run"
-log_dir="deploy/local/logs"
-bin="target/release/webhookd"
+state="${LOCAL_CLUSTER_DIR:-deploy/local/run}"
+target_dir="${CARGO_TARGET_DIR:-target}"
+bin="$target_dir/release/webhookd"
 nodes=(1 2 3)
 
-pid_of() { cat "$run_dir/node$1.pid" 2>/dev/null || true; }
+pid_of() { cat "$state/node$1.pid" 2>/dev/null || true; }
 alive() { local pid; pid="$(pid_of "$1")"; [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+log_lines() { if [ -f "$state/node$1.log" ]; then wc -l < "$state/node$1.log"; else echo 0; fi; }
 
 start() {
-  echo "building (cargo build --release; the first build takes several minutes)..."
+  echo "building $bin (cargo build --release; the first build takes several minutes)..."
   cargo build --release
-  mkdir -p "$run_dir" "$log_dir"
-  # Remember where each log ends, to show only what this start printed.
-  declare -A log_lines
-  for n in "${nodes[@]}"; do
-    log_lines[$n]=$(wc -l < "$log_dir/node$n.log" 2>/dev/null || echo 0)
-  done
-  if [ ! -s "$run_dir/cookie" ]; then
-    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$run_dir/cookie"
+  mkdir -p "$state"
+  # Remember where each log ends, to find what this start printed.
+  declare -A seen
+  for n in "${nodes[@]}"; do seen[$n]="$(log_lines "$n")"; done
+  if [ ! -s "$state/cookie" ]; then
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$state/cookie"
   fi
-  local cookie; cookie="$(cat "$run_dir/cookie")"
+  local cookie; cookie="$(cat "$state/cookie")"
+  local started=()
   for n in "${nodes[@]}"; do
     if alive "$n"; then
       echo "node$n already running (pid $(pid_of "$n"))"
       continue
     fi
-    WEBHOOKD_CLUSTER__COOKIE="$cookie" nohup "$bin" serve --config "deploy/local/node$n.toml" \
-      >>"$log_dir/node$n.log" 2>&1 </dev/null &
-    echo $! > "$run_dir/node$n.pid"
-    echo "node$n started (pid $!), http://127.0.0.$n:8081, log $log_dir/node$n.log"
+    WEBHOOKD_CLUSTER__COOKIE="$cookie" WEBHOOKD_STORAGE__PATH="$state/node$n" \
+      nohup "$bin" serve --config "deploy/local/node$n.toml" \
+      >>"$state/node$n.log" 2>&1 </dev/null &
+    echo $! > "$state/node$n.pid"
+    started+=("$n")
+    echo "node$n started (pid $!), http://127.0.0.$n:8081, log $state/node$n.log"
   done
-  # Wait (bounded) until every node answers /ready, then show the admin keys if this was
-  # the first start.
+  # Wait (at most 10 s) until every node answers /ready or has exited.
   for _ in $(seq 1 50); do
-    local ready=0
+    local waiting=0
     for n in "${nodes[@]}"; do
-      curl -fs "http://127.0.0.$n:8081/ready" >/dev/null 2>&1 && ready=$((ready + 1))
+      if alive "$n" && ! curl -fs --max-time 1 "http://127.0.0.$n:8081/ready" >/dev/null 2>&1; then
+        waiting=$((waiting + 1))
+      fi
     done
-    [ "$ready" -eq "${#nodes[@]}" ] && break
+    [ "$waiting" -eq 0 ] && break
     sleep 0.2
   done
   status
   local keys=""
-  for n in "${nodes[@]}"; do
-    keys+="$(tail -n +"$((log_lines[$n] + 1))" "$log_dir/node$n.log" 2>/dev/null | grep "^admin " || true)"
+  for n in "${started[@]}"; do
+    keys+="$(tail -n +"$((seen[$n] + 1))" "$state/node$n.log" | grep "^admin " || true)"
   done
+  echo
   if [ -n "$keys" ]; then
-    echo
-    echo "Admin account created. Record these keys now: they are never shown again."
+    echo "Admin account created. Record these keys now: no node prints them again."
     echo "$keys"
+  else
+    echo "Admin keys: printed on the cluster's first start only, by the node that owns the"
+    echo "admin account; they stay in its log: grep '^admin ' $state/node*.log"
   fi
 }
 
@@ -73,7 +81,7 @@ status() {
       ready="$(curl -s --max-time 2 "http://127.0.0.$n:8081/ready" || echo 'no answer')"
       echo "node$n running (pid $(pid_of "$n")): $ready"
     else
-      echo "node$n stopped"
+      echo "node$n stopped (see $state/node$n.log)"
     fi
   done
 }
@@ -93,7 +101,7 @@ stop() {
       echo "node$n did not stop in time; killing it"
       kill -KILL "$(pid_of "$n")" || true
     fi
-    rm -f "$run_dir/node$n.pid"
+    rm -f "$state/node$n.pid"
     echo "node$n stopped"
   done
 }

@@ -13,24 +13,12 @@ use figment::{Figment, Source};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+mod error;
+
+pub use error::ConfigError;
+
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "WEBHOOKD_";
-
-/// A configuration that could not be loaded or failed validation.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file, the environment or a value could not be parsed into the schema.
-    #[error("invalid configuration: {0}")]
-    Parse(String),
-    /// A value parsed but is out of its allowed range.
-    #[error("invalid configuration: key `{key}`: {reason}")]
-    Invalid {
-        /// Dotted path of the offending key.
-        key: &'static str,
-        /// Why the value is refused.
-        reason: String,
-    },
-}
 
 /// The whole effective configuration of one node.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -344,10 +332,8 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Parse(e.to_string()))?;
-        config.validate()?;
+        let config: Config = figment.extract()?;
+        config.validate().map_err(|e| e.located(&figment))?;
         Ok(Loaded { config, figment })
     }
 
@@ -452,17 +438,10 @@ impl Config {
                 reason: format!("delays must be zero or positive seconds, got {bad}"),
             });
         }
-        if self
-            .log
-            .level
-            .parse::<tracing_subscriber::EnvFilter>()
-            .is_err()
-        {
-            return Err(ConfigError::Invalid {
-                key: "log.level",
-                reason: format!("`{}` is not a valid level filter", self.log.level),
-            });
-        }
+        error::check_log_level(&self.log.level).map_err(|reason| ConfigError::Invalid {
+            key: "log.level",
+            reason,
+        })?;
         Ok(())
     }
 
@@ -584,6 +563,34 @@ mod tests {
         std::fs::write(&path, "[http]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").unwrap();
         let err = Config::load(Some(&path)).err().unwrap().to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_file_without_figment_internals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[http]\nlisten = \"localhost:80\"\n").unwrap();
+        let err = Config::load(Some(&path)).err().unwrap().to_string();
+        assert!(
+            err.starts_with("invalid configuration: key http.listen in "),
+            "{err}"
+        );
+        assert!(err.contains("IP:PORT"), "{err}");
+        assert!(
+            !err.contains("default.") && !err.contains("TOML file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_log_level_is_refused() {
+        let mut c = Config::default();
+        c.log.level = "loud".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid configuration: key log.level: "),
+            "{err}"
+        );
     }
 
     #[test]

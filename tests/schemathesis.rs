@@ -4,8 +4,9 @@
 //! in this process standing in for account endpoints; creates a non-admin account (with one
 //! registration, a subscription and a trigger) through the API; then runs
 //! `schemathesis run openapi/openapi.json --url <node>` authenticated as that account, with a
-//! bounded budget and every check. The test fails when schemathesis reports a failure, and
-//! when schemathesis is missing: `.ci/run` installs the pinned version.
+//! bounded budget and every check. The test fails when schemathesis reports a failure. It
+//! brings its own pinned schemathesis (see [`schemathesis_command`]), so it needs only
+//! `python3` with its `venv` module, and network access on its first run.
 //!
 //! Every outbound call of the node stays on loopback: `tests/schemathesis_hooks.py` rewrites
 //! any http(s) `endpoint` that schemathesis draws to the stand-in, and the node's endpoint
@@ -31,8 +32,7 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::time::{timeout, timeout_at, Instant};
 
-/// The schemathesis release whose CLI this test uses (flags changed between v3 and v4);
-/// `.ci/run` installs exactly this one.
+/// The schemathesis release whose CLI this test uses (flags changed between v3 and v4).
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
 /// Test cases per operation and phase (`--max-examples`), sized for a run well under 90 s on
 /// two cores.
@@ -48,49 +48,115 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(60);
 /// The account schemathesis authenticates as.
 const USERNAME: &str = "schemathesis";
 
-/// The installed schemathesis command (`schemathesis`, else `st`), or a failure that says
-/// how to install it.
-async fn schemathesis_command() -> &'static str {
-    let mut seen = Vec::new();
+/// How long installing schemathesis into the test's virtual environment may take.
+const INSTALL_DEADLINE: Duration = Duration::from_secs(900);
+
+/// The schemathesis version `program --version` reports, `None` when it is another program
+/// or cannot run.
+async fn version_of(program: &Path) -> Option<String> {
+    let probe = Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = match timeout(PROBE_DEADLINE, probe).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(_)) => return None,
+        Err(_) => panic!(
+            "`{} --version` did not answer within {PROBE_DEADLINE:?}",
+            program.display()
+        ),
+    };
+    // `st` may be an unrelated program.
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("schemathesis, version "))
+        .map(|v| v.trim().to_string())
+}
+
+/// The pinned schemathesis: the one on the PATH when it is that version, else the test's
+/// own, installed on first use into a virtual environment under `target/` (cargo's scratch
+/// directory for integration tests), so a plain `cargo test` needs only `python3`.
+async fn schemathesis_command() -> PathBuf {
     for program in ["schemathesis", "st"] {
-        let probe = Command::new(program)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output();
-        let output = match timeout(PROBE_DEADLINE, probe).await {
-            Ok(Ok(output)) => output,
-            Ok(Err(e)) => {
-                seen.push(format!("`{program}`: {e}"));
-                continue;
-            }
-            Err(_) => panic!("`{program} --version` did not answer within {PROBE_DEADLINE:?}"),
-        };
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        // `st` may be an unrelated program.
-        let Some(version) = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("schemathesis, version "))
-        else {
-            seen.push(format!("`{program} --version` printed {text:?}"));
-            continue;
-        };
-        assert_eq!(
-            version.trim(),
-            SCHEMATHESIS_VERSION,
-            "`{program}` is schemathesis {version}, this test needs {SCHEMATHESIS_VERSION}: \
-             run .ci/run (it installs schemathesis=={SCHEMATHESIS_VERSION}) or \
-             `python3 -m pip install 'schemathesis=={SCHEMATHESIS_VERSION}'`"
-        );
-        return program;
+        if version_of(Path::new(program)).await.as_deref() == Some(SCHEMATHESIS_VERSION) {
+            return PathBuf::from(program);
+        }
     }
-    panic!(
-        "schemathesis is not installed (tried {}): run .ci/run, which installs \
-         schemathesis=={SCHEMATHESIS_VERSION} with pip and puts it on PATH",
-        seen.join("; ")
+    let venv =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("schemathesis-{SCHEMATHESIS_VERSION}"));
+    let program = venv.join("bin").join("schemathesis");
+    let installed = venv.join("installed");
+    if !installed.exists() {
+        install(&venv).await;
+        std::fs::write(&installed, SCHEMATHESIS_VERSION).expect("mark the virtual environment");
+    }
+    let version = version_of(&program).await;
+    assert_eq!(
+        version.as_deref(),
+        Some(SCHEMATHESIS_VERSION),
+        "{} is not schemathesis {SCHEMATHESIS_VERSION}: remove {} to reinstall it",
+        program.display(),
+        venv.display()
     );
+    program
+}
+
+/// Creates `venv` with `python3 -m venv` and installs the pinned schemathesis into it.
+async fn install(venv: &Path) {
+    let _ = std::fs::remove_dir_all(venv);
+    println!(
+        "installing schemathesis {SCHEMATHESIS_VERSION} into {} (first run only)",
+        venv.display()
+    );
+    let pin = format!("schemathesis=={SCHEMATHESIS_VERSION}");
+    let steps: [(Command, String); 2] = [
+        {
+            let mut cmd = Command::new("python3");
+            cmd.args(["-m", "venv"]).arg(venv);
+            (
+                cmd,
+                "`python3 -m venv` failed: install Python's venv module (Debian and Ubuntu: \
+                 `apt-get install python3-venv`)"
+                    .to_string(),
+            )
+        },
+        {
+            let mut cmd = Command::new(venv.join("bin").join("python"));
+            cmd.args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(&pin);
+            (
+                cmd,
+                format!(
+                    "pip could not install {pin} (it needs network access to PyPI once); \
+                     or install {pin} yourself so that `schemathesis` is on the PATH"
+                ),
+            )
+        },
+    ];
+    for (mut cmd, hint) in steps {
+        cmd.stdin(Stdio::null()).kill_on_drop(true);
+        let output = timeout(INSTALL_DEADLINE, cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("{hint} (no answer within {INSTALL_DEADLINE:?})"));
+        match output {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => panic!(
+                "{hint}\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => panic!("{hint} ({e}; is python3 installed?)"),
+        }
+    }
 }
 
 /// The account endpoints' stand-in, shared by every account of the run.
@@ -450,7 +516,7 @@ warnings = false
 
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let report_dir = dir.path().join("schemathesis-report");
-    let mut cmd = Command::new(program);
+    let mut cmd = Command::new(&program);
     clean_env(&mut cmd);
     cmd.arg("--config-file")
         .arg(&config)

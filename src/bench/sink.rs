@@ -9,6 +9,12 @@
 //!   fan-out of hundreds of thousands of deliveries costs a few MB.
 //!
 //! The sink answers every POST with an empty 200 and never looks at the signatures.
+//!
+//! Its listen backlog is [`BACKLOG`], not the usual 128: a node opens up to
+//! `delivery.max_in_flight` (256 by default) connections at once when a fan-out starts, and
+//! keeps up to four times that many idle. A connection that does not fit in the backlog has
+//! its SYN dropped and retried a second later, so a small backlog turns into a one-second
+//! straggler and a deliveries/s figure that varies fourfold between identical runs.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -23,7 +29,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -33,6 +39,23 @@ use super::error::{BenchError, BenchResult};
 pub const NO_SEQ: u32 = u32::MAX;
 /// Subscriber index of a POST whose path is not `/s/<n>`.
 pub const NO_SUBSCRIBER: u32 = u32::MAX;
+
+/// Connections the sink's listener queues before it accepts them: Linux's cap
+/// (`net.core.somaxconn`, 4096 on current kernels), four times the idle connections a node
+/// with the default `delivery.max_in_flight` keeps.
+pub const BACKLOG: u32 = 4096;
+
+/// Binds `listen` with a backlog of [`BACKLOG`].
+pub fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if listen.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    socket.listen(BACKLOG)
+}
 
 /// A monotonic clock shared by the sink and the runner, in µs since its epoch.
 #[derive(Debug, Clone, Copy)]
@@ -92,8 +115,7 @@ pub struct Sink {
 impl Sink {
     /// Binds `listen` (use port 0 for a free port) and starts serving.
     pub async fn start(listen: SocketAddr) -> BenchResult<Self> {
-        let listener = TcpListener::bind(listen)
-            .await
+        let listener = bind(listen)
             .map_err(|e| BenchError::io(format!("sink: cannot listen on {listen}"), e))?;
         let addr = listener
             .local_addr()
@@ -362,6 +384,31 @@ mod tests {
         // A count never reached gives up at the deadline.
         let soon = Instant::now() + Duration::from_millis(50);
         assert!(!sink.wait_for_posts(3, soon).await);
+    }
+
+    /// Every connection a node may open at once completes its handshake while the sink is
+    /// not accepting yet: none waits for a SYN retry (one second on Linux).
+    #[tokio::test]
+    async fn backlog_holds_a_node_worth_of_connections() {
+        // The idle connections a node keeps: 4 per attempt in flight (`daemon::build_node`).
+        let node_connections = 4 * crate::config::Config::default().delivery.max_in_flight;
+        assert!(BACKLOG as usize >= node_connections);
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connects = JoinSet::new();
+        for _ in 0..node_connections {
+            connects.spawn(tokio::time::timeout(
+                Duration::from_millis(700),
+                tokio::net::TcpStream::connect(addr),
+            ));
+        }
+        let mut open = Vec::new();
+        while let Some(done) = connects.join_next().await {
+            let stream = done.unwrap().expect("a connection waited for a SYN retry");
+            open.push(stream.unwrap());
+        }
+        assert_eq!(open.len(), node_connections);
+        drop(listener);
     }
 
     #[test]

@@ -91,7 +91,8 @@ async fn answer<H: Handler>(
         method = %method,
         route = template,
         status,
-        latency_ms = took.as_secs_f64() * 1000.0,
+        // Whole microseconds over 1000: prints as `0.649`, not `0.6490000000000001`.
+        latency_ms = took.as_micros() as f64 / 1000.0,
         "request"
     );
     response
