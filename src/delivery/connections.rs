@@ -69,6 +69,22 @@ struct Idle {
     count: usize,
 }
 
+impl Idle {
+    /// Takes out the least recently used idle connection, if any.
+    fn evict_oldest(&mut self) -> Option<Conn> {
+        let oldest = self
+            .by_authority
+            .iter()
+            .filter_map(|(authority, conns)| conns.first().map(|c| (c.last_used, authority)))
+            .min_by_key(|(used, _)| *used)
+            .map(|(_, authority)| authority.clone())?;
+        let conns = self.by_authority.get_mut(&oldest)?;
+        let conn = conns.remove(0);
+        self.count -= 1;
+        Some(conn)
+    }
+}
+
 /// The node's idle delivery connections, shared by the delivery workers.
 pub struct DeliveryConnections {
     idle: Mutex<Idle>,
@@ -125,10 +141,16 @@ impl DeliveryConnections {
         conn
     }
 
-    /// Keeps `conn` for the next delivery to its endpoint (closes it when the set is full).
+    /// Keeps `conn` for the next delivery to its endpoint. When the set is full, the least
+    /// recently used idle connection makes room: connections to endpoints that went away
+    /// (a restarted receiver) must not crowd out the live ones until they time out.
     fn put_back(&self, mut conn: Conn) {
         conn.last_used = Instant::now();
         let mut idle = self.lock();
+        let evicted = match idle.count < self.max_idle {
+            true => None,
+            false => idle.evict_oldest(),
+        };
         if idle.count < self.max_idle {
             idle.count += 1;
             // Looked up before inserting: the key is only copied for a new endpoint.
@@ -138,10 +160,10 @@ impl DeliveryConnections {
                     idle.by_authority.insert(conn.authority.clone(), vec![conn]);
                 }
             }
-            return;
         }
-        // Full: `conn` closes once the lock is released.
+        // Closed (dropped) outside the lock: the evicted one, or `conn` if nothing could go.
         drop(idle);
+        drop(evicted);
     }
 
     /// A live idle connection to `authority`; stale and closed ones are dropped on the way.
@@ -441,20 +463,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn idle_connections_are_reused_up_to_the_limit() {
+    async fn idle_connections_are_reused_and_the_least_recently_used_makes_room() {
         let ((a, a_opened), (b, b_opened)) = (server().await, server().await);
-        // Room for one idle connection: the second endpoint's is closed after use.
+        // Room for one idle connection.
         let conns = DeliveryConnections::new(1, 64 * 1024);
         for _ in 0..3 {
             assert_eq!(post(&conns, a).await, 200);
-            assert_eq!(post(&conns, b).await, 200);
         }
         assert_eq!(a_opened.load(Ordering::SeqCst), 1);
-        assert_eq!(b_opened.load(Ordering::SeqCst), 3);
+        // The newest connection stays; the older one makes room for it.
+        for _ in 0..3 {
+            assert_eq!(post(&conns, b).await, 200);
+        }
+        assert_eq!(b_opened.load(Ordering::SeqCst), 1);
+        assert_eq!(post(&conns, a).await, 200);
+        assert_eq!(a_opened.load(Ordering::SeqCst), 2);
 
         // Fresh connections survive a prune.
         conns.prune();
         assert_eq!(post(&conns, a).await, 200);
-        assert_eq!(a_opened.load(Ordering::SeqCst), 1);
+        assert_eq!(a_opened.load(Ordering::SeqCst), 2);
     }
 }
