@@ -8,10 +8,12 @@
 //! [`DOWN_AFTER_MS`]: a peer silent for 1.5 s is down), stricter than the defaults
 //! (500 ms / 3 s). The load: 3,000 subscription writes spread over the nodes, then
 //! [`TRIGGERS`] fan-outs of the 3,000 (fan-out, hand-off and deliveries on every node, and
-//! the test's endpoint server), while [`BURNERS`] `yes > /dev/null` processes take the
-//! machine's cores from them; the burners live only until the last delivery (and die with
-//! the test). With the transport on the nodes' main runtime instead, this load marks peers
-//! down within seconds and triggers answer 503.
+//! the test's endpoint server), while [`BURNERS`] `yes > /dev/null` processes compete for
+//! the cores and the nodes run at nice [`NODE_NICE`], so each node gets a small share of a
+//! saturated machine — a node whose runtime is always behind. The burners live only until
+//! the last delivery (and die with the test). With the transport on the nodes' main
+//! runtime instead (and only pings counting as signs of life), this load marks peers down
+//! within seconds and requests answer 503.
 //!
 //! Two observers count peer state changes, from the first subscription to the last delivery:
 //! each node's `/ready` is polled for its peers' states, and each node's log is searched for
@@ -29,6 +31,9 @@ const SUBSCRIPTIONS_PER_ACCOUNT: usize = 100;
 const TRIGGERS: usize = 6;
 /// CPU-burning processes during the fan-outs: one per core of the 2-core test machines.
 const BURNERS: usize = 2;
+/// The nodes' nice value during the load: the burners (and the rest of the machine) get
+/// about ten times a node thread's share of a busy core.
+const NODE_NICE: libc::c_int = 10;
 /// Pause between two rounds of the observers' probes.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 const LOG_LINE_DOWN: &str = "peer is down";
@@ -68,6 +73,19 @@ fn cpu_secs(c: &TestCluster) -> Vec<f64> {
             (field(14) + field(15)) / ticks
         })
         .collect()
+}
+
+/// Sets the nice value of every thread of process `pid` (Linux applies `setpriority` to
+/// one thread; threads started later inherit their creator's value).
+fn lower_priority(pid: u32, nice: libc::c_int) {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the node's threads");
+    for task in tasks {
+        let name = task.expect("a thread entry").file_name();
+        let tid: libc::id_t = name.to_string_lossy().parse().expect("a thread id");
+        // SAFETY: setpriority(2) on a thread of our own child; no memory is passed.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+        assert_eq!(rc, 0, "setpriority({tid}, {nice}) failed");
+    }
 }
 
 fn load_average() -> String {
@@ -148,6 +166,9 @@ async fn a_full_load_fanout_marks_no_healthy_peer_down() {
         })
         .collect();
 
+    for node in &c.nodes {
+        lower_priority(node.pid(), NODE_NICE);
+    }
     let down_before = down_lines(&c);
     let cpu_before = cpu_secs(&c);
     let stop = AtomicBool::new(false);
