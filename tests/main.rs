@@ -12,6 +12,7 @@ mod common;
 
 mod admin_rules;
 mod architecture;
+mod auth_flood;
 mod cli;
 mod cluster;
 mod config_and_logs;

@@ -8,13 +8,16 @@
 //! 3. SIGKILL of node C during a 3,000-subscription fan-out: C's shards answer 503 while it
 //!    is down, the rest works, and after its restart every subscription has been served;
 //! 4. a node with another cookie, or another member list, is refused and the logs say why;
-//! 5. a hung node (SIGSTOP) is marked down within `down_after_ms` and up after SIGCONT.
+//! 5. a hung node (SIGSTOP) is marked down within `down_after_ms` and up after SIGCONT;
+//! 6. a full-load fan-out, triggered several times, marks no healthy peer down.
 //!
 //! The cluster tests run one at a time ([`SERIAL`]): each starts several processes, and the
-//! timing assertions must not compete with another cluster's fan-out for the CPU.
+//! timing assertions must not compete with another cluster's fan-out for the CPU. Other
+//! suites whose assertions are timings (`auth_flood`) take the same lock.
 
 mod fanout;
 mod hung_peer;
+mod liveness;
 mod misconfigured;
 mod scenario;
 mod sigkill;
@@ -28,7 +31,7 @@ use crate::common::scenario::{functional_scenario, Scenario};
 use crate::common::*;
 use serde_json::{json, Value};
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The `event_data` of the test registrations (its Python `json.dumps` form is the body).
 fn event_data() -> Value {
