@@ -183,6 +183,10 @@ pub struct DeliveryConfig {
     pub retry_delays_secs: Vec<f64>,
     /// Delivery attempts running at once at most (the size of the worker pool).
     pub max_in_flight: usize,
+    /// Outcomes that may await their commit at once; an attempt does not start while
+    /// this many are waiting. With `max_in_flight` it bounds the deliveries a crash makes
+    /// the node send again: at most `max_in_flight + commit_window`.
+    pub commit_window: usize,
     /// Finished deliveries and their attempt logs are removed after this many hours.
     pub log_retention_hours: f64,
     /// How often the retention sweep runs.
@@ -195,6 +199,7 @@ impl Default for DeliveryConfig {
             max_failed_count: 250,
             retry_delays_secs: vec![120.0, 120.0, 3600.0],
             max_in_flight: 256,
+            commit_window: 1024,
             log_retention_hours: 72.0,
             sweep_interval_secs: 300.0,
         }
@@ -389,11 +394,15 @@ impl Config {
             "delivery.sweep_interval_secs",
             self.delivery.sweep_interval_secs,
         )?;
-        if !(1..=100_000).contains(&self.delivery.max_in_flight) {
-            return Err(ConfigError::Invalid {
-                key: "delivery.max_in_flight",
-                reason: "must be between 1 and 100000".into(),
-            });
+        let delivery = &self.delivery;
+        for (key, value) in [
+            ("delivery.max_in_flight", delivery.max_in_flight),
+            ("delivery.commit_window", delivery.commit_window),
+        ] {
+            if !(1..=100_000).contains(&value) {
+                let reason = "must be between 1 and 100000".into();
+                return Err(ConfigError::Invalid { key, reason });
+            }
         }
         if !self.security.auth_cache_ttl_secs.is_finite() || self.security.auth_cache_ttl_secs < 0.0
         {
@@ -594,10 +603,16 @@ mod tests {
     }
 
     #[test]
-    fn negative_delay_is_refused() {
+    fn out_of_range_delivery_settings_are_refused() {
         let mut c = Config::default();
         c.delivery.retry_delays_secs = vec![1.0, -1.0];
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("delivery.retry_delays_secs"), "{err}");
+        c.delivery = DeliveryConfig {
+            commit_window: 0,
+            ..DeliveryConfig::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("delivery.commit_window"), "{err}");
     }
 }

@@ -93,6 +93,7 @@ pub fn build_service(config: &Config, store: Store) -> Result<Service, DaemonErr
             retry: RetryPolicy::from_secs(&config.delivery.retry_delays_secs),
             max_failed_count: config.delivery.max_failed_count,
             max_in_flight: config.delivery.max_in_flight,
+            commit_window: config.delivery.commit_window,
             attempt_timeout: Duration::from_secs_f64(config.http_client.timeout_secs),
             retention: Duration::from_secs_f64(config.delivery.log_retention_hours * 3600.0),
             sweep_interval: Duration::from_secs_f64(config.delivery.sweep_interval_secs),

@@ -30,6 +30,9 @@ pub struct DeliveryContext {
     pub max_failed_count: u64,
     /// Attempts running at once at most.
     pub max_in_flight: usize,
+    /// Outcomes waiting for their commit at most; with `max_in_flight`, the bound on the
+    /// deliveries a crash re-sends (see the work queue).
+    pub commit_window: usize,
     /// Timeout of one outbound request.
     pub attempt_timeout: Duration,
     /// How long finished deliveries are kept.

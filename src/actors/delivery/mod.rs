@@ -8,7 +8,10 @@
 //! message per busy spell, not two per attempt. The writer records outcomes in batches:
 //! the attempt log, the next due time and the subscriber's `failed_count` change in one
 //! atomic write. An attempt leaves its pending batch or the due queue only with its
-//! outcome, so a crash at any point re-runs it after restart (at-least-once).
+//! outcome, so a crash at any point re-runs it after restart (at-least-once). An attempt
+//! starts only with a place in the commit window, which it keeps until its outcome is
+//! committed: at most `delivery.max_in_flight + delivery.commit_window` deliveries are
+//! ever attempted and not on disk, so a crash re-sends at most that many ([`queue`]).
 //!
 //! Workers are linked children and show the attempt they are making in a slot: a
 //! panicking worker is reported to the supervisor, which records that attempt as failed and

@@ -1,5 +1,10 @@
 //! Outcomes: how an attempt's result becomes an [`Outcome`], and the outcome writer that
 //! records them in batches.
+//!
+//! The writer commits whenever outcomes wait, at most every [`OUTCOME_COMMIT_GAP`], so an
+//! outcome reaches the disk within that gap plus one write and flush. Each outcome holds
+//! its attempt's place in the commit window until then (see `queue`): what a crash can
+//! re-send stays bounded, however far the writer falls behind.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +13,7 @@ use ractor::ActorRef;
 use tokio::sync::mpsc;
 
 use super::messages::DeliveryMsg;
+use super::queue::Uncommitted;
 use crate::actors::{now_us, NodeState};
 use crate::delivery::metrics::Counted;
 use crate::store::{Attempt, DeliveryState, DueEntry, FailedCountChange, Outcome};
@@ -58,10 +64,11 @@ pub(super) fn failure(
 /// in one transaction), flushes each batch (one group commit) and reports it to the
 /// supervisor. Off the supervisor, so dispatch never waits for storage; outcomes that
 /// arrive during a write, a flush or the [`OUTCOME_COMMIT_GAP`] make the next batch
-/// bigger.
+/// bigger. Their places in the commit window are given back once the batch is flushed
+/// (or its write failed).
 pub(super) async fn write_outcomes(
     ctx: Arc<NodeState>,
-    mut outcomes: mpsc::UnboundedReceiver<Outcome>,
+    mut outcomes: mpsc::UnboundedReceiver<Uncommitted>,
     supervisor: ActorRef<DeliveryMsg>,
 ) {
     let mut batch = Vec::with_capacity(OUTCOME_BATCH);
@@ -76,7 +83,8 @@ pub(super) async fn write_outcomes(
             batch.push(outcome);
         }
         last_commit = tokio::time::Instant::now();
-        let taken = std::mem::take(&mut batch);
+        let (taken, places): (Vec<Outcome>, Vec<_>) =
+            batch.drain(..).map(|u| (u.outcome, u.permit)).unzip();
         let keys: Vec<Vec<u8>> = taken.iter().map(|o| o.due.record_key.clone()).collect();
         let finished = taken.iter().filter(|o| o.next_due_us.is_none()).count();
         let first = taken.iter().filter(|o| o.due.attempts == 0).count();
@@ -117,6 +125,8 @@ pub(super) async fn write_outcomes(
                 0
             }
         };
+        // Committed (or not written): room for as many new attempts.
+        drop(places);
         // A stopped supervisor means the node is stopping: nothing left to free.
         let _ = supervisor.cast(DeliveryMsg::Flushed {
             keys,

@@ -1,21 +1,43 @@
 //! The work queue between the supervisor and its workers: attempts waiting for a worker
 //! (retries ahead of first attempts, so a backlog of new deliveries does not hold back
-//! the retries already due) and the outcome writer's input.
+//! the retries already due), the outcome writer's input, and the commit window.
+//!
+//! The commit window bounds what a crash costs. A delivery is sent again after a crash
+//! when its attempt was made and its outcome was not on disk yet: the attempts in flight
+//! (at most `delivery.max_in_flight`, one per worker) and the outcomes waiting for their
+//! commit. Every attempt takes a permit before it starts and gives it back only once its
+//! outcome is committed, and there are `max_in_flight + delivery.commit_window` permits,
+//! so at most [`WorkQueue::resend_bound`] deliveries are ever attempted and not
+//! committed: no crash re-sends more. Commits stay batched; workers wait only when the
+//! writer falls a whole window behind.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::store::{DueEntry, Outcome};
+
+/// An outcome on its way to disk, holding its attempt's place in the commit window until
+/// it is committed.
+pub(super) struct Uncommitted {
+    pub(super) outcome: Outcome,
+    /// Given back when dropped, after the commit.
+    pub(super) permit: OwnedSemaphorePermit,
+}
 
 /// Attempts waiting for a worker, retries first, and where their outcomes go: shared by
 /// the supervisor, which fills it, and its workers, which empty it.
 pub struct WorkQueue {
     queued: Mutex<Queued>,
     /// The outcome writer's input; `None` once the node is stopping.
-    writer: Mutex<Option<mpsc::UnboundedSender<Outcome>>>,
+    writer: Mutex<Option<mpsc::UnboundedSender<Uncommitted>>>,
+    /// One permit per attempt that may be started and not committed; closed when the node
+    /// stops.
+    window: Arc<Semaphore>,
+    /// The number of permits: `max_in_flight + commit_window`.
+    resend_bound: usize,
     /// Set when the node stops: workers finish their attempt and take no more.
     stopping: AtomicBool,
 }
@@ -27,12 +49,28 @@ struct Queued {
 }
 
 impl WorkQueue {
-    pub(super) fn new(writer: mpsc::UnboundedSender<Outcome>) -> Self {
+    /// A queue whose outcomes go to `writer`, with room for `resend_bound` attempts made
+    /// and not committed.
+    pub(super) fn new(writer: mpsc::UnboundedSender<Uncommitted>, resend_bound: usize) -> Self {
         WorkQueue {
             queued: Mutex::new(Queued::default()),
             writer: Mutex::new(Some(writer)),
+            window: Arc::new(Semaphore::new(resend_bound)),
+            resend_bound,
             stopping: AtomicBool::new(false),
         }
+    }
+
+    /// The most deliveries ever attempted and not committed, hence the most a crash can
+    /// make the node send again: `max_in_flight + commit_window`.
+    pub(super) fn resend_bound(&self) -> usize {
+        self.resend_bound
+    }
+
+    /// Waits for room to start an attempt: a place in the commit window, held until the
+    /// attempt's outcome is committed. `None` once the node is stopping.
+    pub(super) async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.window.clone().acquire_owned().await.ok()
     }
 
     fn queued(&self) -> std::sync::MutexGuard<'_, Queued> {
@@ -69,16 +107,21 @@ impl WorkQueue {
         self.queued().retries.len()
     }
 
-    /// Hands an outcome to the writer; false when the node is stopping (the attempt stays
-    /// in the due queue or its pending batch, and runs again at the next start).
-    pub(super) fn record(&self, outcome: Outcome) -> bool {
+    /// Hands an outcome to the writer with its attempt's place in the commit window; false
+    /// when the node is stopping (the attempt stays in the due queue or its pending batch,
+    /// and runs again at the next start).
+    pub(super) fn record(&self, outcome: Outcome, permit: OwnedSemaphorePermit) -> bool {
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        writer.as_ref().is_some_and(|w| w.send(outcome).is_ok())
+        writer
+            .as_ref()
+            .is_some_and(|w| w.send(Uncommitted { outcome, permit }).is_ok())
     }
 
-    /// Stops handing out attempts and closes the writer's input.
+    /// Stops handing out attempts, wakes the workers waiting for room and closes the
+    /// writer's input.
     pub(super) fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+        self.window.close();
         self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
@@ -111,7 +154,7 @@ mod tests {
     #[test]
     fn the_queue_hands_out_retries_first_then_first_attempts_in_order() {
         let (writer, _outcomes) = mpsc::unbounded_channel();
-        let work = WorkQueue::new(writer);
+        let work = WorkQueue::new(writer, 4);
         {
             let mut q = work.queued();
             q.first_attempts.extend([entry(1, false), entry(2, false)]);
@@ -125,19 +168,54 @@ mod tests {
         assert_eq!(work.len(), 0);
     }
 
-    #[test]
-    fn a_stopped_queue_hands_out_nothing_and_closes_the_writer() {
+    #[tokio::test]
+    async fn an_attempt_holds_its_place_in_the_window_until_its_outcome_is_committed() {
         let (writer, mut outcomes) = mpsc::unbounded_channel();
-        let work = WorkQueue::new(writer);
+        let work = WorkQueue::new(writer, 2);
+        assert_eq!(work.resend_bound(), 2);
+        let first = work.admit().await.expect("room for the first attempt");
+        let second = work.admit().await.expect("room for the second attempt");
+        assert!(work.record(cancelled(entry(1, false)), first));
+        assert_eq!(
+            work.window.available_permits(),
+            0,
+            "an outcome handed to the writer is not committed yet"
+        );
+        let uncommitted = outcomes.try_recv().expect("the outcome reached the writer");
+        drop(uncommitted);
+        assert_eq!(
+            work.window.available_permits(),
+            1,
+            "a committed outcome frees its place"
+        );
+        drop(second);
+        assert_eq!(work.window.available_permits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_queue_hands_out_nothing_and_closes_the_writer() {
+        let (writer, mut outcomes) = mpsc::unbounded_channel();
+        let work = WorkQueue::new(writer, 4);
         work.queued().first_attempts.push_back(entry(1, false));
-        assert!(work.record(cancelled(entry(2, false))));
+        let permit = work.admit().await.expect("room before the stop");
+        assert!(work.record(cancelled(entry(2, false)), permit));
         work.stop();
         assert!(
             work.take().is_none(),
             "queued attempts wait for the next start"
         );
-        assert!(!work.record(cancelled(entry(3, false))));
-        assert_eq!(outcomes.try_recv().map(|o| o.due.record_key), Ok(vec![2]));
+        assert!(
+            work.admit().await.is_none(),
+            "no attempt starts after the stop"
+        );
+        let permit = Arc::new(Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a fresh permit");
+        assert!(!work.record(cancelled(entry(3, false)), permit));
+        assert_eq!(
+            outcomes.try_recv().map(|u| u.outcome.due.record_key).ok(),
+            Some(vec![2])
+        );
         assert!(
             matches!(
                 outcomes.try_recv(),

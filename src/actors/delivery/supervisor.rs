@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::messages::{DeliveryMsg, WorkerMsg};
 use super::outcomes::{failure, write_outcomes};
 use super::queue::WorkQueue;
-use super::worker::{lock_slot, DeliveryWorker, Slot};
+use super::worker::{lock_slot, DeliveryWorker, Running, Slot};
 use crate::actors::{now_us, NodeState};
 use crate::delivery::connections::IDLE_TIMEOUT;
 use crate::store::{Attempt, DueEntry};
@@ -161,7 +161,12 @@ impl DeliverySupervisor {
         };
         state.idle.retain(|id| *id != worker);
         let attempt = lock_slot(&lost.slot).take();
-        if let Some((due, started)) = attempt {
+        if let Some(Running {
+            due,
+            started,
+            permit,
+        }) = attempt
+        {
             self.ctx
                 .delivery
                 .metrics
@@ -176,7 +181,7 @@ impl DeliverySupervisor {
             let attempts_made = usize::from(due.attempts) + 1;
             let (outcome, counted) = failure(&self.ctx, due, attempt, attempts_made);
             self.ctx.delivery.metrics.count(counted, 1);
-            state.work.record(outcome);
+            state.work.record(outcome, permit);
         }
         // Boxed: spawning is a large future, and the supervisor's message futures, which
         // ractor moves for every message, would otherwise all be that large.
@@ -234,7 +239,19 @@ impl Actor for DeliverySupervisor {
         _: (),
     ) -> Result<Self::State, ActorProcessingErr> {
         let (writer, outcomes) = mpsc::unbounded_channel();
-        let work = Arc::new(WorkQueue::new(writer));
+        let delivery = &self.ctx.delivery;
+        let work = Arc::new(WorkQueue::new(
+            writer,
+            delivery
+                .max_in_flight
+                .saturating_add(delivery.commit_window),
+        ));
+        tracing::info!(
+            max_in_flight = delivery.max_in_flight,
+            commit_window = delivery.commit_window,
+            resend_bound = work.resend_bound(),
+            "delivery engine starting: a crash re-sends at most resend_bound deliveries"
+        );
         let mut workers = HashMap::with_capacity(self.ctx.delivery.max_in_flight);
         for _ in 0..self.ctx.delivery.max_in_flight {
             let (id, worker) = self.spawn_worker(&myself, &work).await?;
@@ -289,7 +306,7 @@ impl Actor for DeliverySupervisor {
                     .filter(|(_, w)| {
                         lock_slot(&w.slot)
                             .as_ref()
-                            .is_some_and(|(_, started)| started.elapsed() > deadline)
+                            .is_some_and(|r| r.started.elapsed() > deadline)
                     })
                     .map(|(id, _)| *id)
                     .collect();

@@ -2,13 +2,16 @@
 //! is empty, and hands each outcome to the outcome writer.
 //!
 //! A worker shows the attempt it is making in its [`Slot`], so that the supervisor can
-//! record that attempt as failed when the worker dies or hangs.
+//! record that attempt as failed when the worker dies or hangs. Before it takes an
+//! attempt it waits for a place in the commit window (see `queue`), which the attempt
+//! holds until its outcome is committed.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::messages::{DeliveryMsg, WorkerMsg};
 use super::outcomes::{cancelled, failure};
@@ -21,11 +24,21 @@ use crate::store::{
     Attempt, DeliveryState, DueEntry, FailedCountChange, Outcome, Scheduled, StoreError,
 };
 
-/// The attempt a worker is making and since when, so the supervisor can record it as
-/// failed if the worker dies or hangs. Whoever takes the attempt out records its outcome.
-pub type Slot = Arc<Mutex<Option<(DueEntry, Instant)>>>;
+/// An attempt being made.
+pub struct Running {
+    /// What is attempted.
+    pub due: DueEntry,
+    /// Since when.
+    pub started: Instant,
+    /// Its place in the commit window, handed to the writer with its outcome.
+    pub permit: OwnedSemaphorePermit,
+}
 
-pub(super) fn lock_slot(slot: &Slot) -> std::sync::MutexGuard<'_, Option<(DueEntry, Instant)>> {
+/// The attempt a worker is making, so the supervisor can record it as failed if the
+/// worker dies or hangs. Whoever takes the attempt out records its outcome.
+pub type Slot = Arc<Mutex<Option<Running>>>;
+
+pub(super) fn lock_slot(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Running>> {
     // Only ever holds a value moved in or out: a poisoned lock's content is still whole.
     slot.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -57,19 +70,28 @@ impl DeliveryWorker {
     /// Makes queued attempts until the queue is empty (or the node stops).
     async fn drain(&self) {
         let metrics = &self.ctx.delivery.metrics;
-        while let Some(due) = self.work.take() {
+        // Room in the commit window first: a full window holds back new attempts, never
+        // the outcomes of those made.
+        while let Some(permit) = self.work.admit().await {
+            let Some(due) = self.work.take() else {
+                break;
+            };
             // No await between taking the attempt and showing it: a worker that dies
             // always leaves it in its slot.
-            *lock_slot(&self.slot) = Some((due.clone(), Instant::now()));
+            *lock_slot(&self.slot) = Some(Running {
+                due: due.clone(),
+                started: Instant::now(),
+                permit,
+            });
             metrics.in_flight.fetch_add(1, Ordering::Relaxed);
             let (outcome, counted) = self.run(due).await;
             // Taken already: the supervisor gave up on this attempt and recorded it.
-            if lock_slot(&self.slot).take().is_none() {
+            let Some(running) = lock_slot(&self.slot).take() else {
                 continue;
-            }
+            };
             metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
             metrics.count(counted, 1);
-            self.work.record(outcome);
+            self.work.record(outcome, running.permit);
         }
     }
 
