@@ -6,9 +6,9 @@ use serde_json::{json, Value};
 use super::{ApiResult, Call};
 use crate::delivery::client::parse_endpoint;
 use crate::delivery::signing::standard_webhooks_secret;
-use crate::domain::{Caller, Credentials, WriteResult};
+use crate::domain::{Credentials, WriteResult};
 use crate::http::request::{invalid_field, string_field};
-use crate::http::response;
+use crate::http::{response, ApiError};
 use crate::service::{
     CreateAccount, DeleteAccount, DeleteLocalAccounts, GetAccount, Table, UpdateEndpoint,
 };
@@ -34,7 +34,7 @@ fn render(a: &Account, plaintext_key: Option<&str>) -> Value {
 }
 
 /// `endpoint` must be an absolute http(s) URL.
-fn endpoint_field(body: &serde_json::Map<String, Value>) -> Result<String, crate::http::ApiError> {
+fn endpoint_field(body: &serde_json::Map<String, Value>) -> Result<String, ApiError> {
     let endpoint = string_field(body, "endpoint")?;
     parse_endpoint(&endpoint)
         .map(|_| endpoint)
@@ -71,14 +71,17 @@ pub async fn get(c: Call, credentials: Credentials) -> ApiResult {
 }
 
 /// PATCH /v1/account — change the caller's endpoint (echo-checked).
-pub async fn update(mut c: Call, caller: Caller) -> ApiResult {
-    let body = c.req.json_object().await?;
-    let endpoint = endpoint_field(&body)?;
-    let result = c
-        .api
-        .service
-        .ask(UpdateEndpoint { caller, endpoint })
-        .await?;
+pub async fn update(mut c: Call, credentials: Credentials) -> ApiResult {
+    let endpoint = match c.req.json_object().await {
+        Ok(body) => endpoint_field(&body),
+        Err(e) => Err(e),
+    };
+    let endpoint = endpoint.map_err(ApiError::deferred);
+    let update = UpdateEndpoint {
+        credentials,
+        endpoint,
+    };
+    let result = c.api.service.ask(update).await?;
     Ok(response::json(StatusCode::OK, &json!(result)))
 }
 

@@ -4,12 +4,12 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use super::{ApiResult, Call};
-use crate::domain::{Caller, ServiceError, WriteResult};
+use crate::domain::{Caller, Credentials, ServiceError, WriteResult};
 use crate::http::request::{invalid_field, string_field};
 use crate::http::{response, ApiError};
 use crate::service::{
     CreateRegistration, DeleteLocalRegistrations, DeleteRegistration, ListOwnRegistrations,
-    PatchRegistration, Table,
+    NewRegistration, PatchRegistration, Table,
 };
 use crate::store::records::epoch_secs;
 use crate::store::Registration;
@@ -28,7 +28,18 @@ fn render(r: &Registration) -> Value {
 }
 
 /// POST /v1/webhook/registration — any account.
-pub async fn create(mut c: Call, caller: Caller) -> ApiResult {
+pub async fn create(mut c: Call, credentials: Credentials) -> ApiResult {
+    let registration = new_registration(&mut c).await.map_err(ApiError::deferred);
+    let create = CreateRegistration {
+        credentials,
+        registration,
+    };
+    let registration = c.api.service.ask(create).await?;
+    Ok(response::json(StatusCode::CREATED, &render(&registration)))
+}
+
+/// The body of a new registration.
+async fn new_registration(c: &mut Call) -> Result<NewRegistration, ApiError> {
     let body = c.req.json_object().await?;
     let event = string_field(&body, "event")?;
     if event.is_empty() {
@@ -42,24 +53,18 @@ pub async fn create(mut c: Call, caller: Caller) -> ApiResult {
     if event_data.len() > c.api.max_event_data {
         return Err(ApiError::EventDataTooLarge);
     }
-    let create = CreateRegistration {
-        caller,
+    Ok(NewRegistration {
         event,
         description,
         event_data,
-    };
-    let registration = c.api.service.ask(create).await?;
-    Ok(response::json(StatusCode::CREATED, &render(&registration)))
+    })
 }
 
 /// GET /v1/webhook/registration — the caller's own.
-pub async fn list_own(c: Call, caller: Caller) -> ApiResult {
-    let page = c.req.page()?;
-    let page = c
-        .api
-        .service
-        .ask(ListOwnRegistrations { caller, page })
-        .await?;
+pub async fn list_own(c: Call, credentials: Credentials) -> ApiResult {
+    let page = c.req.page().map_err(ApiError::deferred);
+    let list = ListOwnRegistrations { credentials, page };
+    let page = c.api.service.ask(list).await?;
     Ok(response::page("registrations", page, |r| render(&r)))
 }
 

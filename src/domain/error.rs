@@ -49,6 +49,9 @@ pub enum ServiceError {
         /// Seconds after which a retry may succeed.
         retry_after_secs: u64,
     },
+    /// 413 with the given message: a request body, or a part of it, over its limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// 500: a bug or corrupt data; details are logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),

@@ -46,6 +46,19 @@ fn error_body(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 }
 
 impl ApiError {
+    /// This error as the domain's, to travel with an operation that reports it only after
+    /// authenticating on another node (the guard order puts authentication first).
+    pub fn deferred(self) -> ServiceError {
+        match self {
+            ApiError::Service(e) => e,
+            ApiError::BadRequest(message) => ServiceError::BadRequest(message),
+            e @ (ApiError::PayloadTooLarge | ApiError::EventDataTooLarge) => {
+                ServiceError::TooLarge(e.to_string())
+            }
+            other => ServiceError::Internal(format!("not a request error: {other}")),
+        }
+    }
+
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -54,6 +67,7 @@ impl ApiError {
                 ServiceError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
                 ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
                 ServiceError::UsernameTaken => StatusCode::CONFLICT,
+                ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 ServiceError::TooManyKeyResets { .. }
                 | ServiceError::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
                 ServiceError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -108,19 +108,20 @@ served_by!(GetAccount, |op, shards| Some(username_shard(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpdateEndpoint {
     /// Who asks.
-    pub caller: Caller,
-    /// The new endpoint.
-    pub endpoint: String,
+    pub credentials: Credentials,
+    /// The new endpoint, or the body's error, reported once the caller is authenticated.
+    pub endpoint: Result<String, ServiceError>,
 }
 
 rpc!(UpdateEndpoint => Result<WriteResult, ServiceError>, "service/update_endpoint");
 
 impl Op for UpdateEndpoint {
     async fn run(self, service: Service) -> Self::Answer {
-        let endpoint = self.endpoint;
+        let caller = service.authenticate_here(&self.credentials).await?;
+        let endpoint = self.endpoint?;
         service
             .ctx
-            .ask_account(self.caller.id, |reply| AccountMsg::UpdateEndpoint {
+            .ask_account(caller.id, |reply| AccountMsg::UpdateEndpoint {
                 endpoint: endpoint.clone(),
                 reply,
             })
@@ -128,10 +129,10 @@ impl Op for UpdateEndpoint {
     }
 }
 
-served_by!(UpdateEndpoint, |op, shards| id_shard(
+served_by!(UpdateEndpoint, |op, shards| Some(username_shard(
     shards,
-    Some(&op.caller.id)
-));
+    &op.credentials.username
+)));
 
 /// Deletes an account with its cascade (the account itself, or an admin).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -25,7 +25,7 @@ pub use accounts::{
 pub use listing::{Listed, Table};
 pub use registrations::{
     CreateRegistration, DeleteLocalRegistrations, DeleteRegistration, ListOwnRegistrations,
-    PatchRegistration,
+    NewRegistration, PatchRegistration,
 };
 pub use subscriptions::{DeleteLocalSubscriptions, DeleteSubscription, Subscribe};
 pub use triggers::{DeliveryCounts, ListDeliveries, Redeliver, Requeue, Trigger, TriggerStatus};

@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::served_by;
-use super::{id_shard, Op, Service};
+use super::{id_shard, username_shard, Op, Service};
 use crate::actors::{AccountMsg, RegistrationMsg};
 use crate::cluster::rpc;
 use crate::domain::access;
-use crate::domain::{Caller, ServiceError, WriteResult};
+use crate::domain::{Caller, Credentials, ServiceError, WriteResult};
 use crate::store::{Page, PageRequest, Registration};
 
 pub(super) fn serve(service: &Service) {
@@ -22,11 +22,9 @@ pub(super) fn serve(service: &Service) {
     service.serve::<DeleteLocalRegistrations>();
 }
 
-/// Registers a webhook owned by the caller.
+/// The fields of a new registration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CreateRegistration {
-    /// The owner.
-    pub caller: Caller,
+pub struct NewRegistration {
     /// Event name.
     pub event: String,
     /// Description.
@@ -35,16 +33,25 @@ pub struct CreateRegistration {
     pub event_data: String,
 }
 
+/// Registers a webhook owned by the caller (its registrations live on its shard).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRegistration {
+    /// Who asks.
+    pub credentials: Credentials,
+    /// The registration, or the body's error, reported once the caller is authenticated.
+    pub registration: Result<NewRegistration, ServiceError>,
+}
+
 rpc!(CreateRegistration => Result<Registration, ServiceError>, "service/create_registration");
 
 impl Op for CreateRegistration {
     async fn run(self, service: Service) -> Self::Answer {
-        let Self {
-            caller,
+        let caller = service.authenticate_here(&self.credentials).await?;
+        let NewRegistration {
             event,
             description,
             event_data,
-        } = self;
+        } = self.registration?;
         service
             .ctx
             .ask_account(caller.id, |reply| AccountMsg::CreateRegistration {
@@ -57,35 +64,37 @@ impl Op for CreateRegistration {
     }
 }
 
-served_by!(CreateRegistration, |op, shards| id_shard(
+served_by!(CreateRegistration, |op, shards| Some(username_shard(
     shards,
-    Some(&op.caller.id)
-));
+    &op.credentials.username
+)));
 
 /// A page of the caller's registrations (they live on the caller's shard).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListOwnRegistrations {
-    /// The owner.
-    pub caller: Caller,
-    /// Which page.
-    pub page: PageRequest,
+    /// Who asks.
+    pub credentials: Credentials,
+    /// Which page, or the paging error, reported once the caller is authenticated.
+    pub page: Result<PageRequest, ServiceError>,
 }
 
 rpc!(ListOwnRegistrations => Result<Page<Registration>, ServiceError>, "service/list_own_registrations");
 
 impl Op for ListOwnRegistrations {
     async fn run(self, service: Service) -> Self::Answer {
+        let caller = service.authenticate_here(&self.credentials).await?;
+        let page = self.page?;
         Ok(service
             .ctx
             .store
-            .list_account_registrations(&self.caller.id, self.page)?)
+            .list_account_registrations(&caller.id, page)?)
     }
 }
 
-served_by!(ListOwnRegistrations, |op, shards| id_shard(
+served_by!(ListOwnRegistrations, |op, shards| Some(username_shard(
     shards,
-    Some(&op.caller.id)
-));
+    &op.credentials.username
+)));
 
 /// Changes a registration's description (owner or admin; access is checked before the
 /// body, so a body error travels with the request).
