@@ -50,7 +50,8 @@ pub struct NoRoute {
 
 /// A routing table.
 pub struct Routes<E> {
-    routes: Vec<Route<E>>,
+    /// Each route with its template split into segments once, not on every request.
+    routes: Vec<(Vec<&'static str>, Route<E>)>,
 }
 
 /// The path segments after the leading `/`, with one trailing slash tolerated.
@@ -60,9 +61,8 @@ fn segments(path: &str) -> Vec<&str> {
     path.split('/').collect()
 }
 
-/// The id if `template` matches `segs` (`Some(None)` for a template without an id).
-fn capture(template: &str, segs: &[&str]) -> Option<Option<String>> {
-    let parts = segments(template);
+/// The id if a template's `parts` match `segs` (`Some(None)` for a template without an id).
+fn capture(parts: &[&str], segs: &[&str]) -> Option<Option<String>> {
     if parts.len() != segs.len() {
         return None;
     }
@@ -80,20 +80,19 @@ fn capture(template: &str, segs: &[&str]) -> Option<Option<String>> {
 impl<E> Routes<E> {
     /// A table of `routes`.
     pub fn new(routes: Vec<Route<E>>) -> Self {
+        let routes = routes
+            .into_iter()
+            .map(|route| (segments(route.template), route))
+            .collect();
         Self { routes }
-    }
-
-    /// The routes.
-    pub fn iter(&self) -> impl Iterator<Item = &Route<E>> {
-        self.routes.iter()
     }
 
     /// Resolves `method` + `path`.
     pub fn find(&self, method: &Method, path: &str) -> Result<Matched<'_, E>, NoRoute> {
         let segs = segments(path);
         let mut on_path = Vec::new();
-        for route in &self.routes {
-            if let Some(id) = capture(route.template, &segs) {
+        for (parts, route) in &self.routes {
+            if let Some(id) = capture(parts, &segs) {
                 if route.method == method {
                     return Ok(Matched { route, id });
                 }
@@ -106,7 +105,8 @@ impl<E> Routes<E> {
         let needing_id: Vec<&Route<E>> = self
             .routes
             .iter()
-            .filter(|r| r.template.ends_with(ID) && capture(r.template, &with_id).is_some())
+            .filter(|(parts, _)| parts.last() == Some(&ID) && capture(parts, &with_id).is_some())
+            .map(|(_, route)| route)
             .collect();
         let template = on_path.first().map_or("unknown", |r| r.template);
         if let Some(route) = needing_id.iter().find(|r| r.method == method) {
