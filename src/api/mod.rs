@@ -112,25 +112,27 @@ impl Api {
             api: self.clone(),
             raw_id,
         };
-        let result = match handler {
-            Endpoint::Open(h) => h(call).await,
-            Endpoint::Credentials(h) => match call.credentials() {
-                Ok(credentials) => h(call, credentials).await,
-                Err(e) => Err(e),
-            },
-            Endpoint::Caller(h) => match self.authenticate(&call).await {
-                Ok(caller) => h(call, caller).await,
-                Err(e) => Err(e),
-            },
-            Endpoint::Admin(h) => match self.authenticate(&call).await {
-                Ok(caller) => match caller.admin() {
-                    Ok(admin) => h(call, admin).await,
-                    Err(e) => Err(e.into()),
-                },
-                Err(e) => Err(e),
-            },
+        let result = async {
+            match handler {
+                Endpoint::Open(h) => h(call).await,
+                Endpoint::Credentials(h) => {
+                    let credentials = call.credentials()?;
+                    h(call, credentials).await
+                }
+                Endpoint::Caller(h) => {
+                    let caller = self.authenticate(&call).await?;
+                    h(call, caller).await
+                }
+                Endpoint::Admin(h) => {
+                    let admin = self.authenticate(&call).await?.admin()?;
+                    h(call, admin).await
+                }
+            }
         };
-        (result.unwrap_or_else(ApiError::into_response), template)
+        (
+            result.await.unwrap_or_else(ApiError::into_response),
+            template,
+        )
     }
 
     async fn authenticate(&self, call: &Call) -> Result<Caller, ApiError> {

@@ -161,13 +161,6 @@ impl Rpc for Ping {
     const NAME: &'static str = "cluster/ping";
 }
 
-/// What a heartbeat learnt about a peer.
-enum Heard {
-    Accepted,
-    Refused(u64),
-    Silent,
-}
-
 impl Cluster {
     /// The cluster described by `[cluster]` (a cluster of one when no peers are listed).
     pub fn new(config: &ClusterConfig) -> Self {
@@ -386,17 +379,12 @@ impl Cluster {
                 from: self.node_id.clone(),
                 digest: self.map.digest(),
             };
-            let heard = match self.send(peer, &gateway, &ping, down_after).await {
-                Ok(Pong::Accepted) => Heard::Accepted,
-                Ok(Pong::Refused(digest)) => Heard::Refused(digest),
-                Err(_) => Heard::Silent,
-            };
-            match heard {
-                Heard::Accepted => {
+            match self.send(peer, &gateway, &ping, down_after).await {
+                Ok(Pong::Accepted) => {
                     peer.heard();
                     peer.set(PeerState::Up, Some(gateway));
                 }
-                Heard::Refused(digest) => {
+                Ok(Pong::Refused(digest)) => {
                     peer.set(
                         PeerState::Refused(format!(
                             "cluster configuration differs (shards/members digest {digest:016x}, \
@@ -407,7 +395,7 @@ impl Cluster {
                     );
                     tokio::time::sleep(MAX_BACKOFF).await;
                 }
-                Heard::Silent => {
+                Err(_) => {
                     if !peer.heard_within(down_after) {
                         peer.set(PeerState::Down, None);
                     }

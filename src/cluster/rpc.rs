@@ -198,17 +198,16 @@ impl Endpoints {
             .ok()
             .and_then(|h| h.get(envelope.operation.as_str()).cloned());
         match handler {
-            Some((handler, Placement::Work)) if self.work.get().is_some() => {
+            Some((handler, placement)) => {
                 let serving = handler(envelope.body);
-                match self.work.get() {
-                    Some(work) => work
+                match (placement, self.work.get()) {
+                    (Placement::Work, Some(work)) => work
                         .spawn(serving)
                         .await
                         .map_err(|e| CallError::Protocol(format!("handler failed: {e}")))?,
-                    None => serving.await,
+                    _ => serving.await,
                 }
             }
-            Some((handler, _)) => handler(envelope.body).await,
             None => Err(CallError::NoHandler {
                 node: node.to_string(),
                 operation: envelope.operation,
