@@ -13,8 +13,10 @@ use figment::{Figment, Source};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+mod delivery;
 mod error;
 
+pub use delivery::DeliveryConfig;
 pub use error::ConfigError;
 
 /// Prefix of the environment variables that override configuration keys.
@@ -132,6 +134,9 @@ pub struct SecurityConfig {
     /// Failed API key checks allowed per username and per client address per minute;
     /// beyond it key checks answer 429 before hashing (0: no limit).
     pub auth_failures_per_minute: u32,
+    /// After a secret-key reset, how long deliveries stay signed with the old secret too
+    /// (a second `v1,` signature in `webhook-signature`).
+    pub secret_rotation_grace_secs: f64,
 }
 
 impl Default for SecurityConfig {
@@ -147,6 +152,7 @@ impl Default for SecurityConfig {
             endpoint_allow_cidrs: Vec::new(),
             max_event_data_bytes: 256 * 1024,
             auth_failures_per_minute: 20,
+            secret_rotation_grace_secs: 86_400.0,
         }
     }
 }
@@ -169,39 +175,6 @@ impl Default for HttpClientConfig {
             timeout_secs: 5.0,
             insecure_tls: false,
             max_response_bytes: 64 * 1024,
-        }
-    }
-}
-
-/// `[delivery]`: fan-out and retries.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeliveryConfig {
-    /// Subscribers whose `failed_count` reached this value are skipped at trigger time.
-    pub max_failed_count: u64,
-    /// Delay before each retry after a failed attempt (fractions allowed).
-    pub retry_delays_secs: Vec<f64>,
-    /// Delivery attempts running at once at most (the size of the worker pool).
-    pub max_in_flight: usize,
-    /// Outcomes that may await their commit at once; an attempt does not start while
-    /// this many are waiting. With `max_in_flight` it bounds the deliveries a crash makes
-    /// the node send again: at most `max_in_flight + commit_window`.
-    pub commit_window: usize,
-    /// Finished deliveries and their attempt logs are removed after this many hours.
-    pub log_retention_hours: f64,
-    /// How often the retention sweep runs.
-    pub sweep_interval_secs: f64,
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        Self {
-            max_failed_count: 250,
-            retry_delays_secs: vec![120.0, 120.0, 3600.0],
-            max_in_flight: 256,
-            commit_window: 1024,
-            log_retention_hours: 72.0,
-            sweep_interval_secs: 300.0,
         }
     }
 }
@@ -386,30 +359,24 @@ impl Config {
         positive("http_client.timeout_secs", self.http_client.timeout_secs)?;
         positive("storage.flush_stall_secs", self.storage.flush_stall_secs)?;
         positive("actors.idle_stop_secs", self.actors.idle_stop_secs)?;
-        positive(
-            "delivery.log_retention_hours",
-            self.delivery.log_retention_hours,
-        )?;
-        positive(
-            "delivery.sweep_interval_secs",
-            self.delivery.sweep_interval_secs,
-        )?;
-        let delivery = &self.delivery;
-        for (key, value) in [
-            ("delivery.max_in_flight", delivery.max_in_flight),
-            ("delivery.commit_window", delivery.commit_window),
+        self.delivery
+            .validate(self.http_client.max_response_bytes)?;
+        for (key, v) in [
+            (
+                "security.auth_cache_ttl_secs",
+                self.security.auth_cache_ttl_secs,
+            ),
+            (
+                "security.secret_rotation_grace_secs",
+                self.security.secret_rotation_grace_secs,
+            ),
         ] {
-            if !(1..=100_000).contains(&value) {
-                let reason = "must be between 1 and 100000".into();
-                return Err(ConfigError::Invalid { key, reason });
+            if !v.is_finite() || v < 0.0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be zero or a positive number of seconds".into(),
+                });
             }
-        }
-        if !self.security.auth_cache_ttl_secs.is_finite() || self.security.auth_cache_ttl_secs < 0.0
-        {
-            return Err(ConfigError::Invalid {
-                key: "security.auth_cache_ttl_secs",
-                reason: "must be zero or a positive number of seconds".into(),
-            });
         }
         if self.http.max_body_bytes == 0 {
             return Err(ConfigError::Invalid {
@@ -436,17 +403,6 @@ impl Config {
             });
         }
         self.validate_cluster()?;
-        if let Some(bad) = self
-            .delivery
-            .retry_delays_secs
-            .iter()
-            .find(|d| !d.is_finite() || **d < 0.0)
-        {
-            return Err(ConfigError::Invalid {
-                key: "delivery.retry_delays_secs",
-                reason: format!("delays must be zero or positive seconds, got {bad}"),
-            });
-        }
         error::check_log_level(&self.log.level).map_err(|reason| ConfigError::Invalid {
             key: "log.level",
             reason,

@@ -74,6 +74,7 @@ pub fn build_service(config: &Config, store: Store) -> Result<Service, DaemonErr
             &config.http_client,
             policy,
             config.delivery.max_in_flight.saturating_mul(4),
+            config.delivery.response_capture_bytes,
         )?,
         cluster: Arc::new(Cluster::new(&config.cluster)),
         auth_cache: AuthCache::new(
@@ -85,12 +86,19 @@ pub fn build_service(config: &Config, store: Store) -> Result<Service, DaemonErr
             pbkdf2_iterations: config.security.pbkdf2_iterations,
             key_resets_per_hour: config.security.key_resets_per_hour,
             idle_stop: Duration::from_secs_f64(config.actors.idle_stop_secs),
+            secret_rotation_grace: Duration::from_secs_f64(
+                config.security.secret_rotation_grace_secs,
+            ),
         },
         accounts: Directory::new("account"),
         registrations: Directory::new("registration"),
         delivery: DeliveryContext {
             supervisor: OnceLock::new(),
-            retry: RetryPolicy::from_secs(&config.delivery.retry_delays_secs),
+            retry: RetryPolicy::new(
+                &config.delivery.retry_delays_secs,
+                config.delivery.retry_jitter,
+                config.delivery.max_retry_after_secs,
+            ),
             max_failed_count: config.delivery.max_failed_count,
             max_in_flight: config.delivery.max_in_flight,
             commit_window: config.delivery.commit_window,

@@ -15,14 +15,15 @@ use super::remote::DeleteSubscriptionsOf;
 use super::{now_us, NodeState, RegistrationMsg, ReplyPort};
 use crate::crypto;
 use crate::domain::{msg, ServiceError, WriteResult};
-use crate::store::{Account, KeyKind, PendingKey, Registration};
+use crate::store::{Account, KeyKind, PendingKey, PreviousSecret, Registration};
 
 const HOUR_US: u64 = 3_600_000_000;
 
 /// Requests an AccountActor serves.
 #[derive(RactorMessage)]
 pub enum AccountMsg {
-    /// Echo-check `endpoint`, then make it the account's endpoint and reset `failed_count`.
+    /// Echo-check `endpoint`, then make it the account's endpoint, reset `failed_count` and
+    /// lift a `410 Gone` stop (the same endpoint re-verified lifts it too).
     UpdateEndpoint {
         /// The new endpoint (already validated as an http(s) URL).
         endpoint: String,
@@ -92,12 +93,13 @@ impl AccountActor {
             tracing::info!(account = %self.id, error = %e, "echo challenge failed");
             return Err(ServiceError::BadRequest(msg::ECHO_FAILED.into()));
         }
-        if account.endpoint == endpoint && account.failed_count == 0 {
+        let stopped = account.deliveries_stopped_us.is_some();
+        if account.endpoint == endpoint && account.failed_count == 0 && !stopped {
             return Ok(WriteResult::unchanged());
         }
         account.endpoint = endpoint;
         self.ctx.store.update_account(&account)?;
-        self.ctx.store.set_failed_count(&self.id, 0)?;
+        self.ctx.store.resume_deliveries(&self.id)?;
         self.ctx.store.flush().await?;
         Ok(WriteResult::replaced())
     }
@@ -145,7 +147,13 @@ impl AccountActor {
             (Ok(()), Some(p)) => {
                 match p.kind {
                     KeyKind::ApiKey => account.api_key_hash = p.stored_value,
-                    KeyKind::SecretKey => account.secret_key = p.stored_value,
+                    KeyKind::SecretKey => {
+                        let grace = self.ctx.settings.secret_rotation_grace.as_micros() as u64;
+                        account.previous_secret = Some(PreviousSecret {
+                            secret_key: std::mem::replace(&mut account.secret_key, p.stored_value),
+                            until_us: now_us().saturating_add(grace),
+                        });
+                    }
                 }
                 self.ctx.store.update_account(&account)?;
                 self.ctx.store.flush().await?;

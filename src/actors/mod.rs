@@ -43,6 +43,8 @@ pub struct ActorSettings {
     pub key_resets_per_hour: u32,
     /// Idle time after which an actor stops.
     pub idle_stop: Duration,
+    /// How long a replaced secret key keeps signing deliveries beside the new one.
+    pub secret_rotation_grace: Duration,
 }
 
 /// The node's shared state: its storage, outbound client, view of the cluster, live actors

@@ -19,9 +19,18 @@ use crate::store::Account;
 const MAX_USERNAME_CHARS: usize = 256;
 
 /// The account as the API shows it; `api_key` is the hash unless the plaintext is given.
+/// `deliveries_stopped` is added to PyWebhooks' fields: `null`, or when and why deliveries
+/// to the endpoint stopped (a `410 Gone`; `PATCH /v1/account` resumes them).
 fn render(a: &Account, plaintext_key: Option<&str>) -> Value {
+    let stopped = a.deliveries_stopped_us.map(|at| {
+        json!({
+            "at": epoch_secs(at),
+            "reason": "endpoint answered 410 Gone",
+        })
+    });
     json!({
         "api_key": plaintext_key.unwrap_or(&a.api_key_hash),
+        "deliveries_stopped": stopped,
         "endpoint": a.endpoint,
         "epoch": epoch_secs(a.epoch_us),
         "failed_count": a.failed_count,

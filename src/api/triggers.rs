@@ -27,6 +27,7 @@ fn render_attempt(a: &Attempt) -> Value {
         "at": epoch_secs(a.at_us),
         "duration_ms": a.duration_us as f64 / 1000.0,
         "error": a.error,
+        "response_body": a.response_body,
         "status_code": a.status,
     })
 }

@@ -12,7 +12,8 @@
 //! Nothing an endpoint sends can grow the node's memory: the echo reply is read up to
 //! `http_client.max_response_bytes` (a longer one fails the challenge), and the other calls
 //! are decided by their status alone — their bodies are read at most that far to reuse a
-//! connection, or not at all.
+//! connection, or not at all; a delivery keeps the first `delivery.response_capture_bytes`
+//! of its answer's body for the attempt log.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::redirect;
 use reqwest::Url;
 
+use super::answer::{capture_into, Answer};
 use super::connections::{DeliveryConnections, PlainTarget};
 use super::error::{transport, OutboundError};
 use super::policy::EndpointPolicy;
@@ -92,15 +94,19 @@ pub struct EndpointClient {
     endpoints: Arc<Mutex<HashMap<String, Arc<DeliveryEndpoint>>>>,
     /// Idle connections of `http://` deliveries.
     connections: Arc<DeliveryConnections>,
+    /// Bytes of a delivery answer's body kept for the attempt log.
+    capture: usize,
 }
 
 impl EndpointClient {
     /// Builds the client from `[http_client]` and the endpoint policy, keeping at most
-    /// `max_idle_connections` idle delivery connections.
+    /// `max_idle_connections` idle delivery connections and the first `capture` bytes of
+    /// each delivery answer's body.
     pub fn new(
         cfg: &HttpClientConfig,
         policy: EndpointPolicy,
         max_idle_connections: usize,
+        capture: usize,
     ) -> Result<Self, reqwest::Error> {
         let policy = Arc::new(policy);
         let redirect_policy = policy.clone();
@@ -132,7 +138,9 @@ impl EndpointClient {
             connections: Arc::new(DeliveryConnections::new(
                 max_idle_connections,
                 cfg.max_response_bytes,
+                capture,
             )),
+            capture,
         })
     }
 
@@ -222,28 +230,39 @@ async fn read_capped(
 
 impl EndpointClient {
     /// `POST <endpoint>` with the headers `headers` makes and `body`, following
-    /// redirects; returns the final status code.
+    /// redirects; returns the final answer.
     pub async fn post(
         &self,
         endpoint: &str,
         headers: impl Fn() -> reqwest::header::HeaderMap,
         body: bytes::Bytes,
-    ) -> Result<u16, OutboundError> {
+    ) -> Result<Answer, OutboundError> {
         let target = self.delivery_endpoint(endpoint)?;
         if let Some(plain) = &target.plain {
-            let status = self.post_plain(plain, headers(), body.clone()).await?;
-            if !status.is_redirection() {
-                return Ok(status.as_u16());
+            let answer = self.post_plain(plain, headers(), body.clone()).await?;
+            if !(300..400).contains(&answer.status) {
+                return Ok(answer);
             }
         }
-        let response = self
+        let mut response = self
             .http
             .post(target.url.clone())
             .headers(headers())
             .body(body)
             .send()
             .await?;
-        Ok(response.status().as_u16())
+        let mut answer = Answer::from_head(response.status().as_u16(), response.headers());
+        // The status decides; a body that fails or stalls (the client's timeout bounds it)
+        // only shortens what the log keeps.
+        let mut captured = Vec::new();
+        while captured.len() < self.capture {
+            match response.chunk().await {
+                Ok(Some(chunk)) => capture_into(&mut captured, &chunk, self.capture),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        answer.body = bytes::Bytes::from(captured);
+        Ok(answer)
     }
 
     /// Closes the idle delivery connections unused for a while.
@@ -283,7 +302,7 @@ impl EndpointClient {
         target: &PlainTarget,
         headers: reqwest::header::HeaderMap,
         body: bytes::Bytes,
-    ) -> Result<hyper::StatusCode, OutboundError> {
+    ) -> Result<Answer, OutboundError> {
         let mut request = hyper::Request::new(Full::new(body));
         *request.method_mut() = hyper::Method::POST;
         *request.headers_mut() = headers;

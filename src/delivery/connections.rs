@@ -12,9 +12,10 @@
 //! delivery takes another or opens a fresh one.
 //!
 //! The outcome is the status line: a delivery is decided when the response head arrives
-//! within the timeout. The body that follows is read (and dropped) only so the connection
-//! can be reused, up to `http_client.max_response_bytes` and for [`DRAIN_BOUND`] at most;
-//! a longer or slower body just closes the connection.
+//! within the timeout. The body that follows is read so the connection can be reused, up
+//! to `http_client.max_response_bytes` and for [`DRAIN_BOUND`] at most (a longer or slower
+//! body just closes the connection); its first `delivery.response_capture_bytes` are kept
+//! for the attempt log, the rest dropped.
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::answer::{capture_into, Answer};
 use super::error::{transport, OutboundError};
 
 /// An idle connection older than this is closed rather than reused: endpoint servers
@@ -92,16 +94,20 @@ pub struct DeliveryConnections {
     max_idle: usize,
     /// Bytes of a response body read at most to reuse its connection.
     max_response: usize,
+    /// Bytes of a response body kept for the attempt log.
+    capture: usize,
 }
 
 impl DeliveryConnections {
-    /// Keeps at most `max_idle` idle connections, and reuses a connection only when the
-    /// response body is at most `max_response` bytes.
-    pub fn new(max_idle: usize, max_response: usize) -> Self {
+    /// Keeps at most `max_idle` idle connections, reuses a connection only when the
+    /// response body is at most `max_response` bytes, and keeps the first `capture` bytes
+    /// of each body.
+    pub fn new(max_idle: usize, max_response: usize, capture: usize) -> Self {
         Self {
             idle: Mutex::default(),
             max_idle,
             max_response,
+            capture,
         }
     }
 
@@ -177,7 +183,7 @@ impl DeliveryConnections {
     }
 
     /// `POST`s `request` (its target and `Host` set from `target`) on an idle connection to
-    /// the endpoint or a new one to `addrs()`'s addresses; returns the response status, which
+    /// the endpoint or a new one to `addrs()`'s addresses; returns the answer, whose head
     /// must arrive by `deadline` (connecting included).
     pub async fn post<A, F>(
         &self,
@@ -185,7 +191,7 @@ impl DeliveryConnections {
         mut request: hyper::Request<Full<Bytes>>,
         addrs: A,
         deadline: tokio::time::Instant,
-    ) -> Result<hyper::StatusCode, OutboundError>
+    ) -> Result<Answer, OutboundError>
     where
         A: FnOnce() -> F,
         F: Future<Output = Result<Vec<SocketAddr>, OutboundError>>,
@@ -201,11 +207,13 @@ impl DeliveryConnections {
         request
             .headers_mut()
             .insert(hyper::header::HOST, target.host_header.clone());
-        let (status, drained) = conn.exchange(request, deadline, self.max_response).await?;
+        let (answer, drained) = conn
+            .exchange(request, deadline, self.max_response, self.capture)
+            .await?;
         if drained && conn.wait_reusable().await {
             self.put_back(conn);
         }
-        Ok(status)
+        Ok(answer)
     }
 }
 
@@ -247,24 +255,30 @@ impl Conn {
     }
 
     /// Sends `request` and waits for the response head until `deadline`, driving the
-    /// connection meanwhile; then reads the body (dropping it) for [`DRAIN_BOUND`] at most
-    /// and up to `max_body` bytes. Returns the status and whether the body was read whole.
+    /// connection meanwhile; then reads the body for [`DRAIN_BOUND`] at most and up to
+    /// `max_body` bytes, keeping its first `capture` bytes. Returns the answer and whether
+    /// the body was read whole.
     async fn exchange(
         &mut self,
         request: hyper::Request<Full<Bytes>>,
         deadline: tokio::time::Instant,
         max_body: usize,
-    ) -> Result<(hyper::StatusCode, bool), OutboundError> {
+        capture: usize,
+    ) -> Result<(Answer, bool), OutboundError> {
         let response = self.sender.send_request(request);
         let mut response = std::pin::pin!(async {
             let response = within(deadline, async { response.await.map_err(transport) }).await?;
-            let status = response.status();
+            let mut answer = Answer::from_head(response.status().as_u16(), response.headers());
             let drain_until = deadline.min(tokio::time::Instant::now() + DRAIN_BOUND);
-            let drained =
-                tokio::time::timeout_at(drain_until, drain(response.into_body(), max_body))
-                    .await
-                    .unwrap_or(false);
-            Ok((status, drained))
+            let mut captured = Vec::new();
+            let drained = tokio::time::timeout_at(
+                drain_until,
+                drain(response.into_body(), max_body, &mut captured, capture),
+            )
+            .await
+            .unwrap_or(false);
+            answer.body = Bytes::from(captured);
+            Ok((answer, drained))
         });
         let connection = &mut self.connection;
         let mut ended = false;
@@ -313,14 +327,16 @@ async fn within<T>(
         .unwrap_or_else(|_| Err(OutboundError::Transport("timed out".into())))
 }
 
-/// Reads `body` to its end, dropping it; false when it failed or ran past `max` bytes.
-async fn drain(mut body: Incoming, max: usize) -> bool {
+/// Reads `body` to its end, keeping its first `capture` bytes in `captured`; false when it
+/// failed or ran past `max` bytes.
+async fn drain(mut body: Incoming, max: usize, captured: &mut Vec<u8>, capture: usize) -> bool {
     let mut read = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             return false;
         };
         if let Some(data) = frame.data_ref() {
+            capture_into(captured, data, capture);
             read += data.len();
             if read > max {
                 return false;
@@ -382,7 +398,7 @@ mod tests {
             )
             .await
             .unwrap()
-            .as_u16()
+            .status
     }
 
     /// A loopback server answering every request with a 200 head declaring `len` body bytes,
@@ -436,7 +452,7 @@ mod tests {
     async fn the_status_decides_and_a_dripping_body_only_costs_the_connection() {
         // 1,000 bytes, one every 100 ms: the whole body would take 100 s.
         let (addr, opened) = raw_server(1000, 1, Duration::from_millis(100)).await;
-        let conns = DeliveryConnections::new(4, 64 * 1024);
+        let conns = DeliveryConnections::new(4, 64 * 1024, 16);
         let started = Instant::now();
         assert_eq!(post(&conns, addr).await, 200);
         assert!(
@@ -453,7 +469,7 @@ mod tests {
     async fn a_body_over_the_cap_is_not_read_to_its_end() {
         let (big, big_opened) = raw_server(100_000, 16 * 1024, Duration::ZERO).await;
         let (small, small_opened) = raw_server(1000, 1000, Duration::ZERO).await;
-        let conns = DeliveryConnections::new(4, 1024);
+        let conns = DeliveryConnections::new(4, 1024, 0);
         for _ in 0..2 {
             assert_eq!(post(&conns, big).await, 200);
             assert_eq!(post(&conns, small).await, 200);
@@ -466,7 +482,7 @@ mod tests {
     async fn idle_connections_are_reused_and_the_least_recently_used_makes_room() {
         let ((a, a_opened), (b, b_opened)) = (server().await, server().await);
         // Room for one idle connection.
-        let conns = DeliveryConnections::new(1, 64 * 1024);
+        let conns = DeliveryConnections::new(1, 64 * 1024, 1024);
         for _ in 0..3 {
             assert_eq!(post(&conns, a).await, 200);
         }

@@ -179,6 +179,8 @@ impl Service {
             pending_key: None,
             key_resets_us: Vec::new(),
             deleting: false,
+            deliveries_stopped_us: None,
+            previous_secret: None,
         };
         match self.ctx.store.insert_account(&account) {
             Ok(()) => {}

@@ -3,7 +3,7 @@
 use sled::Transactional;
 use uuid::Uuid;
 
-use super::keys::{epoch_key, failed_count_key, trailing_id};
+use super::keys::{epoch_key, failed_count_key, gone_key, trailing_id};
 use super::pagination::{Page, PageRequest};
 use super::records::{decode, encode, tx_decode, tx_encode, Account};
 use super::{Result, Store, StoreError};
@@ -54,6 +54,7 @@ impl Store {
         };
         let mut account: Account = decode(&bytes)?;
         account.failed_count = self.failed_count(id)?;
+        account.deliveries_stopped_us = self.deliveries_stopped_us(id)?;
         Ok(Some(account))
     }
 
@@ -119,6 +120,7 @@ impl Store {
             .transaction(|(accounts, usernames, by_epoch, deliveries)| {
                 accounts.remove(account.id.as_bytes())?;
                 deliveries.remove(&failed_count_key(&account.id))?;
+                deliveries.remove(&gone_key(&account.id))?;
                 if usernames.get(account.username.as_bytes())?.as_deref()
                     == Some(account.id.as_bytes().as_slice())
                 {
@@ -226,6 +228,8 @@ mod tests {
             pending_key: None,
             key_resets_us: vec![],
             deleting: false,
+            deliveries_stopped_us: None,
+            previous_secret: None,
         }
     }
 

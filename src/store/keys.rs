@@ -24,6 +24,8 @@ pub(super) const CURSOR: u8 = b'c';
 pub(super) const HANDOFF: u8 = b'h';
 /// `deliveries` prefix of `failed_count`s.
 pub(super) const FAILED_COUNT: u8 = b'f';
+/// `deliveries` prefix of the endpoints that answered `410 Gone`.
+pub(super) const GONE: u8 = b'g';
 
 /// `epoch_us (8, big-endian) ++ id (16)`: the key of the epoch-ordered indexes.
 pub(super) fn epoch_key(epoch_us: u64, id: &Uuid) -> [u8; 24] {
@@ -126,6 +128,13 @@ pub(super) fn handoff_key(peer: &str, triggered: &Uuid, now_us: u64, n: u32) -> 
 /// The key of an account's `failed_count`.
 pub(super) fn failed_count_key(account: &Uuid) -> [u8; 17] {
     let mut k = [FAILED_COUNT; 17];
+    k[1..].copy_from_slice(account.as_bytes());
+    k
+}
+
+/// `g ++ account id`: the mark of an account whose endpoint answered `410 Gone`.
+pub(super) fn gone_key(account: &Uuid) -> [u8; 17] {
+    let mut k = [GONE; 17];
     k[1..].copy_from_slice(account.as_bytes());
     k
 }

@@ -40,7 +40,9 @@ pub use deliveries::{
 };
 pub use health::StorageState;
 pub use pagination::{Page, PageRequest};
-pub use records::{Account, KeyKind, PendingKey, Registration, Subscription, Triggered};
+pub use records::{
+    Account, KeyKind, PendingKey, PreviousSecret, Registration, Subscription, Triggered,
+};
 pub use subscriptions::{SubscribeError, SubscriptionBatch};
 pub use targets::DeliveryTarget;
 

@@ -3,11 +3,15 @@
 //! Records are stored as a version byte followed by their encoding:
 //! - version 1, JSON: for accounts, registrations, subscriptions and triggers, because JSON
 //!   keeps `event_data` exactly as registered (key order, big numbers);
-//! - version 2, bincode: for the records written once or more per delivery (delivery
+//! - version 3, bincode: for the records written once or more per delivery (delivery
 //!   records, settled rows, pending and handoff batches, fan-out cursors): they are on
-//!   the delivery path and need no exact form, and bincode is cheaper to encode and decode.
+//!   the delivery path and need no exact form, and bincode is cheaper to encode and decode;
+//! - version 2, bincode, as earlier releases wrote it: the same, except that an attempt of
+//!   a delivery had no response fields. bincode is not self-describing, so the version
+//!   byte tells the two layouts apart; [`decode_evolved`] reads such a record through its
+//!   earlier type.
 //!
-//! [`decode`] reads either, so a record's encoding can change without a migration.
+//! [`decode`] reads every version, so a record's encoding can change without a migration.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -17,7 +21,9 @@ use uuid::Uuid;
 use super::StoreError;
 
 const JSON_VERSION: u8 = 1;
-const BINCODE_VERSION: u8 = 2;
+/// bincode, in the layout of the records before attempts kept their response.
+const BINCODE_V2: u8 = 2;
+const BINCODE_VERSION: u8 = 3;
 
 /// Encodes a record for storage, as JSON.
 pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
@@ -42,15 +48,30 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
         Some((&JSON_VERSION, json)) => {
             serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(e.to_string()))
         }
-        Some((&BINCODE_VERSION, body)) => {
-            match bincode::serde::decode_from_slice(body, bincode::config::standard()) {
-                Ok((record, used)) if used == body.len() => Ok(record),
-                Ok(_) => Err(StoreError::Corrupt("trailing bytes after a record".into())),
-                Err(e) => Err(StoreError::Corrupt(e.to_string())),
-            }
-        }
+        Some((&(BINCODE_V2 | BINCODE_VERSION), body)) => decode_bincode(body),
         Some((v, _)) => Err(StoreError::Corrupt(format!("unknown record version {v}"))),
         None => Err(StoreError::Corrupt("empty record".into())),
+    }
+}
+
+/// Decodes a bincode body that must be used whole.
+fn decode_bincode<T: DeserializeOwned>(body: &[u8]) -> Result<T, StoreError> {
+    match bincode::serde::decode_from_slice(body, bincode::config::standard()) {
+        Ok((record, used)) if used == body.len() => Ok(record),
+        Ok(_) => Err(StoreError::Corrupt("trailing bytes after a record".into())),
+        Err(e) => Err(StoreError::Corrupt(e.to_string())),
+    }
+}
+
+/// Decodes a record whose type changed layout since version 2: a version-2 record is read
+/// as `Old` and converted with `upgrade`; any other as [`decode`] does.
+pub fn decode_evolved<T: DeserializeOwned, Old: DeserializeOwned>(
+    bytes: &[u8],
+    upgrade: impl FnOnce(Old) -> T,
+) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&BINCODE_V2, body)) => decode_bincode(body).map(upgrade),
+        _ => decode(bytes),
     }
 }
 
@@ -131,6 +152,24 @@ pub struct Account {
     /// Set while the account's cascade delete runs; the account is gone for every reader.
     #[serde(default)]
     pub deleting: bool,
+    /// When its endpoint answered `410 Gone` (Unix µs): deliveries to it are stopped. Like
+    /// `failed_count`, the truth lives in the `deliveries` tree (`g` keys) and the store
+    /// fills this in on every read.
+    #[serde(default)]
+    pub deliveries_stopped_us: Option<u64>,
+    /// The secret replaced by the last secret-key reset, still signing deliveries beside
+    /// the new one until its grace period ends.
+    #[serde(default)]
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// A replaced signing secret and when it stops signing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    /// The old `secret_key`.
+    pub secret_key: String,
+    /// Until when (Unix µs) deliveries carry its signature too.
+    pub until_us: u64,
 }
 
 /// A webhook registration.

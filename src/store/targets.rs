@@ -1,4 +1,5 @@
-//! Where deliveries to an account go: its endpoint and signing secret, cached.
+//! Where deliveries to an account go: its endpoint and signing secrets, and whether they
+//! are stopped, cached.
 //!
 //! Every delivery attempt needs the subscriber's current endpoint and secret, and the same
 //! subscribers are served again and again: rather than read and decode the account record
@@ -17,13 +18,27 @@ use super::{Result, Store};
 /// the same subscribers again and again, so it refills with the ones in use).
 const MAX_TARGETS: usize = 16_384;
 
-/// The endpoint and secret deliveries to one account use.
+/// The endpoint and secrets deliveries to one account use, and whether they are stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryTarget {
     /// The account's endpoint.
     pub endpoint: String,
     /// The account's signing secret.
     pub secret_key: String,
+    /// The secret the last reset replaced and until when (Unix µs) it signs too.
+    pub previous_secret: Option<(String, u64)>,
+    /// When the endpoint answered `410 Gone` (Unix µs), if deliveries to it are stopped.
+    pub stopped_us: Option<u64>,
+}
+
+impl DeliveryTarget {
+    /// The replaced secret, if it still signs at `now_us`.
+    pub fn previous_secret_at(&self, now_us: u64) -> Option<&str> {
+        self.previous_secret
+            .as_ref()
+            .filter(|(_, until)| now_us < *until)
+            .map(|(secret, _)| secret.as_str())
+    }
 }
 
 #[derive(Default)]
@@ -83,6 +98,8 @@ impl Store {
         let target = Arc::new(DeliveryTarget {
             endpoint: account.endpoint,
             secret_key: account.secret_key,
+            previous_secret: account.previous_secret.map(|p| (p.secret_key, p.until_us)),
+            stopped_us: account.deliveries_stopped_us,
         });
         self.inner.targets.fill(*id, target.clone(), generation);
         Ok(Some(target))
@@ -97,6 +114,8 @@ mod tests {
         Arc::new(DeliveryTarget {
             endpoint: endpoint.into(),
             secret_key: "s".into(),
+            previous_secret: None,
+            stopped_us: None,
         })
     }
 

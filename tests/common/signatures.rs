@@ -106,3 +106,21 @@ pub fn assert_signed_delivery(post: &RecordedPost, secret_key: &str, event: &str
     );
     id
 }
+
+/// The Standard Webhooks verification rule: the message verifies with `secret_key` when any
+/// of the space-separated `v1,` signatures of `webhook-signature` is the one that secret
+/// makes (and the timestamp is current).
+pub fn standard_webhooks_verifies(post: &RecordedPost, secret_key: &str) -> bool {
+    let (Some(id), Some(ts), Some(signatures)) = (
+        post.header("webhook-id"),
+        post.header("webhook-timestamp"),
+        post.header("webhook-signature"),
+    ) else {
+        return false;
+    };
+    let current = ts
+        .parse::<i64>()
+        .is_ok_and(|secs| (secs - unix_now_secs()).abs() <= 300);
+    let expected = expected_standard_signature(secret_key, &id, &ts, &post.body);
+    current && signatures.split(' ').any(|s| s == expected)
+}

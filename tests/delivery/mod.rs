@@ -4,14 +4,18 @@
 //! Covers duplicate subscriptions, the delivery bytes and the legacy signature,
 //! `max_failed_count`, success (any 2xx), retries, `failed_count`, deletions ending retries,
 //! the Standard Webhooks headers, dynamic payloads and idempotency, delivery visibility and
-//! redeliver, plus the delivery metrics.
+//! redeliver, plus the delivery metrics; the delivery policy: receivers' signals
+//! (`Retry-After`, `410 Gone`), jitter, secret rotation and the captured response.
 
+mod capture;
 mod connections;
 mod deletions;
 mod fanout;
 mod payload;
 mod redeliver;
 mod retries;
+mod rotation;
+mod signals;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -72,7 +76,7 @@ fn assert_attempt(attempt: &Value, status: Option<u16>, failed: bool) {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["at", "duration_ms", "error", "status_code"],
+        ["at", "duration_ms", "error", "response_body", "status_code"],
         "attempt keys: {attempt}"
     );
     assert!(attempt["at"].is_number(), "attempt `at`: {attempt}");

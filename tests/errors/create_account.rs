@@ -31,6 +31,7 @@ async fn create_account_returns_the_full_record_with_plaintext_key() {
         keys,
         [
             "api_key",
+            "deliveries_stopped",
             "endpoint",
             "epoch",
             "failed_count",

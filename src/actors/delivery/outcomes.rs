@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 use super::messages::DeliveryMsg;
 use super::queue::Uncommitted;
 use crate::actors::{now_us, NodeState};
+use crate::delivery::attempt::Signal;
 use crate::delivery::metrics::Counted;
+use crate::delivery::retry::random_spread;
 use crate::store::{Attempt, DeliveryState, DueEntry, FailedCountChange, Outcome};
 
 /// Outcomes written per transaction at most.
@@ -33,17 +35,54 @@ pub(super) fn cancelled(due: DueEntry) -> Outcome {
         state: DeliveryState::Cancelled,
         next_due_us: None,
         failed_count: FailedCountChange::Keep,
+        gone: false,
     }
 }
 
-/// The outcome of a failed attempt: retry when the schedule allows, else give up.
+/// The outcome of a delivery not sent because its endpoint answered `410 Gone` at
+/// `since_us`: it fails at once, with a log entry that says why and how to resume.
+pub(super) fn stopped(due: DueEntry, since_us: u64) -> (Outcome, Counted) {
+    let error = format!(
+        "not sent: the endpoint answered 410 Gone at {}; deliveries to it resume once its \
+         owner changes or re-verifies it (PATCH /v1/account)",
+        since_us as f64 / 1e6
+    );
+    let attempt = Attempt {
+        at_us: now_us(),
+        status: None,
+        error: Some(error),
+        duration_us: 0,
+        response_body: None,
+    };
+    let outcome = Outcome {
+        due,
+        attempt: Some(attempt),
+        state: DeliveryState::Failed,
+        next_due_us: None,
+        failed_count: FailedCountChange::Keep,
+        gone: false,
+    };
+    (outcome, Counted::Failed)
+}
+
+/// The outcome of a failed attempt: retry when the schedule allows (jittered, and not
+/// before a `Retry-After`), else give up; a `410 Gone` gives up at once and stops the
+/// endpoint.
 pub(super) fn failure(
     ctx: &NodeState,
     due: DueEntry,
     attempt: Attempt,
     attempts_made: usize,
+    signal: Signal,
 ) -> (Outcome, Counted) {
-    let next = ctx.delivery.retry.next_due_us(attempts_made, now_us());
+    let retry = &ctx.delivery.retry;
+    let next = match signal {
+        Signal::Gone => None,
+        Signal::RetryAfter(wait) => {
+            retry.next_due_us(attempts_made, now_us(), Some(wait), random_spread())
+        }
+        Signal::None => retry.next_due_us(attempts_made, now_us(), None, random_spread()),
+    };
     let (state, counted) = match next {
         Some(_) => (DeliveryState::Pending, Counted::Retrying),
         None => (DeliveryState::Failed, Counted::Failed),
@@ -55,6 +94,7 @@ pub(super) fn failure(
             state,
             next_due_us: next,
             failed_count: FailedCountChange::Increment,
+            gone: signal == Signal::Gone,
         },
         counted,
     )

@@ -21,6 +21,7 @@ use super::outcomes::{failure, write_outcomes};
 use super::queue::WorkQueue;
 use super::worker::{lock_slot, DeliveryWorker, Running, Slot};
 use crate::actors::{now_us, NodeState};
+use crate::delivery::attempt::Signal;
 use crate::delivery::connections::IDLE_TIMEOUT;
 use crate::store::{Attempt, DueEntry};
 
@@ -177,9 +178,10 @@ impl DeliverySupervisor {
                 status: None,
                 error: Some(why.to_string()),
                 duration_us: started.elapsed().as_micros() as u64,
+                response_body: None,
             };
             let attempts_made = usize::from(due.attempts) + 1;
-            let (outcome, counted) = failure(&self.ctx, due, attempt, attempts_made);
+            let (outcome, counted) = failure(&self.ctx, due, attempt, attempts_made, Signal::None);
             self.ctx.delivery.metrics.count(counted, 1);
             state.work.record(outcome, permit);
         }

@@ -14,11 +14,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::messages::{DeliveryMsg, WorkerMsg};
-use super::outcomes::{cancelled, failure};
+use super::outcomes::{cancelled, failure, stopped};
 use super::queue::WorkQueue;
 use crate::actors::remote::SubscriptionExists;
 use crate::actors::{now_us, NodeState};
-use crate::delivery::attempt::{self, Request};
+use crate::delivery::attempt::{self, Request, Sent, Signal};
 use crate::delivery::metrics::Counted;
 use crate::store::{
     Attempt, DeliveryState, DueEntry, FailedCountChange, Outcome, Scheduled, StoreError,
@@ -111,13 +111,17 @@ impl DeliveryWorker {
             (Ok(_), Ok(_), Ok(_)) => return (cancelled(due), Counted::Cancelled),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 let attempt = internal_attempt(e.to_string());
-                return failure(ctx, due, attempt, attempts_made);
+                return failure(ctx, due, attempt, attempts_made, Signal::None);
             }
         };
         let at_us = now_us();
+        if let Some(since_us) = account.stopped_us {
+            return stopped(due, since_us);
+        }
         let request = Request {
             endpoint: &account.endpoint,
             secret_key: &account.secret_key,
+            previous_secret_key: account.previous_secret_at(at_us),
             event: &triggered.event,
             body: triggered.body.clone(),
             delivery_id: due.delivery_id,
@@ -125,7 +129,7 @@ impl DeliveryWorker {
         };
         // The client bounds the exchange by `attempt_timeout`, and the supervisor stops a
         // worker stuck past it.
-        let attempt = attempt::send(&ctx.client, request, at_us).await;
+        let Sent { attempt, signal } = attempt::send(&ctx.client, request, at_us).await;
         ctx.delivery.metrics.observe_attempt(attempt.duration_us);
         if attempt::succeeded(&attempt) {
             (
@@ -135,11 +139,12 @@ impl DeliveryWorker {
                     state: DeliveryState::Succeeded,
                     next_due_us: None,
                     failed_count: FailedCountChange::Reset,
+                    gone: false,
                 },
                 Counted::Succeeded,
             )
         } else {
-            failure(ctx, due, attempt, attempts_made)
+            failure(ctx, due, attempt, attempts_made, signal)
         }
     }
 
@@ -178,6 +183,7 @@ fn internal_attempt(error: String) -> Attempt {
         status: None,
         error: Some(format!("internal error: {error}")),
         duration_us: 0,
+        response_body: None,
     }
 }
 

@@ -51,6 +51,7 @@ pub fn delivery_like_request() -> (Bytes, HeaderMap) {
     let request = crate::delivery::attempt::Request {
         endpoint: "http://127.0.0.1/",
         secret_key: "0123456789abcdef0123456789abcdef01234567",
+        previous_secret_key: None,
         event: EVENT,
         body: body.clone(),
         delivery_id: uuid::Uuid::new_v4(),

@@ -7,9 +7,10 @@
 
 use uuid::Uuid;
 
-use super::types::{Delivery, DeliveryState, DueEntry, Scheduled};
+use super::legacy::decode_delivery;
+use super::types::{DeliveryState, DueEntry, Scheduled};
 use crate::store::keys::{due_key, prefixed, read_u64, read_uuid, DUE, RECORD};
-use crate::store::records::{decode, encode_compact};
+use crate::store::records::encode_compact;
 use crate::store::{Result, Store, StoreError};
 
 /// Length of a due-queue value: delivery id, account id, attempts made.
@@ -116,7 +117,7 @@ impl Store {
             .scan_prefix(prefixed(RECORD, triggered.as_bytes()))
         {
             let (k, v) = item?;
-            let mut d: Delivery = decode(&v)?;
+            let mut d = decode_delivery(&v)?;
             if d.state != DeliveryState::Failed {
                 continue;
             }

@@ -19,6 +19,7 @@ pub(super) fn attempt(status: u16) -> Attempt {
         status: Some(status),
         error: None,
         duration_us: 1,
+        response_body: Some("{}".into()),
     }
 }
 

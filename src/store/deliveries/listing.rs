@@ -7,10 +7,10 @@
 
 use uuid::Uuid;
 
+use super::legacy::decode_delivery;
 use super::types::{Delivery, DeliveryCounts, DeliveryState};
 use crate::store::keys::{prefixed, RECORD};
 use crate::store::pagination::{Page, PageRequest};
-use crate::store::records::decode;
 use crate::store::{Result, Store};
 
 /// Collects one page of rows offered in order, decoding only the rows it keeps.
@@ -82,7 +82,7 @@ impl Store {
                     break 'records;
                 }
             }
-            if page.offer(|| decode(&value))? {
+            if page.offer(|| decode_delivery(&value))? {
                 break;
             }
         }
@@ -110,7 +110,7 @@ impl Store {
             .scan_prefix(prefixed(RECORD, triggered.as_bytes()))
             .values()
         {
-            match decode::<Delivery>(&v?)?.state {
+            match decode_delivery(&v?)?.state {
                 DeliveryState::Pending => counts.pending += 1,
                 DeliveryState::Succeeded => counts.succeeded += 1,
                 DeliveryState::Failed => counts.failed += 1,
@@ -147,6 +147,7 @@ mod tests {
             },
             next_due_us: None,
             failed_count: FailedCountChange::Keep,
+            gone: false,
         };
         // Several rows per batch, each out of order; one failure (a record); 3 waits.
         s.record_outcomes(&[outcome(6, 200), outcome(1, 200)], 20)

@@ -24,6 +24,7 @@
 //! h | peer node id | 0 | triggered id (16) | step written µs (8) | n (4)
 //!                                                     -> [NewDelivery]
 //! f | subscriber account id (16)                      -> failed_count (8)
+//! g | subscriber account id (16)                      -> when its endpoint answered 410 (8)
 //! ```
 //!
 //! | prefix | rows | module |
@@ -35,6 +36,7 @@
 //! | `c` | cursors of the fan-outs not finished | [`cursors`] |
 //! | `h` | batches waiting to be handed to the node that owns their subscribers | [`handoffs`] |
 //! | `f` | subscribers' `failed_count`s (absent: 0) | [`failed_counts`] |
+//! | `g` | subscribers whose endpoint answered `410 Gone` (deliveries stopped) | [`stopped`] |
 //!
 //! The keys are built in [`crate::store::keys`]. Creating deliveries ([`create`]),
 //! recording outcomes ([`outcomes`]), listing ([`listing`]) and the retention sweep
@@ -58,10 +60,12 @@ mod first_attempts;
 #[cfg(test)]
 mod fixtures;
 mod handoffs;
+mod legacy;
 mod listing;
 mod outcomes;
 mod records;
 mod settled;
+mod stopped;
 mod sweep;
 mod types;
 

@@ -2,7 +2,8 @@
 //!
 //! Each outcome updates its delivery where it lives (a first attempt that succeeded goes
 //! to a settled row of its pending batch, any other to its record), queues the next
-//! attempt if there is one, and changes the subscriber's `failed_count`; the pending-batch
+//! attempt if there is one, changes the subscriber's `failed_count` and marks an endpoint
+//! that answered `410 Gone` (see [`super::stopped`]); the pending-batch
 //! rows the batch completes are removed with it. An attempt leaves the due queue or its
 //! pending batch only here, so an attempt without a written outcome runs again after a
 //! restart.
@@ -12,9 +13,10 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::due::due_value;
+use super::legacy::decode_delivery;
 use super::types::{Delivery, DeliveryState, FailedCountChange, Outcome, Scheduled};
-use crate::store::keys::due_key;
-use crate::store::records::{decode, encode_compact};
+use crate::store::keys::{due_key, gone_key};
+use crate::store::records::encode_compact;
 use crate::store::{Result, Store};
 
 impl Store {
@@ -27,14 +29,19 @@ impl Store {
         let mut counts: HashMap<Uuid, u64> = HashMap::new();
         let mut closing: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut settled: HashMap<&[u8], Vec<Delivery>> = HashMap::new();
+        let mut gone = Vec::new();
         for o in outcomes {
+            if o.gone {
+                batch.insert(&gone_key(&o.due.account_id), &now_us.to_be_bytes());
+                gone.push(o.due.account_id);
+            }
             let mut d = match &o.due.scheduled {
                 Scheduled::Queue(due_key) => {
                     batch.remove(due_key.as_slice());
                     let Some(bytes) = deliveries.get(&o.due.record_key)? else {
                         continue;
                     };
-                    match decode::<Delivery>(&bytes) {
+                    match decode_delivery(&bytes) {
                         Ok(d) => d,
                         // Never retried forever: the due entry goes, the record stays for a look.
                         Err(e) => {
@@ -98,6 +105,9 @@ impl Store {
         }
         deliveries.apply_batch(batch)?;
         open.close(closing);
+        for account in gone {
+            self.inner.targets.invalidate(&account);
+        }
         Ok(())
     }
 }
@@ -126,6 +136,7 @@ mod tests {
             },
             next_due_us: (status != 200).then_some(100),
             failed_count: FailedCountChange::Reset,
+            gone: false,
         };
         let rows = |prefix: u8| s.t().deliveries.scan_prefix([prefix]).count();
         s.record_outcomes(&[outcome(&entries[0], 200), outcome(&entries[1], 500)], 20)
@@ -182,6 +193,7 @@ mod tests {
                 state: DeliveryState::Pending,
                 next_due_us: Some(50),
                 failed_count: FailedCountChange::Increment,
+                gone: false,
             }],
             6,
         )
@@ -199,6 +211,7 @@ mod tests {
                 state: DeliveryState::Succeeded,
                 next_due_us: None,
                 failed_count: FailedCountChange::Reset,
+                gone: false,
             }],
             51,
         )

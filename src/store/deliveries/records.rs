@@ -5,8 +5,8 @@
 //! subscription order, and the key is deterministic: a resent fan-out batch overwrites
 //! nothing that exists.
 
+use super::legacy::decode_delivery;
 use super::types::Delivery;
-use crate::store::records::decode;
 use crate::store::{Result, Store};
 
 impl Store {
@@ -15,7 +15,7 @@ impl Store {
         self.t()
             .deliveries
             .get(record_key)?
-            .map(|v| decode(&v))
+            .map(|v| decode_delivery(&v))
             .transpose()
     }
 }

@@ -18,9 +18,10 @@ use std::iter::Peekable;
 
 use uuid::Uuid;
 
+use super::legacy::decode_deliveries;
 use super::types::Delivery;
 use crate::store::keys::{prefixed, SETTLED};
-use crate::store::records::{decode, encode_compact};
+use crate::store::records::encode_compact;
 use crate::store::{Result, Store};
 
 /// A trigger's settled deliveries in record-key order (see [`Store::settled_in_order`]).
@@ -41,13 +42,13 @@ impl SettledInOrder {
         };
         let (key, value) = first?;
         let batch = batch_part(&key).to_vec();
-        let mut items = keyed(decode(&value)?);
+        let mut items = keyed(decode_deliveries(&value)?);
         while let Some(Ok((next, _))) = self.rows.peek() {
             if batch_part(next) != batch.as_slice() {
                 break;
             }
             if let Some(row) = self.rows.next() {
-                items.extend(keyed(decode(&row?.1)?));
+                items.extend(keyed(decode_deliveries(&row?.1)?));
             }
         }
         items.sort_by(|a, b| a.0.cmp(&b.0));
@@ -140,7 +141,7 @@ impl Store {
             .scan_prefix(settled_prefix(batch_key))
             .values()
         {
-            let records: Vec<Delivery> = decode(&row?)?;
+            let records = decode_deliveries(&row?)?;
             keys.extend(records.iter().map(Delivery::record_key));
         }
         Ok(keys)
@@ -155,7 +156,7 @@ impl Store {
             .scan_prefix(prefixed(SETTLED, triggered.as_bytes()))
             .values()
         {
-            n += decode::<Vec<Delivery>>(&row?)?.len() as u64;
+            n += decode_deliveries(&row?)?.len() as u64;
         }
         Ok(n)
     }

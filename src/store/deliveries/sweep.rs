@@ -1,9 +1,9 @@
 //! The retention sweep: removes finished deliveries older than the retention period, from
 //! records and settled rows. Pending deliveries stay, however old.
 
-use super::types::{Delivery, DeliveryState};
+use super::legacy::{decode_deliveries, decode_delivery};
+use super::types::DeliveryState;
 use crate::store::keys::{RECORD, SETTLED};
-use crate::store::records::decode;
 use crate::store::{Result, Store};
 
 impl Store {
@@ -13,7 +13,7 @@ impl Store {
         let mut batch = sled::Batch::default();
         for item in self.t().deliveries.scan_prefix([RECORD]) {
             let (k, v) = item?;
-            let d: Delivery = decode(&v)?;
+            let d = decode_delivery(&v)?;
             if d.state != DeliveryState::Pending && d.finished_us.is_some_and(|f| f < cutoff_us) {
                 batch.remove(k);
                 removed += 1;
@@ -30,7 +30,7 @@ impl Store {
         let mut batch = sled::Batch::default();
         for row in self.t().deliveries.scan_prefix([SETTLED]) {
             let (key, value) = row?;
-            let records: Vec<Delivery> = decode(&value)?;
+            let records = decode_deliveries(&value)?;
             if records
                 .iter()
                 .all(|d| d.finished_us.is_some_and(|f| f < cutoff_us))

@@ -33,6 +33,9 @@ pub struct Attempt {
     pub error: Option<String>,
     /// How long it took (µs).
     pub duration_us: u64,
+    /// The start of the endpoint's response body (lossy UTF-8), when it answered and
+    /// `delivery.response_capture_bytes` is not 0.
+    pub response_body: Option<String>,
 }
 
 /// One subscriber's delivery of one trigger.
@@ -227,6 +230,8 @@ pub struct Outcome {
     pub next_due_us: Option<u64>,
     /// `failed_count` change for the subscriber.
     pub failed_count: FailedCountChange,
+    /// The endpoint answered `410 Gone`: stop deliveries to the subscriber.
+    pub gone: bool,
 }
 
 /// What an outcome does to the subscriber's `failed_count`.

@@ -100,7 +100,7 @@ pub(super) async fn endpoint_handle(
         let mut st = state.lock().unwrap();
         if method == hyper::Method::POST {
             scripted = st.scripts.get_mut(&path).map(|script| {
-                let then = script.then;
+                let then = script.then.clone();
                 script.queue.pop_front().unwrap_or(then)
             });
             st.posts.push(RecordedPost {
@@ -108,7 +108,9 @@ pub(super) async fn endpoint_handle(
                 headers: headers.clone(),
                 body: body.clone(),
                 at: Instant::now(),
-                answered: scripted.map_or_else(|| unscripted_post_status(&path), |a| a.status),
+                answered: scripted
+                    .as_ref()
+                    .map_or_else(|| unscripted_post_status(&path), |a| a.status),
             });
         } else if method == hyper::Method::GET {
             st.gets.push(RecordedGet {
@@ -121,7 +123,13 @@ pub(super) async fn endpoint_handle(
         if !answer.hold.is_zero() {
             tokio::time::sleep(answer.hold).await;
         }
-        return Ok(endpoint_response(answer.status, "{}"));
+        let body = answer.body.unwrap_or_else(|| "{}".into());
+        let mut response = endpoint_response(answer.status, body);
+        if let Some(value) = answer.retry_after {
+            let value = hyper::header::HeaderValue::from_str(&value).unwrap();
+            response.headers_mut().insert("retry-after", value);
+        }
+        return Ok(response);
     }
     // `/slow/<ms>/rest`: wait, then behave like `/rest`.
     let path = match strip_numbered(&path, "/slow/") {

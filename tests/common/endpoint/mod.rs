@@ -59,12 +59,16 @@ impl RecordedPost {
 }
 
 /// How the endpoint server answers one POST to a scripted path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PostAnswer {
     /// The status code.
     pub status: u16,
     /// How long to hold the request before answering (bounded; `ZERO` answers at once).
     pub hold: Duration,
+    /// A `Retry-After` header to send.
+    pub retry_after: Option<String>,
+    /// The body (`{}` when `None`).
+    pub body: Option<String>,
 }
 
 impl PostAnswer {
@@ -72,7 +76,21 @@ impl PostAnswer {
         Self {
             status,
             hold: Duration::ZERO,
+            retry_after: None,
+            body: None,
         }
+    }
+
+    /// Adds `Retry-After: <value>`.
+    pub fn retry_after(mut self, value: &str) -> Self {
+        self.retry_after = Some(value.to_string());
+        self
+    }
+
+    /// Answers with `body`.
+    pub fn body(mut self, body: &str) -> Self {
+        self.body = Some(body.to_string());
+        self
     }
 }
 
@@ -291,7 +309,10 @@ impl EndpointServer {
         self.script_post_answers(
             url_or_name,
             VecDeque::new(),
-            PostAnswer { status: 200, hold },
+            PostAnswer {
+                hold,
+                ..PostAnswer::status(200)
+            },
         );
     }
 
