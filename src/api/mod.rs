@@ -5,6 +5,7 @@
 //! route declares (Content-Type, then authentication) and calls the route's handler.
 
 mod accounts;
+mod deliveries;
 mod keys;
 mod ops;
 mod registrations;

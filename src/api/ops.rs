@@ -161,9 +161,9 @@ mod tests {
                 }
             }
         }
-        // The 21 `/v1` pairs of the original, the 3 delivery-visibility routes, the 7 pairs that
-        // answer `400 Missing <param>`, /health, /ready, /metrics, /v1/cluster and the
-        // document itself.
-        assert_eq!(operations, 36);
+        // The 21 `/v1` pairs of the original, the 3 delivery-visibility routes, bulk recovery,
+        // the 7 pairs that answer `400 Missing <param>`, /health, /ready, /metrics,
+        // /v1/cluster and the document itself.
+        assert_eq!(operations, 37);
     }
 }

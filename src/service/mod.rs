@@ -9,6 +9,7 @@
 
 mod accounts;
 mod listing;
+mod recovery;
 mod registrations;
 mod subscriptions;
 mod triggers;
@@ -23,6 +24,7 @@ pub use accounts::{
     ResetSecretKey, UpdateEndpoint,
 };
 pub use listing::{Listed, Table};
+pub use recovery::{RecoverDeliveries, RequeueFailedOf, Window};
 pub use registrations::{
     CreateRegistration, DeleteLocalRegistrations, DeleteRegistration, ListOwnRegistrations,
     NewRegistration, PatchRegistration,
@@ -77,6 +79,7 @@ impl Service {
         let service = Self { ctx };
         accounts::serve(&service);
         listing::serve(&service);
+        recovery::serve(&service);
         registrations::serve(&service);
         subscriptions::serve(&service);
         triggers::serve(&service);

@@ -12,6 +12,7 @@ mod connections;
 mod deletions;
 mod fanout;
 mod payload;
+mod recovery;
 mod redeliver;
 mod retries;
 mod rotation;

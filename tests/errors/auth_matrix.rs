@@ -57,6 +57,8 @@ enum Body {
     Registration,
     /// A new description for a registration.
     Description,
+    /// A bulk-recovery time window.
+    Window,
 }
 
 /// What [`Snapshot`] counts.
@@ -223,6 +225,7 @@ static ROUTES: &[Route] = &[
         Jane,
         200,
     ),
+    route("POST", "/v1/webhook/deliveries/recover", Key, Jane, 200).body(Body::Window),
     Route::operations("/health"),
     Route::operations("/ready"),
     Route::operations("/metrics"),
@@ -330,6 +333,7 @@ impl Fixture {
                 json!({"event": "my.event", "description": "desc", "event_data": {"k": [1, 2.5]}}),
             ),
             Body::Description => Some(json!({"description": "new"})),
+            Body::Window => Some(json!({"since": 0})),
         }
     }
 

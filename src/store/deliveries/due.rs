@@ -5,10 +5,12 @@
 //! record; only the outcome writer does. First attempts are not queued here: they wait in
 //! their pending batch (see [`super::first_attempts`]).
 
+use std::collections::HashSet;
+
 use uuid::Uuid;
 
 use super::legacy::decode_delivery;
-use super::types::{DeliveryState, DueEntry, Scheduled};
+use super::types::{Delivery, DeliveryState, DueEntry, Scheduled};
 use crate::store::keys::{due_key, prefixed, read_u64, read_uuid, DUE, RECORD};
 use crate::store::records::encode_compact;
 use crate::store::{Result, Store, StoreError};
@@ -109,16 +111,39 @@ impl Store {
 
     /// Puts `triggered`'s failed deliveries back in the queue, due `now_us`; returns how many.
     pub fn requeue_failed(&self, triggered: &Uuid, now_us: u64) -> Result<u64> {
+        self.requeue_where(&prefixed(RECORD, triggered.as_bytes()), now_us, |_| true)
+    }
+
+    /// Bulk recovery: puts back in the queue, due `now_us`, every failed delivery that
+    /// finished within `since_us..=until_us` and went to `subscriber` or belongs to one of
+    /// `registrations`; returns how many. A scan of every delivery record of the node.
+    pub fn requeue_failed_of(
+        &self,
+        subscriber: &Uuid,
+        registrations: &HashSet<Uuid>,
+        (since_us, until_us): (u64, u64),
+        now_us: u64,
+    ) -> Result<u64> {
+        self.requeue_where(&[RECORD], now_us, |d| {
+            d.finished_us
+                .is_some_and(|f| (since_us..=until_us).contains(&f))
+                && (d.account_id == *subscriber || registrations.contains(&d.registration_id))
+        })
+    }
+
+    /// Requeues the failed deliveries among the records under `prefix` that `select` keeps.
+    fn requeue_where(
+        &self,
+        prefix: &[u8],
+        now_us: u64,
+        select: impl Fn(&Delivery) -> bool,
+    ) -> Result<u64> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for item in self
-            .t()
-            .deliveries
-            .scan_prefix(prefixed(RECORD, triggered.as_bytes()))
-        {
+        for item in self.t().deliveries.scan_prefix(prefix) {
             let (k, v) = item?;
             let mut d = decode_delivery(&v)?;
-            if d.state != DeliveryState::Failed {
+            if d.state != DeliveryState::Failed || !select(&d) {
                 continue;
             }
             d.state = DeliveryState::Pending;
@@ -131,5 +156,55 @@ impl Store {
         }
         self.t().deliveries.apply_batch(batch)?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{attempt, item};
+    use super::super::types::{FailedCountChange, Outcome};
+    use super::*;
+    use crate::store::tests::temp_store;
+
+    #[test]
+    fn bulk_recovery_requeues_the_failed_deliveries_in_the_window_that_concern_the_caller() {
+        let (_d, s) = temp_store();
+        let (t, mine, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let items: Vec<_> = (1..=4).map(|n| (item(n), false)).collect();
+        let subscriber = items[0].0.account_id;
+        let entries = s.accept_handed_over(&t, &other, &items, 1).unwrap();
+        let end = |i: usize, status: u16, at: u64| {
+            let outcome = Outcome {
+                due: entries[i].clone(),
+                attempt: Some(attempt(status)),
+                state: if status == 200 {
+                    DeliveryState::Succeeded
+                } else {
+                    DeliveryState::Failed
+                },
+                next_due_us: None,
+                failed_count: FailedCountChange::Keep,
+                gone: false,
+            };
+            s.record_outcomes(&[outcome], at).unwrap();
+        };
+        end(0, 500, 10);
+        end(1, 500, 10);
+        end(2, 500, 99);
+        end(3, 200, 10);
+        let none = HashSet::new();
+        // The subscriber's own failure in the window only.
+        assert_eq!(
+            s.requeue_failed_of(&subscriber, &none, (5, 20), 50)
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.due_counts().unwrap().0, 1);
+        // The registration's owner: every failure of its registration in the window.
+        let owner = HashSet::from([other]);
+        assert_eq!(s.requeue_failed_of(&mine, &owner, (5, 20), 50).unwrap(), 1);
+        assert_eq!(s.requeue_failed_of(&mine, &owner, (0, 200), 50).unwrap(), 1);
+        assert_eq!(s.requeue_failed_of(&mine, &owner, (0, 200), 50).unwrap(), 0);
+        assert_eq!(s.due_counts().unwrap().0, 3);
     }
 }

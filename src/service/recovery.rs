@@ -1,0 +1,100 @@
+//! Bulk recovery: after an outage, the caller queues again the failed deliveries that
+//! concern it — those to its own endpoint and, as a registration owner, those of its
+//! registrations — that failed within a time window.
+//!
+//! The caller's registrations live on its shard, so the owner of that shard authenticates
+//! and lists them in the same request; the deliveries live with their subscribers, on any
+//! node, so every node requeues its own.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::served_by;
+use super::{username_shard, Op, Service};
+use crate::actors::now_us;
+use crate::cluster::rpc;
+use crate::domain::{Credentials, ServiceError};
+
+pub(super) fn serve(service: &Service) {
+    service.serve::<RecoverDeliveries>();
+    service.serve::<RequeueFailedOf>();
+}
+
+/// When the deliveries to recover failed: Unix µs, both ends included.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Window {
+    /// From.
+    pub since_us: u64,
+    /// Until.
+    pub until_us: u64,
+}
+
+/// Requeues the caller's failed deliveries of a window; answers how many.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoverDeliveries {
+    /// Who asks.
+    pub credentials: Credentials,
+    /// The window, or the body's error, reported once the caller is authenticated.
+    pub window: Result<Window, ServiceError>,
+}
+
+rpc!(RecoverDeliveries => Result<u64, ServiceError>, "service/recover_deliveries");
+
+impl Op for RecoverDeliveries {
+    async fn run(self, service: Service) -> Self::Answer {
+        let caller = service.authenticate_here(&self.credentials).await?;
+        let window = self.window?;
+        let registrations = service.ctx.store.registration_ids_of(&caller.id)?;
+        let requeue = RequeueFailedOf {
+            subscriber: caller.id,
+            registrations,
+            window,
+        };
+        Ok(service.ask_everywhere(requeue).await?.into_iter().sum())
+    }
+}
+
+served_by!(RecoverDeliveries, |op, shards| Some(username_shard(
+    shards,
+    &op.credentials.username
+)));
+
+/// Requeues the node's failed deliveries of a window that went to `subscriber` or belong
+/// to one of `registrations`; answers how many.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequeueFailedOf {
+    /// The caller, as a subscriber.
+    pub subscriber: Uuid,
+    /// The caller's registrations.
+    pub registrations: Vec<Uuid>,
+    /// When they failed.
+    pub window: Window,
+}
+
+rpc!(RequeueFailedOf => Result<u64, ServiceError>, "service/requeue_failed_of");
+
+impl Op for RequeueFailedOf {
+    async fn run(self, service: Service) -> Self::Answer {
+        let registrations: HashSet<Uuid> = self.registrations.into_iter().collect();
+        let window = (self.window.since_us, self.window.until_us);
+        let store = service.ctx.store.clone();
+        let subscriber = self.subscriber;
+        // A scan of every delivery record: off the async workers.
+        let n = tokio::task::spawn_blocking(move || {
+            store.requeue_failed_of(&subscriber, &registrations, window, now_us())
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))??;
+        service.ctx.store.flush().await?;
+        service
+            .ctx
+            .delivery
+            .metrics
+            .due
+            .fetch_add(n as i64, std::sync::atomic::Ordering::Relaxed);
+        service.ctx.delivery.wake();
+        Ok(n)
+    }
+}
