@@ -14,7 +14,10 @@
 //! * (b) fan-out, 1 registration × 10,000 subscriptions × 5 triggers;
 //! * (c) 100 registrations × 100 subscriptions × 5 triggers, all fired concurrently;
 //! * (d) authenticated `GET /v1/account/<id>` requests/s vs a hello-world hyper server;
-//! * (e) the node's peak RSS during a 100,000-subscriber fan-out.
+//! * (e) the node's peak RSS during a 100,000-subscriber fan-out;
+//! * (f) endpoint isolation, on a fresh node: 200 healthy endpoints with and without one
+//!   more that never answers; the healthy deliveries/s and p99 latency of both runs, and
+//!   whether the dead endpoint kept them within 20 % (`--isolation-only` runs it alone).
 //!
 //! `--nodes 3` then stops that node and starts a local three-node cluster (`node1..node3`
 //! as separate processes on 127.0.0.1, 127.0.0.2 and 127.0.0.3, free ports, the same node
@@ -38,6 +41,7 @@ mod ceiling;
 mod cluster_part;
 mod cluster_report;
 mod context;
+mod isolation;
 mod memory;
 mod options;
 mod reads;
@@ -57,6 +61,7 @@ use webhookd::bench::{BenchError, BenchResult};
 use crate::cluster_part::{cluster_part, ClusterRun};
 use crate::cluster_report::{cluster_json, cluster_table, cross_node_lines};
 use crate::context::{loopback, out_dir};
+use crate::isolation::isolation_part;
 use crate::options::{parse_args, Options, FULL, QUICK};
 use crate::single_node::single_node;
 use crate::single_report::{single_json, single_table};
@@ -96,12 +101,21 @@ async fn run(opts: Options) -> BenchResult<()> {
     let wall = Instant::now();
     let sizes = if opts.quick { QUICK } else { FULL };
     let sink = Sink::start(loopback()).await?;
+    if opts.isolation_only {
+        let f = isolation_part(&sink, sizes).await?;
+        println!();
+        for line in f.lines() {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     let single = single_node(&sink, sizes, opts, wall).await?;
     let cluster = if opts.nodes > 1 {
         Some(cluster_part(&sink, sizes, opts.nodes).await?)
     } else {
         None
     };
+    let isolation = isolation_part(&sink, sizes).await?;
     let wall_time = wall.elapsed();
     let c = single.ceiling.per_second;
 
@@ -124,6 +138,11 @@ async fn run(opts: Options) -> BenchResult<()> {
         );
     }
 
+    println!();
+    for line in isolation.lines() {
+        println!("{line}");
+    }
+
     // Files.
     let out = out_dir();
     let mut doc = single_json(&single, opts);
@@ -134,6 +153,7 @@ async fn run(opts: Options) -> BenchResult<()> {
                 .as_ref()
                 .map_or(Value::Null, |cl| cluster_json(cl, &single)),
         );
+        obj.insert("isolation".into(), isolation.json());
         obj.insert("wall_time_s".into(), json!(wall_time.as_secs_f64()));
     }
     let text = serde_json::to_string_pretty(&doc)
@@ -188,7 +208,10 @@ async fn run(opts: Options) -> BenchResult<()> {
         json_path.display(),
         svg_path.display()
     );
-    let missing = single.missing() + cluster.as_ref().map_or(0, ClusterRun::missing);
+    let missing = single.missing()
+        + cluster.as_ref().map_or(0, ClusterRun::missing)
+        + isolation.without.missing
+        + isolation.with_dead.missing;
     if missing > 0 {
         return Err(BenchError::Invalid(format!(
             "{} deliveries did not arrive in time",

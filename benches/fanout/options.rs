@@ -7,7 +7,8 @@ use webhookd::bench::progress::group;
 /// The `--nodes` values accepted: one node, or one node then a cluster of three.
 const NODE_COUNTS: [usize; 2] = [1, 3];
 
-const USAGE: &str = "usage: cargo bench --bench fanout -- [--quick] [--nodes 1|3]";
+const USAGE: &str =
+    "usage: cargo bench --bench fanout -- [--quick] [--nodes 1|3] [--isolation-only]";
 
 /// Sizes of one run.
 #[derive(Debug, Clone, Copy)]
@@ -22,6 +23,8 @@ pub(crate) struct Sizes {
     pub(crate) triggers: usize,
     /// (e): subscribers of the memory fan-out (None: skipped).
     pub(crate) e_subscribers: Option<usize>,
+    /// (f) triggers of the 200-endpoint registration, per run.
+    pub(crate) f_triggers: usize,
     pub(crate) deadline: Duration,
 }
 
@@ -36,6 +39,7 @@ pub(crate) const FULL: Sizes = Sizes {
     c_subscribers: 100,
     triggers: 5,
     e_subscribers: Some(100_000),
+    f_triggers: 200,
     deadline: Duration::from_secs(300),
 };
 
@@ -49,6 +53,7 @@ pub(crate) const QUICK: Sizes = Sizes {
     c_subscribers: 100,
     triggers: 5,
     e_subscribers: Some(20_000),
+    f_triggers: 50,
     deadline: Duration::from_secs(60),
 };
 
@@ -75,6 +80,8 @@ pub(crate) struct Options {
     pub(crate) bench: bool,
     pub(crate) quick: bool,
     pub(crate) nodes: usize,
+    /// Run (f), the endpoint-isolation scenario, alone.
+    pub(crate) isolation_only: bool,
 }
 
 pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
@@ -82,6 +89,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Optio
         bench: false,
         quick: false,
         nodes: 1,
+        isolation_only: false,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -101,6 +109,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Optio
         match arg.as_str() {
             "--bench" => opts.bench = true,
             "--quick" => opts.quick = true,
+            "--isolation-only" => opts.isolation_only = true,
             "--nodes" => opts.nodes = nodes(args.next())?,
             other if other.starts_with("--nodes=") => {
                 opts.nodes = nodes(other.strip_prefix("--nodes=").map(str::to_string))?

@@ -8,7 +8,9 @@
 //!   subscriber index taken from its path (`/s/<n>`). Records are 12 bytes each, so a
 //!   fan-out of hundreds of thousands of deliveries costs a few MB.
 //!
-//! The sink answers every POST with an empty 200 and never looks at the signatures.
+//! The sink answers every POST with an empty 200 and never looks at the signatures, but
+//! for a `POST /hang/<n>`: that one is never answered nor recorded (an endpoint that
+//! accepts connections and then says nothing, for the isolation scenario).
 //!
 //! Its listen backlog is [`BACKLOG`], not the usual 128: a node opens up to
 //! `delivery.max_in_flight` (256 by default) connections at once when a fan-out starts, and
@@ -157,6 +159,11 @@ impl Sink {
         format!("http://{}/s/{n}", self.connect_addr())
     }
 
+    /// An endpoint that passes the echo challenge but never answers a POST.
+    pub fn hanging_endpoint(&self, n: usize) -> String {
+        format!("http://{}/hang/{n}", self.connect_addr())
+    }
+
     /// The clock arrival times are measured with.
     pub fn clock(&self) -> Clock {
         self.state.clock
@@ -260,6 +267,10 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() == Method::POST {
+        if req.uri().path().starts_with("/hang/") {
+            // Held until the node gives up (or the sink stops).
+            return std::future::pending().await;
+        }
         let subscriber = subscriber_of(req.uri().path());
         let body = match req.into_body().collect().await {
             Ok(body) => body.to_bytes(),

@@ -1,4 +1,5 @@
-//! Delivery counters: outcomes, attempt latency, in-flight attempts, due-queue depth.
+//! Delivery counters: outcomes, attempt latency, in-flight attempts, due-queue depth, and
+//! the endpoints' circuit breakers.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -21,6 +22,12 @@ pub struct DeliveryMetrics {
     pub in_flight: AtomicI64,
     /// Pending deliveries: waiting for their first attempt or a retry.
     pub due: AtomicI64,
+    /// Endpoints whose circuit breaker is open now.
+    pub breakers_open: AtomicI64,
+    /// Times a breaker opened.
+    pub breaker_trips: AtomicU64,
+    /// Attempts deferred by an open breaker, without a POST.
+    deferred: AtomicU64,
 }
 
 /// How an attempt or a delivery ended, for counting.
@@ -36,6 +43,8 @@ pub enum Counted {
     Skipped,
     /// Ended by a deletion.
     Cancelled,
+    /// Not attempted now: the endpoint's breaker is open.
+    Deferred,
 }
 
 impl DeliveryMetrics {
@@ -47,6 +56,7 @@ impl DeliveryMetrics {
             Counted::Failed => &self.failed,
             Counted::Skipped => &self.skipped,
             Counted::Cancelled => &self.cancelled,
+            Counted::Deferred => &self.deferred,
         };
         counter.fetch_add(n, Ordering::Relaxed);
         if outcome == Counted::Failed {
@@ -130,6 +140,29 @@ impl DeliveryMetrics {
             out,
             "webhookd_delivery_due {}",
             self.due.load(Ordering::Relaxed).max(0)
+        );
+        out.push_str(
+            "# HELP webhookd_delivery_breakers_open Endpoints whose circuit breaker is open.\n",
+        );
+        out.push_str("# TYPE webhookd_delivery_breakers_open gauge\n");
+        let _ = writeln!(
+            out,
+            "webhookd_delivery_breakers_open {}",
+            self.breakers_open.load(Ordering::Relaxed).max(0)
+        );
+        out.push_str("# HELP webhookd_delivery_breaker_trips_total Times an endpoint's circuit breaker opened.\n");
+        out.push_str("# TYPE webhookd_delivery_breaker_trips_total counter\n");
+        let _ = writeln!(
+            out,
+            "webhookd_delivery_breaker_trips_total {}",
+            load(&self.breaker_trips)
+        );
+        out.push_str("# HELP webhookd_delivery_deferred_total Attempts deferred by an open circuit breaker, without a POST.\n");
+        out.push_str("# TYPE webhookd_delivery_deferred_total counter\n");
+        let _ = writeln!(
+            out,
+            "webhookd_delivery_deferred_total {}",
+            load(&self.deferred)
         );
         out
     }

@@ -5,12 +5,14 @@
 //! `max_failed_count`, success (any 2xx), retries, `failed_count`, deletions ending retries,
 //! the Standard Webhooks headers, dynamic payloads and idempotency, delivery visibility and
 //! redeliver, plus the delivery metrics; the delivery policy: receivers' signals
-//! (`Retry-After`, `410 Gone`), jitter, secret rotation and the captured response.
+//! (`Retry-After`, `410 Gone`), jitter, secret rotation, the captured response, bulk
+//! recovery, and endpoint isolation (per-endpoint cap, circuit breaker).
 
 mod capture;
 mod connections;
 mod deletions;
 mod fanout;
+mod isolation;
 mod payload;
 mod recovery;
 mod redeliver;

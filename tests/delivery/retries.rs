@@ -101,11 +101,13 @@ async fn a_failing_endpoint_gets_four_attempts_then_a_success_resets_failed_coun
 
 #[tokio::test]
 async fn failed_count_249_is_still_delivered_and_250_is_skipped() {
-    // One attempt per trigger, so each trigger adds exactly 1 to failed_count.
+    // One attempt per trigger, so each trigger adds exactly 1 to failed_count; no breaker,
+    // so every one of them is attempted.
     let p = Pair::new(
         r#"
 [delivery]
 retry_delays_secs = []
+breaker_failures = 0
 max_failed_count = 250
 max_in_flight = 64
 [http_client]

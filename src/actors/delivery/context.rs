@@ -30,6 +30,12 @@ pub struct DeliveryContext {
     pub max_failed_count: u64,
     /// Attempts running at once at most.
     pub max_in_flight: usize,
+    /// Attempts running at once to one endpoint at most.
+    pub max_in_flight_per_endpoint: usize,
+    /// Failed attempts in a row that open an endpoint's breaker (0: never).
+    pub breaker_failures: u32,
+    /// How long an open breaker defers its endpoint's deliveries.
+    pub breaker_cooldown: Duration,
     /// Outcomes waiting for their commit at most; with `max_in_flight`, the bound on the
     /// deliveries a crash re-sends (see the work queue).
     pub commit_window: usize,

@@ -13,6 +13,10 @@
 //! committed: at most `delivery.max_in_flight + delivery.commit_window` deliveries are
 //! ever attempted and not on disk, so a crash re-sends at most that many ([`queue`]).
 //!
+//! A worker makes at most `delivery.max_in_flight_per_endpoint` attempts to one endpoint
+//! at once and none while its circuit breaker is open ([`isolation`]): a dead endpoint
+//! cannot hold the slots the healthy ones need.
+//!
 //! Workers are linked children and show the attempt they are making in a slot: a
 //! panicking worker is reported to the supervisor, which records that attempt as failed and
 //! starts a replacement; a worker stuck past its deadline is killed the same way.
@@ -20,12 +24,14 @@
 //! Deliveries are created by fan-out (`actors::fanout`); [`handoff`] carries those of
 //! subscribers owned by other nodes.
 //!
-//! The modules depend one way: [`messages`] and [`queue`] on none of the others;
+//! The modules depend one way: [`messages`] and [`isolation`] on none of the others,
+//! [`queue`] on `isolation`;
 //! [`context`] and [`outcomes`] on `messages`; [`worker`] on those; [`supervisor`] on all
 //! of them; [`handoff`] only on fan-out.
 
 mod context;
 mod handoff;
+mod isolation;
 mod messages;
 mod outcomes;
 mod queue;

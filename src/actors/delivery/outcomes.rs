@@ -39,6 +39,20 @@ pub(super) fn cancelled(due: DueEntry) -> Outcome {
     }
 }
 
+/// The outcome of an attempt deferred by its endpoint's open breaker: no POST, the
+/// delivery waits (persisted) until `until_us`.
+pub(super) fn deferred(due: DueEntry, until_us: u64) -> (Outcome, Counted) {
+    let outcome = Outcome {
+        due,
+        attempt: None,
+        state: DeliveryState::Pending,
+        next_due_us: Some(until_us),
+        failed_count: FailedCountChange::Keep,
+        gone: false,
+    };
+    (outcome, Counted::Deferred)
+}
+
 /// The outcome of a delivery not sent because its endpoint answered `410 Gone` at
 /// `since_us`: it fails at once, with a log entry that says why and how to resume.
 pub(super) fn stopped(due: DueEntry, since_us: u64) -> (Outcome, Counted) {

@@ -1,6 +1,7 @@
 //! The work queue between the supervisor and its workers: attempts waiting for a worker
 //! (retries ahead of first attempts, so a backlog of new deliveries does not hold back
-//! the retries already due), the outcome writer's input, and the commit window.
+//! the retries already due), the attempts parked because their endpoint has as many in
+//! flight as it may (see `isolation`), the outcome writer's input, and the commit window.
 //!
 //! The commit window bounds what a crash costs. A delivery is sent again after a crash
 //! when its attempt was made and its outcome was not on disk yet: the attempts in flight
@@ -15,8 +16,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use foldhash::HashMap;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
 
+use super::isolation::Isolation;
 use crate::store::{DueEntry, Outcome};
 
 /// An outcome on its way to disk, holding its attempt's place in the commit window until
@@ -40,24 +44,34 @@ pub struct WorkQueue {
     resend_bound: usize,
     /// Set when the node stops: workers finish their attempt and take no more.
     stopping: AtomicBool,
+    /// The endpoints' caps and circuit breakers.
+    pub(super) isolation: Isolation,
 }
 
 #[derive(Default)]
 struct Queued {
     retries: VecDeque<DueEntry>,
     first_attempts: VecDeque<DueEntry>,
+    /// Attempts whose endpoint is at its cap, by subscriber, oldest first: one goes back
+    /// to the front of the queue whenever an attempt to that endpoint ends.
+    parked: HashMap<Uuid, VecDeque<DueEntry>>,
 }
 
 impl WorkQueue {
     /// A queue whose outcomes go to `writer`, with room for `resend_bound` attempts made
-    /// and not committed.
-    pub(super) fn new(writer: mpsc::UnboundedSender<Uncommitted>, resend_bound: usize) -> Self {
+    /// and not committed, and the endpoints' caps and breakers of `isolation`.
+    pub(super) fn new(
+        writer: mpsc::UnboundedSender<Uncommitted>,
+        resend_bound: usize,
+        isolation: Isolation,
+    ) -> Self {
         WorkQueue {
             queued: Mutex::new(Queued::default()),
             writer: Mutex::new(Some(writer)),
             window: Arc::new(Semaphore::new(resend_bound)),
             resend_bound,
             stopping: AtomicBool::new(false),
+            isolation,
         }
     }
 
@@ -85,18 +99,50 @@ impl WorkQueue {
         q.first_attempts.extend(first);
     }
 
-    /// The next attempt to make, retries first; `None` when empty or stopping.
+    /// The next attempt to make, retries first, counted in flight for its endpoint; those
+    /// whose endpoint is at its cap are parked on the way. `None` when empty or stopping.
+    /// The taker calls [`Self::finished`] when the attempt ends.
     pub(super) fn take(&self) -> Option<DueEntry> {
         if self.stopping.load(Ordering::Relaxed) {
             return None;
         }
         let mut q = self.queued();
-        q.retries
-            .pop_front()
-            .or_else(|| q.first_attempts.pop_front())
+        loop {
+            let entry = q
+                .retries
+                .pop_front()
+                .or_else(|| q.first_attempts.pop_front())?;
+            if self.isolation.try_start(&entry.account_id) {
+                return Some(entry);
+            }
+            q.parked
+                .entry(entry.account_id)
+                .or_default()
+                .push_back(entry);
+        }
     }
 
-    /// Attempts queued.
+    /// An attempt to `account` taken with [`Self::take`] ended: the endpoint's oldest
+    /// parked attempt, if any, goes to the front of the queue.
+    pub(super) fn finished(&self, account: &Uuid) {
+        self.isolation.end(account);
+        let mut q = self.queued();
+        let Some(parked) = q.parked.get_mut(account) else {
+            return;
+        };
+        let next = parked.pop_front();
+        if parked.is_empty() {
+            q.parked.remove(account);
+        }
+        if let Some(entry) = next {
+            match entry.due_key() {
+                Some(_) => q.retries.push_front(entry),
+                None => q.first_attempts.push_front(entry),
+            }
+        }
+    }
+
+    /// Attempts queued (not those parked).
     pub(super) fn len(&self) -> usize {
         let q = self.queued();
         q.retries.len() + q.first_attempts.len()
@@ -132,6 +178,11 @@ mod tests {
     use crate::store::Scheduled;
     use uuid::Uuid;
 
+    fn queue(writer: mpsc::UnboundedSender<Uncommitted>, resend_bound: usize) -> WorkQueue {
+        let isolation = Isolation::new(1, 0, std::time::Duration::from_secs(1));
+        WorkQueue::new(writer, resend_bound, isolation)
+    }
+
     fn entry(n: u8, retry: bool) -> DueEntry {
         DueEntry {
             scheduled: if retry {
@@ -146,7 +197,7 @@ mod tests {
             record_key: vec![n],
             due_us: 0,
             delivery_id: Uuid::nil(),
-            account_id: Uuid::nil(),
+            account_id: Uuid::from_u128(u128::from(n)),
             attempts: u16::from(retry),
         }
     }
@@ -154,7 +205,7 @@ mod tests {
     #[test]
     fn the_queue_hands_out_retries_first_then_first_attempts_in_order() {
         let (writer, _outcomes) = mpsc::unbounded_channel();
-        let work = WorkQueue::new(writer, 4);
+        let work = queue(writer, 4);
         {
             let mut q = work.queued();
             q.first_attempts.extend([entry(1, false), entry(2, false)]);
@@ -168,10 +219,29 @@ mod tests {
         assert_eq!(work.len(), 0);
     }
 
+    #[test]
+    fn an_endpoint_at_its_cap_parks_its_attempts_until_one_ends() {
+        let (writer, _outcomes) = mpsc::unbounded_channel();
+        let work = queue(writer, 4);
+        let mut second = entry(1, false);
+        second.record_key = vec![9];
+        work.extend(Vec::new(), vec![entry(1, false), second, entry(2, false)]);
+        let first = work.take().expect("endpoint 1's first attempt");
+        assert_eq!(first.record_key, [1]);
+        let other = work.take().expect("endpoint 2 is not held back");
+        assert_eq!(other.record_key, [2]);
+        assert!(
+            work.take().is_none(),
+            "endpoint 1's second attempt is parked"
+        );
+        work.finished(&first.account_id);
+        assert_eq!(work.take().map(|e| e.record_key), Some(vec![9]));
+    }
+
     #[tokio::test]
     async fn an_attempt_holds_its_place_in_the_window_until_its_outcome_is_committed() {
         let (writer, mut outcomes) = mpsc::unbounded_channel();
-        let work = WorkQueue::new(writer, 2);
+        let work = queue(writer, 2);
         assert_eq!(work.resend_bound(), 2);
         let first = work.admit().await.expect("room for the first attempt");
         let second = work.admit().await.expect("room for the second attempt");
@@ -195,7 +265,7 @@ mod tests {
     #[tokio::test]
     async fn a_stopped_queue_hands_out_nothing_and_closes_the_writer() {
         let (writer, mut outcomes) = mpsc::unbounded_channel();
-        let work = WorkQueue::new(writer, 4);
+        let work = queue(writer, 4);
         work.queued().first_attempts.push_back(entry(1, false));
         let permit = work.admit().await.expect("room before the stop");
         assert!(work.record(cancelled(entry(2, false)), permit));

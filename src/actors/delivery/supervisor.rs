@@ -16,6 +16,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::isolation::Isolation;
 use super::messages::{DeliveryMsg, WorkerMsg};
 use super::outcomes::{failure, write_outcomes};
 use super::queue::WorkQueue;
@@ -181,6 +182,13 @@ impl DeliverySupervisor {
                 response_body: None,
             };
             let attempts_made = usize::from(due.attempts) + 1;
+            let account = due.account_id;
+            let metrics = &self.ctx.delivery.metrics;
+            state
+                .work
+                .isolation
+                .record(&account, false, now_us(), metrics);
+            state.work.finished(&account);
             let (outcome, counted) = failure(&self.ctx, due, attempt, attempts_made, Signal::None);
             self.ctx.delivery.metrics.count(counted, 1);
             state.work.record(outcome, permit);
@@ -242,11 +250,17 @@ impl Actor for DeliverySupervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let (writer, outcomes) = mpsc::unbounded_channel();
         let delivery = &self.ctx.delivery;
+        let isolation = Isolation::new(
+            delivery.max_in_flight_per_endpoint,
+            delivery.breaker_failures,
+            delivery.breaker_cooldown,
+        );
         let work = Arc::new(WorkQueue::new(
             writer,
             delivery
                 .max_in_flight
                 .saturating_add(delivery.commit_window),
+            isolation,
         ));
         tracing::info!(
             max_in_flight = delivery.max_in_flight,

@@ -13,8 +13,9 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::isolation::Admit;
 use super::messages::{DeliveryMsg, WorkerMsg};
-use super::outcomes::{cancelled, failure, stopped};
+use super::outcomes::{cancelled, deferred, failure, stopped};
 use super::queue::WorkQueue;
 use crate::actors::remote::SubscriptionExists;
 use crate::actors::{now_us, NodeState};
@@ -84,11 +85,13 @@ impl DeliveryWorker {
                 permit,
             });
             metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+            let account = due.account_id;
             let (outcome, counted) = self.run(due).await;
             // Taken already: the supervisor gave up on this attempt and recorded it.
             let Some(running) = lock_slot(&self.slot).take() else {
                 continue;
             };
+            self.work.finished(&account);
             metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
             metrics.count(counted, 1);
             self.work.record(outcome, running.permit);
@@ -99,6 +102,10 @@ impl DeliveryWorker {
     async fn run(&self, due: DueEntry) -> (Outcome, Counted) {
         let ctx = &self.ctx;
         let attempts_made = usize::from(due.attempts) + 1;
+        let isolation = &self.work.isolation;
+        if let Admit::Defer(until_us) = isolation.admit(&due.account_id, now_us()) {
+            return deferred(due, until_us);
+        }
         // Every attempt uses the subscriber's current endpoint and secret; a deleted
         // subscription or account ends the delivery.
         let target = (
@@ -130,8 +137,11 @@ impl DeliveryWorker {
         // The client bounds the exchange by `attempt_timeout`, and the supervisor stops a
         // worker stuck past it.
         let Sent { attempt, signal } = attempt::send(&ctx.client, request, at_us).await;
-        ctx.delivery.metrics.observe_attempt(attempt.duration_us);
-        if attempt::succeeded(&attempt) {
+        let metrics = &ctx.delivery.metrics;
+        metrics.observe_attempt(attempt.duration_us);
+        let succeeded = attempt::succeeded(&attempt);
+        isolation.record(&due.account_id, succeeded, now_us(), metrics);
+        if succeeded {
             (
                 Outcome {
                     due,
