@@ -22,19 +22,6 @@ impl Store {
         }
     }
 
-    /// Sets the account's `failed_count` (0 re-enables delivery).
-    pub fn set_failed_count(&self, id: &Uuid, value: u64) -> Result<()> {
-        let _counts = self.lock_counts();
-        if value == 0 {
-            self.t().deliveries.remove(failed_count_key(id))?;
-        } else {
-            self.t()
-                .deliveries
-                .insert(failed_count_key(id), &value.to_be_bytes())?;
-        }
-        Ok(())
-    }
-
     /// Holds the `failed_count` lock: counts are read, changed and written back by
     /// outcome batches, so every other writer of a count takes it too.
     pub(in crate::store) fn lock_counts(&self) -> MutexGuard<'_, ()> {
