@@ -141,7 +141,13 @@ pub(super) async fn write_outcomes(
             batch.drain(..).map(|u| (u.outcome, u.permit)).unzip();
         let keys: Vec<Vec<u8>> = taken.iter().map(|o| o.due.record_key.clone()).collect();
         let finished = taken.iter().filter(|o| o.next_due_us.is_none()).count();
-        let first = taken.iter().filter(|o| o.due.attempts == 0).count();
+        // First attempts out of their pending batch leave the fan-out backlog, deferred ones
+        // too (a dead endpoint's must not hold fan-outs back); a deferred one made later,
+        // from the due queue, is not counted twice.
+        let first = taken
+            .iter()
+            .filter(|o| o.due.attempts == 0 && o.due.due_key().is_none())
+            .count();
         let store = ctx.store.clone();
         let written = tokio::task::spawn_blocking(move || {
             let result = store.record_outcomes(&taken, now_us());

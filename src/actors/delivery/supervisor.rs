@@ -273,14 +273,11 @@ impl Actor for DeliverySupervisor {
             let (id, worker) = self.spawn_worker(&myself, &work).await?;
             workers.insert(id, worker);
         }
-        let (due, unattempted) = self.ctx.store.due_counts()?;
+        let due = self.ctx.store.due_count()?;
         // Deliveries whose first attempt was not recorded before the node stopped, queued
-        // as the first message.
+        // as the first message: the fan-out backlog.
         let first_attempts = self.ctx.store.resume_first_attempts()?;
-        let (due, unattempted) = (
-            due + first_attempts.len(),
-            unattempted + first_attempts.len(),
-        );
+        let (due, unattempted) = (due + first_attempts.len(), first_attempts.len());
         self.ctx
             .delivery
             .metrics

@@ -200,7 +200,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.failed_count(&it.account_id).unwrap(), 1);
         assert_eq!(s.next_due_us().unwrap(), Some(50));
-        assert_eq!(s.due_counts().unwrap(), (1, 0));
+        assert_eq!(s.due_count().unwrap(), 1);
         assert!(s.due_entries(49, 1, None, |_| false).unwrap().is_empty());
         let due = s.due_entries(50, 1, None, |_| false).unwrap().remove(0);
         assert_eq!(due.attempts, 1);
@@ -217,7 +217,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.failed_count(&it.account_id).unwrap(), 0);
-        assert_eq!(s.due_counts().unwrap(), (0, 0));
+        assert_eq!(s.due_count().unwrap(), 0);
         let listed = page(&s, &t, 0, 10);
         assert_eq!(listed[0].attempts.len(), 2);
         assert_eq!(listed[0].state, DeliveryState::Succeeded);
