@@ -10,7 +10,8 @@
 //! * [`records`]: credentials and accounts; [`messages`]: the API's error messages;
 //!   [`world`]: a node with two accounts, the starting point of the per-route tests.
 //! * [`signatures`] and [`delivery`]: what a delivery must carry and what the engine reports.
-//! * [`poll`]: [`eventually`], to poll with a deadline instead of sleeping.
+//! * [`poll`]: [`eventually`], to poll with a deadline instead of sleeping; [`python`]: a
+//!   pinned Python package (a reference implementation) in a virtual environment.
 //! * [`cluster`]: several nodes on loopback joined into one cluster; [`scenario`]: the
 //!   original service's functional scenario, run on one node and on a cluster.
 //!
@@ -25,6 +26,7 @@ pub mod http;
 pub mod messages;
 pub mod node;
 pub mod poll;
+pub mod python;
 pub mod records;
 pub mod scenario;
 pub mod signatures;
