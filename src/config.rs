@@ -13,9 +13,11 @@ use figment::{Figment, Source};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod delivery;
 mod error;
 
+pub use cluster::{ClusterConfig, Member};
 pub use delivery::DeliveryConfig;
 pub use error::ConfigError;
 
@@ -208,71 +210,6 @@ impl Default for LogConfig {
     }
 }
 
-/// One member of the cluster, as every node's configuration lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Member {
-    /// The member's node id.
-    pub id: String,
-    /// Where its cluster listener is (`host:port`).
-    pub cluster_addr: String,
-    /// Where its `/v1` API is (`host:port`), shown by `/v1/cluster`.
-    pub http_addr: String,
-}
-
-/// `[cluster]`: this node's identity, its peers and the shard space.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterConfig {
-    /// This node's id (unique within the cluster).
-    pub node_id: String,
-    /// Number of virtual shards; fixed when the cluster's data is created.
-    pub shards: u16,
-    /// Address of this node's cluster listener (used when `members` lists other nodes).
-    pub listen: SocketAddr,
-    /// Shared secret of the cluster (ractor_cluster's magic cookie).
-    pub cookie: String,
-    /// Every member, this node included; empty means a cluster of one.
-    pub members: Vec<Member>,
-    /// How often each peer is pinged.
-    pub heartbeat_interval_ms: u64,
-    /// A peer that has not answered a ping for this long is marked down.
-    pub down_after_ms: u64,
-    /// Timeout of one call to a peer.
-    pub rpc_timeout_ms: u64,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        Self {
-            node_id: "node1".into(),
-            shards: 256,
-            listen: SocketAddr::from(([127, 0, 0, 1], 7081)),
-            cookie: String::new(),
-            members: Vec::new(),
-            heartbeat_interval_ms: 500,
-            down_after_ms: 3000,
-            rpc_timeout_ms: 10_000,
-        }
-    }
-}
-
-impl ClusterConfig {
-    /// True when other nodes are configured.
-    pub fn is_multi_node(&self) -> bool {
-        self.members.iter().any(|m| m.id != self.node_id)
-    }
-
-    /// The member ids (this node's alone for a cluster of one).
-    pub fn member_ids(&self) -> Vec<String> {
-        if self.members.is_empty() {
-            vec![self.node_id.clone()]
-        } else {
-            self.members.iter().map(|m| m.id.clone()).collect()
-        }
-    }
-}
-
 /// `[actors]`: lifetime of per-account and per-registration actors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -402,51 +339,11 @@ impl Config {
                 reason: "must not be empty or contain '@'".into(),
             });
         }
-        self.validate_cluster()?;
+        self.cluster.validate()?;
         error::check_log_level(&self.log.level).map_err(|reason| ConfigError::Invalid {
             key: "log.level",
             reason,
         })?;
-        Ok(())
-    }
-
-    fn validate_cluster(&self) -> Result<(), ConfigError> {
-        let c = &self.cluster;
-        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
-        if c.heartbeat_interval_ms == 0 || c.down_after_ms <= c.heartbeat_interval_ms {
-            return invalid(
-                "cluster.down_after_ms",
-                "must be larger than cluster.heartbeat_interval_ms (both > 0)".into(),
-            );
-        }
-        if c.rpc_timeout_ms == 0 {
-            return invalid("cluster.rpc_timeout_ms", "must be at least 1".into());
-        }
-        if c.members.is_empty() {
-            return Ok(());
-        }
-        if !c.members.iter().any(|m| m.id == c.node_id) {
-            return invalid(
-                "cluster.members",
-                format!(
-                    "does not list this node (cluster.node_id = {:?})",
-                    c.node_id
-                ),
-            );
-        }
-        let mut ids: Vec<&str> = c.members.iter().map(|m| m.id.as_str()).collect();
-        ids.sort_unstable();
-        if ids.windows(2).any(|w| w[0] == w[1]) {
-            return invalid("cluster.members", "member ids must be unique".into());
-        }
-        if c.is_multi_node() && c.cookie.trim().is_empty() {
-            return invalid(
-                "cluster.cookie",
-                "must be set when the cluster has more than one member \
-                 (config or WEBHOOKD_CLUSTER__COOKIE)"
-                    .into(),
-            );
-        }
         Ok(())
     }
 

@@ -20,6 +20,7 @@ use crate::delivery::{EndpointClient, EndpointPolicy};
 use crate::domain::{NewAccount, ServiceError};
 use crate::http::metrics::Metrics;
 use crate::http::Limits;
+use crate::replication::Replication;
 use crate::service::Service;
 use crate::store::{StorageState, Store, StoreError};
 
@@ -126,6 +127,24 @@ pub fn print_admin_keys(admin: &NewAccount) {
     println!("admin secret_key: {}", admin.account.secret_key);
 }
 
+/// Bootstraps the admin account of a replicated cluster, retrying until the metadata group
+/// has a leader.
+async fn bootstrap_replicated_admin(service: Service) {
+    loop {
+        match service.bootstrap_admin().await {
+            Ok(Some(admin)) => return print_admin_keys(&admin),
+            Ok(None) => return,
+            Err(ServiceError::Unavailable { .. }) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "bootstrapping the admin account failed");
+                return;
+            }
+        }
+    }
+}
+
 /// Runs a node until SIGTERM/SIGINT: storage, admin bootstrap, HTTP server, clean stop.
 ///
 /// Returns only after a clean stop (storage flushed). A failed storage, a final flush that
@@ -159,7 +178,19 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     for peer in 0..service.context().cluster.peers().len() {
         tokio::spawn(crate::actors::run_handoff(service.context().clone(), peer));
     }
-    if let Some(admin) = service.bootstrap_admin().await? {
+    if config.cluster.is_replicated() {
+        let replication = Replication::start(
+            &config.cluster,
+            service.context().cluster.clone(),
+            store.clone(),
+        )
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        service.attach_replication(replication);
+        // The metadata group needs a majority of the members, which may still be starting:
+        // the API serves meanwhile.
+        tokio::spawn(bootstrap_replicated_admin(service.clone()));
+    } else if let Some(admin) = service.bootstrap_admin().await? {
         print_admin_keys(&admin);
     }
     let stop = stop::stop_signal(config.shutdown_grace())?;

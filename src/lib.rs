@@ -19,5 +19,6 @@ pub mod daemon;
 pub mod delivery;
 pub mod domain;
 pub mod http;
+pub mod replication;
 pub mod service;
 pub mod store;

@@ -6,6 +6,7 @@
 //! ```text
 //! config, crypto, store          leaves: no other module of the crate
 //! cluster                        the transport: knows no domain (no service, actors, store)
+//! replication                    Raft groups over the transport, their log and state in store
 //! domain                         the shared vocabulary: callers, errors, access rules
 //! delivery                       outbound HTTP: signing, endpoint policy, connections
 //! actors                         the writers of records, and the delivery engine
@@ -25,6 +26,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("crypto", &[]),
     ("store", &[]),
     ("cluster", &["config"]),
+    ("replication", &["cluster", "config", "store"]),
     ("domain", &["cluster", "crypto", "store"]),
     ("delivery", &["config", "crypto", "store"]),
     (
@@ -41,7 +43,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "service",
-        &["actors", "cluster", "crypto", "delivery", "domain", "store"],
+        &[
+            "actors",
+            "cluster",
+            "crypto",
+            "delivery",
+            "domain",
+            "replication",
+            "store",
+        ],
     ),
     ("http", &["auth_throttle", "domain", "store"]),
     (
@@ -61,6 +71,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "delivery",
             "domain",
             "http",
+            "replication",
             "service",
             "store",
         ],

@@ -85,6 +85,13 @@ pub async fn cluster(c: Call) -> ApiResult {
         peer["shards"] = json!(owners.iter().filter(|o| **o == id).count());
         members.push(peer);
     }
+    let replication = match c.api.service.replication_status().await {
+        Some(groups) => json!({
+            "factor": groups.iter().map(|g| g.voters.len()).max().unwrap_or(1),
+            "groups": groups,
+        }),
+        None => json!({ "factor": 1 }),
+    };
     Ok(response::json(
         StatusCode::OK,
         &json!({
@@ -93,6 +100,7 @@ pub async fn cluster(c: Call) -> ApiResult {
             "digest": format!("{:016x}", map.digest()),
             "members": members,
             "shard_map": owners,
+            "replication": replication,
         }),
     ))
 }

@@ -138,6 +138,7 @@ pub struct Cluster {
     config: ClusterConfig,
     peers: Vec<Peer>,
     endpoints: Arc<Endpoints>,
+    transport: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// The heartbeat: the sender's (shards, members) digest, which must equal the receiver's.
@@ -183,6 +184,7 @@ impl Cluster {
             config: config.clone(),
             peers,
             endpoints: Arc::default(),
+            transport: std::sync::OnceLock::new(),
         }
     }
 
@@ -226,6 +228,23 @@ impl Cluster {
         }
     }
 
+    /// Serves operation `R` with a cheap `handler` on the transport's own runtime, where
+    /// it answers under load (heartbeats, Raft's messages).
+    pub fn serve_on_transport<R, F, Fut>(&self, handler: F)
+    where
+        R: Rpc,
+        F: Fn(R) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = R::Answer> + Send + 'static,
+    {
+        self.endpoints.serve_inline(handler);
+    }
+
+    /// The transport's runtime, once [`Cluster::start`] started it: work that must keep
+    /// its timing under load (Raft's ticks) runs there.
+    pub fn transport_runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.transport.get().cloned()
+    }
+
     /// Serves operation `R` to the peers with `handler`.
     pub fn serve<R, F, Fut>(&self, handler: F)
     where
@@ -261,10 +280,24 @@ impl Cluster {
     /// Asks `peer` to serve `request`; [`CallError::Unavailable`] when it is not up or does
     /// not answer within `cluster.rpc_timeout_ms`.
     pub async fn call<R: Rpc>(&self, peer: &Peer, request: &R) -> Result<R::Answer, CallError> {
+        self.call_within(
+            peer,
+            request,
+            Duration::from_millis(self.config.rpc_timeout_ms),
+        )
+        .await
+    }
+
+    /// [`Cluster::call`] with its own timeout.
+    pub async fn call_within<R: Rpc>(
+        &self,
+        peer: &Peer,
+        request: &R,
+        timeout: Duration,
+    ) -> Result<R::Answer, CallError> {
         let gateway = peer
             .usable_gateway()
             .ok_or_else(|| CallError::Unavailable(peer.member.id.clone()))?;
-        let timeout = Duration::from_millis(self.config.rpc_timeout_ms);
         let answer = self.send(peer, &gateway, request, timeout).await;
         if !matches!(answer, Err(CallError::Unavailable(_))) {
             peer.heard();
@@ -319,6 +352,7 @@ impl Cluster {
 
     /// The listener, gateway and peer watchers, on the current (the cluster's) runtime.
     async fn start_transport(self: &Arc<Self>) -> Result<(), String> {
+        let _ = self.transport.set(tokio::runtime::Handle::current());
         let listen = self.config.listen;
         let server = NodeServer::new(
             listen.port(),

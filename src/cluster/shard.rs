@@ -20,7 +20,7 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 /// SplitMix64 finaliser: spreads FNV's weak low bits before the modulo and rendezvous.
-fn mix(mut z: u64) -> u64 {
+pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

@@ -11,11 +11,12 @@ mod accounts;
 mod listing;
 mod recovery;
 mod registrations;
+mod replicated;
 mod subscriptions;
 mod triggers;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use uuid::Uuid;
 
@@ -36,7 +37,8 @@ use crate::actors::NodeState;
 use crate::cluster::{Rpc, ShardId, ShardMap};
 use crate::crypto;
 use crate::domain::{msg, Caller, Credentials, NewAccount, ServiceError, ADMIN_USERNAME};
-use crate::store::{Account, NewAccountError};
+use crate::replication::Replication;
+use crate::store::NewAccountError;
 
 /// An operation a node serves, for itself or for a peer.
 pub trait Op: Rpc {
@@ -71,12 +73,17 @@ pub(crate) use served_by;
 #[derive(Clone)]
 pub struct Service {
     ctx: Arc<NodeState>,
+    /// The node's Raft groups, once started (never, with `replication_factor = 1`).
+    replication: Arc<OnceLock<Arc<Replication>>>,
 }
 
 impl Service {
     /// Wraps the shared context and serves every operation to the peers.
     pub fn new(ctx: Arc<NodeState>) -> Self {
-        let service = Self { ctx };
+        let service = Self {
+            ctx,
+            replication: Arc::default(),
+        };
         accounts::serve(&service);
         listing::serve(&service);
         recovery::serve(&service);
@@ -168,23 +175,8 @@ impl Service {
         endpoint: String,
         is_admin: bool,
     ) -> Result<NewAccount, ServiceError> {
-        let api_key = crypto::generate_key()?;
-        let shards = self.ctx.cluster.map();
-        let account = Account {
-            id: shards.new_id_in(shards.shard_of(username.as_bytes())),
-            epoch_us: self.ctx.store.next_epoch_us(),
-            username,
-            endpoint,
-            is_admin,
-            failed_count: 0,
-            api_key_hash: self.ctx.hash_key(api_key.clone()).await?,
-            secret_key: crypto::generate_key()?,
-            pending_key: None,
-            key_resets_us: Vec::new(),
-            deleting: false,
-            deliveries_stopped_us: None,
-            previous_secret: None,
-        };
+        let NewAccount { account, api_key } =
+            self.new_account(username, endpoint, is_admin).await?;
         match self.ctx.store.insert_account(&account) {
             Ok(()) => {}
             Err(NewAccountError::UsernameTaken) => return Err(ServiceError::UsernameTaken),
@@ -196,6 +188,9 @@ impl Service {
 
     /// Creates the admin account unless one exists; returns it (with its key) when created.
     pub async fn bootstrap_admin(&self) -> Result<Option<NewAccount>, ServiceError> {
+        if let Some(replication) = self.replication() {
+            return self.bootstrap_replicated_admin(&replication.clone()).await;
+        }
         if self
             .ctx
             .cluster

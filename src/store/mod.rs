@@ -22,6 +22,7 @@ mod flusher;
 mod health;
 mod keys;
 pub mod pagination;
+mod raft;
 pub mod records;
 mod registrations;
 mod subscriptions;
@@ -40,6 +41,7 @@ pub use deliveries::{
 };
 pub use health::StorageState;
 pub use pagination::{Page, PageRequest};
+pub use raft::{machine_row, StateChange};
 pub use records::{
     Account, KeyKind, PendingKey, PreviousSecret, Registration, Subscription, Triggered,
 };
@@ -121,6 +123,10 @@ struct Trees {
     /// each of its steps is one atomic batch.
     deliveries: sled::Tree,
     remote_triggers: sled::Tree,
+    /// Every shard group's Raft log (see [`raft`]).
+    raft_log: sled::Tree,
+    /// Every shard group's Raft hard state and replicated state (see [`raft`]).
+    raft_state: sled::Tree,
 }
 
 /// The node's database. Cheap to clone.
@@ -180,6 +186,8 @@ impl Store {
             idempotency: tree("idempotency")?,
             deliveries: tree("deliveries")?,
             remote_triggers: tree("remote_triggers")?,
+            raft_log: tree("raft_log")?,
+            raft_state: tree("raft_state")?,
         };
         match t.meta.get(b"shards")? {
             Some(v) => {
@@ -284,6 +292,8 @@ impl Store {
             &t.idempotency,
             &t.deliveries,
             &t.remote_triggers,
+            &t.raft_log,
+            &t.raft_state,
         ] {
             tree.clear()?;
         }

@@ -9,7 +9,8 @@
 //!    is down, the rest works, and after its restart every subscription has been served;
 //! 4. a node with another cookie, or another member list, is refused and the logs say why;
 //! 5. a hung node (SIGSTOP) is marked down within `down_after_ms` and up after SIGCONT;
-//! 6. a full-load fan-out, triggered several times, marks no healthy peer down.
+//! 6. a full-load fan-out, triggered several times, marks no healthy peer down;
+//! 7. replicated groups elect leaders, fail over, and a wiped node catches up.
 //!
 //! The cluster tests run one at a time ([`SERIAL`]): each starts several processes, and the
 //! timing assertions must not compete with another cluster's fan-out for the CPU. Other
@@ -19,6 +20,7 @@ mod fanout;
 mod hung_peer;
 mod liveness;
 mod misconfigured;
+mod replicated;
 mod scenario;
 mod sigkill;
 

@@ -54,6 +54,8 @@ pub struct NodeOptions {
     pub shards: Option<u16>,
     /// Another member list (indexes into the spec's members).
     pub members: Option<Vec<usize>>,
+    /// More `[cluster]` keys (e.g. `replication_factor = 3`), one per line.
+    pub cluster_toml: Option<String>,
 }
 
 /// The members of a cluster: ids and addresses, cookie, shards.
@@ -99,12 +101,14 @@ shards = {shards}
 heartbeat_interval_ms = {HEARTBEAT_MS}
 down_after_ms = {DOWN_AFTER_MS}
 rpc_timeout_ms = {RPC_TIMEOUT_MS}
+{more}
 "#,
             http = self.http[i],
             id = self.ids[i],
             cluster = self.cluster[i],
             cookie = opts.cookie.as_deref().unwrap_or(&self.cookie),
             shards = opts.shards.unwrap_or(self.shards),
+            more = opts.cluster_toml.as_deref().unwrap_or(""),
         );
         let config = node_dir();
         config.write(&extra);

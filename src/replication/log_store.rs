@@ -1,0 +1,211 @@
+//! A group's Raft log and vote, in the node's sled database (see `store/raft.rs`).
+//!
+//! Raft counts a vote or an appended entry only once it is durable, so both wait for the
+//! store's group commit: one flush covers every group that wrote meanwhile. sled is
+//! called on the blocking pool, never on the runtime that drives Raft's timers.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, RaftLogId, RaftLogReader, StorageIOError, Vote};
+
+use super::types::{Entry, GroupId, LogId, StorageError, TypeConfig};
+use crate::store::{Store, StoreError};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const PURGED: &[u8] = b"purged";
+
+/// The log of one group.
+#[derive(Clone)]
+pub struct LogStore {
+    store: Store,
+    group: GroupId,
+}
+
+/// Runs `f` with the store on the blocking pool.
+pub(super) async fn blocking<T, F>(store: &Store, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| StoreError::Failed(format!("a storage task failed: {e}")))?
+}
+
+pub(super) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl LogStore {
+    /// The log of `group` in `store`.
+    pub fn new(store: Store, group: GroupId) -> Self {
+        Self { store, group }
+    }
+
+    async fn read_state<T>(&self, name: &'static [u8]) -> Result<Option<T>, StoreError>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let group = self.group.0;
+        blocking(&self.store, move |s| {
+            s.raft_state(group, name)?.map(|b| decode(&b)).transpose()
+        })
+        .await
+    }
+
+    async fn write_state<T: serde::Serialize>(
+        &self,
+        name: &'static [u8],
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let group = self.group.0;
+        let bytes = encode(value)?;
+        blocking(&self.store, move |s| {
+            s.raft_change_state(group, &[(name.to_vec(), Some(bytes))])
+        })
+        .await
+    }
+}
+
+fn log_err(e: StoreError) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+fn read_err(e: StoreError) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        let group = self.group.0;
+        blocking(&self.store, move |s| {
+            s.raft_entries(group, from, to)?
+                .iter()
+                .map(|b| decode(b))
+                .collect()
+        })
+        .await
+        .map_err(read_err)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let purged: Option<LogId> = self.read_state(PURGED).await.map_err(read_err)?;
+        let group = self.group.0;
+        let last: Option<Entry> = blocking(&self.store, move |s| {
+            s.raft_last_entry(group)?.map(|b| decode(&b)).transpose()
+        })
+        .await
+        .map_err(read_err)?;
+        let last_log_id = last.map(|e| *e.get_log_id()).or(purged);
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        let durable = async {
+            self.write_state(VOTE, vote).await?;
+            self.store.flush().await
+        };
+        durable
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        self.read_state(VOTE)
+            .await
+            .map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.write_state(COMMITTED, &committed)
+            .await
+            .map_err(log_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .read_state::<Option<LogId>>(COMMITTED)
+            .await
+            .map_err(read_err)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let rows = entries
+            .into_iter()
+            .map(|e| Ok((e.get_log_id().index, encode(&e)?)))
+            .collect::<Result<Vec<_>, StoreError>>()
+            .map_err(log_err)?;
+        let group = self.group.0;
+        blocking(&self.store, move |s| s.raft_append(group, &rows))
+            .await
+            .map_err(log_err)?;
+        // Durable later, for every group at once: Raft goes on meanwhile and counts the
+        // entries only when the callback says so.
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let flushed = store.flush().await.map_err(io::Error::other);
+            callback.log_io_completed(flushed);
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let group = self.group.0;
+        blocking(&self.store, move |s| s.raft_truncate(group, log_id.index))
+            .await
+            .map_err(log_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.write_state(PURGED, &log_id).await.map_err(log_err)?;
+        let group = self.group.0;
+        blocking(&self.store, move |s| s.raft_purge(group, log_id.index))
+            .await
+            .map_err(log_err)
+    }
+}

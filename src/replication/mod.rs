@@ -1,0 +1,341 @@
+//! Replicated shard groups on Raft (openraft).
+//!
+//! The virtual shards are partitioned into `cluster.groups` groups; each is one Raft group
+//! whose `cluster.replication_factor` voters are placed by [`placement`]. A metadata group,
+//! in which every member votes, holds what exists once per cluster (the administrator
+//! account). Each node runs one Raft instance per group it votes in; every group's log
+//! and state machine live in the node's sled database ([`log_store`], [`state_machine`]),
+//! and Raft's messages travel over the cluster transport ([`network`]). Raft's timers run
+//! on the transport's own runtime, so a node busy delivering still answers heartbeats.
+//!
+//! A change is proposed with [`Replication::propose`]: the group's leader appends it,
+//! and it is answered once a majority of the group has it durable and it is applied. A
+//! proposal made meanwhile waits up to `cluster.failover_wait_ms` for a leader.
+//!
+//! With `replication_factor = 1` none of this runs: shards live on one node each, as
+//! before. What the groups replicate so far, and what comes next, is in
+//! `docs/architecture.md` ("Replication").
+
+mod balance;
+mod log_store;
+pub mod network;
+pub mod placement;
+mod serve;
+mod state_machine;
+pub mod status;
+pub mod types;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+
+use crate::cluster::{CallError, Cluster};
+use crate::config::ClusterConfig;
+use crate::store::{Account, Store};
+
+pub use placement::{GroupPlace, Placement};
+pub use status::GroupStatus;
+pub use types::{Applied, Command, GroupId};
+
+use log_store::LogStore;
+use state_machine::StateMachine;
+use types::{raft_id, GroupRaft};
+
+/// How often a proposal that found no leader looks again.
+const LEADER_POLL: Duration = Duration::from_millis(25);
+
+/// Why a change was not replicated.
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum ReplicationError {
+    /// No leader answered within `cluster.failover_wait_ms` (an election, or quorum lost).
+    #[error("group {0} has no leader reachable: retry shortly")]
+    NoLeader(String),
+    /// Raft stopped (storage failure); the node must restart.
+    #[error("replication of group {group} stopped: {reason}")]
+    Stopped {
+        /// The group.
+        group: String,
+        /// openraft's reason.
+        reason: String,
+    },
+    /// Starting the groups failed.
+    #[error("starting replication: {0}")]
+    Start(String),
+}
+
+/// The node's Raft groups.
+pub struct Replication {
+    node_id: String,
+    cluster: Arc<Cluster>,
+    placement: Placement,
+    rafts: HashMap<GroupId, GroupRaft>,
+    machines: HashMap<GroupId, StateMachine>,
+    failover_wait: Duration,
+}
+
+impl Replication {
+    /// Starts this node's groups on the cluster transport's runtime (the cluster must be
+    /// started), serves Raft's messages, initialises the groups this node is the preferred
+    /// leader of (once per cluster: a group that has a log is never initialised again),
+    /// and keeps leaders where placement prefers them.
+    pub async fn start(
+        config: &ClusterConfig,
+        cluster: Arc<Cluster>,
+        store: Store,
+    ) -> Result<Arc<Self>, ReplicationError> {
+        let runtime = cluster.transport_runtime().ok_or_else(|| {
+            ReplicationError::Start("the cluster transport is not running".into())
+        })?;
+        let members = config.member_ids();
+        let placement = Placement::new(
+            &members,
+            config.groups,
+            config.effective_replication_factor(),
+        );
+        let (preferred_config, other_config) = (
+            Arc::new(raft_config(config, true)?),
+            Arc::new(raft_config(config, false)?),
+        );
+        let me = raft_id(&config.node_id);
+        let mut rafts = HashMap::new();
+        let mut machines = HashMap::new();
+        for place in placement.groups_of(&config.node_id) {
+            let group = place.group;
+            let machine = StateMachine::new(store.clone(), group);
+            let network = network::Network::new(cluster.clone(), group);
+            let log = LogStore::new(store.clone(), group);
+            let raft_config = match place.voters.first() == Some(&config.node_id) {
+                true => preferred_config.clone(),
+                false => other_config.clone(),
+            };
+            let sm = machine.clone();
+            // openraft spawns its core where it is created: on the transport's runtime.
+            let raft = runtime
+                .spawn(async move { GroupRaft::new(me, raft_config, network, log, sm).await })
+                .await
+                .map_err(|e| ReplicationError::Start(e.to_string()))?
+                .map_err(|e| ReplicationError::Start(format!("group {group}: {e}")))?;
+            rafts.insert(group, raft);
+            machines.insert(group, machine);
+        }
+        let replication = Arc::new(Self {
+            node_id: config.node_id.clone(),
+            cluster: cluster.clone(),
+            placement,
+            rafts,
+            machines,
+            failover_wait: Duration::from_millis(config.failover_wait_ms),
+        });
+        serve::serve(&replication);
+        for place in replication.placement.all() {
+            if place.voters.first() == Some(&config.node_id) {
+                replication.initialize(place, config).await?;
+            }
+        }
+        balance::start(
+            &replication,
+            &runtime,
+            Duration::from_millis(config.election_timeout_ms),
+        );
+        Ok(replication)
+    }
+
+    async fn initialize(
+        &self,
+        place: &GroupPlace,
+        config: &ClusterConfig,
+    ) -> Result<(), ReplicationError> {
+        let Some(raft) = self.rafts.get(&place.group) else {
+            return Ok(());
+        };
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| ReplicationError::Start(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        let voters: BTreeMap<u64, BasicNode> = place
+            .voters
+            .iter()
+            .map(|id| {
+                let addr = config
+                    .members
+                    .iter()
+                    .find(|m| &m.id == id)
+                    .map(|m| m.cluster_addr.clone())
+                    .unwrap_or_default();
+                (raft_id(id), BasicNode { addr })
+            })
+            .collect();
+        // A second initialisation with the same voters (by a peer, or after a lost disk)
+        // proposes the very same first entry, so it cannot fork the group's history.
+        match raft.initialize(voters).await {
+            Ok(()) | Err(RaftError::APIError(_)) => Ok(()),
+            Err(e) => Err(ReplicationError::Start(format!(
+                "group {}: {e}",
+                place.group
+            ))),
+        }
+    }
+
+    /// The groups' placement.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// This node's Raft instance of `group`, when it votes in it.
+    fn raft(&self, group: GroupId) -> Option<&GroupRaft> {
+        self.rafts.get(&group)
+    }
+
+    /// The member whose Raft id is `id`.
+    fn member_of(&self, id: u64) -> Option<String> {
+        self.placement
+            .all()
+            .flat_map(|p| p.voters.iter())
+            .find(|m| raft_id(m) == id)
+            .cloned()
+    }
+
+    /// Replicates `command` in `group` and answers what applying it answered: once a
+    /// majority of the group's voters have it durable. Waits up to
+    /// `cluster.failover_wait_ms` for a leader.
+    pub async fn propose(
+        &self,
+        group: GroupId,
+        command: Command,
+    ) -> Result<Applied, ReplicationError> {
+        let deadline = Instant::now() + self.failover_wait;
+        loop {
+            match self.propose_once(group, command.clone()).await {
+                Ok(applied) => return Ok(applied),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry) if Instant::now() + LEADER_POLL < deadline => {
+                    tokio::time::sleep(LEADER_POLL).await;
+                }
+                Err(Attempt::Retry) => return Err(ReplicationError::NoLeader(group.to_string())),
+            }
+        }
+    }
+
+    /// One try: locally when this node leads, else at the leader it knows (or at each
+    /// voter, when it does not vote in the group).
+    async fn propose_once(&self, group: GroupId, command: Command) -> Result<Applied, Attempt> {
+        let leader = match self.raft(group) {
+            Some(raft) => match self.write_here(group, raft, command.clone()).await {
+                Ok(applied) => return Ok(applied),
+                Err(WriteHere::Forward(Some(leader))) => self.member_of(leader),
+                Err(WriteHere::Forward(None)) => return Err(Attempt::Retry),
+                Err(WriteHere::Fatal(e)) => return Err(Attempt::Fatal(e)),
+            },
+            None => None,
+        };
+        let candidates: Vec<String> = match leader {
+            Some(leader) => vec![leader],
+            None => self
+                .placement
+                .place(group)
+                .map(|p| p.voters.clone())
+                .unwrap_or_default(),
+        };
+        for member in candidates.iter().filter(|m| **m != self.node_id) {
+            let Some(peer) = self.cluster.peers().iter().find(|p| &p.member.id == member) else {
+                continue;
+            };
+            let request = serve::ProposeRpc {
+                group,
+                command: command.clone(),
+            };
+            match self
+                .cluster
+                .call_within(peer, &request, self.failover_wait)
+                .await
+            {
+                Ok(Ok(applied)) => return Ok(applied),
+                Ok(Err(ReplicationError::NoLeader(_))) | Err(CallError::Unavailable(_)) => {}
+                Ok(Err(e)) => return Err(Attempt::Fatal(e)),
+                Err(e) => {
+                    tracing::debug!(group = %group, peer = %member, error = %e, "propose failed")
+                }
+            }
+        }
+        Err(Attempt::Retry)
+    }
+
+    /// Proposes on this node's instance; the leader's id when another node leads.
+    async fn write_here(
+        &self,
+        group: GroupId,
+        raft: &GroupRaft,
+        command: Command,
+    ) -> Result<Applied, WriteHere> {
+        match raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(
+                WriteHere::Forward(f.leader_id.filter(|l| *l != raft_id(&self.node_id))),
+            ),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(WriteHere::Fatal(ReplicationError::Stopped {
+                    group: group.to_string(),
+                    reason: e.to_string(),
+                }))
+            }
+            Err(RaftError::Fatal(e)) => Err(WriteHere::Fatal(ReplicationError::Stopped {
+                group: group.to_string(),
+                reason: e.to_string(),
+            })),
+        }
+    }
+
+    /// The cluster's administrator account as this node applied it, when it votes in the
+    /// metadata group.
+    pub async fn applied_admin(&self) -> Option<Account> {
+        let machine = self.machines.get(&GroupId::META)?;
+        machine.admin().await.ok().flatten()
+    }
+}
+
+/// The outcome of one proposal try.
+enum Attempt {
+    /// No leader known or reachable yet.
+    Retry,
+    /// Will not succeed by waiting.
+    Fatal(ReplicationError),
+}
+
+/// Why this node's instance did not take a proposal.
+enum WriteHere {
+    /// Another node leads (`None`: nobody known yet).
+    Forward(Option<u64>),
+    Fatal(ReplicationError),
+}
+
+/// openraft's settings from `[cluster]`: a follower calls an election after a random
+/// silence between half and all of `election_timeout_ms` (a quarter and half for the
+/// group's preferred leader, so that it usually wins); leaders beat six times per timeout.
+fn raft_config(
+    config: &ClusterConfig,
+    preferred: bool,
+) -> Result<openraft::Config, ReplicationError> {
+    let timeout = config.election_timeout_ms;
+    let (min, max) = match preferred {
+        true => (timeout / 4, timeout / 2),
+        false => (timeout / 2, timeout),
+    };
+    openraft::Config {
+        cluster_name: "webhookd".into(),
+        election_timeout_min: min,
+        election_timeout_max: max,
+        heartbeat_interval: (timeout / 6).max(5),
+        install_snapshot_timeout: config.rpc_timeout_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+        max_in_snapshot_log_to_keep: 100,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ReplicationError::Start(format!("raft settings: {e}")))
+}

@@ -1,0 +1,195 @@
+//! Raft's messages between nodes, over the cluster transport.
+//!
+//! Each message is an [`Rpc`] tagged with its group, so one cookie-authenticated
+//! connection per peer carries every group. The receiving node hands it to that group's
+//! Raft instance on the transport's runtime. A peer that is down, silent, or does not
+//! (yet) run the group counts as unreachable: Raft backs off and retries.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory, Snapshot, SnapshotMeta, Vote};
+use serde::{Deserialize, Serialize};
+
+use super::types::{raft_id, GroupId, GroupSnapshot, TypeConfig};
+use crate::cluster::{rpc, CallError, Cluster, Rpc};
+
+/// Why a peer could not hand a message to its group.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("node does not run group {0}")]
+pub struct NoGroup(pub String);
+
+/// `AppendEntries` (and heartbeats) for one group.
+#[derive(Serialize, Deserialize)]
+pub struct AppendRpc {
+    /// The group.
+    pub group: GroupId,
+    /// Raft's request.
+    pub request: AppendEntriesRequest<TypeConfig>,
+}
+rpc!(AppendRpc => Result<Result<AppendEntriesResponse<u64>, RaftError<u64>>, NoGroup>, "raft/append");
+
+/// `RequestVote` for one group.
+#[derive(Serialize, Deserialize)]
+pub struct VoteRpc {
+    /// The group.
+    pub group: GroupId,
+    /// Raft's request.
+    pub request: VoteRequest<u64>,
+}
+rpc!(VoteRpc => Result<Result<VoteResponse<u64>, RaftError<u64>>, NoGroup>, "raft/vote");
+
+/// A whole snapshot for one group (groups' snapshots are small: one message).
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotRpc {
+    /// The group.
+    pub group: GroupId,
+    /// The leader's vote.
+    pub vote: Vote<u64>,
+    /// What the snapshot covers.
+    pub meta: SnapshotMeta<u64, BasicNode>,
+    /// The rows.
+    pub data: GroupSnapshot,
+}
+rpc!(SnapshotRpc => Result<Result<SnapshotResponse<u64>, Fatal<u64>>, NoGroup>, "raft/snapshot");
+
+/// Creates the clients of one group's Raft instance.
+pub struct Network {
+    cluster: Arc<Cluster>,
+    group: GroupId,
+}
+
+impl Network {
+    /// The network of `group`.
+    pub fn new(cluster: Arc<Cluster>, group: GroupId) -> Self {
+        Self { cluster, group }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> PeerClient {
+        let peer = self
+            .cluster
+            .peers()
+            .iter()
+            .position(|p| raft_id(&p.member.id) == target);
+        PeerClient {
+            cluster: self.cluster.clone(),
+            group: self.group,
+            peer,
+            target,
+        }
+    }
+}
+
+/// Sends one group's messages to one peer.
+pub struct PeerClient {
+    cluster: Arc<Cluster>,
+    group: GroupId,
+    /// Index in the cluster's peers; `None` for an id no member has.
+    peer: Option<usize>,
+    target: u64,
+}
+
+/// The transport failed to deliver or answer.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error(transparent)]
+    NoGroup(#[from] NoGroup),
+    #[error("no member has raft id {0}")]
+    UnknownTarget(u64),
+}
+
+impl PeerClient {
+    async fn send<R: Rpc>(&self, request: R, ttl: Duration) -> Result<R::Answer, SendError> {
+        let peer = self
+            .peer
+            .and_then(|i| self.cluster.peers().get(i))
+            .ok_or(SendError::UnknownTarget(self.target))?;
+        Ok(self.cluster.call_within(peer, &request, ttl).await?)
+    }
+}
+
+fn unreachable<E: std::error::Error>(e: SendError) -> RPCError<u64, BasicNode, E> {
+    match e {
+        SendError::Call(CallError::Protocol(_)) => RPCError::Network(NetworkError::new(&e)),
+        _ => RPCError::Unreachable(Unreachable::new(&e)),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let rpc = AppendRpc {
+            group: self.group,
+            request,
+        };
+        match self.send(rpc, option.hard_ttl()).await {
+            Ok(Ok(Ok(answer))) => Ok(answer),
+            Ok(Ok(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Ok(Err(no_group)) => Err(unreachable(no_group.into())),
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        request: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let rpc = VoteRpc {
+            group: self.group,
+            request,
+        };
+        match self.send(rpc, option.hard_ttl()).await {
+            Ok(Ok(Ok(answer))) => Ok(answer),
+            Ok(Ok(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Ok(Err(no_group)) => Err(unreachable(no_group.into())),
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<u64>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
+        let rpc = SnapshotRpc {
+            group: self.group,
+            vote,
+            meta: snapshot.meta,
+            data: *snapshot.snapshot,
+        };
+        let sent = tokio::select! {
+            sent = self.send(rpc, option.hard_ttl()) => sent,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        match sent {
+            Ok(Ok(Ok(answer))) => Ok(answer),
+            Ok(Ok(Err(e))) => Err(StreamingError::RemoteError(RemoteError::new(
+                self.target,
+                e,
+            ))),
+            Ok(Err(no_group)) => Err(StreamingError::Unreachable(Unreachable::new(&no_group))),
+            Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
+        }
+    }
+}

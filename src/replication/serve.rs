@@ -1,0 +1,91 @@
+//! The receiving side: Raft's messages, proposals forwarded to a leader, and status
+//! questions, each handed to the group's instance on the transport's runtime.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::network::{AppendRpc, NoGroup, SnapshotRpc, VoteRpc};
+use super::status::GroupStatus;
+use super::types::{Applied, Command, GroupId};
+use super::{Replication, ReplicationError, WriteHere};
+use crate::cluster::rpc;
+use openraft::Snapshot;
+
+/// A proposal forwarded to the node believed to lead `group`.
+#[derive(Serialize, Deserialize)]
+pub struct ProposeRpc {
+    /// The group.
+    pub group: GroupId,
+    /// The change.
+    pub command: Command,
+}
+rpc!(ProposeRpc => Result<Applied, ReplicationError>, "raft/propose");
+
+/// What a voter knows of `group` (the leader knows its followers' progress).
+#[derive(Serialize, Deserialize)]
+pub struct StatusRpc {
+    /// The group.
+    pub group: GroupId,
+}
+rpc!(StatusRpc => Option<GroupStatus>, "raft/status");
+
+/// Registers every handler with the cluster transport.
+pub fn serve(replication: &Arc<Replication>) {
+    let cluster = replication.cluster.clone();
+    let r = replication.clone();
+    cluster.serve_on_transport(move |m: AppendRpc| {
+        let raft = r.raft(m.group).cloned();
+        async move {
+            match raft {
+                Some(raft) => Ok(raft.append_entries(m.request).await),
+                None => Err(NoGroup(m.group.to_string())),
+            }
+        }
+    });
+    let r = replication.clone();
+    cluster.serve_on_transport(move |m: VoteRpc| {
+        let raft = r.raft(m.group).cloned();
+        async move {
+            match raft {
+                Some(raft) => Ok(raft.vote(m.request).await),
+                None => Err(NoGroup(m.group.to_string())),
+            }
+        }
+    });
+    let r = replication.clone();
+    cluster.serve_on_transport(move |m: SnapshotRpc| {
+        let raft = r.raft(m.group).cloned();
+        async move {
+            let snapshot = Snapshot {
+                meta: m.meta,
+                snapshot: Box::new(m.data),
+            };
+            match raft {
+                Some(raft) => Ok(raft.install_full_snapshot(m.vote, snapshot).await),
+                None => Err(NoGroup(m.group.to_string())),
+            }
+        }
+    });
+    // A forwarded proposal is served only by a leader: a node that lost the lead meanwhile
+    // answers `NoLeader`, and the proposer looks again.
+    let r = replication.clone();
+    cluster.serve_on_transport(move |m: ProposeRpc| {
+        let r = r.clone();
+        async move {
+            let Some(raft) = r.raft(m.group) else {
+                return Err(ReplicationError::NoLeader(m.group.to_string()));
+            };
+            match r.write_here(m.group, raft, m.command).await {
+                Ok(applied) => Ok(applied),
+                Err(WriteHere::Forward(_)) => Err(ReplicationError::NoLeader(m.group.to_string())),
+                Err(WriteHere::Fatal(e)) => Err(e),
+            }
+        }
+    });
+    let r = replication.clone();
+    cluster.serve_on_transport(move |m: StatusRpc| {
+        let status = r.local_status(m.group);
+        async move { status }
+    });
+}

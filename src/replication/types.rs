@@ -1,0 +1,89 @@
+//! The Raft vocabulary of webhookd: group ids, node ids, commands and their answers.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::shard::fnv1a64;
+use crate::store::Account;
+
+/// A Raft group: one of the `cluster.groups` shard groups, or the metadata group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GroupId(pub u16);
+
+impl GroupId {
+    /// The metadata group: every member votes in it; it holds what exists once per cluster.
+    pub const META: GroupId = GroupId(u16::MAX);
+
+    /// True for the metadata group.
+    pub fn is_meta(self) -> bool {
+        self == Self::META
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_meta() {
+            f.write_str("meta")
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+/// Raft's id of a member: a hash of its configured id, so that it never depends on the
+/// order of the member list (and stays the same when members are added later).
+pub fn raft_id(member: &str) -> u64 {
+    fnv1a64(member.as_bytes())
+}
+
+/// A change to a group's replicated state, applied in log order on every voter.
+///
+/// Commands carry everything their effect depends on (ids, times, hashes), never
+/// something a voter would compute for itself, so that every voter applies the same
+/// change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Records the cluster's administrator account, unless one is recorded already.
+    BootstrapAdmin(Box<Account>),
+}
+
+/// What applying a command answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Applied {
+    /// A blank or membership entry: nothing to answer.
+    Nothing,
+    /// The cluster's administrator account (the one just proposed, or the earlier one).
+    Admin(Box<Account>),
+}
+
+/// A group's replicated state as shipped to a voter that fell behind the purged log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupSnapshot {
+    /// The state machine's rows: `(name, value)`.
+    pub rows: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+openraft::declare_raft_types!(
+    /// webhookd's Raft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = Applied,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = GroupSnapshot,
+        AsyncRuntime = openraft::TokioRuntime,
+        Responder = openraft::impls::OneshotResponder<TypeConfig>,
+);
+
+/// A Raft instance of one group.
+pub type GroupRaft = openraft::Raft<TypeConfig>;
+/// A log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A log id.
+pub type LogId = openraft::LogId<u64>;
+/// A storage failure, as openraft takes it.
+pub type StorageError = openraft::StorageError<u64>;
+/// A membership as stored with the state machine.
+pub type StoredMembership = openraft::StoredMembership<u64, openraft::BasicNode>;
