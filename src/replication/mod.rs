@@ -46,6 +46,9 @@ use types::{raft_id, GroupRaft};
 
 /// How often a proposal that found no leader looks again.
 const LEADER_POLL: Duration = Duration::from_millis(25);
+/// How long a new group's preferred voter waits for its peers before it initialises the
+/// group without having heard from them.
+const PEER_WAIT: Duration = Duration::from_secs(3);
 
 /// Why a change was not replicated.
 #[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -132,7 +135,20 @@ impl Replication {
         serve::serve(&replication);
         for place in replication.placement.all() {
             if place.voters.first() == Some(&config.node_id) {
-                replication.initialize(place, config).await?;
+                let voters = place
+                    .voters
+                    .iter()
+                    .map(|id| {
+                        let addr = config
+                            .members
+                            .iter()
+                            .find(|m| &m.id == id)
+                            .map(|m| m.cluster_addr.clone())
+                            .unwrap_or_default();
+                        (raft_id(id), BasicNode { addr })
+                    })
+                    .collect();
+                tokio::spawn(replication.clone().initialize_if_new(place.clone(), voters));
             }
         }
         balance::start(
@@ -143,42 +159,42 @@ impl Replication {
         Ok(replication)
     }
 
-    async fn initialize(
-        &self,
-        place: &GroupPlace,
-        config: &ClusterConfig,
-    ) -> Result<(), ReplicationError> {
+    /// Initialises `place`'s group if it is new to the whole cluster: this node's log is
+    /// empty and no other voter has one. A voter that has a log means this node lost its
+    /// disk: it then waits to catch up from the group instead. Peers that do not answer
+    /// within [`PEER_WAIT`] are taken to be new too (a cluster whose nodes start one by
+    /// one).
+    async fn initialize_if_new(self: Arc<Self>, place: GroupPlace, voters: BTreeMap<u64, BasicNode>) {
         let Some(raft) = self.rafts.get(&place.group) else {
-            return Ok(());
+            return;
         };
-        let initialized = raft
-            .is_initialized()
-            .await
-            .map_err(|e| ReplicationError::Start(e.to_string()))?;
-        if initialized {
-            return Ok(());
+        let deadline = Instant::now() + PEER_WAIT;
+        loop {
+            if raft.is_initialized().await.unwrap_or(true) {
+                return;
+            }
+            let mut fresh = 0;
+            for member in place.voters.iter().filter(|m| **m != self.node_id) {
+                let Some(peer) = self.cluster.peers().iter().find(|p| &p.member.id == member) else {
+                    continue;
+                };
+                let question = serve::StatusRpc { group: place.group };
+                match self.cluster.call_within(peer, &question, LEADER_POLL * 20).await {
+                    Ok(Some(status)) if status.last_log_index.is_some() => return,
+                    Ok(_) => fresh += 1,
+                    Err(_) => {}
+                }
+            }
+            if fresh + 1 == place.voters.len() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(LEADER_POLL * 4).await;
         }
-        let voters: BTreeMap<u64, BasicNode> = place
-            .voters
-            .iter()
-            .map(|id| {
-                let addr = config
-                    .members
-                    .iter()
-                    .find(|m| &m.id == id)
-                    .map(|m| m.cluster_addr.clone())
-                    .unwrap_or_default();
-                (raft_id(id), BasicNode { addr })
-            })
-            .collect();
-        // A second initialisation with the same voters (by a peer, or after a lost disk)
-        // proposes the very same first entry, so it cannot fork the group's history.
         match raft.initialize(voters).await {
-            Ok(()) | Err(RaftError::APIError(_)) => Ok(()),
-            Err(e) => Err(ReplicationError::Start(format!(
-                "group {}: {e}",
-                place.group
-            ))),
+            Ok(()) => tracing::info!(group = %place.group, "group initialised"),
+            // A peer's leader reached this node meanwhile.
+            Err(RaftError::APIError(_)) => {}
+            Err(e) => tracing::error!(group = %place.group, error = %e, "initialising the group failed"),
         }
     }
 

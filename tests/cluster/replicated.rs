@@ -1,7 +1,8 @@
 //! Replicated groups (`replication_factor = 3`) on three real node processes: every group
 //! elects a leader, leaders spread over the nodes, a SIGKILLed node's groups elect new
 //! leaders among the survivors within the election timeout, and a node restarted on an
-//! empty data dir catches up and adopts the cluster's admin account instead of minting one.
+//! empty data dir catches up and adopts the cluster's admin account instead of minting one;
+//! a SIGSTOPped leader is replaced, and follows once resumed.
 //!
 //! The groups replicate the cluster's metadata so far (the admin account); records still
 //! live on their shard's owner (see `docs/architecture.md`, "Replication").
@@ -175,4 +176,21 @@ async fn replicated_groups_fail_over_and_a_wiped_node_adopts_the_cluster_admin()
         printed_admin_key(&nodes[owner]).is_none(),
         "the wiped node minted an admin account of its own"
     );
+
+    // A stopped leader (SIGSTOP: to its peers, a partition) is replaced; resumed, it
+    // follows the new leader and the groups settle again.
+    // The admin's owner observes: it authenticates the status calls.
+    wait_settled(&nodes[other], &admin, &ids, true, Duration::from_secs(30)).await;
+    let stopped = (owner + 1) % 3;
+    let observer = owner;
+    let rest: Vec<&str> = ids.iter().copied().filter(|id| *id != ids[stopped]).collect();
+    let stopped_at = Instant::now();
+    let pid = nodes[stopped].pid() as libc::pid_t;
+    // SAFETY: kill(2) on our own, not yet reaped, child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    wait_settled(&nodes[observer], &admin, &rest, false, Duration::from_secs(5)).await;
+    println!("every group led by a running node {:?} after the SIGSTOP", stopped_at.elapsed());
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    wait_settled(&nodes[observer], &admin, &ids, false, Duration::from_secs(20)).await;
 }
