@@ -18,6 +18,7 @@
 
 mod accounts;
 mod deliveries;
+mod executor;
 mod flusher;
 mod health;
 mod keys;
@@ -38,6 +39,8 @@ pub use deliveries::{
     Attempt, Delivery, DeliveryCounts, DeliveryState, DueEntry, FailedCountChange, FanoutCursor,
     FanoutStep, Handoff, NewDelivery, Outcome, PreparedDeliveries, Scheduled,
 };
+pub use executor::allow_sync_calls;
+pub use flusher::Commit;
 pub use health::StorageState;
 pub use pagination::{Page, PageRequest};
 pub use records::{Account, KeyKind, PendingKey, Registration, Subscription, Triggered};
@@ -45,6 +48,7 @@ pub use subscriptions::{SubscribeError, SubscriptionBatch};
 pub use targets::DeliveryTarget;
 
 use deliveries::OpenBatches;
+use executor::Executor;
 use flusher::Flusher;
 use health::Health;
 use keys::read_u64;
@@ -64,6 +68,9 @@ pub enum StoreError {
     /// The disk failed (full, I/O error, stuck): no write succeeds until a restart.
     #[error("storage failed: {0}")]
     Failed(String),
+    /// A storage call ended without an answer (it panicked, or the storage threads are gone).
+    #[error("storage call interrupted: {0}")]
+    Interrupted(String),
     /// A record or key could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -131,6 +138,7 @@ struct Inner {
     db: sled::Db,
     t: Trees,
     flusher: Flusher,
+    executor: Executor,
     health: Arc<Health>,
     targets: targets::TargetCache,
     /// Pending batches not completed yet.
@@ -216,6 +224,7 @@ impl Store {
                 db,
                 t,
                 flusher,
+                executor: Executor::start()?,
                 health,
                 targets: targets::TargetCache::default(),
                 open_batches: OpenBatches::default(),
@@ -227,17 +236,27 @@ impl Store {
         })
     }
 
+    /// The trees: the one way in for the synchronous methods, so the one place that checks
+    /// their thread may block (see [`executor`]).
     fn t(&self) -> &Trees {
+        executor::check_sync_allowed();
         &self.inner.t
     }
 
     /// Waits until every write made before this call is on disk (group commit).
     pub async fn flush(&self) -> Result<()> {
-        self.inner.flusher.flush().await
+        self.inner.flusher.commit().wait().await
     }
 
-    /// Flushes synchronously (offline commands, shutdown).
+    /// The group commit covering every write made before this call, to be awaited by
+    /// whoever answers for them (see [`Commit`]). Never blocks.
+    pub fn commit(&self) -> Commit {
+        self.inner.flusher.commit()
+    }
+
+    /// Flushes synchronously (offline commands).
     pub fn flush_blocking(&self) -> Result<()> {
+        executor::check_sync_allowed();
         self.inner.db.flush()?;
         Ok(())
     }
@@ -293,7 +312,7 @@ impl Store {
 
     /// True when the database answers reads.
     pub fn is_healthy(&self) -> bool {
-        self.inner.t.meta.get(b"shards").is_ok()
+        self.t().meta.get(b"shards").is_ok()
     }
 
     /// Whether the storage takes writes. Cheap, and never touches sled.
@@ -319,6 +338,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
+        allow_sync_calls();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 8 * 1024 * 1024, 16).unwrap();
         (dir, store)
@@ -334,6 +354,7 @@ mod tests {
 
     #[test]
     fn shard_count_is_fixed_at_creation() {
+        allow_sync_calls();
         let dir = tempfile::tempdir().unwrap();
         drop(Store::open(dir.path(), 1 << 20, 16).unwrap());
         // sled's I/O threads may still hold the files (and their lock) for a moment after

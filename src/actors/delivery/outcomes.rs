@@ -16,7 +16,7 @@ use super::messages::DeliveryMsg;
 use super::queue::Uncommitted;
 use crate::actors::{now_us, NodeState};
 use crate::delivery::metrics::Counted;
-use crate::store::{Attempt, DeliveryState, DueEntry, FailedCountChange, Outcome};
+use crate::store::{Attempt, DeliveryState, DueEntry, FailedCountChange, Outcome, StoreError};
 
 /// Outcomes written per transaction at most.
 const OUTCOME_BATCH: usize = 512;
@@ -88,12 +88,13 @@ pub(super) async fn write_outcomes(
         let keys: Vec<Vec<u8>> = taken.iter().map(|o| o.due.record_key.clone()).collect();
         let finished = taken.iter().filter(|o| o.next_due_us.is_none()).count();
         let first = taken.iter().filter(|o| o.due.attempts == 0).count();
-        let store = ctx.store.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let result = store.record_outcomes(&taken, now_us());
-            (result, taken)
-        })
-        .await;
+        let written = ctx
+            .store
+            .run(move |store| {
+                let result = store.record_outcomes(&taken, now_us());
+                Ok::<_, StoreError>((result, taken))
+            })
+            .await;
         let mut again = Vec::new();
         let finished = match written {
             Ok((Ok(()), _)) => {
