@@ -14,6 +14,8 @@
 //! * (b) fan-out, 1 registration × 10,000 subscriptions × 5 triggers;
 //! * (c) 100 registrations × 100 subscriptions × 5 triggers, all fired concurrently;
 //! * (d) authenticated `GET /v1/account/<id>` requests/s vs a hello-world hyper server;
+//! * the subscribe rate: as many accounts as (b) has subscriptions, each subscribing once
+//!   to one registration, 64 in flight;
 //! * (e) the node's peak RSS during a 100,000-subscriber fan-out.
 //!
 //! `--nodes 3` then stops that node and starts a local three-node cluster (`node1..node3`
@@ -44,6 +46,7 @@ mod reads;
 mod report;
 mod single_node;
 mod single_report;
+mod subscribe;
 
 use std::process::ExitCode;
 use std::time::Instant;
