@@ -173,10 +173,7 @@ impl RegistrationActor {
             .ctx
             .store
             .run(move |s| {
-                let results = rows
-                    .iter()
-                    .map(|(row, local)| s.insert_subscription(row, *local))
-                    .collect::<Vec<_>>();
+                let results = s.insert_subscriptions(&rows)?;
                 Ok::<_, StoreError>(rows.into_iter().zip(results).collect::<Vec<_>>())
             })
             .await;
@@ -191,19 +188,18 @@ impl RegistrationActor {
             }
         };
         let mut written = Written::default();
-        if inserted.iter().any(|(_, r)| matches!(r, Ok(Ok(())))) {
+        if inserted.iter().any(|(_, r)| r.is_ok()) {
             written.wrote(&self.ctx.store);
         }
         for (w, ((row, _), result)) in waiting.into_iter().zip(inserted) {
             let result = match result {
-                Ok(Ok(())) => Ok(row),
-                Ok(Err(SubscribeError::NoRegistration)) => Err(ServiceError::NotFound(
+                Ok(()) => Ok(row),
+                Err(SubscribeError::NoRegistration) => Err(ServiceError::NotFound(
                     msg::NO_SUCH_REGISTRATION_SUBSCRIBE.into(),
                 )),
-                Ok(Err(SubscribeError::NoSubscriber)) => {
+                Err(SubscribeError::NoSubscriber) => {
                     Err(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME.into()))
                 }
-                Err(e) => Err(e.into()),
             };
             let _ = w.answer.send(written.shared_reply(result));
         }
