@@ -43,7 +43,7 @@ pub enum RegistrationMsg {
         reply: ReplyPort<WriteResult>,
     },
     /// Subscribe every account waiting in the node's queue for this registration (see
-    /// [`super::subscribes`]); each is answered through its own channel.
+    /// [`NodeState::subscribe`]); each is answered through its own channel.
     Subscribe {
         /// Answered once the batch is written.
         reply: ReplyPort<()>,

@@ -5,9 +5,13 @@
 //! deletes that may touch many rows first tombstone their root record (so readers see it
 //! gone at once and a restart can finish the job) and then remove the rows in chunks.
 //!
-//! Durability: callers that acknowledge a change call [`Store::flush`], a group commit shared
-//! by every writer that asked since the last flush. A flush that fails or stalls fails the
-//! storage for the rest of the process ([`health`]): sled cannot recover in place.
+//! Durability: callers that acknowledge a change wait for a group commit shared by every
+//! writer that asked since the last flush ([`Store::flush`], or [`Store::commit`] to take
+//! the ticket now and leave the wait to whoever answers). A flush that fails or stalls fails
+//! the storage for the rest of the process ([`health`]): sled cannot recover in place.
+//!
+//! The methods are synchronous and may block; async code calls them on the storage threads
+//! through [`Store::run`] ([`executor`]), never directly.
 //!
 //! Each module adds the methods of its trees to [`Store`]. Their imports go one way, so a
 //! module can be read (and changed) without the ones above it: `keys` (every key
