@@ -144,7 +144,7 @@ fn work(shared: &Shared) {
 
 impl Store {
     /// Runs `f` on a storage thread and waits for its answer: the only way async code
-    /// reaches the store (see [`executor`](self)).
+    /// reaches the store (why: the `store::executor` module).
     ///
     /// Dropping the future abandons the wait; `f` is then skipped unless it already
     /// started. Batch the work of one step into one call: each call is a round trip

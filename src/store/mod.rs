@@ -11,7 +11,7 @@
 //! the storage for the rest of the process ([`health`]): sled cannot recover in place.
 //!
 //! The methods are synchronous and may block; async code calls them on the storage threads
-//! through [`Store::run`] ([`executor`]), never directly.
+//! through [`Store::run`] (the `executor` module), never directly.
 //!
 //! Each module adds the methods of its trees to [`Store`]. Their imports go one way, so a
 //! module can be read (and changed) without the ones above it: `keys` (every key
