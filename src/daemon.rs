@@ -93,6 +93,7 @@ pub fn build_service(config: &Config, store: Store) -> Result<Service, DaemonErr
         },
         accounts: Directory::new("account"),
         registrations: Directory::new("registration"),
+        subscribes: Default::default(),
         delivery: DeliveryContext {
             supervisor: OnceLock::new(),
             retry: RetryPolicy::new(
@@ -168,7 +169,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let supervisor = DeliverySupervisor::start(service.context().clone())
         .await
         .map_err(|e| ServiceError::Internal(format!("starting the delivery engine: {e}")))?;
-    service.context().resume_fanouts()?;
+    service.context().resume_fanouts().await?;
     service
         .context()
         .cluster

@@ -120,10 +120,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Err("init wipes every record: run `webhookd init --reset --yes`".into());
             }
             let loaded = load(config.as_ref())?;
+            // Offline: this thread may block on storage (the wipe runs before the runtime).
+            webhookd::store::allow_sync_calls();
             let store = daemon::open_store(&loaded.config).map_err(|e| e.to_string())?;
+            store.wipe().map_err(|e| e.to_string())?;
+            println!("Storage wiped.");
             runtime()?.block_on(async {
-                store.wipe().map_err(|e| e.to_string())?;
-                println!("Storage wiped.");
                 let service =
                     daemon::build_service(&loaded.config, store).map_err(|e| e.to_string())?;
                 match service.bootstrap_admin().await.map_err(|e| e.to_string())? {
@@ -141,6 +143,7 @@ fn run(cli: Cli) -> Result<(), String> {
             command: AdminCommand::ResetKey { config },
         } => {
             let loaded = load(config.as_ref())?;
+            webhookd::store::allow_sync_calls();
             let store = daemon::open_store(&loaded.config).map_err(|e| e.to_string())?;
             let key = webhookd::service::reset_admin_key_offline(
                 &store,

@@ -15,6 +15,7 @@ mod architecture;
 mod auth_flood;
 mod cli;
 mod cluster;
+mod concurrent_subscribes;
 mod config_and_logs;
 mod delivery;
 mod delivery_crash;

@@ -14,6 +14,8 @@
 //! * (b) fan-out, 1 registration × 10,000 subscriptions × 5 triggers;
 //! * (c) 100 registrations × 100 subscriptions × 5 triggers, all fired concurrently;
 //! * (d) authenticated `GET /v1/account/<id>` requests/s vs a hello-world hyper server;
+//! * the subscribe rate: as many accounts as (b) has subscriptions, each subscribing once
+//!   to one registration, 64 in flight;
 //! * (e) the node's peak RSS during a 100,000-subscriber fan-out;
 //! * (f) endpoint isolation, on a fresh node: 200 healthy endpoints with and without one
 //!   more that never answers; the healthy deliveries/s and p99 latency of both runs, and
@@ -48,6 +50,7 @@ mod reads;
 mod report;
 mod single_node;
 mod single_report;
+mod subscribe;
 
 use std::process::ExitCode;
 use std::time::Instant;

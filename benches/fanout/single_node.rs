@@ -1,5 +1,5 @@
 //! The single-node part: one node as a real process, and every scenario on it in order:
-//! (a), idle latency, (b), (a), (c), (a), (d), (e).
+//! (a), idle latency, (b), (a), (c), (a), (d), the subscribe rate, (e).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use crate::context::{
 use crate::memory::{memory_check, MemoryCheck};
 use crate::options::{Options, Sizes};
 use crate::reads::read_rates;
+use crate::subscribe::{subscribe_rate, SubscribeRate};
 
 /// The figures of the single-node part.
 pub(crate) struct SingleRun {
@@ -33,6 +34,8 @@ pub(crate) struct SingleRun {
     pub(crate) c: Measured,
     pub(crate) node_read: LoadReport,
     pub(crate) hello_read: LoadReport,
+    /// Distinct accounts subscribing concurrently to one registration.
+    pub(crate) subscribe: SubscribeRate,
     pub(crate) memory: Option<MemoryCheck>,
     /// Peak RSS through (d), before (e) (KiB): what the cluster's peaks compare with.
     pub(crate) peak_before_e_kib: u64,
@@ -193,6 +196,8 @@ pub(crate) async fn single_scenarios(
     // (d) Authenticated reads vs hello-world.
     let (node_read, hello_read) = read_rates(node.url(), &ctx.owner, &hello, shape).await?;
 
+    let subscribe = subscribe_rate(&mut ctx, sizes.b_subscribers).await?;
+
     // (e) Peak RSS during a big fan-out.
     let pid = node.pid();
     let peak_before_e_kib = node::memory(pid)?.hwm_kib;
@@ -215,6 +220,7 @@ pub(crate) async fn single_scenarios(
         c: cc,
         node_read,
         hello_read,
+        subscribe,
         memory,
         peak_before_e_kib,
         lifetime_peak_kib,

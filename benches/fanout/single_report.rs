@@ -65,6 +65,26 @@ pub(crate) fn single_table(s: &SingleRun) -> Table {
         ratio(s.hello_read.per_second, c),
         String::new(),
     ]);
+    let subscribe = &s.subscribe.figure;
+    table.row([
+        subscribe.step.clone(),
+        per_s(subscribe.per_second),
+        String::new(),
+        format!(
+            "≥ 10,000/s: {}",
+            if subscribe.per_second >= 10_000.0 {
+                "met"
+            } else {
+                "NOT met"
+            }
+        ),
+    ]);
+    table.row([
+        "    node CPU per subscribe".to_string(),
+        format!("{:.0} µs", s.subscribe.node_cpu_us),
+        String::new(),
+        String::new(),
+    ]);
     let goal = format!(
         "p99 < 10 ms: {}",
         if s.idle.first_delivery.p99_us < 10_000 {
@@ -154,6 +174,10 @@ pub(crate) fn single_json(s: &SingleRun, opts: Options) -> Value {
             "node": s.node_read,
             "hello_world": s.hello_read,
             "ratio_to_hello_world": s.read_ratio(),
+        },
+        "subscribe_rate": {
+            "figure": s.subscribe.figure,
+            "node_cpu_us_per_subscribe": s.subscribe.node_cpu_us,
         },
         "memory": memory_json,
         "node_peak_rss_before_e_kib": s.peak_before_e_kib,

@@ -12,7 +12,7 @@ use ractor_cluster::RactorMessage;
 use uuid::Uuid;
 
 use super::remote::DeleteSubscriptionsOf;
-use super::{now_us, NodeState, RegistrationMsg, ReplyPort};
+use super::{now_us, NodeState, RegistrationMsg, ReplyPort, Written};
 use crate::crypto;
 use crate::domain::{msg, ServiceError, WriteResult};
 use crate::store::{Account, KeyKind, PendingKey, PreviousSecret, Registration};
@@ -78,17 +78,23 @@ impl AccountActor {
         Ok(actor)
     }
 
-    fn live(&self) -> Result<Account, ServiceError> {
+    async fn live(&self) -> Result<Account, ServiceError> {
         // The caller authenticated just before; if the account vanished since, it is as if
         // the credentials were wrong.
+        let id = self.id;
         self.ctx
             .store
-            .account(&self.id)?
+            .run(move |s| s.account(&id))
+            .await?
             .ok_or(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME.into()))
     }
 
-    async fn update_endpoint(&self, endpoint: String) -> Result<WriteResult, ServiceError> {
-        let mut account = self.live()?;
+    async fn update_endpoint(
+        &self,
+        endpoint: String,
+        written: &mut Written,
+    ) -> Result<WriteResult, ServiceError> {
+        let mut account = self.live().await?;
         if let Err(e) = self.ctx.client.echo(&endpoint).await {
             tracing::info!(account = %self.id, error = %e, "echo challenge failed");
             return Err(ServiceError::BadRequest(msg::ECHO_FAILED.into()));
@@ -98,14 +104,20 @@ impl AccountActor {
             return Ok(WriteResult::unchanged());
         }
         account.endpoint = endpoint;
-        self.ctx.store.update_account(&account)?;
-        self.ctx.store.resume_deliveries(&self.id)?;
-        self.ctx.store.flush().await?;
+        let id = self.id;
+        self.ctx
+            .store
+            .run(move |s| {
+                s.update_account(&account)?;
+                s.resume_deliveries(&id)
+            })
+            .await?;
+        written.wrote(&self.ctx.store);
         Ok(WriteResult::replaced())
     }
 
-    async fn reset_key(&self, kind: KeyKind) -> Result<(), ServiceError> {
-        let mut account = self.live()?;
+    async fn reset_key(&self, kind: KeyKind, written: &mut Written) -> Result<(), ServiceError> {
+        let mut account = self.live().await?;
         if account.endpoint.is_empty() {
             return Err(ServiceError::NotFound(msg::ENDPOINT_NOT_FOUND.into()));
         }
@@ -134,7 +146,7 @@ impl AccountActor {
             stored_value,
             at_us: now,
         });
-        self.ctx.store.update_account(&account)?;
+        self.write_account(&account).await?;
         self.ctx.store.flush().await?;
 
         let sent = self
@@ -155,8 +167,8 @@ impl AccountActor {
                         });
                     }
                 }
-                self.ctx.store.update_account(&account)?;
-                self.ctx.store.flush().await?;
+                self.write_account(&account).await?;
+                written.wrote(&self.ctx.store);
                 self.ctx.auth_cache.invalidate(&account.username);
                 Ok(())
             }
@@ -164,11 +176,20 @@ impl AccountActor {
                 if let Err(e) = result {
                     tracing::info!(account = %self.id, error = %e, "key delivery failed");
                 }
-                self.ctx.store.update_account(&account)?;
-                self.ctx.store.flush().await?;
+                self.write_account(&account).await?;
+                written.wrote(&self.ctx.store);
                 Err(ServiceError::BadRequest(msg::RESET_FAILED.into()))
             }
         }
+    }
+
+    async fn write_account(&self, account: &Account) -> Result<(), ServiceError> {
+        let account = account.clone();
+        Ok(self
+            .ctx
+            .store
+            .run(move |s| s.update_account(&account))
+            .await?)
     }
 
     async fn create_registration(
@@ -176,6 +197,7 @@ impl AccountActor {
         event: String,
         description: String,
         event_data: String,
+        written: &mut Written,
     ) -> Result<Registration, ServiceError> {
         let shards = self.ctx.cluster.map();
         let registration = Registration {
@@ -187,26 +209,40 @@ impl AccountActor {
             event_data,
             deleting: false,
         };
-        if !self.ctx.store.insert_registration(&registration)? {
+        let inserted = registration.clone();
+        if !self
+            .ctx
+            .store
+            .run(move |s| s.insert_registration(&inserted))
+            .await?
+        {
             return Err(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME.into()));
         }
-        self.ctx.store.flush().await?;
+        written.wrote(&self.ctx.store);
         Ok(registration)
     }
 
-    async fn delete(&self) -> Result<WriteResult, ServiceError> {
-        let Some(account) = self.ctx.store.account(&self.id)? else {
-            return Ok(WriteResult::skipped());
-        };
-        if account.is_admin && self.ctx.store.admin_count()? <= 1 {
-            return Err(ServiceError::BadRequest(msg::LAST_ADMIN.into()));
-        }
-        let Some(account) = self.ctx.store.begin_account_delete(&self.id)? else {
+    async fn delete(&self, written: &mut Written) -> Result<WriteResult, ServiceError> {
+        let id = self.id;
+        let begun = self
+            .ctx
+            .store
+            .run(move |s| {
+                let Some(account) = s.account(&id)? else {
+                    return Ok(None);
+                };
+                if account.is_admin && s.admin_count()? <= 1 {
+                    return Err(ServiceError::BadRequest(msg::LAST_ADMIN.into()));
+                }
+                Ok(s.begin_account_delete(&id)?)
+            })
+            .await?;
+        let Some(account) = begun else {
             return Ok(WriteResult::skipped());
         };
         self.ctx.auth_cache.invalidate(&account.username);
         cascade(&self.ctx, &account).await?;
-        self.ctx.store.flush().await?;
+        written.wrote(&self.ctx.store);
         Ok(WriteResult::deleted(1))
     }
 }
@@ -218,23 +254,38 @@ impl AccountActor {
 /// any node: every peer is told to drop them. While a peer is unreachable the tombstone
 /// stays (the account is already gone for every reader) and a background task retries.
 pub(super) async fn cascade(ctx: &Arc<NodeState>, account: &Account) -> Result<(), ServiceError> {
-    ctx.store.delete_subscriptions_of_subscriber(&account.id)?;
-    for registration in ctx.store.registration_ids_of(&account.id)? {
+    let id = account.id;
+    let registrations = ctx
+        .store
+        .run(move |s| {
+            s.delete_subscriptions_of_subscriber(&id)?;
+            s.registration_ids_of(&id)
+        })
+        .await?;
+    for registration in registrations {
         ctx.ask_registration(registration, |reply| RegistrationMsg::Delete {
             caller: None,
             reply,
         })
-        .await??;
+        .await?;
     }
     if remote_cleanup(ctx, &account.id).await {
-        ctx.store.finish_account_delete(account)?;
+        let account = account.clone();
+        ctx.store
+            .run(move |s| s.finish_account_delete(&account))
+            .await?;
     } else {
         let (ctx, account) = (ctx.clone(), account.clone());
         tokio::spawn(async move {
             while !remote_cleanup(&ctx, &account.id).await {
                 tokio::time::sleep(CLEANUP_RETRY).await;
             }
-            if let Err(e) = ctx.store.finish_account_delete(&account) {
+            let finishing = account.clone();
+            let finished = ctx
+                .store
+                .run(move |s| s.finish_account_delete(&finishing))
+                .await;
+            if let Err(e) = finished {
                 tracing::error!(error = %e, account = %account.id, "finishing a delete failed");
             }
         });
@@ -285,10 +336,14 @@ impl Actor for AccountActor {
         // A dropped reply port means the caller gave up; nothing to do about it.
         match message {
             AccountMsg::UpdateEndpoint { endpoint, reply } => {
-                let _ = reply.send(self.update_endpoint(endpoint).await);
+                let mut written = Written::default();
+                let result = self.update_endpoint(endpoint, &mut written).await;
+                let _ = reply.send(written.reply(result));
             }
             AccountMsg::ResetKey { kind, reply } => {
-                let _ = reply.send(self.reset_key(kind).await);
+                let mut written = Written::default();
+                let result = self.reset_key(kind, &mut written).await;
+                let _ = reply.send(written.reply(result));
             }
             AccountMsg::CreateRegistration {
                 event,
@@ -296,15 +351,17 @@ impl Actor for AccountActor {
                 event_data,
                 reply,
             } => {
-                let _ = reply.send(
-                    self.create_registration(event, description, event_data)
-                        .await,
-                );
+                let mut written = Written::default();
+                let result = self
+                    .create_registration(event, description, event_data, &mut written)
+                    .await;
+                let _ = reply.send(written.reply(result));
             }
             AccountMsg::Delete { reply } => {
-                let result = self.delete().await;
+                let mut written = Written::default();
+                let result = self.delete(&mut written).await;
                 let gone = matches!(&result, Ok(w) if w.deleted == 1);
-                let _ = reply.send(result);
+                let _ = reply.send(written.reply(result));
                 if gone {
                     // Nothing left to serialise: free the actor now, not when idle.
                     self.ctx.accounts.remove(&self.id, myself.get_id());

@@ -51,6 +51,11 @@ impl<M: Message> Directory<M> {
         }
     }
 
+    /// True when `id` has a live actor.
+    pub fn is_live(&self, id: &Uuid) -> bool {
+        self.lookup(id).is_some()
+    }
+
     /// Number of live actors.
     pub fn len(&self) -> usize {
         self.entries.lock().map(|e| e.len()).unwrap_or(0)

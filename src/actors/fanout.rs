@@ -7,9 +7,8 @@
 //!
 //! The first step is small, so the first deliveries go out at once, and is written with
 //! the trigger itself when the backlog allows (see [`PreparedStep`]). Later steps queue in
-//! the node's [`StepQueue`]: step runners on the blocking pool (a step is a few
-//! milliseconds of sled work that would otherwise hold an async worker away from the
-//! delivery engine) write the steps of several fan-outs in one batch, since each batch
+//! the node's [`StepQueue`]: step runners on the storage threads (a step is a few
+//! milliseconds of sled work, which async code never runs itself) write the steps of several fan-outs in one batch, since each batch
 //! costs a log write and many small registrations are often triggered together. A fan-out
 //! waits while the node's deliveries not attempted yet are above a backlog limit: writing
 //! deliveries far ahead of the engine only costs memory and slows the engine's own writes.
@@ -40,8 +39,8 @@ const FANOUT_BATCH: usize = 1000;
 /// Pending deliveries per delivery worker above which fan-outs wait.
 const BACKLOG_PER_WORKER: usize = 32;
 /// Step runners at once on the node, whatever the number of fan-outs: a step is CPU-bound
-/// storage work, so more runners add no speed, only a blocking thread each (its stack and
-/// allocator caches) when hundreds of registrations are triggered together.
+/// storage work, so more runners add no speed, and would only hold more of the storage
+/// threads when hundreds of registrations are triggered together.
 const STEP_RUNNERS: usize = 2;
 /// Pause before retrying a step that failed (storage trouble).
 const STEP_RETRY: Duration = Duration::from_secs(1);
@@ -61,7 +60,9 @@ pub async fn run_fanout(ctx: Arc<NodeState>, registration: Uuid, triggered: Uuid
         };
         if ctx.delivery.fanout_steps.push(request) {
             let runner_ctx = ctx.clone();
-            tokio::task::spawn_blocking(move || run_steps(&runner_ctx));
+            if let Err(e) = ctx.store.spawn(move |_| run_steps(&runner_ctx)) {
+                tracing::error!(error = %e, "cannot start a fan-out step runner");
+            }
         }
         match step.await {
             Ok(Ok(true)) => batch = FANOUT_BATCH,

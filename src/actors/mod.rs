@@ -11,6 +11,8 @@ mod directory;
 mod fanout;
 mod registration;
 pub mod remote;
+mod reply;
+mod subscribes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,8 @@ pub use delivery::{
 };
 pub use directory::Directory;
 pub use registration::{RegistrationActor, RegistrationMsg};
+pub use reply::{Reply, Written};
+pub use subscribes::SubscribeQueue;
 
 use crate::auth_throttle::AuthThrottle;
 use crate::cluster::Cluster;
@@ -31,8 +35,8 @@ use crate::delivery::EndpointClient;
 use crate::domain::ServiceError;
 use crate::store::Store;
 
-/// Where an actor sends the outcome of a request.
-pub type ReplyPort<T> = ractor::RpcReplyPort<Result<T, ServiceError>>;
+/// Where an actor sends the outcome of a request (given to the caller once committed).
+pub type ReplyPort<T> = ractor::RpcReplyPort<Reply<T>>;
 
 /// Settings the actors need from the configuration.
 #[derive(Debug, Clone)]
@@ -66,28 +70,34 @@ pub struct NodeState {
     pub accounts: Directory<AccountMsg>,
     /// Live registration actors.
     pub registrations: Directory<RegistrationMsg>,
+    /// Subscribes waiting for their registration's actor.
+    pub subscribes: SubscribeQueue,
     /// The delivery engine.
     pub delivery: DeliveryContext,
 }
 
 impl NodeState {
-    /// Asks account `id`'s actor, spawning it if needed.
+    /// Asks account `id`'s actor, spawning it if needed; answers once its writes are
+    /// committed.
     pub async fn ask_account<T: Send + 'static>(
         self: &Arc<Self>,
         id: Uuid,
-        build: impl Fn(ractor::RpcReplyPort<T>) -> AccountMsg,
+        build: impl Fn(ReplyPort<T>) -> AccountMsg,
     ) -> Result<T, ServiceError> {
         let ctx = self.clone();
         self.accounts
             .ask(id, |id| AccountActor::spawn_for(ctx.clone(), id), build)
+            .await?
+            .committed()
             .await
     }
 
-    /// Asks registration `id`'s actor, spawning it if needed.
+    /// Asks registration `id`'s actor, spawning it if needed; answers once its writes are
+    /// committed.
     pub async fn ask_registration<T: Send + 'static>(
         self: &Arc<Self>,
         id: Uuid,
-        build: impl Fn(ractor::RpcReplyPort<T>) -> RegistrationMsg,
+        build: impl Fn(ReplyPort<T>) -> RegistrationMsg,
     ) -> Result<T, ServiceError> {
         let ctx = self.clone();
         self.registrations
@@ -96,6 +106,8 @@ impl NodeState {
                 |id| RegistrationActor::spawn_for(ctx.clone(), id),
                 build,
             )
+            .await?
+            .committed()
             .await
     }
 
@@ -110,21 +122,27 @@ impl NodeState {
 
     /// Finishes the cascades a crash interrupted (tombstoned accounts and registrations).
     pub async fn resume_cascades(self: &Arc<Self>) -> Result<(), ServiceError> {
-        for account in self.store.accounts_being_deleted()? {
+        let accounts = self.store.run(|s| s.accounts_being_deleted()).await?;
+        for account in accounts {
             tracing::info!(account = %account.id, "finishing an interrupted account delete");
             account::cascade(self, &account).await?;
         }
-        for registration in self.store.registrations_being_deleted()? {
-            tracing::info!(registration = %registration.id, "finishing an interrupted registration delete");
-            self.store.finish_registration_delete(&registration)?;
-        }
+        self.store
+            .run(|s| {
+                for registration in s.registrations_being_deleted()? {
+                    tracing::info!(registration = %registration.id, "finishing an interrupted registration delete");
+                    s.finish_registration_delete(&registration)?;
+                }
+                Ok::<_, crate::store::StoreError>(())
+            })
+            .await?;
         self.store.flush().await?;
         Ok(())
     }
 
     /// Restarts the fan-outs a stop or crash interrupted.
-    pub fn resume_fanouts(self: &Arc<Self>) -> Result<(), ServiceError> {
-        for (triggered, cursor) in self.store.fanouts()? {
+    pub async fn resume_fanouts(self: &Arc<Self>) -> Result<(), ServiceError> {
+        for (triggered, cursor) in self.store.run(|s| s.fanouts()).await? {
             tracing::info!(%triggered, "resuming an interrupted fan-out");
             tokio::spawn(fanout::run_fanout(
                 self.clone(),

@@ -3,6 +3,10 @@
 //! Subscribing, unsubscribing, patching, deleting (with its subscriptions) and triggering a
 //! registration all pass through its actor, so a subscribe can never race with the delete
 //! that would orphan it.
+//!
+//! Its storage work runs on the storage threads, awaited, one round trip per message
+//! (subscribes: per batch, see [`super::subscribes`]); its replies carry the commit their
+//! caller waits for (see [`super::reply`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,12 +15,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SpawnErr};
 use ractor_cluster::RactorMessage;
 use uuid::Uuid;
 
-use super::fanout::{self, run_fanout, PreparedStep};
-use super::{now_us, NodeState, ReplyPort};
+use super::fanout::{self, run_fanout, PreparedStep, StepOutcome};
+use super::subscribes::Waiting;
+use super::{now_us, NodeState, Reply, ReplyPort, Written};
 use crate::delivery::pyjson::to_python_json;
 use crate::domain::access::{self, Access};
 use crate::domain::{msg, Caller, ServiceError, WriteResult};
-use crate::store::{SubscribeError, Subscription, Triggered};
+use crate::store::{DueEntry, StoreError, SubscribeError, Subscription, Triggered};
 
 /// Requests a RegistrationActor serves.
 #[derive(RactorMessage)]
@@ -37,12 +42,11 @@ pub enum RegistrationMsg {
         /// Write result.
         reply: ReplyPort<WriteResult>,
     },
-    /// Subscribe `subscriber` (any live account) to this registration.
+    /// Subscribe every account waiting in the node's queue for this registration (see
+    /// [`NodeState::subscribe`]); each is answered through its own channel.
     Subscribe {
-        /// The subscribing account.
-        subscriber: Uuid,
-        /// The new subscription.
-        reply: ReplyPort<Subscription>,
+        /// Answered once the batch is written.
+        reply: ReplyPort<()>,
     },
     /// Remove one subscription to this registration (subscriber or admin).
     Unsubscribe {
@@ -93,8 +97,10 @@ impl RegistrationActor {
         &self,
         caller: Caller,
         description: Result<String, ServiceError>,
+        written: &mut Written,
     ) -> Result<WriteResult, ServiceError> {
-        let found = self.ctx.store.registration(&self.id)?;
+        let id = self.id;
+        let found = self.ctx.store.run(move |s| s.registration(&id)).await?;
         let access = access::modify(&caller, found.as_ref().map(|r| r.account_id))?;
         let (Access::Granted, Some(mut registration)) = (access, found) else {
             description?;
@@ -105,72 +111,122 @@ impl RegistrationActor {
             return Ok(WriteResult::unchanged());
         }
         registration.description = description;
-        self.ctx.store.update_registration(&registration)?;
-        self.ctx.store.flush().await?;
+        self.ctx
+            .store
+            .run(move |s| s.update_registration(&registration))
+            .await?;
+        written.wrote(&self.ctx.store);
         Ok(WriteResult::replaced())
     }
 
-    async fn delete(&self, caller: Option<Caller>) -> Result<WriteResult, ServiceError> {
+    async fn delete(
+        &self,
+        caller: Option<Caller>,
+        written: &mut Written,
+    ) -> Result<WriteResult, ServiceError> {
+        let id = self.id;
         if let Some(caller) = &caller {
-            let found = self.ctx.store.registration(&self.id)?;
+            let found = self.ctx.store.run(move |s| s.registration(&id)).await?;
             access::modify(caller, found.map(|r| r.account_id))?;
         }
+        let deleted = self
+            .ctx
+            .store
+            .run(move |s| {
+                let Some(registration) = s.begin_registration_delete(&id)? else {
+                    return Ok::<_, StoreError>(false);
+                };
+                s.finish_registration_delete(&registration)?;
+                Ok(true)
+            })
+            .await?;
         // The original deletes through a filter: a missing id counts nothing, not skipped.
-        let Some(registration) = self.ctx.store.begin_registration_delete(&self.id)? else {
+        if !deleted {
             return Ok(WriteResult::deleted(0));
-        };
-        self.ctx.store.finish_registration_delete(&registration)?;
-        self.ctx.store.flush().await?;
+        }
+        written.wrote(&self.ctx.store);
         Ok(WriteResult::deleted(1))
     }
 
-    async fn subscribe(&self, subscriber: Uuid) -> Result<Subscription, ServiceError> {
+    /// Writes the waiting subscribes, in order, in one storage round trip, and answers
+    /// each once the batch is committed.
+    async fn subscribe(&self, waiting: Vec<Waiting>) {
+        if waiting.is_empty() {
+            return;
+        }
         let shards = self.ctx.cluster.map();
-        let subscription = Subscription {
-            id: shards.new_id_in(shards.shard_of_id(&self.id)),
-            epoch_us: self.ctx.store.next_epoch_us(),
-            account_id: subscriber,
-            registration_id: self.id,
-        };
-        let subscriber_local =
-            shards.owner(shards.shard_of_id(&subscriber)) == Some(self.ctx.cluster.node_id());
-        match self
+        let node = self.ctx.cluster.node_id();
+        let rows: Vec<(Subscription, bool)> = waiting
+            .iter()
+            .map(|w| {
+                let row = Subscription {
+                    id: shards.new_id_in(shards.shard_of_id(&self.id)),
+                    epoch_us: self.ctx.store.next_epoch_us(),
+                    account_id: w.subscriber,
+                    registration_id: self.id,
+                };
+                let local = shards.owner(shards.shard_of_id(&w.subscriber)) == Some(node);
+                (row, local)
+            })
+            .collect();
+        let inserted = self
             .ctx
             .store
-            .insert_subscription(&subscription, subscriber_local)?
-        {
-            Ok(()) => {}
-            Err(SubscribeError::NoRegistration) => {
-                return Err(ServiceError::NotFound(
-                    msg::NO_SUCH_REGISTRATION_SUBSCRIBE.into(),
-                ))
+            .run(move |s| {
+                let results = s.insert_subscriptions(&rows)?;
+                Ok::<_, StoreError>(rows.into_iter().zip(results).collect::<Vec<_>>())
+            })
+            .await;
+        let inserted = match inserted {
+            Ok(inserted) => inserted,
+            Err(e) => {
+                let e = ServiceError::from(e);
+                for w in waiting {
+                    let _ = w.answer.send(Reply::failed(e.clone()));
+                }
+                return;
             }
-            Err(SubscribeError::NoSubscriber) => {
-                return Err(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME.into()))
-            }
+        };
+        let mut written = Written::default();
+        if inserted.iter().any(|(_, r)| r.is_ok()) {
+            written.wrote(&self.ctx.store);
         }
-        self.ctx.store.flush().await?;
-        Ok(subscription)
+        for (w, ((row, _), result)) in waiting.into_iter().zip(inserted) {
+            let result = match result {
+                Ok(()) => Ok(row),
+                Err(SubscribeError::NoRegistration) => Err(ServiceError::NotFound(
+                    msg::NO_SUCH_REGISTRATION_SUBSCRIBE.into(),
+                )),
+                Err(SubscribeError::NoSubscriber) => {
+                    Err(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME.into()))
+                }
+            };
+            let _ = w.answer.send(written.shared_reply(result));
+        }
     }
 
     async fn unsubscribe(
         &self,
         caller: Caller,
         subscription: Uuid,
+        written: &mut Written,
     ) -> Result<WriteResult, ServiceError> {
+        let id = self.id;
         let found = self
             .ctx
             .store
-            .subscription(&subscription)?
-            .filter(|s| s.registration_id == self.id);
+            .run(move |s| s.subscription(&subscription))
+            .await?
+            .filter(|s| s.registration_id == id);
         let access = access::modify(&caller, found.as_ref().map(|s| s.account_id))?;
         let (Access::Granted, Some(s)) = (access, found) else {
             return Ok(WriteResult::skipped());
         };
         self.ctx
             .store
-            .delete_subscriptions(std::slice::from_ref(&s))?;
-        self.ctx.store.flush().await?;
+            .run(move |store| store.delete_subscriptions(std::slice::from_ref(&s)))
+            .await?;
+        written.wrote(&self.ctx.store);
         Ok(WriteResult::deleted(1))
     }
 
@@ -179,66 +235,105 @@ impl RegistrationActor {
         caller: Caller,
         event_data: Option<String>,
         idempotency_key: Option<String>,
+        written: &mut Written,
     ) -> Result<(Triggered, bool), ServiceError> {
-        let registration = self
+        let (ctx, id) = (self.ctx.clone(), self.id);
+        let recorded = self
             .ctx
             .store
-            .registration(&self.id)?
-            .ok_or(ServiceError::NotFound(
-                msg::NO_SUCH_REGISTRATION_TRIGGER.into(),
-            ))?;
-        access::trigger(&caller, registration.account_id)?;
-        if let Some(key) = &idempotency_key {
-            if let Some(first) = self.ctx.store.idempotent_trigger(&self.id, key, now_us())? {
-                return Ok((first, true));
+            .run(move |_| record_trigger(&ctx, id, &caller, event_data, idempotency_key))
+            .await?;
+        let (triggered, first) = match recorded {
+            Recorded::Replay(first) => return Ok((first, true)),
+            Recorded::New { triggered, first } => (triggered, first),
+        };
+        written.wrote(&self.ctx.store);
+        let commit = written.commit();
+        let (ctx, id, triggered_id) = (self.ctx.clone(), self.id, triggered.id);
+        // Off the actor, so the next trigger is not held up. The first attempts wait for
+        // the commit; written, they are delivered even if it failed (they land with the
+        // next one).
+        tokio::spawn(async move {
+            if let Some(commit) = commit {
+                let _ = commit.wait().await;
             }
-        }
-        let data = event_data.as_deref().unwrap_or(&registration.event_data);
-        let value: serde_json::Value = serde_json::from_str(data)
-            .map_err(|e| ServiceError::Internal(format!("stored event_data: {e}")))?;
-        let shards = self.ctx.cluster.map();
-        let triggered = Triggered {
-            id: shards.new_id_in(shards.shard_of_id(&self.id)),
-            epoch_us: self.ctx.store.next_epoch_us(),
-            registration_id: self.id,
-            account_id: registration.account_id,
-            event: registration.event,
-            body: to_python_json(&value),
-        };
-        // The fan-out's first step is written with the trigger (one commit; a registration
-        // of up to FIRST_BATCH subscribers needs no other), unless the node's backlog says
-        // fan-outs must wait.
-        let first = match fanout::backlog_allows(&self.ctx) {
-            true => Some(PreparedStep::read(
-                &self.ctx,
-                &self.id,
-                &triggered.id,
-                None,
-                fanout::FIRST_BATCH,
-            )?),
-            false => None,
-        };
-        let first_writes = first.as_ref().map(|step| &step.deliveries);
-        self.ctx
-            .store
-            .insert_triggered(&triggered, idempotency_key.as_deref(), first_writes)?;
-        let flushed = self.ctx.store.flush().await;
-        // Written, so delivered even if the flush failed: it lands with the next one.
-        let started = first.is_some();
-        let more = match first {
-            Some(step) => {
-                let entries = self.ctx.store.committed_with_trigger(step.deliveries);
-                step.outcome.written(&self.ctx, entries)
+            let started = first.is_some();
+            let more = match first {
+                Some((outcome, entries)) => outcome.written(&ctx, entries),
+                None => true,
+            };
+            if more {
+                run_fanout(ctx, id, triggered_id, started).await;
             }
-            None => true,
-        };
-        if more {
-            // Streamed by its own task, so the next trigger is not held up.
-            tokio::spawn(run_fanout(self.ctx.clone(), self.id, triggered.id, started));
-        }
-        flushed?;
+        });
         Ok((triggered, false))
     }
+}
+
+/// A trigger as recorded by [`record_trigger`].
+enum Recorded {
+    /// A repeated `Idempotency-Key`: the first trigger.
+    Replay(Triggered),
+    /// A new trigger, with its fan-out's first step when it was written with it.
+    New {
+        triggered: Triggered,
+        first: Option<(StepOutcome, Vec<DueEntry>)>,
+    },
+}
+
+/// Checks and records a trigger of `registration` (on a storage thread: one round trip).
+fn record_trigger(
+    ctx: &NodeState,
+    registration_id: Uuid,
+    caller: &Caller,
+    event_data: Option<String>,
+    idempotency_key: Option<String>,
+) -> Result<Recorded, ServiceError> {
+    let store = &ctx.store;
+    let registration = store
+        .registration(&registration_id)?
+        .ok_or(ServiceError::NotFound(
+            msg::NO_SUCH_REGISTRATION_TRIGGER.into(),
+        ))?;
+    access::trigger(caller, registration.account_id)?;
+    if let Some(key) = &idempotency_key {
+        if let Some(first) = store.idempotent_trigger(&registration_id, key, now_us())? {
+            return Ok(Recorded::Replay(first));
+        }
+    }
+    let data = event_data.as_deref().unwrap_or(&registration.event_data);
+    let value: serde_json::Value = serde_json::from_str(data)
+        .map_err(|e| ServiceError::Internal(format!("stored event_data: {e}")))?;
+    let shards = ctx.cluster.map();
+    let triggered = Triggered {
+        id: shards.new_id_in(shards.shard_of_id(&registration_id)),
+        epoch_us: store.next_epoch_us(),
+        registration_id,
+        account_id: registration.account_id,
+        event: registration.event,
+        body: to_python_json(&value),
+    };
+    // The fan-out's first step is written with the trigger (one commit; a registration
+    // of up to FIRST_BATCH subscribers needs no other), unless the node's backlog says
+    // fan-outs must wait.
+    let first = match fanout::backlog_allows(ctx) {
+        true => Some(PreparedStep::read(
+            ctx,
+            &registration_id,
+            &triggered.id,
+            None,
+            fanout::FIRST_BATCH,
+        )?),
+        false => None,
+    };
+    let first_writes = first.as_ref().map(|step| &step.deliveries);
+    store.insert_triggered(&triggered, idempotency_key.as_deref(), first_writes)?;
+    ctx.delivery.remember_body(triggered.clone());
+    let first = first.map(|step| {
+        let entries = store.committed_with_trigger(step.deliveries);
+        (step.outcome, entries)
+    });
+    Ok(Recorded::New { triggered, first })
 }
 
 impl Actor for RegistrationActor {
@@ -275,27 +370,34 @@ impl Actor for RegistrationActor {
                 description,
                 reply,
             } => {
-                let _ = reply.send(self.patch(caller, description).await);
+                let mut written = Written::default();
+                let result = self.patch(caller, description, &mut written).await;
+                let _ = reply.send(written.reply(result));
             }
             RegistrationMsg::Delete { caller, reply } => {
-                let result = self.delete(caller).await;
+                let mut written = Written::default();
+                let result = self.delete(caller, &mut written).await;
                 let gone = matches!(&result, Ok(w) if w.deleted == 1);
-                let _ = reply.send(result);
+                let _ = reply.send(written.reply(result));
                 if gone {
                     // Nothing left to serialise: free the actor now, not when idle.
                     self.ctx.registrations.remove(&self.id, myself.get_id());
                     myself.stop(None);
                 }
             }
-            RegistrationMsg::Subscribe { subscriber, reply } => {
-                let _ = reply.send(self.subscribe(subscriber).await);
+            RegistrationMsg::Subscribe { reply } => {
+                let waiting = self.ctx.subscribes.take(&self.id);
+                self.subscribe(waiting).await;
+                let _ = reply.send(Written::default().reply(Ok(())));
             }
             RegistrationMsg::Unsubscribe {
                 caller,
                 subscription,
                 reply,
             } => {
-                let _ = reply.send(self.unsubscribe(caller, subscription).await);
+                let mut written = Written::default();
+                let result = self.unsubscribe(caller, subscription, &mut written).await;
+                let _ = reply.send(written.reply(result));
             }
             RegistrationMsg::Trigger {
                 caller,
@@ -303,8 +405,11 @@ impl Actor for RegistrationActor {
                 idempotency_key,
                 reply,
             } => {
-                let result = self.trigger(caller, event_data, idempotency_key).await;
-                let _ = reply.send(result);
+                let mut written = Written::default();
+                let result = self
+                    .trigger(caller, event_data, idempotency_key, &mut written)
+                    .await;
+                let _ = reply.send(written.reply(result));
             }
             RegistrationMsg::IdleCheck => {
                 if state.last_active.elapsed() >= self.ctx.settings.idle_stop {

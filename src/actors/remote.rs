@@ -52,7 +52,11 @@ pub fn serve(ctx: &Arc<NodeState>) {
     cluster.serve(move |req: AcceptDeliveries| {
         let ctx = c.clone();
         async move {
-            let created = super::accept_remote_batch(&ctx, &req.triggered, &req.items)?;
+            let accepting = ctx.clone();
+            let created = ctx
+                .store
+                .run(move |_| super::accept_remote_batch(&accepting, &req.triggered, &req.items))
+                .await?;
             ctx.store.flush().await?;
             Ok(created)
         }
@@ -60,13 +64,22 @@ pub fn serve(ctx: &Arc<NodeState>) {
     let c = ctx.clone();
     cluster.serve(move |req: SubscriptionExists| {
         let ctx = c.clone();
-        async move { Ok(ctx.store.subscription(&req.id)?.is_some()) }
+        async move {
+            Ok(ctx
+                .store
+                .run(move |s| s.subscription(&req.id))
+                .await?
+                .is_some())
+        }
     });
     let c = ctx.clone();
     cluster.serve(move |req: DeleteSubscriptionsOf| {
         let ctx = c.clone();
         async move {
-            let deleted = ctx.store.delete_subscriptions_of_subscriber(&req.account)?;
+            let deleted = ctx
+                .store
+                .run(move |s| s.delete_subscriptions_of_subscriber(&req.account))
+                .await?;
             ctx.store.flush().await?;
             Ok(deleted)
         }

@@ -30,7 +30,7 @@ pub async fn ready(c: Call) -> ApiResult {
     // A failed storage is not read: sled calls may block on a broken disk.
     let storage = match api.service.storage_state() {
         StorageState::Failed(_) => "failed",
-        StorageState::Ok if api.service.is_ready() => "ok",
+        StorageState::Ok if api.service.is_ready().await => "ok",
         StorageState::Ok => "unavailable",
     };
     let cluster = api.service.cluster();

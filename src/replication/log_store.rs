@@ -2,7 +2,7 @@
 //!
 //! Raft counts a vote or an appended entry only once it is durable, so both wait for the
 //! store's group commit: one flush covers every group that wrote meanwhile. sled is
-//! called on the blocking pool, never on the runtime that drives Raft's timers.
+//! called on the storage threads, never on the runtime that drives Raft's timers.
 
 use std::fmt::Debug;
 use std::io;
@@ -25,16 +25,13 @@ pub struct LogStore {
     group: GroupId,
 }
 
-/// Runs `f` with the store on the blocking pool.
+/// Runs `f` with the store on the storage threads.
 pub(super) async fn blocking<T, F>(store: &Store, f: F) -> Result<T, StoreError>
 where
     T: Send + 'static,
     F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| StoreError::Failed(format!("a storage task failed: {e}")))?
+    store.run(f).await
 }
 
 pub(super) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {

@@ -164,7 +164,11 @@ impl Replication {
     /// disk: it then waits to catch up from the group instead. Peers that do not answer
     /// within [`PEER_WAIT`] are taken to be new too (a cluster whose nodes start one by
     /// one).
-    async fn initialize_if_new(self: Arc<Self>, place: GroupPlace, voters: BTreeMap<u64, BasicNode>) {
+    async fn initialize_if_new(
+        self: Arc<Self>,
+        place: GroupPlace,
+        voters: BTreeMap<u64, BasicNode>,
+    ) {
         let Some(raft) = self.rafts.get(&place.group) else {
             return;
         };
@@ -175,11 +179,16 @@ impl Replication {
             }
             let mut fresh = 0;
             for member in place.voters.iter().filter(|m| **m != self.node_id) {
-                let Some(peer) = self.cluster.peers().iter().find(|p| &p.member.id == member) else {
+                let Some(peer) = self.cluster.peers().iter().find(|p| &p.member.id == member)
+                else {
                     continue;
                 };
                 let question = serve::StatusRpc { group: place.group };
-                match self.cluster.call_within(peer, &question, LEADER_POLL * 20).await {
+                match self
+                    .cluster
+                    .call_within(peer, &question, LEADER_POLL * 20)
+                    .await
+                {
                     Ok(Some(status)) if status.last_log_index.is_some() => return,
                     Ok(_) => fresh += 1,
                     Err(_) => {}
@@ -194,7 +203,9 @@ impl Replication {
             Ok(()) => tracing::info!(group = %place.group, "group initialised"),
             // A peer's leader reached this node meanwhile.
             Err(RaftError::APIError(_)) => {}
-            Err(e) => tracing::error!(group = %place.group, error = %e, "initialising the group failed"),
+            Err(e) => {
+                tracing::error!(group = %place.group, error = %e, "initialising the group failed")
+            }
         }
     }
 

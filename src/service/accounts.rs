@@ -58,7 +58,14 @@ rpc!(CreateAccount => Result<NewAccount, ServiceError>, "service/create_account"
 
 impl Op for CreateAccount {
     async fn run(self, service: Service) -> Self::Answer {
-        if self.username == ADMIN_USERNAME || service.ctx.store.username_taken(&self.username)? {
+        let username = self.username.clone();
+        if self.username == ADMIN_USERNAME
+            || service
+                .ctx
+                .store
+                .run(move |s| s.username_taken(&username))
+                .await?
+        {
             return Err(ServiceError::UsernameTaken);
         }
         if let Err(e) = service.ctx.client.echo(&self.endpoint).await {
@@ -94,7 +101,8 @@ impl Op for GetAccount {
         service
             .ctx
             .store
-            .account(&id)?
+            .run(move |s| s.account(&id))
+            .await?
             .ok_or(ServiceError::Unauthorized(msg::NOT_AUTHORIZED.into()))
     }
 }
@@ -125,7 +133,7 @@ impl Op for UpdateEndpoint {
                 endpoint: endpoint.clone(),
                 reply,
             })
-            .await?
+            .await
     }
 }
 
@@ -170,13 +178,20 @@ rpc!(DeleteAccountById => Result<WriteResult, ServiceError>, "service/delete_acc
 
 impl Op for DeleteAccountById {
     async fn run(self, service: Service) -> Self::Answer {
-        if service.ctx.store.account(&self.0)?.is_none() {
+        let id = self.0;
+        if service
+            .ctx
+            .store
+            .run(move |s| s.account(&id))
+            .await?
+            .is_none()
+        {
             return Ok(WriteResult::skipped());
         }
         service
             .ctx
             .ask_account(self.0, |reply| AccountMsg::Delete { reply })
-            .await?
+            .await
     }
 }
 
@@ -199,16 +214,18 @@ rpc!(ResetKey => Result<(), ServiceError>, "service/reset_key");
 
 impl Op for ResetKey {
     async fn run(self, service: Service) -> Self::Answer {
+        let username = self.username;
         let account = service
             .ctx
             .store
-            .account_by_username(&self.username)?
+            .run(move |s| s.account_by_username(&username))
+            .await?
             .ok_or(ServiceError::NotFound(msg::USERNAME_NOT_FOUND.into()))?;
         let kind = self.kind;
         service
             .ctx
             .ask_account(account.id, |reply| AccountMsg::ResetKey { kind, reply })
-            .await?
+            .await
     }
 }
 
@@ -249,12 +266,12 @@ rpc!(DeleteLocalAccounts => Result<u64, ServiceError>, "service/delete_local_acc
 impl Op for DeleteLocalAccounts {
     async fn run(self, service: Service) -> Self::Answer {
         let mut deleted = 0;
-        for (id, is_admin) in service.ctx.store.account_ids()? {
+        for (id, is_admin) in service.ctx.store.run(|s| s.account_ids()).await? {
             if !is_admin {
                 let result = service
                     .ctx
                     .ask_account(id, |reply| AccountMsg::Delete { reply })
-                    .await??;
+                    .await?;
                 deleted += result.deleted;
             }
         }

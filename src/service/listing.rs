@@ -10,7 +10,9 @@ use uuid::Uuid;
 use super::{Op, Service};
 use crate::cluster::rpc;
 use crate::domain::ServiceError;
-use crate::store::{Account, Delivery, Page, PageRequest, Registration, Subscription, Triggered};
+use crate::store::{
+    Account, Delivery, Page, PageRequest, Registration, Store, StoreError, Subscription, Triggered,
+};
 
 pub(super) fn serve(service: &Service) {
     service.serve::<LocalRows>();
@@ -57,13 +59,15 @@ rpc!(LocalRows => Result<Rows, ServiceError>, "service/local_rows");
 
 impl Op for LocalRows {
     async fn run(self, service: Service) -> Self::Answer {
-        service.local_rows(
-            self.table,
-            PageRequest {
-                start: 0,
-                limit: self.limit,
-            },
-        )
+        service
+            .local_rows(
+                self.table,
+                PageRequest {
+                    start: 0,
+                    limit: self.limit,
+                },
+            )
+            .await
     }
 }
 
@@ -137,20 +141,8 @@ impl Listed for Delivery {
 
 impl Service {
     /// This node's page of `table` for `req`.
-    fn local_rows(&self, table: Table, req: PageRequest) -> Result<Rows, ServiceError> {
-        let store = &self.ctx.store;
-        Ok(match table {
-            Table::Accounts => Rows::Accounts(store.list_accounts(req)?.items),
-            Table::Registrations => Rows::Registrations(store.list_registrations(req)?.items),
-            Table::Subscriptions(None) => Rows::Subscriptions(store.list_subscriptions(req)?.items),
-            Table::Subscriptions(Some(account)) => {
-                Rows::Subscriptions(store.list_subscriber_subscriptions(&account, req)?.items)
-            }
-            Table::Triggered => Rows::Triggered(store.list_triggered(req)?.items),
-            Table::Deliveries(triggered) => {
-                Rows::Deliveries(store.list_deliveries(&triggered, req)?.items)
-            }
-        })
+    async fn local_rows(&self, table: Table, req: PageRequest) -> Result<Rows, ServiceError> {
+        Ok(self.ctx.store.run(move |s| rows(s, table, req)).await?)
     }
 
     /// The page `req` of `table` across the whole cluster (503 if a node is down).
@@ -161,7 +153,7 @@ impl Service {
     ) -> Result<Page<T>, ServiceError> {
         let wrong = || ServiceError::Internal("rows of another table".into());
         if self.ctx.cluster.peers().is_empty() {
-            let rows = T::from_rows(self.local_rows(table, req)?).ok_or_else(wrong)?;
+            let rows = T::from_rows(self.local_rows(table, req).await?).ok_or_else(wrong)?;
             return Ok(Page::new(req, rows));
         }
         let limit = req.start.saturating_add(req.limit);
@@ -175,4 +167,20 @@ impl Service {
         let items = all.into_iter().skip(skip).take(take).collect();
         Ok(Page::new(req, items))
     }
+}
+
+/// The first rows of `table` on this node.
+fn rows(store: &Store, table: Table, req: PageRequest) -> Result<Rows, StoreError> {
+    Ok(match table {
+        Table::Accounts => Rows::Accounts(store.list_accounts(req)?.items),
+        Table::Registrations => Rows::Registrations(store.list_registrations(req)?.items),
+        Table::Subscriptions(None) => Rows::Subscriptions(store.list_subscriptions(req)?.items),
+        Table::Subscriptions(Some(account)) => {
+            Rows::Subscriptions(store.list_subscriber_subscriptions(&account, req)?.items)
+        }
+        Table::Triggered => Rows::Triggered(store.list_triggered(req)?.items),
+        Table::Deliveries(triggered) => {
+            Rows::Deliveries(store.list_deliveries(&triggered, req)?.items)
+        }
+    })
 }

@@ -38,7 +38,11 @@ use crate::cluster::{Rpc, ShardId, ShardMap};
 use crate::crypto;
 use crate::domain::{msg, Caller, Credentials, NewAccount, ServiceError, ADMIN_USERNAME};
 use crate::replication::Replication;
-use crate::store::NewAccountError;
+use crate::store::{NewAccountError, StoreError};
+
+/// How long readiness waits for a storage read: storage threads stuck on a broken disk
+/// make the node not ready, not its probe hang.
+const READY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An operation a node serves, for itself or for a peer.
 pub trait Op: Rpc {
@@ -141,10 +145,12 @@ impl Service {
             username,
             client,
         } = credentials;
+        let name = username.clone();
         let account = self
             .ctx
             .store
-            .account_by_username(username)?
+            .run(move |s| s.account_by_username(&name))
+            .await?
             .ok_or(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME.into()))?;
         let cache = &self.ctx.auth_cache;
         if !cache.hit(username, api_key, &account.api_key_hash) {
@@ -177,7 +183,13 @@ impl Service {
     ) -> Result<NewAccount, ServiceError> {
         let NewAccount { account, api_key } =
             self.new_account(username, endpoint, is_admin).await?;
-        match self.ctx.store.insert_account(&account) {
+        let inserted = account.clone();
+        let outcome = self
+            .ctx
+            .store
+            .run(move |s| Ok::<_, StoreError>(s.insert_account(&inserted)))
+            .await?;
+        match outcome {
             Ok(()) => {}
             Err(NewAccountError::UsernameTaken) => return Err(ServiceError::UsernameTaken),
             Err(NewAccountError::Store(e)) => return Err(e.into()),
@@ -196,7 +208,11 @@ impl Service {
             .cluster
             .remote_owner(username_shard(self.ctx.cluster.map(), ADMIN_USERNAME))
             .is_some()
-            || self.ctx.store.username_taken(ADMIN_USERNAME)?
+            || self
+                .ctx
+                .store
+                .run(|s| s.username_taken(ADMIN_USERNAME))
+                .await?
         {
             return Ok(None);
         }
@@ -217,9 +233,25 @@ impl Service {
         &self.ctx.cluster
     }
 
-    /// True when storage answers reads (readiness).
-    pub fn is_ready(&self) -> bool {
-        self.ctx.store.is_healthy()
+    /// True when storage answers a read within [`READY_READ_TIMEOUT`] (readiness).
+    pub async fn is_ready(&self) -> bool {
+        let answered = self.ctx.store.run(|s| Ok::<_, StoreError>(s.is_healthy()));
+        matches!(
+            tokio::time::timeout(READY_READ_TIMEOUT, answered).await,
+            Ok(Ok(true))
+        )
+    }
+
+    /// Whether registration `id` exists (and is not being deleted).
+    pub(crate) async fn registration_exists(&self, id: Uuid) -> Result<bool, ServiceError> {
+        let found = self.ctx.store.run(move |s| s.registration(&id)).await?;
+        Ok(found.is_some())
+    }
+
+    /// `id`, if it names an existing registration (a failed read counts as none).
+    pub(crate) async fn existing_registration(&self, id: Option<Uuid>) -> Option<Uuid> {
+        let id = id?;
+        matches!(self.registration_exists(id).await, Ok(true)).then_some(id)
     }
 
     /// Whether storage takes writes (never touches the disk).

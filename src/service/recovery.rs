@@ -46,7 +46,12 @@ impl Op for RecoverDeliveries {
     async fn run(self, service: Service) -> Self::Answer {
         let caller = service.authenticate_here(&self.credentials).await?;
         let window = self.window?;
-        let registrations = service.ctx.store.registration_ids_of(&caller.id)?;
+        let owner = caller.id;
+        let registrations = service
+            .ctx
+            .store
+            .run(move |s| s.registration_ids_of(&owner))
+            .await?;
         let requeue = RequeueFailedOf {
             subscriber: caller.id,
             registrations,
@@ -79,14 +84,12 @@ impl Op for RequeueFailedOf {
     async fn run(self, service: Service) -> Self::Answer {
         let registrations: HashSet<Uuid> = self.registrations.into_iter().collect();
         let window = (self.window.since_us, self.window.until_us);
-        let store = service.ctx.store.clone();
         let subscriber = self.subscriber;
-        // A scan of every delivery record: off the async workers.
-        let n = tokio::task::spawn_blocking(move || {
-            store.requeue_failed_of(&subscriber, &registrations, window, now_us())
-        })
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))??;
+        let n = service
+            .ctx
+            .store
+            .run(move |s| s.requeue_failed_of(&subscriber, &registrations, window, now_us()))
+            .await?;
         service.ctx.store.flush().await?;
         service
             .ctx

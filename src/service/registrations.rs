@@ -60,7 +60,7 @@ impl Op for CreateRegistration {
                 event_data: event_data.clone(),
                 reply,
             })
-            .await?
+            .await
     }
 }
 
@@ -87,7 +87,8 @@ impl Op for ListOwnRegistrations {
         Ok(service
             .ctx
             .store
-            .list_account_registrations(&caller.id, page)?)
+            .run(move |s| s.list_account_registrations(&caller.id, page))
+            .await?)
     }
 }
 
@@ -118,8 +119,7 @@ impl Op for PatchRegistration {
             description,
         } = self;
         // No actor for a record that does not exist (it would linger until idle).
-        let Some(id) = id.filter(|id| matches!(service.ctx.store.registration(id), Ok(Some(_))))
-        else {
+        let Some(id) = service.existing_registration(id).await else {
             access::modify(&caller, None)?;
             description?;
             return Ok(WriteResult::skipped());
@@ -131,7 +131,7 @@ impl Op for PatchRegistration {
                 description: description.clone(),
                 reply,
             })
-            .await?
+            .await
     }
 }
 
@@ -154,8 +154,7 @@ rpc!(DeleteRegistration => Result<WriteResult, ServiceError>, "service/delete_re
 impl Op for DeleteRegistration {
     async fn run(self, service: Service) -> Self::Answer {
         let Self { caller, id } = self;
-        let Some(id) = id.filter(|id| matches!(service.ctx.store.registration(id), Ok(Some(_))))
-        else {
+        let Some(id) = service.existing_registration(id).await else {
             // The original deleted through a filter: a missing id counts nothing.
             access::modify(&caller, None)?;
             return Ok(WriteResult::deleted(0));
@@ -166,7 +165,7 @@ impl Op for DeleteRegistration {
                 caller: Some(caller.clone()),
                 reply,
             })
-            .await?
+            .await
     }
 }
 
@@ -185,14 +184,14 @@ rpc!(DeleteLocalRegistrations => Result<u64, ServiceError>, "service/delete_loca
 impl Op for DeleteLocalRegistrations {
     async fn run(self, service: Service) -> Self::Answer {
         let mut deleted = 0;
-        for id in service.ctx.store.registration_ids()? {
+        for id in service.ctx.store.run(|s| s.registration_ids()).await? {
             let result = service
                 .ctx
                 .ask_registration(id, |reply| RegistrationMsg::Delete {
                     caller: None,
                     reply,
                 })
-                .await??;
+                .await?;
             deleted += result.deleted;
         }
         Ok(deleted)

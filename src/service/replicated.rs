@@ -7,7 +7,7 @@ use super::{username_shard, Service};
 use crate::crypto;
 use crate::domain::{NewAccount, ServiceError, ADMIN_USERNAME};
 use crate::replication::{Applied, Command, GroupId, GroupStatus, Replication, ReplicationError};
-use crate::store::{Account, NewAccountError};
+use crate::store::{Account, NewAccountError, StoreError};
 
 impl From<ReplicationError> for ServiceError {
     fn from(e: ReplicationError) -> Self {
@@ -51,7 +51,11 @@ impl Service {
             return Ok(None);
         }
         // An admin made before replication was turned on is the one to keep.
-        let local = self.ctx.store.account_by_username(ADMIN_USERNAME)?;
+        let local = self
+            .ctx
+            .store
+            .run(|s| s.account_by_username(ADMIN_USERNAME))
+            .await?;
         let fresh = match &local {
             Some(_) => None,
             None => Some(
@@ -90,7 +94,13 @@ impl Service {
     /// Stores the cluster's admin account here (its record was lost with a disk, or it
     /// was created by this node just now).
     async fn adopt(&self, admin: &Account) -> Result<(), ServiceError> {
-        match self.ctx.store.insert_account(admin) {
+        let record = admin.clone();
+        let inserted = self
+            .ctx
+            .store
+            .run(move |s| Ok::<_, StoreError>(s.insert_account(&record)))
+            .await?;
+        match inserted {
             Ok(()) | Err(NewAccountError::UsernameTaken) => {}
             Err(NewAccountError::Store(e)) => return Err(e.into()),
         }

@@ -35,17 +35,14 @@ impl Op for Subscribe {
     async fn run(self, service: Service) -> Self::Answer {
         let missing = || ServiceError::NotFound(msg::NO_SUCH_REGISTRATION_SUBSCRIBE.into());
         let registration = self.registration.ok_or_else(missing)?;
-        if service.ctx.store.registration(&registration)?.is_none() {
+        // No actor for a record that does not exist (it would linger until idle); a live
+        // actor's registration existed a moment ago, and its write checks again.
+        if !service.ctx.registrations.is_live(&registration)
+            && !service.registration_exists(registration).await?
+        {
             return Err(missing());
         }
-        let subscriber = self.caller.id;
-        service
-            .ctx
-            .ask_registration(registration, |reply| RegistrationMsg::Subscribe {
-                subscriber,
-                reply,
-            })
-            .await?
+        service.ctx.subscribe(registration, self.caller.id).await
     }
 }
 
@@ -68,7 +65,7 @@ rpc!(DeleteSubscription => Result<WriteResult, ServiceError>, "service/delete_su
 impl Op for DeleteSubscription {
     async fn run(self, service: Service) -> Self::Answer {
         let found = match self.id {
-            Some(id) => service.ctx.store.subscription(&id)?,
+            Some(id) => service.ctx.store.run(move |s| s.subscription(&id)).await?,
             None => None,
         };
         let Some(subscription) = found else {
@@ -85,7 +82,7 @@ impl Op for DeleteSubscription {
                     reply,
                 }
             })
-            .await?
+            .await
     }
 }
 
@@ -103,7 +100,11 @@ rpc!(DeleteLocalSubscriptions => Result<u64, ServiceError>, "service/delete_loca
 
 impl Op for DeleteLocalSubscriptions {
     async fn run(self, service: Service) -> Self::Answer {
-        let deleted = service.ctx.store.delete_all_subscriptions()?;
+        let deleted = service
+            .ctx
+            .store
+            .run(|s| s.delete_all_subscriptions())
+            .await?;
         service.ctx.store.flush().await?;
         Ok(deleted)
     }

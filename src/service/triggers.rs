@@ -13,7 +13,7 @@ use super::{id_shard, Op, Service};
 use crate::actors::{now_us, RegistrationMsg};
 use crate::cluster::rpc;
 use crate::domain::{access, msg, Caller, ServiceError};
-use crate::store::{Delivery, DeliveryCounts as Counts, Page, PageRequest, Triggered};
+use crate::store::{Delivery, DeliveryCounts as Counts, Page, PageRequest, StoreError, Triggered};
 
 pub(super) fn serve(service: &Service) {
     service.serve::<Trigger>();
@@ -46,7 +46,7 @@ impl Op for Trigger {
     async fn run(self, service: Service) -> Self::Answer {
         let missing = || ServiceError::NotFound(msg::NO_SUCH_REGISTRATION_TRIGGER.into());
         let registration = self.registration.ok_or_else(missing)?;
-        if service.ctx.store.registration(&registration)?.is_none() {
+        if !service.registration_exists(registration).await? {
             return Err(missing());
         }
         let Self {
@@ -63,7 +63,7 @@ impl Op for Trigger {
                 idempotency_key: idempotency_key.clone(),
                 reply,
             })
-            .await?
+            .await
     }
 }
 
@@ -74,18 +74,26 @@ served_by!(Trigger, |op, shards| id_shard(
 
 /// A trigger the caller may inspect (the registration's owner, or an admin), and whether
 /// its fan-out finished; served by the trigger's owner.
-fn visible_trigger(
+async fn visible_trigger(
     service: &Service,
     caller: &Caller,
     id: Option<Uuid>,
 ) -> Result<(Triggered, bool), ServiceError> {
-    let found = match id {
-        Some(id) => service.ctx.store.triggered(&id)?,
-        None => None,
+    let (found, done) = match id {
+        Some(id) => {
+            service
+                .ctx
+                .store
+                .run(move |s| match s.triggered(&id)? {
+                    Some(t) => Ok((Some(t), s.fanout(&id)?.is_none())),
+                    None => Ok::<_, StoreError>((None, false)),
+                })
+                .await?
+        }
+        None => (None, false),
     };
     access::read_trigger(caller, found.as_ref().map(|t| t.account_id))?;
     let t = found.ok_or(ServiceError::NotFound(msg::NO_SUCH_TRIGGER.into()))?;
-    let done = service.ctx.store.fanout(&t.id)?.is_none();
     Ok((t, done))
 }
 
@@ -103,7 +111,7 @@ rpc!(TriggerStatus => Result<(Triggered, Counts, bool), ServiceError>, "service/
 
 impl Op for TriggerStatus {
     async fn run(self, service: Service) -> Self::Answer {
-        let (t, fanout_done) = visible_trigger(&service, &self.caller, self.id)?;
+        let (t, fanout_done) = visible_trigger(&service, &self.caller, self.id).await?;
         let mut counts = Counts::default();
         for c in service.ask_everywhere(DeliveryCounts(t.id)).await? {
             counts.pending += c.pending;
@@ -133,7 +141,7 @@ rpc!(ListDeliveries => Result<Page<Delivery>, ServiceError>, "service/list_deliv
 
 impl Op for ListDeliveries {
     async fn run(self, service: Service) -> Self::Answer {
-        let (t, _) = visible_trigger(&service, &self.caller, self.id)?;
+        let (t, _) = visible_trigger(&service, &self.caller, self.id).await?;
         service.list(Table::Deliveries(t.id), self.page).await
     }
 }
@@ -156,7 +164,7 @@ rpc!(Redeliver => Result<u64, ServiceError>, "service/redeliver");
 
 impl Op for Redeliver {
     async fn run(self, service: Service) -> Self::Answer {
-        let (t, _) = visible_trigger(&service, &self.caller, self.id)?;
+        let (t, _) = visible_trigger(&service, &self.caller, self.id).await?;
         Ok(service
             .ask_everywhere(Requeue(t.id))
             .await?
@@ -175,7 +183,12 @@ rpc!(DeliveryCounts => Result<Counts, ServiceError>, "service/delivery_counts");
 
 impl Op for DeliveryCounts {
     async fn run(self, service: Service) -> Self::Answer {
-        Ok(service.ctx.store.delivery_counts(&self.0)?)
+        let id = self.0;
+        Ok(service
+            .ctx
+            .store
+            .run(move |s| s.delivery_counts(&id))
+            .await?)
     }
 }
 
@@ -187,7 +200,12 @@ rpc!(Requeue => Result<u64, ServiceError>, "service/requeue");
 
 impl Op for Requeue {
     async fn run(self, service: Service) -> Self::Answer {
-        let n = service.ctx.store.requeue_failed(&self.0, now_us())?;
+        let id = self.0;
+        let n = service
+            .ctx
+            .store
+            .run(move |s| s.requeue_failed(&id, now_us()))
+            .await?;
         service.ctx.store.flush().await?;
         service
             .ctx

@@ -60,35 +60,65 @@ impl Flusher {
         })
     }
 
-    /// Waits until every write made before the call is flushed.
-    pub(super) async fn flush(&self) -> Result<()> {
-        self.check()?;
-        let mut rx = self.progress.clone();
-        let ticket = self.next_ticket.fetch_add(1, Ordering::AcqRel) + 1;
-        self.wake
-            .as_ref()
-            .and_then(|w| w.send(()).ok())
-            .ok_or_else(|| StoreError::Failed("the flush thread stopped".into()))?;
+    /// A ticket for the group commit covering every write made before this call; the
+    /// flush starts at once, whether or not anyone waits for it.
+    pub(super) fn commit(&self) -> Commit {
+        let ticket = match self.health.failure() {
+            Some(reason) => Err(reason),
+            None => {
+                let ticket = self.next_ticket.fetch_add(1, Ordering::AcqRel) + 1;
+                self.wake
+                    .as_ref()
+                    .and_then(|w| w.send(()).ok())
+                    .map(|()| ticket)
+                    .ok_or_else(|| "the flush thread stopped".to_string())
+            }
+        };
+        Commit {
+            ticket,
+            progress: self.progress.clone(),
+            health: self.health.clone(),
+        }
+    }
+}
+
+/// A group commit covering some writes: [`Commit::wait`] resolves once they are on disk.
+///
+/// Taking it is cheap and never blocks, so a writer can order its writes, take the
+/// ticket, and leave the wait to whoever answers for them.
+#[derive(Clone)]
+pub struct Commit {
+    /// The ticket, or why none could be taken (the storage failed).
+    ticket: Result<u64, String>,
+    progress: watch::Receiver<Progress>,
+    health: Arc<Health>,
+}
+
+impl Commit {
+    /// Waits until the writes made before the ticket was taken are flushed.
+    pub async fn wait(self) -> Result<()> {
+        let ticket = self.ticket.map_err(StoreError::Failed)?;
+        let mut rx = self.progress;
         // A failure ends the wait even when the flush thread is stuck in sled for good.
         let seen = tokio::select! {
             seen = rx.wait_for(|p| p.flushed >= ticket || p.failed >= ticket) => *seen
                 .map_err(|_| StoreError::Failed("the flush thread stopped".into()))?,
-            () = self.health.failed() => return self.check(),
+            () = self.health.failed() => return check(&self.health),
         };
         if seen.flushed >= ticket {
             Ok(())
         } else {
-            self.check()?;
+            check(&self.health)?;
             Err(StoreError::Failed("flushing to disk failed".into()))
         }
     }
+}
 
-    /// The storage's failure, as an error.
-    fn check(&self) -> Result<()> {
-        match self.health.failure() {
-            Some(reason) => Err(StoreError::Failed(reason)),
-            None => Ok(()),
-        }
+/// The storage's failure, as an error.
+fn check(health: &Health) -> Result<()> {
+    match health.failure() {
+        Some(reason) => Err(StoreError::Failed(reason)),
+        None => Ok(()),
     }
 }
 

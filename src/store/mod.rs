@@ -5,9 +5,13 @@
 //! deletes that may touch many rows first tombstone their root record (so readers see it
 //! gone at once and a restart can finish the job) and then remove the rows in chunks.
 //!
-//! Durability: callers that acknowledge a change call [`Store::flush`], a group commit shared
-//! by every writer that asked since the last flush. A flush that fails or stalls fails the
-//! storage for the rest of the process ([`health`]): sled cannot recover in place.
+//! Durability: callers that acknowledge a change wait for a group commit shared by every
+//! writer that asked since the last flush ([`Store::flush`], or [`Store::commit`] to take
+//! the ticket now and leave the wait to whoever answers). A flush that fails or stalls fails
+//! the storage for the rest of the process ([`health`]): sled cannot recover in place.
+//!
+//! The methods are synchronous and may block; async code calls them on the storage threads
+//! through [`Store::run`] (the `executor` module), never directly.
 //!
 //! Each module adds the methods of its trees to [`Store`]. Their imports go one way, so a
 //! module can be read (and changed) without the ones above it: `keys` (every key
@@ -18,6 +22,7 @@
 
 mod accounts;
 mod deliveries;
+mod executor;
 mod flusher;
 mod health;
 mod keys;
@@ -39,6 +44,8 @@ pub use deliveries::{
     Attempt, Delivery, DeliveryCounts, DeliveryState, DueEntry, FailedCountChange, FanoutCursor,
     FanoutStep, Handoff, NewDelivery, Outcome, PreparedDeliveries, Scheduled,
 };
+pub use executor::allow_sync_calls;
+pub use flusher::Commit;
 pub use health::StorageState;
 pub use pagination::{Page, PageRequest};
 pub use raft::{machine_row, StateChange};
@@ -49,6 +56,7 @@ pub use subscriptions::{SubscribeError, SubscriptionBatch};
 pub use targets::DeliveryTarget;
 
 use deliveries::OpenBatches;
+use executor::Executor;
 use flusher::Flusher;
 use health::Health;
 use keys::read_u64;
@@ -68,6 +76,9 @@ pub enum StoreError {
     /// The disk failed (full, I/O error, stuck): no write succeeds until a restart.
     #[error("storage failed: {0}")]
     Failed(String),
+    /// A storage call ended without an answer (it panicked, or the storage threads are gone).
+    #[error("storage call interrupted: {0}")]
+    Interrupted(String),
     /// A record or key could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -139,6 +150,7 @@ struct Inner {
     db: sled::Db,
     t: Trees,
     flusher: Flusher,
+    executor: Executor,
     health: Arc<Health>,
     targets: targets::TargetCache,
     /// Pending batches not completed yet.
@@ -226,6 +238,7 @@ impl Store {
                 db,
                 t,
                 flusher,
+                executor: Executor::start()?,
                 health,
                 targets: targets::TargetCache::default(),
                 open_batches: OpenBatches::default(),
@@ -237,17 +250,27 @@ impl Store {
         })
     }
 
+    /// The trees: the one way in for the synchronous methods, so the one place that checks
+    /// their thread may block (see [`executor`]).
     fn t(&self) -> &Trees {
+        executor::check_sync_allowed();
         &self.inner.t
     }
 
     /// Waits until every write made before this call is on disk (group commit).
     pub async fn flush(&self) -> Result<()> {
-        self.inner.flusher.flush().await
+        self.inner.flusher.commit().wait().await
     }
 
-    /// Flushes synchronously (offline commands, shutdown).
+    /// The group commit covering every write made before this call, to be awaited by
+    /// whoever answers for them (see [`Commit`]). Never blocks.
+    pub fn commit(&self) -> Commit {
+        self.inner.flusher.commit()
+    }
+
+    /// Flushes synchronously (offline commands).
     pub fn flush_blocking(&self) -> Result<()> {
+        executor::check_sync_allowed();
         self.inner.db.flush()?;
         Ok(())
     }
@@ -305,7 +328,7 @@ impl Store {
 
     /// True when the database answers reads.
     pub fn is_healthy(&self) -> bool {
-        self.inner.t.meta.get(b"shards").is_ok()
+        self.t().meta.get(b"shards").is_ok()
     }
 
     /// Whether the storage takes writes. Cheap, and never touches sled.
@@ -331,6 +354,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
+        allow_sync_calls();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 8 * 1024 * 1024, 16).unwrap();
         (dir, store)
@@ -346,6 +370,7 @@ mod tests {
 
     #[test]
     fn shard_count_is_fixed_at_creation() {
+        allow_sync_calls();
         let dir = tempfile::tempdir().unwrap();
         drop(Store::open(dir.path(), 1 << 20, 16).unwrap());
         // sled's I/O threads may still hold the files (and their lock) for a moment after

@@ -32,15 +32,20 @@ pub struct SubscriptionBatch {
 }
 
 impl Store {
-    /// Inserts a subscription if the registration is live, and — when the subscriber's
-    /// account is stored here too (`subscriber_local`) — the subscriber as well.
-    pub fn insert_subscription(
+    /// Inserts the subscriptions of `batch`, in order, in one transaction; answers the
+    /// outcome of each. A subscription is inserted if its registration is live, and — when
+    /// the subscriber's account is stored here too (the flag beside it) — the subscriber as
+    /// well. One transaction for the batch, not one each: a popular registration's
+    /// subscribes arrive together, and a transaction's fixed cost is much of a subscribe's.
+    pub fn insert_subscriptions(
         &self,
-        s: &Subscription,
-        subscriber_local: bool,
-    ) -> Result<Result<(), SubscribeError>> {
+        batch: &[(Subscription, bool)],
+    ) -> Result<Vec<Result<(), SubscribeError>>> {
         let t = self.t();
-        let record = encode(s)?;
+        let records = batch
+            .iter()
+            .map(|(s, _)| encode(s))
+            .collect::<Result<Vec<_>>>()?;
         let outcome = (
             &t.accounts,
             &t.registrations,
@@ -50,27 +55,42 @@ impl Store {
             &t.subscriptions_by_subscriber,
         )
             .transaction(|(accounts, regs, subs, by_epoch, by_reg, by_sub)| {
-                match regs.get(s.registration_id.as_bytes())? {
-                    Some(r) if !tx_decode::<Registration>(&r)?.deleting => {}
-                    _ => return Ok(Err(SubscribeError::NoRegistration)),
-                }
-                if subscriber_local {
-                    match accounts.get(s.account_id.as_bytes())? {
-                        Some(a) if !tx_decode::<Account>(&a)?.deleting => {}
-                        _ => return Ok(Err(SubscribeError::NoSubscriber)),
+                let mut outcomes = Vec::with_capacity(batch.len());
+                let mut live_registrations: Vec<Uuid> = Vec::new();
+                for ((s, subscriber_local), record) in batch.iter().zip(&records) {
+                    if !live_registrations.contains(&s.registration_id) {
+                        match regs.get(s.registration_id.as_bytes())? {
+                            Some(r) if !tx_decode::<Registration>(&r)?.deleting => {
+                                live_registrations.push(s.registration_id);
+                            }
+                            _ => {
+                                outcomes.push(Err(SubscribeError::NoRegistration));
+                                continue;
+                            }
+                        }
                     }
+                    if *subscriber_local {
+                        match accounts.get(s.account_id.as_bytes())? {
+                            Some(a) if !tx_decode::<Account>(&a)?.deleting => {}
+                            _ => {
+                                outcomes.push(Err(SubscribeError::NoSubscriber));
+                                continue;
+                            }
+                        }
+                    }
+                    subs.insert(s.id.as_bytes(), record.as_slice())?;
+                    by_epoch.insert(&epoch_key(s.epoch_us, &s.id), &[])?;
+                    by_reg.insert(
+                        owned_key(&s.registration_id, s.epoch_us, &s.id),
+                        s.account_id.as_bytes(),
+                    )?;
+                    by_sub.insert(
+                        owned_key(&s.account_id, s.epoch_us, &s.id),
+                        s.registration_id.as_bytes(),
+                    )?;
+                    outcomes.push(Ok(()));
                 }
-                subs.insert(s.id.as_bytes(), record.as_slice())?;
-                by_epoch.insert(&epoch_key(s.epoch_us, &s.id), &[])?;
-                by_reg.insert(
-                    owned_key(&s.registration_id, s.epoch_us, &s.id),
-                    s.account_id.as_bytes(),
-                )?;
-                by_sub.insert(
-                    owned_key(&s.account_id, s.epoch_us, &s.id),
-                    s.registration_id.as_bytes(),
-                )?;
-                Ok(Ok(()))
+                Ok(outcomes)
             })
             .map_err(StoreError::from)?;
         Ok(outcome)

@@ -85,6 +85,12 @@ impl TargetCache {
 }
 
 impl Store {
+    /// The cached target of account `id`, if any: memory only, for async code to try before
+    /// [`Store::delivery_target`] on a storage thread.
+    pub fn cached_delivery_target(&self, id: &Uuid) -> Option<Arc<DeliveryTarget>> {
+        self.inner.targets.get(id).ok()
+    }
+
     /// The endpoint and secret of the live account `id` (`None` once it is deleted or
     /// being deleted).
     pub fn delivery_target(&self, id: &Uuid) -> Result<Option<Arc<DeliveryTarget>>> {

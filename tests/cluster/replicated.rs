@@ -183,14 +183,35 @@ async fn replicated_groups_fail_over_and_a_wiped_node_adopts_the_cluster_admin()
     wait_settled(&nodes[other], &admin, &ids, true, Duration::from_secs(30)).await;
     let stopped = (owner + 1) % 3;
     let observer = owner;
-    let rest: Vec<&str> = ids.iter().copied().filter(|id| *id != ids[stopped]).collect();
+    let rest: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| *id != ids[stopped])
+        .collect();
     let stopped_at = Instant::now();
     let pid = nodes[stopped].pid() as libc::pid_t;
     // SAFETY: kill(2) on our own, not yet reaped, child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    wait_settled(&nodes[observer], &admin, &rest, false, Duration::from_secs(5)).await;
-    println!("every group led by a running node {:?} after the SIGSTOP", stopped_at.elapsed());
+    wait_settled(
+        &nodes[observer],
+        &admin,
+        &rest,
+        false,
+        Duration::from_secs(5),
+    )
+    .await;
+    println!(
+        "every group led by a running node {:?} after the SIGSTOP",
+        stopped_at.elapsed()
+    );
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
-    wait_settled(&nodes[observer], &admin, &ids, false, Duration::from_secs(20)).await;
+    wait_settled(
+        &nodes[observer],
+        &admin,
+        &ids,
+        false,
+        Duration::from_secs(20),
+    )
+    .await;
 }

@@ -15,7 +15,7 @@ use super::messages::DeliveryMsg;
 use crate::actors::fanout::StepQueue;
 use crate::delivery::metrics::DeliveryMetrics;
 use crate::delivery::retry::RetryPolicy;
-use crate::store::{DueEntry, Store, StoreError};
+use crate::store::{DueEntry, Store, StoreError, Triggered};
 
 /// Trigger bodies kept in memory for attempts.
 const BODY_CACHE: usize = 1024;
@@ -77,7 +77,7 @@ impl DeliveryContext {
     }
 
     /// The trigger's body and event, from the shared cache or storage.
-    pub(super) fn trigger_body(
+    pub(super) async fn trigger_body(
         &self,
         store: &Store,
         id: &Uuid,
@@ -86,20 +86,28 @@ impl DeliveryContext {
         if let Some(t) = cache.lock().ok().and_then(|c| c.get(id).cloned()) {
             return Ok(Some(t));
         }
-        let Some(t) = store.trigger_for_delivery(id)? else {
+        let read = *id;
+        let Some(t) = store.run(move |s| s.trigger_for_delivery(&read)).await? else {
             return Ok(None);
         };
-        let t = Arc::new(TriggerBody {
+        Ok(Some(self.remember_body(t)))
+    }
+
+    /// Caches the body of trigger `t`: done as a trigger is recorded, so that its first
+    /// attempts, made at once and together, need no storage round trip each.
+    pub(in crate::actors) fn remember_body(&self, t: Triggered) -> Arc<TriggerBody> {
+        let id = t.id;
+        let body = Arc::new(TriggerBody {
             event: t.event,
             body: Bytes::from(t.body),
         });
-        if let Ok(mut c) = cache.lock() {
+        if let Ok(mut c) = self.bodies.lock() {
             if c.len() >= BODY_CACHE {
                 c.clear();
             }
-            c.insert(*id, t.clone());
+            c.insert(id, body.clone());
         }
-        Ok(Some(t))
+        body
     }
 }
 

@@ -27,6 +27,7 @@ pub fn accept_remote_batch(
     items: &[NewDelivery],
 ) -> Result<u64, StoreError> {
     ctx.store.keep_remote_trigger(triggered)?;
+    ctx.delivery.remember_body(triggered.clone());
     let judged = judge(ctx, items.to_vec())?;
     let entries = ctx.store.accept_handed_over(
         &triggered.id,
@@ -45,7 +46,12 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: usize) {
         return;
     };
     loop {
-        let batches = match ctx.store.handoffs_for(&peer.member.id, HANDOFF_WINDOW) {
+        let peer_id = peer.member.id.clone();
+        let batches = match ctx
+            .store
+            .run(move |s| s.handoffs_for(&peer_id, HANDOFF_WINDOW))
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "reading the handoff queue failed");
@@ -62,14 +68,14 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: usize) {
         {
             let trigger = match triggers.get(&triggered) {
                 Some(t) => t.clone(),
-                None => match ctx.store.triggered(&triggered) {
+                None => match ctx.store.run(move |s| s.triggered(&triggered)).await {
                     Ok(Some(t)) => {
                         triggers.insert(triggered, t.clone());
                         t
                     }
                     // The trigger is gone (wiped): nothing left to deliver.
                     Ok(None) => {
-                        let _ = ctx.store.remove_handoff(&key);
+                        let _ = ctx.store.run(move |s| s.remove_handoff(&key)).await;
                         continue;
                     }
                     Err(e) => {
@@ -95,7 +101,7 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: usize) {
         while let Some(call) = calls.join_next().await {
             // Not handed (the peer is down): the batch waits; resending creates no duplicates.
             if let Ok((key, true)) = call {
-                if let Err(e) = ctx.store.remove_handoff(&key) {
+                if let Err(e) = ctx.store.run(move |s| s.remove_handoff(&key)).await {
                     tracing::error!(error = %e, "removing a handed-over batch failed");
                 }
                 progressed = true;

@@ -18,7 +18,7 @@ use crate::actors::{now_us, NodeState};
 use crate::delivery::attempt::Signal;
 use crate::delivery::metrics::Counted;
 use crate::delivery::retry::random_spread;
-use crate::store::{Attempt, DeliveryState, DueEntry, FailedCountChange, Outcome};
+use crate::store::{Attempt, DeliveryState, DueEntry, FailedCountChange, Outcome, StoreError};
 
 /// Outcomes written per transaction at most.
 const OUTCOME_BATCH: usize = 512;
@@ -148,12 +148,13 @@ pub(super) async fn write_outcomes(
             .iter()
             .filter(|o| o.due.attempts == 0 && o.due.due_key().is_none())
             .count();
-        let store = ctx.store.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let result = store.record_outcomes(&taken, now_us());
-            (result, taken)
-        })
-        .await;
+        let written = ctx
+            .store
+            .run(move |store| {
+                let result = store.record_outcomes(&taken, now_us());
+                Ok::<_, StoreError>((result, taken))
+            })
+            .await;
         let mut again = Vec::new();
         let finished = match written {
             Ok((Ok(()), _)) => {

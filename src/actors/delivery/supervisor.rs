@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -24,7 +24,7 @@ use super::worker::{lock_slot, DeliveryWorker, Running, Slot};
 use crate::actors::{now_us, NodeState};
 use crate::delivery::attempt::Signal;
 use crate::delivery::connections::IDLE_TIMEOUT;
-use crate::store::{Attempt, DueEntry};
+use crate::store::{Attempt, DueEntry, StoreError};
 
 /// How often the supervisor looks for due work, flushes outcomes and checks deadlines.
 const TICK: Duration = Duration::from_millis(10);
@@ -49,7 +49,7 @@ pub struct SupervisorState {
     idle: Vec<ActorId>,
     work: Arc<WorkQueue>,
     /// Record keys queued, being attempted or whose outcome awaits writing.
-    busy: HashSet<Vec<u8>>,
+    busy: Arc<HashSet<Vec<u8>>>,
     /// Where the next dispatch scan of the due queue starts.
     scan_from: Option<Vec<u8>>,
     writer_task: Option<JoinHandle<()>>,
@@ -80,8 +80,9 @@ impl DeliverySupervisor {
     /// Queues attempts (first attempts at the back of theirs), marks their records busy
     /// and wakes idle workers for them.
     fn enqueue(&self, state: &mut SupervisorState, retries: Vec<DueEntry>, first: Vec<DueEntry>) {
+        let busy = Arc::make_mut(&mut state.busy);
         for entry in retries.iter().chain(&first) {
-            state.busy.insert(entry.record_key.clone());
+            busy.insert(entry.record_key.clone());
         }
         state.work.extend(retries, first);
         self.wake_idle(state);
@@ -104,8 +105,8 @@ impl DeliverySupervisor {
     }
 
     /// Queues the due retries (ahead of first attempts) and wakes idle workers.
-    fn dispatch(&self, state: &mut SupervisorState, from_start: bool) {
-        let retries = self.due_retries(state, from_start);
+    async fn dispatch(&self, state: &mut SupervisorState, from_start: bool) {
+        let retries = self.due_retries(state, from_start).await;
         self.enqueue(state, retries, Vec::new());
     }
 
@@ -114,13 +115,19 @@ impl DeliverySupervisor {
     /// every refill would walk past them again), falling back to the start of
     /// the queue when that finds too few; `from_start` (every tick) rescans from the start,
     /// so nothing is passed over for long.
-    fn due_retries(&self, state: &mut SupervisorState, from_start: bool) -> Vec<DueEntry> {
+    async fn due_retries(&self, state: &mut SupervisorState, from_start: bool) -> Vec<DueEntry> {
         let wanted = self
             .ctx
             .delivery
             .max_in_flight
             .saturating_sub(state.work.retries());
-        if wanted == 0 {
+        // No retry can be due while every pending delivery still waits for its first
+        // attempt: a refill then skips the storage round trip (the tick's scan from the
+        // start stays the safety net).
+        let delivery = &self.ctx.delivery;
+        let retries = delivery.metrics.due.load(Ordering::Relaxed)
+            - delivery.unattempted.load(Ordering::Relaxed);
+        if wanted == 0 || (!from_start && retries <= 0) {
             return Vec::new();
         }
         let from = if from_start {
@@ -128,15 +135,22 @@ impl DeliverySupervisor {
         } else {
             state.scan_from.take()
         };
-        let busy = &state.busy;
-        let store = &self.ctx.store;
+        // Shared with the scan, not copied: the supervisor waits for it, so the set is not
+        // changed meanwhile.
+        let busy = state.busy.clone();
         let now = now_us();
-        let scanned = match store.due_entries(now, wanted, from.as_deref(), |k| busy.contains(k)) {
-            Ok(due) if due.len() < wanted && from.is_some() => {
-                store.due_entries(now, wanted, None, |k| busy.contains(k))
-            }
-            other => other,
-        };
+        let scanned = self
+            .ctx
+            .store
+            .run(move |store| {
+                match store.due_entries(now, wanted, from.as_deref(), |k| busy.contains(k)) {
+                    Ok(due) if due.len() < wanted && from.is_some() => {
+                        store.due_entries(now, wanted, None, |k| busy.contains(k))
+                    }
+                    other => other,
+                }
+            })
+            .await;
         match scanned {
             Ok(due) => {
                 state.scan_from = due.last().and_then(|d| d.due_key()).map(<[u8]>::to_vec);
@@ -221,10 +235,9 @@ impl DeliverySupervisor {
             return;
         }
         state.last_sweep = Instant::now();
-        let store = self.ctx.store.clone();
         let cutoff = now_us().saturating_sub(self.ctx.delivery.retention.as_micros() as u64);
         // A full scan: off the supervisor, which must keep dispatching.
-        tokio::task::spawn_blocking(move || {
+        let swept = self.ctx.store.spawn(move |store| {
             match (
                 store.sweep_deliveries(cutoff),
                 store.sweep_idempotency(now_us()),
@@ -235,6 +248,9 @@ impl DeliverySupervisor {
                 (Err(e), _) | (_, Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
             }
         });
+        if let Err(e) = swept {
+            tracing::error!(error = %e, "cannot start the retention sweep");
+        }
     }
 }
 
@@ -273,10 +289,13 @@ impl Actor for DeliverySupervisor {
             let (id, worker) = self.spawn_worker(&myself, &work).await?;
             workers.insert(id, worker);
         }
-        let due = self.ctx.store.due_count()?;
         // Deliveries whose first attempt was not recorded before the node stopped, queued
         // as the first message: the fan-out backlog.
-        let first_attempts = self.ctx.store.resume_first_attempts()?;
+        let (due, first_attempts) = self
+            .ctx
+            .store
+            .run(|s| Ok::<_, StoreError>((s.due_count()?, s.resume_first_attempts()?)))
+            .await?;
         let (due, unattempted) = (due + first_attempts.len(), first_attempts.len());
         self.ctx
             .delivery
@@ -294,7 +313,7 @@ impl Actor for DeliverySupervisor {
             idle: workers.keys().copied().collect(),
             workers,
             work,
-            busy: HashSet::new(),
+            busy: Arc::default(),
             scan_from: None,
             writer_task: Some(writer_task),
             last_sweep: Instant::now(),
@@ -309,7 +328,7 @@ impl Actor for DeliverySupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            DeliveryMsg::Wake => self.dispatch(state, false),
+            DeliveryMsg::Wake => self.dispatch(state, false).await,
             DeliveryMsg::Accepted(entries) => self.enqueue(state, Vec::new(), entries),
             DeliveryMsg::Tick => {
                 let deadline = self.ctx.delivery.attempt_timeout + STUCK_GRACE;
@@ -332,7 +351,7 @@ impl Actor for DeliverySupervisor {
                     self.worker_lost(&myself, state, id, "attempt stuck past its deadline")
                         .await;
                 }
-                self.dispatch(state, true);
+                self.dispatch(state, true).await;
                 self.maybe_sweep(state);
                 self.maybe_prune(state);
             }
@@ -341,8 +360,9 @@ impl Actor for DeliverySupervisor {
                 finished,
                 again,
             } => {
+                let busy = Arc::make_mut(&mut state.busy);
                 for k in &keys {
-                    state.busy.remove(k);
+                    busy.remove(k);
                 }
                 self.enqueue(state, Vec::new(), again);
                 self.ctx
@@ -358,7 +378,7 @@ impl Actor for DeliverySupervisor {
                 // Refill in bulk: each scan of the due queue walks past the keys in flight.
                 let refill = (self.ctx.delivery.max_in_flight / 8).max(1);
                 if state.idle.len() >= refill {
-                    self.dispatch(state, false);
+                    self.dispatch(state, false).await;
                 } else {
                     self.wake_idle(state);
                 }

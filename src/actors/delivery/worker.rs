@@ -22,8 +22,10 @@ use crate::actors::{now_us, NodeState};
 use crate::delivery::attempt::{self, Request, Sent, Signal};
 use crate::delivery::metrics::Counted;
 use crate::store::{
-    Attempt, DeliveryState, DueEntry, FailedCountChange, Outcome, Scheduled, StoreError,
+    Attempt, DeliveryState, DeliveryTarget, DueEntry, FailedCountChange, Outcome, Scheduled,
+    StoreError,
 };
+use uuid::Uuid;
 
 /// An attempt being made.
 pub struct Running {
@@ -110,8 +112,10 @@ impl DeliveryWorker {
         // subscription or account ends the delivery.
         let target = (
             self.subscription_exists(&due).await,
-            ctx.store.delivery_target(&due.account_id),
-            ctx.delivery.trigger_body(&ctx.store, &due.triggered_id()),
+            self.delivery_target(&due.account_id).await,
+            ctx.delivery
+                .trigger_body(&ctx.store, &due.triggered_id())
+                .await,
         );
         let (account, triggered) = match target {
             (Ok(true), Ok(Some(account)), Ok(Some(triggered))) => (account, triggered),
@@ -158,6 +162,21 @@ impl DeliveryWorker {
         }
     }
 
+    /// The subscriber's endpoint and secret: cached, or read on a storage thread.
+    async fn delivery_target(
+        &self,
+        account: &Uuid,
+    ) -> Result<Option<Arc<DeliveryTarget>>, StoreError> {
+        if let Some(target) = self.ctx.store.cached_delivery_target(account) {
+            return Ok(Some(target));
+        }
+        let account = *account;
+        self.ctx
+            .store
+            .run(move |s| s.delivery_target(&account))
+            .await
+    }
+
     /// Whether the delivery's subscription still exists. A first attempt whose fan-out
     /// step read it here knows it does while no subscription was deleted since. It lives
     /// with its registration, possibly on another node: that node is asked only before a
@@ -176,7 +195,12 @@ impl DeliveryWorker {
         let cluster = &self.ctx.cluster;
         let subscription = due.subscription_id();
         match cluster.remote_owner(cluster.map().shard_of_id(&subscription)) {
-            None => self.ctx.store.subscription_exists(&subscription),
+            None => {
+                self.ctx
+                    .store
+                    .run(move |s| s.subscription_exists(&subscription))
+                    .await
+            }
             Some(_) if due.attempts == 0 => Ok(true),
             Some(peer) => {
                 let ask = SubscriptionExists { id: subscription };
