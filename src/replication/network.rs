@@ -121,6 +121,23 @@ impl PeerClient {
             .ok_or(SendError::UnknownTarget(self.target))?;
         Ok(self.cluster.call_within(peer, &request, ttl).await?)
     }
+
+    /// Sends a Raft request whose answer is Raft's own result, as openraft takes it.
+    async fn ask<R, T>(
+        &self,
+        request: R,
+        option: RPCOption,
+    ) -> Result<T, RPCError<u64, BasicNode, RaftError<u64>>>
+    where
+        R: Rpc<Answer = Result<Result<T, RaftError<u64>>, NoGroup>>,
+    {
+        match self.send(request, option.hard_ttl()).await {
+            Ok(Ok(Ok(answer))) => Ok(answer),
+            Ok(Ok(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Ok(Err(no_group)) => Err(unreachable(no_group.into())),
+            Err(e) => Err(unreachable(e)),
+        }
+    }
 }
 
 fn unreachable<E: std::error::Error>(e: SendError) -> RPCError<u64, BasicNode, E> {
@@ -136,16 +153,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let rpc = AppendRpc {
-            group: self.group,
-            request,
-        };
-        match self.send(rpc, option.hard_ttl()).await {
-            Ok(Ok(Ok(answer))) => Ok(answer),
-            Ok(Ok(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
-            Ok(Err(no_group)) => Err(unreachable(no_group.into())),
-            Err(e) => Err(unreachable(e)),
-        }
+        let group = self.group;
+        self.ask(AppendRpc { group, request }, option).await
     }
 
     async fn vote(
@@ -153,16 +162,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         request: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let rpc = VoteRpc {
-            group: self.group,
-            request,
-        };
-        match self.send(rpc, option.hard_ttl()).await {
-            Ok(Ok(Ok(answer))) => Ok(answer),
-            Ok(Ok(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
-            Ok(Err(no_group)) => Err(unreachable(no_group.into())),
-            Err(e) => Err(unreachable(e)),
-        }
+        let group = self.group;
+        self.ask(VoteRpc { group, request }, option).await
     }
 
     async fn full_snapshot(

@@ -70,17 +70,8 @@ impl StateMachine {
 
     async fn snapshot(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
         let group = self.group.0;
-        let (rows, applied, membership) = blocking(&self.store, move |s| {
-            let rows = s.raft_machine_rows(group)?;
-            let applied: Option<LogId> = s
-                .raft_state(group, APPLIED)?
-                .map(|b| decode(&b))
-                .transpose()?;
-            let membership: Option<StoredMembership> = s
-                .raft_state(group, MEMBERSHIP)?
-                .map(|b| decode(&b))
-                .transpose()?;
-            Ok((rows, applied, membership.unwrap_or_default()))
+        let (rows, (applied, membership)) = blocking(&self.store, move |s| {
+            Ok((s.raft_machine_rows(group)?, applied_state(s, group)?))
         })
         .await?;
         let snapshot_id = match applied {
@@ -98,6 +89,22 @@ impl StateMachine {
     }
 }
 
+/// The last entry applied to `group`, and the membership it applied last.
+fn applied_state(
+    store: &Store,
+    group: u16,
+) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+    let applied = store
+        .raft_state(group, APPLIED)?
+        .map(|b| decode(&b))
+        .transpose()?;
+    let membership: Option<StoredMembership> = store
+        .raft_state(group, MEMBERSHIP)?
+        .map(|b| decode(&b))
+        .transpose()?;
+    Ok((applied, membership.unwrap_or_default()))
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         self.snapshot()
@@ -111,19 +118,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let group = self.group.0;
-        blocking(&self.store, move |s| {
-            let applied = s
-                .raft_state(group, APPLIED)?
-                .map(|b| decode(&b))
-                .transpose()?;
-            let membership: Option<StoredMembership> = s
-                .raft_state(group, MEMBERSHIP)?
-                .map(|b| decode(&b))
-                .transpose()?;
-            Ok((applied, membership.unwrap_or_default()))
-        })
-        .await
-        .map_err(|e| StorageIOError::read_state_machine(&e).into())
+        blocking(&self.store, move |s| applied_state(s, group))
+            .await
+            .map_err(|e| StorageIOError::read_state_machine(&e).into())
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>

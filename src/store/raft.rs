@@ -100,12 +100,7 @@ impl Store {
     /// Applies `changes` to `group`'s state atomically.
     pub fn raft_change_state(&self, group: u16, changes: &[StateChange]) -> Result<()> {
         let mut batch = sled::Batch::default();
-        for (name, value) in changes {
-            match value {
-                Some(value) => batch.insert(state_key(group, name), value.as_slice()),
-                None => batch.remove(state_key(group, name)),
-            }
-        }
+        add_changes(&mut batch, group, changes);
         self.t().raft_state.apply_batch(batch)?;
         Ok(())
     }
@@ -141,14 +136,18 @@ impl Store {
             key.extend_from_slice(name);
             batch.insert(key, value.as_slice());
         }
-        for (name, value) in changes {
-            match value {
-                Some(value) => batch.insert(state_key(group, name), value.as_slice()),
-                None => batch.remove(state_key(group, name)),
-            }
-        }
+        add_changes(&mut batch, group, changes);
         self.t().raft_state.apply_batch(batch)?;
         Ok(())
+    }
+}
+
+fn add_changes(batch: &mut sled::Batch, group: u16, changes: &[StateChange]) {
+    for (name, value) in changes {
+        match value {
+            Some(value) => batch.insert(state_key(group, name), value.as_slice()),
+            None => batch.remove(state_key(group, name)),
+        }
     }
 }
 
