@@ -22,11 +22,7 @@ timeout_secs = 5.0
         "isolated.event",
     )
     .await;
-    let healthy = p
-        .node
-        .create_account("healthy", &p.ep.endpoint_url("healthy"))
-        .await;
-    p.node.subscribe(&healthy, &p.reg).await;
+    let (healthy, _) = p.add_subscriber("healthy").await;
     p.ep.hold_posts(&p.sub.endpoint, Duration::from_secs(30));
     const N: usize = 10;
     let started = Instant::now();
@@ -64,14 +60,7 @@ timeout_secs = 1.0
     p.ep.set_post_status(&p.sub.endpoint, 500);
     for _ in 0..3 {
         let tid = p.trigger().await;
-        p.node
-            .wait_trigger_counts(
-                &p.owner,
-                &tid,
-                &delivery_counts(&[("failed", 1)]),
-                DELIVERY_DEADLINE,
-            )
-            .await;
+        p.wait_counts(&tid, &[("failed", 1)]).await;
     }
     let metrics = p.node.metrics().await;
     assert_eq!(
@@ -121,14 +110,7 @@ timeout_secs = 1.0
     // The endpoint recovers: after the cooldown a probe succeeds and the rest follow.
     p.ep.set_post_status(&p.sub.endpoint, 200);
     for tid in &deferred {
-        p.node
-            .wait_trigger_counts(
-                &p.owner,
-                tid,
-                &delivery_counts(&[("succeeded", 1)]),
-                DELIVERY_DEADLINE,
-            )
-            .await;
+        p.wait_counts(tid, &[("succeeded", 1)]).await;
     }
     let metrics = p.node.metrics().await;
     assert_eq!(

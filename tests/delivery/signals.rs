@@ -61,14 +61,7 @@ async fn retry_after_in_seconds_and_as_a_date_holds_the_next_attempt_back() {
     let throttled = PostAnswer::status(429).retry_after("1");
     p.ep.script_post_answers(&p.sub.endpoint, [throttled].into(), PostAnswer::status(200));
     let tid = p.trigger().await;
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &tid,
-            &delivery_counts(&[("succeeded", 1)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(&tid, &[("succeeded", 1)]).await;
     let gap = first_gap(&p.ep.posts_to(&p.sub.endpoint));
     assert!(
         gap >= Duration::from_millis(990) && gap < Duration::from_secs(3),
@@ -79,14 +72,7 @@ async fn retry_after_in_seconds_and_as_a_date_holds_the_next_attempt_back() {
     let busy = PostAnswer::status(503).retry_after(&http_date_in(2));
     p.ep.script_post_answers(&p.sub.endpoint, [busy].into(), PostAnswer::status(200));
     let tid = p.trigger().await;
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &tid,
-            &delivery_counts(&[("succeeded", 1)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(&tid, &[("succeeded", 1)]).await;
     let posts = p.ep.posts_to(&p.sub.endpoint);
     let gap = first_gap(&posts[2..]);
     assert!(
@@ -110,14 +96,7 @@ async fn retry_after_is_clamped_and_ignored_on_other_statuses() {
     ];
     p.ep.script_post_answers(&p.sub.endpoint, answers.into(), PostAnswer::status(200));
     let tid = p.trigger().await;
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &tid,
-            &delivery_counts(&[("succeeded", 1)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(&tid, &[("succeeded", 1)]).await;
     let posts = p.ep.posts_to(&p.sub.endpoint);
     assert_eq!(posts.len(), 3, "{posts:?}");
     let clamped = first_gap(&posts);
@@ -141,18 +120,11 @@ async fn gone_stops_deliveries_until_the_endpoint_is_reverified() {
         PostAnswer::status(200),
     );
     let first = p.trigger().await;
-    let rows = p
-        .node
-        .wait_deliveries(
-            &p.owner,
-            &first,
-            "the 410 to fail the delivery",
-            DELIVERY_DEADLINE,
-            |rows| single_row_in_state(rows, "failed"),
-        )
+    let row = p
+        .wait_single_row(&first, "failed", "the 410 to fail the delivery")
         .await;
-    let attempts = attempts_of(&rows[0]);
-    assert_eq!(attempts.len(), 1, "no retry after a 410: {}", rows[0]);
+    let attempts = attempts_of(&row);
+    assert_eq!(attempts.len(), 1, "no retry after a 410: {row}");
     assert_attempt(&attempts[0], Some(410), true);
     assert_eq!(attempts[0]["response_body"], "unsubscribed");
     assert!(
@@ -167,18 +139,11 @@ async fn gone_stops_deliveries_until_the_endpoint_is_reverified() {
 
     // Stopped: a new trigger sends nothing and says why in the attempt log.
     let second = p.trigger().await;
-    let rows = p
-        .node
-        .wait_deliveries(
-            &p.owner,
-            &second,
-            "the stopped delivery to fail",
-            DELIVERY_DEADLINE,
-            |rows| single_row_in_state(rows, "failed"),
-        )
+    let row = p
+        .wait_single_row(&second, "failed", "the stopped delivery to fail")
         .await;
-    let attempts = attempts_of(&rows[0]);
-    assert_eq!(attempts.len(), 1, "{}", rows[0]);
+    let attempts = attempts_of(&row);
+    assert_eq!(attempts.len(), 1, "{row}");
     assert_attempt(&attempts[0], None, true);
     let why = attempts[0]["error"].as_str().unwrap();
     assert!(
@@ -188,24 +153,11 @@ async fn gone_stops_deliveries_until_the_endpoint_is_reverified() {
     assert_eq!(p.ep.posts_to(&p.sub.endpoint).len(), 1, "nothing sent");
 
     // Re-verifying the same endpoint resumes deliveries.
-    p.node
-        .patch("/v1/account")
-        .auth(&p.sub)
-        .json(&json!({ "endpoint": p.sub.endpoint }))
-        .send()
-        .await
-        .expect(200);
+    p.reverify().await;
     let account = p.node.read_account(&p.sub).await;
     assert_eq!(account["deliveries_stopped"], Value::Null, "{account}");
     let third = p.trigger().await;
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &third,
-            &delivery_counts(&[("succeeded", 1)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(&third, &[("succeeded", 1)]).await;
     assert_eq!(p.ep.posts_to(&p.sub.endpoint).len(), 2);
 }
 
