@@ -75,13 +75,7 @@ async fn deleting_the_subscription_cancels_pending_retries() {
 async fn deleting_a_subscription_before_its_first_attempt_cancels_it() {
     // One attempt at a time: the later subscription's first attempt waits behind a held one.
     let p = Pair::new(
-        r#"
-[delivery]
-max_in_flight = 1
-retry_delays_secs = []
-[http_client]
-timeout_secs = 2.0
-"#,
+        &delivery_config(2.0, &["max_in_flight = 1", "retry_delays_secs = []"]),
         "late.event",
     )
     .await;

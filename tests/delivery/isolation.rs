@@ -10,15 +10,15 @@ use super::*;
 async fn a_receiver_that_never_answers_holds_only_its_own_slots() {
     // Four workers, two per endpoint; the held POSTs would time out after 5 s.
     let p = Pair::new(
-        r#"
-[delivery]
-retry_delays_secs = []
-max_in_flight = 4
-max_in_flight_per_endpoint = 2
-breaker_failures = 0
-[http_client]
-timeout_secs = 5.0
-"#,
+        &delivery_config(
+            5.0,
+            &[
+                "retry_delays_secs = []",
+                "max_in_flight = 4",
+                "max_in_flight_per_endpoint = 2",
+                "breaker_failures = 0",
+            ],
+        ),
         "isolated.event",
     )
     .await;
@@ -46,14 +46,14 @@ timeout_secs = 5.0
 #[tokio::test]
 async fn failures_in_a_row_open_the_breaker_until_a_probe_succeeds() {
     let p = Pair::new(
-        r#"
-[delivery]
-retry_delays_secs = []
-breaker_failures = 3
-breaker_cooldown_secs = 1.0
-[http_client]
-timeout_secs = 1.0
-"#,
+        &delivery_config(
+            1.0,
+            &[
+                "retry_delays_secs = []",
+                "breaker_failures = 3",
+                "breaker_cooldown_secs = 1.0",
+            ],
+        ),
         "breaker.event",
     )
     .await;

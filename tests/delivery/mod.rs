@@ -36,6 +36,15 @@ max_in_flight = 64
 timeout_secs = 1.0
 "#;
 
+/// A node config with an outbound timeout of `timeout_secs` and the `[delivery]`
+/// `settings` (`key = value` lines).
+fn delivery_config(timeout_secs: f64, settings: &[&str]) -> String {
+    format!(
+        "[delivery]\n{}\n[http_client]\ntimeout_secs = {timeout_secs:?}\n",
+        settings.join("\n")
+    )
+}
+
 /// How long a delivery that should happen now may take to be recorded.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(20);
 

@@ -6,13 +6,7 @@ use super::*;
 #[tokio::test]
 async fn recovery_requeues_exactly_the_failed_deliveries_of_the_window() {
     let p = Pair::new(
-        r#"
-[delivery]
-retry_delays_secs = []
-breaker_failures = 0
-[http_client]
-timeout_secs = 1.0
-"#,
+        &delivery_config(1.0, &["retry_delays_secs = []", "breaker_failures = 0"]),
         "recover.event",
     )
     .await;

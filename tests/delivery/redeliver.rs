@@ -17,12 +17,7 @@ async fn redeliver(p: &Pair, tid: &str) -> Value {
 #[tokio::test]
 async fn redeliver_requeues_a_failed_delivery_until_it_succeeds() {
     let p = Pair::new(
-        r#"
-[delivery]
-retry_delays_secs = [0.05]
-[http_client]
-timeout_secs = 1.0
-"#,
+        &delivery_config(1.0, &["retry_delays_secs = [0.05]"]),
         "redo.event",
     )
     .await;

@@ -82,15 +82,15 @@ async fn failed_count_249_is_still_delivered_and_250_is_skipped() {
     // One attempt per trigger, so each trigger adds exactly 1 to failed_count; no breaker,
     // so every one of them is attempted.
     let p = Pair::new(
-        r#"
-[delivery]
-retry_delays_secs = []
-breaker_failures = 0
-max_failed_count = 250
-max_in_flight = 64
-[http_client]
-timeout_secs = 1.0
-"#,
+        &delivery_config(
+            1.0,
+            &[
+                "retry_delays_secs = []",
+                "breaker_failures = 0",
+                "max_failed_count = 250",
+                "max_in_flight = 64",
+            ],
+        ),
         "limit.event",
     )
     .await;
@@ -155,12 +155,7 @@ timeout_secs = 1.0
 #[tokio::test]
 async fn a_receiver_that_never_answers_times_out_and_counts_as_a_failure() {
     let p = Pair::new(
-        r#"
-[delivery]
-retry_delays_secs = []
-[http_client]
-timeout_secs = 1.0
-"#,
+        &delivery_config(1.0, &["retry_delays_secs = []"]),
         "slow.event",
     )
     .await;

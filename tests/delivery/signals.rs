@@ -165,15 +165,15 @@ async fn gone_stops_deliveries_until_the_endpoint_is_reverified() {
 async fn jitter_spreads_the_retries_of_deliveries_that_failed_together() {
     const N: usize = 40;
     let p = Pair::new(
-        r#"
-[delivery]
-retry_delays_secs = [1.0]
-retry_jitter = 0.2
-breaker_failures = 0
-max_in_flight_per_endpoint = 64
-[http_client]
-timeout_secs = 1.0
-"#,
+        &delivery_config(
+            1.0,
+            &[
+                "retry_delays_secs = [1.0]",
+                "retry_jitter = 0.2",
+                "breaker_failures = 0",
+                "max_in_flight_per_endpoint = 64",
+            ],
+        ),
         "jitter.event",
     )
     .await;
