@@ -194,6 +194,16 @@ impl Pair {
         rows[0].clone()
     }
 
+    /// Waits until trigger `tid`'s one delivery failed after a single attempt, and checks
+    /// that attempt's shape and `status` (see [`assert_attempt`]); returns the attempt.
+    async fn wait_failed_once(&self, tid: &str, status: Option<u16>, what: &str) -> Value {
+        let row = self.wait_single_row(tid, "failed", what).await;
+        let attempts = attempts_of(&row);
+        assert_eq!(attempts.len(), 1, "one attempt only: {row}");
+        assert_attempt(&attempts[0], status, true);
+        attempts[0].clone()
+    }
+
     /// The subscriber re-verifies its (unchanged) endpoint with `PATCH /v1/account`, which
     /// resets `failed_count` and lifts a `410 Gone` stop.
     async fn reverify(&self) {
