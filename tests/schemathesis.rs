@@ -32,6 +32,8 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::time::{timeout, timeout_at, Instant};
 
+use crate::common::python::venv_with;
+
 /// The schemathesis release whose CLI this test uses (flags changed between v3 and v4).
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
 /// Test cases per operation and phase (`--max-examples`), sized for a run well under 90 s on
@@ -47,9 +49,6 @@ const RUN_DEADLINE: Duration = Duration::from_secs(240);
 const PROBE_DEADLINE: Duration = Duration::from_secs(60);
 /// The account schemathesis authenticates as.
 const USERNAME: &str = "schemathesis";
-
-/// How long installing schemathesis into the test's virtual environment may take.
-const INSTALL_DEADLINE: Duration = Duration::from_secs(900);
 
 /// The schemathesis version `program --version` reports, `None` when it is another program
 /// or cannot run.
@@ -85,14 +84,10 @@ async fn schemathesis_command() -> PathBuf {
             return PathBuf::from(program);
         }
     }
-    let venv =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("schemathesis-{SCHEMATHESIS_VERSION}"));
+    let pin = format!("schemathesis=={SCHEMATHESIS_VERSION}");
+    let otherwise = format!("or install {pin} yourself so that `schemathesis` is on the PATH");
+    let venv = venv_with("schemathesis", SCHEMATHESIS_VERSION, Some(&otherwise)).await;
     let program = venv.join("bin").join("schemathesis");
-    let installed = venv.join("installed");
-    if !installed.exists() {
-        install(&venv).await;
-        std::fs::write(&installed, SCHEMATHESIS_VERSION).expect("mark the virtual environment");
-    }
     let version = version_of(&program).await;
     assert_eq!(
         version.as_deref(),
@@ -102,61 +97,6 @@ async fn schemathesis_command() -> PathBuf {
         venv.display()
     );
     program
-}
-
-/// Creates `venv` with `python3 -m venv` and installs the pinned schemathesis into it.
-async fn install(venv: &Path) {
-    let _ = std::fs::remove_dir_all(venv);
-    println!(
-        "installing schemathesis {SCHEMATHESIS_VERSION} into {} (first run only)",
-        venv.display()
-    );
-    let pin = format!("schemathesis=={SCHEMATHESIS_VERSION}");
-    let steps: [(Command, String); 2] = [
-        {
-            let mut cmd = Command::new("python3");
-            cmd.args(["-m", "venv"]).arg(venv);
-            (
-                cmd,
-                "`python3 -m venv` failed: install Python's venv module (Debian and Ubuntu: \
-                 `apt-get install python3-venv`)"
-                    .to_string(),
-            )
-        },
-        {
-            let mut cmd = Command::new(venv.join("bin").join("python"));
-            cmd.args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg(&pin);
-            (
-                cmd,
-                format!(
-                    "pip could not install {pin} (it needs network access to PyPI once); \
-                     or install {pin} yourself so that `schemathesis` is on the PATH"
-                ),
-            )
-        },
-    ];
-    for (mut cmd, hint) in steps {
-        cmd.stdin(Stdio::null()).kill_on_drop(true);
-        let output = timeout(INSTALL_DEADLINE, cmd.output())
-            .await
-            .unwrap_or_else(|_| panic!("{hint} (no answer within {INSTALL_DEADLINE:?})"));
-        match output {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => panic!(
-                "{hint}\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => panic!("{hint} ({e}; is python3 installed?)"),
-        }
-    }
 }
 
 /// The account endpoints' stand-in, shared by every account of the run.

@@ -90,14 +90,22 @@ impl Op for RequeueFailedOf {
             .store
             .run(move |s| s.requeue_failed_of(&subscriber, &registrations, window, now_us()))
             .await?;
-        service.ctx.store.flush().await?;
-        service
-            .ctx
+        service.requeued(n).await
+    }
+}
+
+impl Service {
+    /// Finishes queueing `n` failed deliveries again (redeliver and bulk recovery alike):
+    /// flushed first, so an answer never promises a retry a crash could lose; then counted
+    /// as due and the delivery engine woken, so they go out now rather than at its next tick.
+    pub(super) async fn requeued(&self, n: u64) -> Result<u64, ServiceError> {
+        self.ctx.store.flush().await?;
+        self.ctx
             .delivery
             .metrics
             .due
             .fetch_add(n as i64, std::sync::atomic::Ordering::Relaxed);
-        service.ctx.delivery.wake();
+        self.ctx.delivery.wake();
         Ok(n)
     }
 }

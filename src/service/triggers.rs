@@ -206,14 +206,6 @@ impl Op for Requeue {
             .store
             .run(move |s| s.requeue_failed(&id, now_us()))
             .await?;
-        service.ctx.store.flush().await?;
-        service
-            .ctx
-            .delivery
-            .metrics
-            .due
-            .fetch_add(n as i64, std::sync::atomic::Ordering::Relaxed);
-        service.ctx.delivery.wake();
-        Ok(n)
+        service.requeued(n).await
     }
 }

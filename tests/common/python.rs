@@ -17,20 +17,30 @@ const RUN_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The `python` of a virtual environment holding `package==version`, created on first use.
 pub async fn python_with(package: &str, version: &str) -> PathBuf {
+    venv_with(package, version, None)
+        .await
+        .join("bin")
+        .join("python")
+}
+
+/// The directory of a virtual environment holding `package==version`, created on first use
+/// (a marker file says the install finished, so an interrupted one is redone). `otherwise`
+/// tells the reader what else to do when pip cannot install the package.
+pub async fn venv_with(package: &str, version: &str, otherwise: Option<&str>) -> PathBuf {
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{package}-{version}"));
-    let python = venv.join("bin").join("python");
     let installed = venv.join("installed");
     if installed.exists() {
-        return python;
+        return venv;
     }
     let _ = std::fs::remove_dir_all(&venv);
     let pin = format!("{package}=={version}");
     println!("installing {pin} into {} (first run only)", venv.display());
     let mut create = Command::new("python3");
     create.args(["-m", "venv"]).arg(&venv);
-    let hint = "`python3 -m venv` failed: install python3 and its venv module";
+    let hint = "`python3 -m venv` failed: install Python's venv module (Debian and Ubuntu: \
+                `apt-get install python3-venv`)";
     run(create, INSTALL_DEADLINE, hint).await;
-    let mut install = Command::new(&python);
+    let mut install = Command::new(venv.join("bin").join("python"));
     install
         .args([
             "-m",
@@ -40,10 +50,13 @@ pub async fn python_with(package: &str, version: &str) -> PathBuf {
             "--disable-pip-version-check",
         ])
         .arg(&pin);
-    let hint = format!("pip could not install {pin} (it needs PyPI once)");
+    let mut hint = format!("pip could not install {pin} (it needs network access to PyPI once)");
+    if let Some(otherwise) = otherwise {
+        hint = format!("{hint}; {otherwise}");
+    }
     run(install, INSTALL_DEADLINE, &hint).await;
     std::fs::write(&installed, &pin).expect("mark the virtual environment");
-    python
+    venv
 }
 
 /// Runs `script` with `python`, `args` after it; returns its standard output.
@@ -58,7 +71,7 @@ async fn run(mut cmd: Command, deadline: Duration, hint: &str) -> String {
     cmd.stdin(Stdio::null()).kill_on_drop(true);
     let output = timeout(deadline, cmd.output())
         .await
-        .unwrap_or_else(|_| panic!("{hint} (no answer in time)"));
+        .unwrap_or_else(|_| panic!("{hint} (no answer within {deadline:?})"));
     match output {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
         Ok(out) => panic!(
@@ -66,6 +79,6 @@ async fn run(mut cmd: Command, deadline: Duration, hint: &str) -> String {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ),
-        Err(e) => panic!("{hint} ({e})"),
+        Err(e) => panic!("{hint} ({e}; is python3 installed?)"),
     }
 }

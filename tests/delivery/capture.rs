@@ -16,18 +16,11 @@ async fn attempts_record_duration_and_the_start_of_the_response_body() {
         PostAnswer::status(200).body("thanks, got it"),
     );
     let tid = p.trigger().await;
-    let rows = p
-        .node
-        .wait_deliveries(
-            &p.owner,
-            &tid,
-            "the retry to succeed",
-            DELIVERY_DEADLINE,
-            |rows| single_row_in_state(rows, "succeeded"),
-        )
+    let row = p
+        .wait_single_row(&tid, "succeeded", "the retry to succeed")
         .await;
-    let attempts = attempts_of(&rows[0]);
-    assert_eq!(attempts.len(), 2, "{}", rows[0]);
+    let attempts = attempts_of(&row);
+    assert_eq!(attempts.len(), 2, "{row}");
     assert_attempt(&attempts[0], Some(500), true);
     assert_attempt(&attempts[1], Some(200), false);
     assert_eq!(
@@ -43,25 +36,17 @@ async fn attempts_record_duration_and_the_start_of_the_response_body() {
 
 #[tokio::test]
 async fn an_endpoint_that_does_not_answer_has_no_response_body() {
-    let p = Pair::with_subscriber_at(
+    let p = Pair::new(
         &format!("{FAST}\n[delivery]\nretry_delays_secs = []\n"),
         "capture.event",
-        |ep| ep.endpoint_url("subscriber"),
     )
     .await;
     p.ep.shutdown();
     let tid = p.trigger().await;
-    let rows = p
-        .node
-        .wait_deliveries(
-            &p.owner,
-            &tid,
-            "the delivery to fail",
-            DELIVERY_DEADLINE,
-            |rows| single_row_in_state(rows, "failed"),
-        )
+    let row = p
+        .wait_single_row(&tid, "failed", "the delivery to fail")
         .await;
-    let attempt = &attempts_of(&rows[0])[0];
+    let attempt = &attempts_of(&row)[0];
     assert_attempt(attempt, None, true);
     assert_eq!(attempt["response_body"], Value::Null);
 }

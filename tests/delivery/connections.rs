@@ -6,13 +6,7 @@ use super::*;
 /// Triggers once and waits until the one delivery succeeded; returns its attempts.
 async fn deliver_once(p: &Pair, what: &str) -> Vec<Value> {
     let tid = p.trigger().await;
-    let rows = p
-        .node
-        .wait_deliveries(&p.owner, &tid, what, DELIVERY_DEADLINE, |rows| {
-            single_row_in_state(rows, "succeeded")
-        })
-        .await;
-    attempts_of(&rows[0])
+    attempts_of(&p.wait_single_row(&tid, "succeeded", what).await)
 }
 
 #[tokio::test]

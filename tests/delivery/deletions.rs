@@ -36,25 +36,14 @@ async fn first_attempt_failed(p: &Pair) -> (String, f64) {
 
 /// After a deletion: the delivery ends `cancelled` without another attempt or POST.
 async fn assert_cancelled(p: &Pair, tid: &str, retry_due: f64) {
-    let deleted_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let deleted_at = now_secs();
     assert!(
         deleted_at < retry_due,
         "the deletion came after the retry was due ({deleted_at} >= {retry_due}); the machine is too slow for this test"
     );
-    let rows = p
-        .node
-        .wait_deliveries(
-            &p.owner,
-            tid,
-            "the delivery to be cancelled",
-            DELIVERY_DEADLINE,
-            |rows| single_row_in_state(rows, "cancelled"),
-        )
+    let row = &p
+        .wait_single_row(tid, "cancelled", "the delivery to be cancelled")
         .await;
-    let row = &rows[0];
     assert_eq!(
         attempts_of(row).len(),
         1,
@@ -66,14 +55,7 @@ async fn assert_cancelled(p: &Pair, tid: &str, retry_due: f64) {
         1,
         "no POST after the deletion"
     );
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            tid,
-            &delivery_counts(&[("cancelled", 1)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(tid, &[("cancelled", 1)]).await;
 }
 
 #[tokio::test]
@@ -93,21 +75,11 @@ async fn deleting_the_subscription_cancels_pending_retries() {
 async fn deleting_a_subscription_before_its_first_attempt_cancels_it() {
     // One attempt at a time: the later subscription's first attempt waits behind a held one.
     let p = Pair::new(
-        r#"
-[delivery]
-max_in_flight = 1
-retry_delays_secs = []
-[http_client]
-timeout_secs = 2.0
-"#,
+        &delivery_config(2.0, &["max_in_flight = 1", "retry_delays_secs = []"]),
         "late.event",
     )
     .await;
-    let late = p
-        .node
-        .create_account("late", &p.ep.endpoint_url("late"))
-        .await;
-    let late_subscription = id_of(&p.node.subscribe(&late, &p.reg).await);
+    let (late, late_subscription) = p.add_subscriber("late").await;
     p.ep.hold_posts(&p.sub.endpoint, Duration::from_secs(30));
     let tid = p.trigger().await;
     p.ep.wait_for_posts(&p.sub.endpoint, 1, DELIVERY_DEADLINE)
@@ -119,13 +91,7 @@ timeout_secs = 2.0
         .send()
         .await
         .expect_write(&[("deleted", 1)]);
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &tid,
-            &delivery_counts(&[("failed", 1), ("cancelled", 1)]),
-            DELIVERY_DEADLINE,
-        )
+    p.wait_counts(&tid, &[("failed", 1), ("cancelled", 1)])
         .await;
     assert!(p.ep.posts_to(&late.endpoint).is_empty());
 }

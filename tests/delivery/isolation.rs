@@ -10,23 +10,19 @@ use super::*;
 async fn a_receiver_that_never_answers_holds_only_its_own_slots() {
     // Four workers, two per endpoint; the held POSTs would time out after 5 s.
     let p = Pair::new(
-        r#"
-[delivery]
-retry_delays_secs = []
-max_in_flight = 4
-max_in_flight_per_endpoint = 2
-breaker_failures = 0
-[http_client]
-timeout_secs = 5.0
-"#,
+        &delivery_config(
+            5.0,
+            &[
+                "retry_delays_secs = []",
+                "max_in_flight = 4",
+                "max_in_flight_per_endpoint = 2",
+                "breaker_failures = 0",
+            ],
+        ),
         "isolated.event",
     )
     .await;
-    let healthy = p
-        .node
-        .create_account("healthy", &p.ep.endpoint_url("healthy"))
-        .await;
-    p.node.subscribe(&healthy, &p.reg).await;
+    let (healthy, _) = p.add_subscriber("healthy").await;
     p.ep.hold_posts(&p.sub.endpoint, Duration::from_secs(30));
     const N: usize = 10;
     let started = Instant::now();
@@ -50,28 +46,21 @@ timeout_secs = 5.0
 #[tokio::test]
 async fn failures_in_a_row_open_the_breaker_until_a_probe_succeeds() {
     let p = Pair::new(
-        r#"
-[delivery]
-retry_delays_secs = []
-breaker_failures = 3
-breaker_cooldown_secs = 1.0
-[http_client]
-timeout_secs = 1.0
-"#,
+        &delivery_config(
+            1.0,
+            &[
+                "retry_delays_secs = []",
+                "breaker_failures = 3",
+                "breaker_cooldown_secs = 1.0",
+            ],
+        ),
         "breaker.event",
     )
     .await;
     p.ep.set_post_status(&p.sub.endpoint, 500);
     for _ in 0..3 {
         let tid = p.trigger().await;
-        p.node
-            .wait_trigger_counts(
-                &p.owner,
-                &tid,
-                &delivery_counts(&[("failed", 1)]),
-                DELIVERY_DEADLINE,
-            )
-            .await;
+        p.wait_counts(&tid, &[("failed", 1)]).await;
     }
     let metrics = p.node.metrics().await;
     assert_eq!(
@@ -121,14 +110,7 @@ timeout_secs = 1.0
     // The endpoint recovers: after the cooldown a probe succeeds and the rest follow.
     p.ep.set_post_status(&p.sub.endpoint, 200);
     for tid in &deferred {
-        p.node
-            .wait_trigger_counts(
-                &p.owner,
-                tid,
-                &delivery_counts(&[("succeeded", 1)]),
-                DELIVERY_DEADLINE,
-            )
-            .await;
+        p.wait_counts(tid, &[("succeeded", 1)]).await;
     }
     let metrics = p.node.metrics().await;
     assert_eq!(

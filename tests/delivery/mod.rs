@@ -36,6 +36,15 @@ max_in_flight = 64
 timeout_secs = 1.0
 "#;
 
+/// A node config with an outbound timeout of `timeout_secs` and the `[delivery]`
+/// `settings` (`key = value` lines).
+fn delivery_config(timeout_secs: f64, settings: &[&str]) -> String {
+    format!(
+        "[delivery]\n{}\n[http_client]\ntimeout_secs = {timeout_secs:?}\n",
+        settings.join("\n")
+    )
+}
+
 /// How long a delivery that should happen now may take to be recorded.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -148,4 +157,70 @@ impl Pair {
     async fn trigger(&self) -> String {
         id_of(&self.node.trigger(&self.owner, &self.reg).await)
     }
+
+    /// Another subscriber to the registration, with its own endpoint `name` on the same
+    /// server; returns the account and the subscription id.
+    async fn add_subscriber(&self, name: &str) -> (Account, String) {
+        let account = self
+            .node
+            .create_account(name, &self.ep.endpoint_url(name))
+            .await;
+        let subscription = id_of(&self.node.subscribe(&account, &self.reg).await);
+        (account, subscription)
+    }
+
+    /// Waits (up to [`DELIVERY_DEADLINE`]) until trigger `tid`'s fan-out is complete and
+    /// its delivery counts are exactly `counts` (see [`delivery_counts`]).
+    async fn wait_counts(&self, tid: &str, counts: &[(&str, u64)]) {
+        self.node
+            .wait_trigger_counts(
+                &self.owner,
+                tid,
+                &delivery_counts(counts),
+                DELIVERY_DEADLINE,
+            )
+            .await;
+    }
+
+    /// Waits (up to [`DELIVERY_DEADLINE`]) until trigger `tid` has exactly one delivery
+    /// row and it is in `state`; returns that row. `what` names the wait in a timeout.
+    async fn wait_single_row(&self, tid: &str, state: &str, what: &str) -> Value {
+        let rows = self
+            .node
+            .wait_deliveries(&self.owner, tid, what, DELIVERY_DEADLINE, |rows| {
+                single_row_in_state(rows, state)
+            })
+            .await;
+        rows[0].clone()
+    }
+
+    /// Waits until trigger `tid`'s one delivery failed after a single attempt, and checks
+    /// that attempt's shape and `status` (see [`assert_attempt`]); returns the attempt.
+    async fn wait_failed_once(&self, tid: &str, status: Option<u16>, what: &str) -> Value {
+        let row = self.wait_single_row(tid, "failed", what).await;
+        let attempts = attempts_of(&row);
+        assert_eq!(attempts.len(), 1, "one attempt only: {row}");
+        assert_attempt(&attempts[0], status, true);
+        attempts[0].clone()
+    }
+
+    /// The subscriber re-verifies its (unchanged) endpoint with `PATCH /v1/account`, which
+    /// resets `failed_count` and lifts a `410 Gone` stop.
+    async fn reverify(&self) {
+        self.node
+            .patch("/v1/account")
+            .auth(&self.sub)
+            .json(&json!({ "endpoint": self.sub.endpoint }))
+            .send()
+            .await
+            .expect(200);
+    }
+}
+
+/// The current Unix time in seconds, as the API writes times.
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
 }

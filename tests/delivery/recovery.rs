@@ -3,54 +3,24 @@
 
 use super::*;
 
-/// The current Unix time in seconds, as the API writes times.
-fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
 #[tokio::test]
 async fn recovery_requeues_exactly_the_failed_deliveries_of_the_window() {
     let p = Pair::new(
-        r#"
-[delivery]
-retry_delays_secs = []
-breaker_failures = 0
-[http_client]
-timeout_secs = 1.0
-"#,
+        &delivery_config(1.0, &["retry_delays_secs = []", "breaker_failures = 0"]),
         "recover.event",
     )
     .await;
     // A healthy subscriber too: its deliveries succeed and must not be touched.
-    let healthy = p
-        .node
-        .create_account("healthy", &p.ep.endpoint_url("healthy"))
-        .await;
-    p.node.subscribe(&healthy, &p.reg).await;
+    let (healthy, _) = p.add_subscriber("healthy").await;
     p.ep.set_post_status(&p.sub.endpoint, 500);
-    let wait_failed = |tid: String| {
-        let p = &p;
-        async move {
-            p.node
-                .wait_trigger_counts(
-                    &p.owner,
-                    &tid,
-                    &delivery_counts(&[("succeeded", 1), ("failed", 1)]),
-                    DELIVERY_DEADLINE,
-                )
-                .await;
-        }
-    };
+    let failed = [("succeeded", 1), ("failed", 1)];
     let old = p.trigger().await;
-    wait_failed(old.clone()).await;
+    p.wait_counts(&old, &failed).await;
     let since = now_secs();
     let mut recent = Vec::new();
     for _ in 0..3 {
         let tid = p.trigger().await;
-        wait_failed(tid.clone()).await;
+        p.wait_counts(&tid, &failed).await;
         recent.push(tid);
     }
     let posts_before = p.ep.posts_to(&p.sub.endpoint).len();
@@ -91,20 +61,13 @@ timeout_secs = 1.0
         .expect(200);
     assert_eq!(r.json(), &json!({"requeued": 3}));
     for tid in &recent {
-        p.node
-            .wait_trigger_counts(
-                &p.owner,
-                tid,
-                &delivery_counts(&[("succeeded", 2)]),
-                DELIVERY_DEADLINE,
-            )
-            .await;
+        p.wait_counts(tid, &[("succeeded", 2)]).await;
     }
     p.ep.wait_for_posts(&p.sub.endpoint, posts_before + 3, DELIVERY_DEADLINE)
         .await;
     assert_eq!(
         p.node.trigger_status(&p.owner, &old).await["deliveries"],
-        delivery_counts(&[("succeeded", 1), ("failed", 1)]),
+        delivery_counts(&failed),
         "outside the window"
     );
 
@@ -121,14 +84,7 @@ timeout_secs = 1.0
         .await
         .expect(200);
     assert_eq!(r.json(), &json!({"requeued": 1}));
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &old,
-            &delivery_counts(&[("succeeded", 2)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(&old, &[("succeeded", 2)]).await;
     assert_eq!(p.ep.posts_to(&p.sub.endpoint).len(), posts_before + 4);
     assert_eq!(p.ep.posts_to(&healthy.endpoint).len(), 4, "never requeued");
 }

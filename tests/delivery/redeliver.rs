@@ -2,53 +2,38 @@
 
 use super::*;
 
+/// The owner asks to redeliver trigger `tid`'s failed deliveries; returns the answer.
+async fn redeliver(p: &Pair, tid: &str) -> Value {
+    p.node
+        .post(&format!("/v1/webhook/triggered/{tid}/redeliver"))
+        .auth(&p.owner)
+        .send()
+        .await
+        .expect(200)
+        .json()
+        .clone()
+}
+
 #[tokio::test]
 async fn redeliver_requeues_a_failed_delivery_until_it_succeeds() {
     let p = Pair::new(
-        r#"
-[delivery]
-retry_delays_secs = [0.05]
-[http_client]
-timeout_secs = 1.0
-"#,
+        &delivery_config(1.0, &["retry_delays_secs = [0.05]"]),
         "redo.event",
     )
     .await;
     p.ep.set_post_status(&p.sub.endpoint, 500);
     let tid = p.trigger().await;
-    p.node
-        .wait_deliveries(
-            &p.owner,
-            &tid,
-            "the delivery to fail",
-            DELIVERY_DEADLINE,
-            |rows| single_row_in_state(rows, "failed"),
-        )
+    p.wait_single_row(&tid, "failed", "the delivery to fail")
         .await;
     assert_eq!(p.ep.posts_to(&p.sub.endpoint).len(), 2);
     assert_eq!(p.node.failed_count(&p.sub).await, 2);
 
     p.ep.set_post_status(&p.sub.endpoint, 200);
-    let r = p
-        .node
-        .post(&format!("/v1/webhook/triggered/{tid}/redeliver"))
-        .auth(&p.owner)
-        .send()
-        .await
-        .expect(200);
-    assert_eq!(r.json(), &json!({"requeued": 1}));
+    assert_eq!(redeliver(&p, &tid).await, json!({"requeued": 1}));
 
-    let rows = p
-        .node
-        .wait_deliveries(
-            &p.owner,
-            &tid,
-            "the redelivery to succeed",
-            DELIVERY_DEADLINE,
-            |rows| single_row_in_state(rows, "succeeded"),
-        )
+    let row = &p
+        .wait_single_row(&tid, "succeeded", "the redelivery to succeed")
         .await;
-    let row = &rows[0];
     let attempts = attempts_of(row);
     assert_eq!(
         attempts.len(),
@@ -69,22 +54,8 @@ timeout_secs = 1.0
         .collect();
     assert_eq!(ids, HashSet::from([str_of(row, "id").to_string()]));
     assert_eq!(p.node.failed_count(&p.sub).await, 0);
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &tid,
-            &delivery_counts(&[("succeeded", 1)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(&tid, &[("succeeded", 1)]).await;
 
     // Nothing failed any more: nothing to requeue.
-    let r = p
-        .node
-        .post(&format!("/v1/webhook/triggered/{tid}/redeliver"))
-        .auth(&p.owner)
-        .send()
-        .await
-        .expect(200);
-    assert_eq!(r.json(), &json!({"requeued": 0}));
+    assert_eq!(redeliver(&p, &tid).await, json!({"requeued": 0}));
 }

@@ -10,17 +10,9 @@ async fn a_failing_endpoint_gets_four_attempts_then_a_success_resets_failed_coun
     p.ep.set_post_status(&p.sub.endpoint, 500);
     let tid = p.trigger().await;
 
-    let rows = p
-        .node
-        .wait_deliveries(
-            &p.owner,
-            &tid,
-            "the delivery to fail",
-            DELIVERY_DEADLINE,
-            |rows| single_row_in_state(rows, "failed"),
-        )
+    let row = &p
+        .wait_single_row(&tid, "failed", "the delivery to fail")
         .await;
-    let row = &rows[0];
     assert_eq!(row["subscription_id"], p.subscription.as_str());
     assert_eq!(row["account_id"], p.sub.id.as_str());
     assert_eq!(row["next_attempt"], Value::Null, "{row}");
@@ -58,26 +50,12 @@ async fn a_failing_endpoint_gets_four_attempts_then_a_success_resets_failed_coun
     }
     assert!(posts.iter().all(|post| post.answered == 500));
     assert_eq!(p.node.failed_count(&p.sub).await, 4);
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &tid,
-            &delivery_counts(&[("failed", 1)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(&tid, &[("failed", 1)]).await;
 
     // The endpoint recovers: the next delivery succeeds and failed_count goes back to 0.
     p.ep.set_post_status(&p.sub.endpoint, 200);
     let second = p.trigger().await;
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &second,
-            &delivery_counts(&[("succeeded", 1)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(&second, &[("succeeded", 1)]).await;
     assert_eq!(p.node.failed_count(&p.sub).await, 0);
     let posts = p.ep.posts_to(&p.sub.endpoint);
     assert_eq!(posts.len(), 5, "{posts:?}");
@@ -104,24 +82,20 @@ async fn failed_count_249_is_still_delivered_and_250_is_skipped() {
     // One attempt per trigger, so each trigger adds exactly 1 to failed_count; no breaker,
     // so every one of them is attempted.
     let p = Pair::new(
-        r#"
-[delivery]
-retry_delays_secs = []
-breaker_failures = 0
-max_failed_count = 250
-max_in_flight = 64
-[http_client]
-timeout_secs = 1.0
-"#,
+        &delivery_config(
+            1.0,
+            &[
+                "retry_delays_secs = []",
+                "breaker_failures = 0",
+                "max_failed_count = 250",
+                "max_in_flight = 64",
+            ],
+        ),
         "limit.event",
     )
     .await;
     // A healthy control subscriber shows when each fan-out has run.
-    let control = p
-        .node
-        .create_account("control", &p.ep.endpoint_url("control"))
-        .await;
-    p.node.subscribe(&control, &p.reg).await;
+    let (control, _) = p.add_subscriber("control").await;
     p.ep.set_post_status(&p.sub.endpoint, 500);
 
     let path = format!("/v1/webhook/triggered/{}", p.reg);
@@ -140,26 +114,14 @@ timeout_secs = 1.0
 
     // failed_count 249 < 250: still delivered (and fails once more).
     let t250 = p.trigger().await;
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &t250,
-            &delivery_counts(&[("succeeded", 1), ("failed", 1)]),
-            DELIVERY_DEADLINE,
-        )
+    p.wait_counts(&t250, &[("succeeded", 1), ("failed", 1)])
         .await;
     assert_eq!(p.ep.posts_to(&p.sub.endpoint).len(), 250);
     assert_eq!(p.node.failed_count(&p.sub).await, 250);
 
     // failed_count 250: skipped, no POST; the control still gets its delivery.
     let t251 = p.trigger().await;
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &t251,
-            &delivery_counts(&[("succeeded", 1), ("skipped", 1)]),
-            DELIVERY_DEADLINE,
-        )
+    p.wait_counts(&t251, &[("succeeded", 1), ("skipped", 1)])
         .await;
     assert_eq!(p.ep.posts_to(&control.endpoint).len(), 251);
     assert_eq!(
@@ -182,56 +144,27 @@ timeout_secs = 1.0
     );
 
     // PATCH /v1/account with an endpoint resets failed_count, and delivery resumes.
-    p.node
-        .patch("/v1/account")
-        .auth(&p.sub)
-        .json(&json!({ "endpoint": p.sub.endpoint }))
-        .send()
-        .await
-        .expect(200);
+    p.reverify().await;
     assert_eq!(p.node.failed_count(&p.sub).await, 0);
     p.ep.set_post_status(&p.sub.endpoint, 200);
     let t252 = p.trigger().await;
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &t252,
-            &delivery_counts(&[("succeeded", 2)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(&t252, &[("succeeded", 2)]).await;
     assert_eq!(p.ep.posts_to(&p.sub.endpoint).len(), 251);
 }
 
 #[tokio::test]
 async fn a_receiver_that_never_answers_times_out_and_counts_as_a_failure() {
     let p = Pair::new(
-        r#"
-[delivery]
-retry_delays_secs = []
-[http_client]
-timeout_secs = 1.0
-"#,
+        &delivery_config(1.0, &["retry_delays_secs = []"]),
         "slow.event",
     )
     .await;
     // Held far longer than the 1 s client timeout (bounded: the server drops at test end).
     p.ep.hold_posts(&p.sub.endpoint, Duration::from_secs(30));
     let tid = p.trigger().await;
-    let rows = p
-        .node
-        .wait_deliveries(
-            &p.owner,
-            &tid,
-            "the held delivery to fail",
-            DELIVERY_DEADLINE,
-            |rows| single_row_in_state(rows, "failed"),
-        )
+    let attempt = &p
+        .wait_failed_once(&tid, None, "the held delivery to fail")
         .await;
-    let attempts = attempts_of(&rows[0]);
-    assert_eq!(attempts.len(), 1, "{}", rows[0]);
-    let attempt = &attempts[0];
-    assert_attempt(attempt, None, true);
     eprintln!("timed-out attempt: {attempt}");
     let ms = attempt["duration_ms"].as_f64().unwrap();
     assert!(
@@ -240,12 +173,5 @@ timeout_secs = 1.0
     );
     assert_eq!(p.ep.posts_to(&p.sub.endpoint).len(), 1);
     assert_eq!(p.node.failed_count(&p.sub).await, 1);
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &tid,
-            &delivery_counts(&[("failed", 1)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(&tid, &[("failed", 1)]).await;
 }

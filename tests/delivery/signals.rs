@@ -61,14 +61,7 @@ async fn retry_after_in_seconds_and_as_a_date_holds_the_next_attempt_back() {
     let throttled = PostAnswer::status(429).retry_after("1");
     p.ep.script_post_answers(&p.sub.endpoint, [throttled].into(), PostAnswer::status(200));
     let tid = p.trigger().await;
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &tid,
-            &delivery_counts(&[("succeeded", 1)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(&tid, &[("succeeded", 1)]).await;
     let gap = first_gap(&p.ep.posts_to(&p.sub.endpoint));
     assert!(
         gap >= Duration::from_millis(990) && gap < Duration::from_secs(3),
@@ -79,14 +72,7 @@ async fn retry_after_in_seconds_and_as_a_date_holds_the_next_attempt_back() {
     let busy = PostAnswer::status(503).retry_after(&http_date_in(2));
     p.ep.script_post_answers(&p.sub.endpoint, [busy].into(), PostAnswer::status(200));
     let tid = p.trigger().await;
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &tid,
-            &delivery_counts(&[("succeeded", 1)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(&tid, &[("succeeded", 1)]).await;
     let posts = p.ep.posts_to(&p.sub.endpoint);
     let gap = first_gap(&posts[2..]);
     assert!(
@@ -110,14 +96,7 @@ async fn retry_after_is_clamped_and_ignored_on_other_statuses() {
     ];
     p.ep.script_post_answers(&p.sub.endpoint, answers.into(), PostAnswer::status(200));
     let tid = p.trigger().await;
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &tid,
-            &delivery_counts(&[("succeeded", 1)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(&tid, &[("succeeded", 1)]).await;
     let posts = p.ep.posts_to(&p.sub.endpoint);
     assert_eq!(posts.len(), 3, "{posts:?}");
     let clamped = first_gap(&posts);
@@ -141,24 +120,13 @@ async fn gone_stops_deliveries_until_the_endpoint_is_reverified() {
         PostAnswer::status(200),
     );
     let first = p.trigger().await;
-    let rows = p
-        .node
-        .wait_deliveries(
-            &p.owner,
-            &first,
-            "the 410 to fail the delivery",
-            DELIVERY_DEADLINE,
-            |rows| single_row_in_state(rows, "failed"),
-        )
+    let attempt = p
+        .wait_failed_once(&first, Some(410), "the 410 to fail the delivery")
         .await;
-    let attempts = attempts_of(&rows[0]);
-    assert_eq!(attempts.len(), 1, "no retry after a 410: {}", rows[0]);
-    assert_attempt(&attempts[0], Some(410), true);
-    assert_eq!(attempts[0]["response_body"], "unsubscribed");
+    assert_eq!(attempt["response_body"], "unsubscribed");
     assert!(
-        attempts[0]["error"].as_str().unwrap().contains("410 Gone"),
-        "{}",
-        attempts[0]
+        attempt["error"].as_str().unwrap().contains("410 Gone"),
+        "{attempt}"
     );
     let account = p.node.read_account(&p.sub).await;
     let stopped = &account["deliveries_stopped"];
@@ -167,20 +135,10 @@ async fn gone_stops_deliveries_until_the_endpoint_is_reverified() {
 
     // Stopped: a new trigger sends nothing and says why in the attempt log.
     let second = p.trigger().await;
-    let rows = p
-        .node
-        .wait_deliveries(
-            &p.owner,
-            &second,
-            "the stopped delivery to fail",
-            DELIVERY_DEADLINE,
-            |rows| single_row_in_state(rows, "failed"),
-        )
+    let attempt = p
+        .wait_failed_once(&second, None, "the stopped delivery to fail")
         .await;
-    let attempts = attempts_of(&rows[0]);
-    assert_eq!(attempts.len(), 1, "{}", rows[0]);
-    assert_attempt(&attempts[0], None, true);
-    let why = attempts[0]["error"].as_str().unwrap();
+    let why = attempt["error"].as_str().unwrap();
     assert!(
         why.starts_with("not sent") && why.contains("PATCH /v1/account"),
         "{why}"
@@ -188,24 +146,11 @@ async fn gone_stops_deliveries_until_the_endpoint_is_reverified() {
     assert_eq!(p.ep.posts_to(&p.sub.endpoint).len(), 1, "nothing sent");
 
     // Re-verifying the same endpoint resumes deliveries.
-    p.node
-        .patch("/v1/account")
-        .auth(&p.sub)
-        .json(&json!({ "endpoint": p.sub.endpoint }))
-        .send()
-        .await
-        .expect(200);
+    p.reverify().await;
     let account = p.node.read_account(&p.sub).await;
     assert_eq!(account["deliveries_stopped"], Value::Null, "{account}");
     let third = p.trigger().await;
-    p.node
-        .wait_trigger_counts(
-            &p.owner,
-            &third,
-            &delivery_counts(&[("succeeded", 1)]),
-            DELIVERY_DEADLINE,
-        )
-        .await;
+    p.wait_counts(&third, &[("succeeded", 1)]).await;
     assert_eq!(p.ep.posts_to(&p.sub.endpoint).len(), 2);
 }
 
@@ -213,15 +158,15 @@ async fn gone_stops_deliveries_until_the_endpoint_is_reverified() {
 async fn jitter_spreads_the_retries_of_deliveries_that_failed_together() {
     const N: usize = 40;
     let p = Pair::new(
-        r#"
-[delivery]
-retry_delays_secs = [1.0]
-retry_jitter = 0.2
-breaker_failures = 0
-max_in_flight_per_endpoint = 64
-[http_client]
-timeout_secs = 1.0
-"#,
+        &delivery_config(
+            1.0,
+            &[
+                "retry_delays_secs = [1.0]",
+                "retry_jitter = 0.2",
+                "breaker_failures = 0",
+                "max_in_flight_per_endpoint = 64",
+            ],
+        ),
         "jitter.event",
     )
     .await;

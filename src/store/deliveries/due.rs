@@ -158,8 +158,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{attempt, item};
-    use super::super::types::{FailedCountChange, Outcome};
+    use super::super::fixtures::{item, settled};
     use super::*;
     use crate::store::tests::temp_store;
 
@@ -171,19 +170,8 @@ mod tests {
         let subscriber = items[0].0.account_id;
         let entries = s.accept_handed_over(&t, &other, &items, 1).unwrap();
         let end = |i: usize, status: u16, at: u64| {
-            let outcome = Outcome {
-                due: entries[i].clone(),
-                attempt: Some(attempt(status)),
-                state: if status == 200 {
-                    DeliveryState::Succeeded
-                } else {
-                    DeliveryState::Failed
-                },
-                next_due_us: None,
-                failed_count: FailedCountChange::Keep,
-                gone: false,
-            };
-            s.record_outcomes(&[outcome], at).unwrap();
+            s.record_outcomes(&[settled(&entries[i], status)], at)
+                .unwrap();
         };
         end(0, 500, 10);
         end(1, 500, 10);

@@ -2,7 +2,9 @@
 
 use uuid::Uuid;
 
-use super::types::{Attempt, Delivery, NewDelivery};
+use super::types::{
+    Attempt, Delivery, DeliveryState, DueEntry, FailedCountChange, NewDelivery, Outcome,
+};
 use crate::store::{PageRequest, Store, Triggered};
 
 pub(super) fn item(n: u64) -> NewDelivery {
@@ -20,6 +22,23 @@ pub(super) fn attempt(status: u16) -> Attempt {
         error: None,
         duration_us: 1,
         response_body: Some("{}".into()),
+    }
+}
+
+/// The outcome of `due`'s final attempt answered with `status`: succeeded on a 200,
+/// failed otherwise, with no retry and `failed_count` left alone.
+pub(super) fn settled(due: &DueEntry, status: u16) -> Outcome {
+    Outcome {
+        due: due.clone(),
+        attempt: Some(attempt(status)),
+        state: if status == 200 {
+            DeliveryState::Succeeded
+        } else {
+            DeliveryState::Failed
+        },
+        next_due_us: None,
+        failed_count: FailedCountChange::Keep,
+        gone: false,
     }
 }
 

@@ -124,8 +124,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{attempt, item, page};
-    use super::super::types::{FailedCountChange, Outcome};
+    use super::super::fixtures::{item, page, settled};
     use super::*;
     use crate::store::tests::temp_store;
 
@@ -137,18 +136,7 @@ mod tests {
         let second: Vec<_> = (5..=8).map(|n| (item(n), false)).collect();
         let mut entries = s.accept_handed_over(&t, &r, &first, 10).unwrap();
         entries.extend(s.accept_handed_over(&t, &r, &second, 10).unwrap());
-        let outcome = |i: usize, status: u16| Outcome {
-            due: entries[i].clone(),
-            attempt: Some(attempt(status)),
-            state: if status == 200 {
-                DeliveryState::Succeeded
-            } else {
-                DeliveryState::Failed
-            },
-            next_due_us: None,
-            failed_count: FailedCountChange::Keep,
-            gone: false,
-        };
+        let outcome = |i: usize, status: u16| settled(&entries[i], status);
         // Several rows per batch, each out of order; one failure (a record); 3 waits.
         s.record_outcomes(&[outcome(6, 200), outcome(1, 200)], 20)
             .unwrap();
