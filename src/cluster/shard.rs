@@ -19,6 +19,18 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Lower-case hex digits of two bytes, as a UUID's text spells them.
+fn hex_lower(bytes: [u8; 2]) -> [u8; 4] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let nibble = |n: u8| DIGITS[usize::from(n & 0x0f)];
+    [
+        nibble(bytes[0] >> 4),
+        nibble(bytes[0]),
+        nibble(bytes[1] >> 4),
+        nibble(bytes[1]),
+    ]
+}
+
 /// SplitMix64 finaliser: spreads FNV's weak low bits before the modulo and rendezvous.
 pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -87,19 +99,34 @@ impl ShardMap {
 
     /// A fresh UUIDv4 that lives on `shard`.
     ///
-    /// One random draw, then candidates that step a counter through its random bits until
-    /// one hashes to `shard` (expected `shards` steps): the id stays unpredictable without
-    /// paying a system call per candidate.
+    /// One random draw, then candidates that differ from it only in the id's last two
+    /// bytes (the last four characters of its text), until one hashes to `shard`
+    /// (expected `shards` tries). FNV-1a reads the text left to right, so the hash of the
+    /// unchanged first 32 characters is computed once and each try hashes four more. The
+    /// id stays unpredictable without paying a system call per candidate.
     pub fn new_id_in(&self, shard: ShardId) -> Uuid {
-        let base = Uuid::new_v4().as_u128();
-        let mut step: u128 = 0;
         loop {
-            let bytes = base.wrapping_add(step).to_be_bytes();
-            let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
-            if self.shard_of_id(&id) == shard {
-                return id;
+            let base = *Uuid::new_v4().as_bytes();
+            let mut text = Uuid::encode_buffer();
+            let prefix = Uuid::from_bytes(base)
+                .hyphenated()
+                .encode_lower(&mut text)
+                .len()
+                - 4;
+            let state = fnv1a64(&text[..prefix]);
+            let tail = u16::from_be_bytes([base[14], base[15]]);
+            for k in 0..=u16::MAX {
+                let last = (tail ^ k).to_be_bytes();
+                let digits = hex_lower(last);
+                let hash = digits
+                    .iter()
+                    .fold(state, |h, b| (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME));
+                if (mix(hash) % u64::from(self.shards)) as ShardId == shard {
+                    let mut bytes = base;
+                    bytes[14..].copy_from_slice(&last);
+                    return Uuid::from_bytes(bytes);
+                }
             }
-            step += 1;
         }
     }
 
@@ -140,11 +167,16 @@ mod tests {
 
     #[test]
     fn new_ids_land_on_the_requested_shard() {
-        let map = ShardMap::new(256, vec!["n1".into()]);
-        for shard in [0u16, 17, 255] {
-            let id = map.new_id_in(shard);
-            assert_eq!(map.shard_of_id(&id), shard);
-            assert_eq!(id.get_version_num(), 4);
+        for shards in [1u16, 7, 256, 4096] {
+            let map = ShardMap::new(shards, vec!["n1".into()]);
+            for shard in [0, shards / 3, shards - 1] {
+                let a = map.new_id_in(shard);
+                let b = map.new_id_in(shard);
+                assert_eq!(map.shard_of_id(&a), shard);
+                assert_eq!(a.get_version_num(), 4);
+                assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
+                assert_ne!(a, b);
+            }
         }
     }
 
