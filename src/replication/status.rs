@@ -1,6 +1,7 @@
 //! What `GET /v1/cluster` shows of each group: voters, leader, and each follower's lag
 //! as its leader sees it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -77,47 +78,48 @@ impl Replication {
     }
 
     /// Every group's status, each from its leader when it answers (else from this node,
-    /// or from the first voter that answers when this node does not vote in it).
-    pub async fn status(&self) -> Vec<GroupStatus> {
-        let mut out = Vec::new();
-        for place in self.placement.all() {
-            let local = self.local_status(place.group);
-            let leader = local.as_ref().and_then(|s| s.leader.clone());
-            if leader.as_deref() == Some(self.node_id.as_str()) {
-                out.extend(local);
-                continue;
-            }
-            let ask: Vec<String> = match &leader {
-                Some(leader) => vec![leader.clone()],
-                None if local.is_none() => place.voters.clone(),
-                None => Vec::new(),
-            };
-            let mut found = None;
-            for member in &ask {
-                let Some(peer) = self.cluster.peers().iter().find(|p| &p.member.id == member)
-                else {
-                    continue;
-                };
-                let question = StatusRpc { group: place.group };
-                if let Ok(Some(status)) =
-                    self.cluster.call_within(peer, &question, ASK_TIMEOUT).await
-                {
-                    found = Some(status);
-                    break;
-                }
-            }
-            let fallback = || GroupStatus {
-                group: place.group.to_string(),
-                voters: place.voters.clone(),
-                leader: None,
-                term: 0,
-                last_log_index: None,
-                applied_index: None,
-                followers: Vec::new(),
-                reported_by: self.node_id.clone(),
-            };
-            out.push(found.or(local).unwrap_or_else(fallback));
+    /// or from the first voter that answers when this node does not vote in it). The
+    /// groups are asked at once, so a silent leader costs one timeout, not one per group.
+    pub async fn status(self: &Arc<Self>) -> Vec<GroupStatus> {
+        let mut asks = tokio::task::JoinSet::new();
+        for (index, place) in self.placement.all().enumerate() {
+            let (me, group, voters) = (self.clone(), place.group, place.voters.clone());
+            asks.spawn(async move { (index, me.group_status(group, voters).await) });
         }
-        out
+        let mut out: Vec<(usize, GroupStatus)> = asks.join_all().await;
+        out.sort_by_key(|(index, _)| *index);
+        out.into_iter().map(|(_, status)| status).collect()
+    }
+
+    async fn group_status(&self, group: GroupId, voters: Vec<String>) -> GroupStatus {
+        let local = self.local_status(group);
+        let leader = local.as_ref().and_then(|s| s.leader.clone());
+        if let (Some(status), true) = (&local, leader.as_deref() == Some(self.node_id.as_str())) {
+            return status.clone();
+        }
+        let ask: Vec<String> = match &leader {
+            Some(leader) => vec![leader.clone()],
+            None if local.is_none() => voters.clone(),
+            None => Vec::new(),
+        };
+        for member in &ask {
+            let Some(peer) = self.cluster.peers().iter().find(|p| &p.member.id == member) else {
+                continue;
+            };
+            let question = StatusRpc { group };
+            if let Ok(Some(status)) = self.cluster.call_within(peer, &question, ASK_TIMEOUT).await {
+                return status;
+            }
+        }
+        local.unwrap_or_else(|| GroupStatus {
+            group: group.to_string(),
+            voters,
+            leader: None,
+            term: 0,
+            last_log_index: None,
+            applied_index: None,
+            followers: Vec::new(),
+            reported_by: self.node_id.clone(),
+        })
     }
 }
