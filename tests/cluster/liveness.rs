@@ -173,22 +173,12 @@ async fn a_full_load_fanout_marks_no_healthy_peer_down() {
     let cpu_before = cpu_secs(&c);
     let stop = AtomicBool::new(false);
     let load = async {
-        let setup = Instant::now();
-        let mut subs = Vec::new();
-        for (k, acct) in subscribers.iter().enumerate() {
-            for _ in 0..SUBSCRIPTIONS_PER_ACCOUNT {
-                subs.push(
-                    c.node(k % c.len())
-                        .post(&format!("/v1/webhook/subscription/{reg}"))
-                        .auth(acct),
-                );
-            }
-        }
-        let total = subs.len();
-        for r in send_all(subs, 32).await {
-            r.expect(201);
-        }
-        println!("{total} subscriptions created in {:?}", setup.elapsed());
+        let who: Vec<(usize, &Account)> = subscribers
+            .iter()
+            .enumerate()
+            .map(|(k, acct)| (k % c.len(), acct))
+            .collect();
+        let total = subscribe_many(&c, &reg, &who, SUBSCRIPTIONS_PER_ACCOUNT).await;
 
         let fanout = Instant::now();
         let mut burners: Vec<tokio::process::Child> = (0..BURNERS)

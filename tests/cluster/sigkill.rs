@@ -45,24 +45,10 @@ async fn sigkill_during_a_3000_subscription_fanout_loses_nothing() {
         assert_eq!(c.owner_of(&acct.id), node);
         subscribers.push((node, acct, path));
     }
-    let setup = Instant::now();
-    let mut subs = Vec::new();
-    for (_, acct, _) in &subscribers {
-        for _ in 0..BULK_SUBSCRIPTIONS_PER_ACCOUNT {
-            // Sent to the registration's node: one forwarding hop (auth) at most, as the
-            // setup is not under test here.
-            subs.push(
-                c.node(a)
-                    .post(&format!("/v1/webhook/subscription/{reg}"))
-                    .auth(acct),
-            );
-        }
-    }
-    let total = subs.len();
-    for r in send_all(subs, 32).await {
-        r.expect(201);
-    }
-    println!("{total} subscriptions created in {:?}", setup.elapsed());
+    // Sent to the registration's node: one forwarding hop (auth) at most, as the setup is
+    // not under test here.
+    let who: Vec<(usize, &Account)> = subscribers.iter().map(|(_, acct, _)| (a, acct)).collect();
+    let total = subscribe_many(&c, &reg, &who, BULK_SUBSCRIPTIONS_PER_ACCOUNT).await;
 
     // The late registration: two subscribers on C, one on A, one on B. It is triggered while
     // C is down, so C's part waits in A's handoff queue.

@@ -24,10 +24,10 @@ pub use shards::*;
 pub use spec::*;
 
 use crate::common::cli::prints_admin_keys;
-use crate::common::http::Resp;
+use crate::common::http::{send_all, Resp};
 use crate::common::node::TestNode;
 use crate::common::poll::eventually_quiet;
-use crate::common::records::{is_hex40, Creds};
+use crate::common::records::{is_hex40, Account, Creds};
 
 /// Shards of the test clusters (fewer than the default 256; any count works).
 pub const SHARDS: u16 = 64;
@@ -313,6 +313,34 @@ impl Drop for TestCluster {
             }
         }
     }
+}
+
+/// Subscribes every `(node, account)` of `who` `times` times to registration `reg`,
+/// each request sent to that node, 32 in flight; every answer must be 201. Prints how many
+/// and how long; returns how many.
+pub async fn subscribe_many(
+    c: &TestCluster,
+    reg: &str,
+    who: &[(usize, &Account)],
+    times: usize,
+) -> usize {
+    let started = Instant::now();
+    let mut subs = Vec::new();
+    for (node, account) in who {
+        for _ in 0..times {
+            subs.push(
+                c.node(*node)
+                    .post(&format!("/v1/webhook/subscription/{reg}"))
+                    .auth(*account),
+            );
+        }
+    }
+    let total = subs.len();
+    for r in send_all(subs, 32).await {
+        r.expect(201);
+    }
+    println!("{total} subscriptions created in {:?}", started.elapsed());
+    total
 }
 
 /// `GET /ready` on `node` (5xx allowed): status and body.
