@@ -128,21 +128,13 @@ pub fn print_admin_keys(admin: &NewAccount) {
     println!("admin secret_key: {}", admin.account.secret_key);
 }
 
-/// Bootstraps the admin account of a replicated cluster, retrying until the metadata group
-/// has a leader.
+/// Bootstraps the admin account of a replicated cluster, once its metadata group has a
+/// majority.
 async fn bootstrap_replicated_admin(service: Service) {
-    loop {
-        match service.bootstrap_admin().await {
-            Ok(Some(admin)) => return print_admin_keys(&admin),
-            Ok(None) => return,
-            Err(ServiceError::Unavailable { .. }) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "bootstrapping the admin account failed");
-                return;
-            }
-        }
+    match service.bootstrap_admin().await {
+        Ok(Some(admin)) => print_admin_keys(&admin),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "bootstrapping the admin account failed"),
     }
 }
 

@@ -34,7 +34,7 @@ use openraft::BasicNode;
 
 use crate::cluster::{CallError, Cluster};
 use crate::config::ClusterConfig;
-use crate::store::{Account, Store};
+use crate::store::Store;
 
 pub use placement::{GroupPlace, Placement};
 pub use status::GroupStatus;
@@ -75,7 +75,6 @@ pub struct Replication {
     cluster: Arc<Cluster>,
     placement: Placement,
     rafts: HashMap<GroupId, GroupRaft>,
-    machines: HashMap<GroupId, StateMachine>,
     failover_wait: Duration,
 }
 
@@ -104,17 +103,15 @@ impl Replication {
         );
         let me = raft_id(&config.node_id);
         let mut rafts = HashMap::new();
-        let mut machines = HashMap::new();
         for place in placement.groups_of(&config.node_id) {
             let group = place.group;
-            let machine = StateMachine::new(store.clone(), group);
+            let sm = StateMachine::new(store.clone(), group);
             let network = network::Network::new(cluster.clone(), group);
             let log = LogStore::new(store.clone(), group);
             let raft_config = match place.voters.first() == Some(&config.node_id) {
                 true => preferred_config.clone(),
                 false => other_config.clone(),
             };
-            let sm = machine.clone();
             // openraft spawns its core where it is created: on the transport's runtime.
             let raft = runtime
                 .spawn(async move { GroupRaft::new(me, raft_config, network, log, sm).await })
@@ -122,14 +119,12 @@ impl Replication {
                 .map_err(|e| ReplicationError::Start(e.to_string()))?
                 .map_err(|e| ReplicationError::Start(format!("group {group}: {e}")))?;
             rafts.insert(group, raft);
-            machines.insert(group, machine);
         }
         let replication = Arc::new(Self {
             node_id: config.node_id.clone(),
             cluster: cluster.clone(),
             placement,
             rafts,
-            machines,
             failover_wait: Duration::from_millis(config.failover_wait_ms),
         });
         serve::serve(&replication);
@@ -207,11 +202,6 @@ impl Replication {
                 tracing::error!(group = %place.group, error = %e, "initialising the group failed")
             }
         }
-    }
-
-    /// The groups' placement.
-    pub fn placement(&self) -> &Placement {
-        &self.placement
     }
 
     /// This node's Raft instance of `group`, when it votes in it.
@@ -316,13 +306,6 @@ impl Replication {
                 reason: e.to_string(),
             })),
         }
-    }
-
-    /// The cluster's administrator account as this node applied it, when it votes in the
-    /// metadata group.
-    pub async fn applied_admin(&self) -> Option<Account> {
-        let machine = self.machines.get(&GroupId::META)?;
-        machine.admin().await.ok().flatten()
     }
 }
 

@@ -57,17 +57,6 @@ impl StateMachine {
         }
     }
 
-    /// The cluster's administrator account, as applied here (metadata group).
-    pub async fn admin(&self) -> Result<Option<Account>, StoreError> {
-        let group = self.group.0;
-        blocking(&self.store, move |s| {
-            s.raft_state(group, &machine_row(ADMIN))?
-                .map(|b| decode(&b))
-                .transpose()
-        })
-        .await
-    }
-
     async fn snapshot(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
         let group = self.group.0;
         let (rows, (applied, membership)) = blocking(&self.store, move |s| {

@@ -40,8 +40,9 @@ impl Service {
     /// The administrator account of a replicated cluster: created once per cluster, by
     /// the first proposal the metadata group commits; every later one (another node, or
     /// this node after losing its disk) gets that account back instead of minting its
-    /// own. Only the owner of the admin username's shard, which keeps the record, asks.
-    /// Returns the account with its key when this call created it.
+    /// own. Only the owner of the admin username's shard, which keeps the record, asks;
+    /// it waits for the metadata group to have a majority. Returns the account with its key
+    /// when this call created it.
     pub(super) async fn bootstrap_replicated_admin(
         &self,
         replication: &Replication,
@@ -68,12 +69,15 @@ impl Service {
             (None, Some(new)) => new.account.clone(),
             (None, None) => return Ok(None),
         };
-        let applied = replication
-            .propose(
-                GroupId::META,
-                Command::BootstrapAdmin(Box::new(candidate.clone())),
-            )
-            .await?;
+        // Until the metadata group has a majority, the same candidate is proposed again: a
+        // proposal answered `NoLeader` may still commit, and must then be recognised as ours.
+        let command = Command::BootstrapAdmin(Box::new(candidate.clone()));
+        let applied = loop {
+            match replication.propose(GroupId::META, command.clone()).await {
+                Err(ReplicationError::NoLeader(_)) => continue,
+                answer => break answer?,
+            }
+        };
         let Applied::Admin(admin) = applied else {
             return Err(ServiceError::Internal(
                 "bootstrap answered no account".into(),
