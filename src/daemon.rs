@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
-use crate::actors::{ActorSettings, DeliveryContext, DeliverySupervisor, Directory, NodeState};
+use crate::actors::{
+    ActorSettings, DeliveryContext, DeliverySupervisor, Directory, NodeState, Records,
+};
 use crate::api::Api;
 use crate::auth_throttle::AuthThrottle;
 use crate::cluster::Cluster;
@@ -68,6 +70,7 @@ pub fn build_service(config: &Config, store: Store) -> Result<Service, DaemonErr
         config.security.endpoint_allow_cidrs.clone(),
     );
     let ctx = NodeState {
+        records: Records::new(store.clone()),
         store,
         // Up to 4 idle connections per attempt in flight: enough to keep one to each
         // endpoint of a fan-out's busy workers, bounded whatever the number of endpoints.
@@ -157,7 +160,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         source,
     })?;
     let service = build_service(&config, store.clone())?;
-    service.context().resume_cascades().await?;
+    // Replicated, a record is written by its group's leader only: the cascades a crash
+    // interrupted are not finished from this node's copy (see docs/cluster.md).
+    if !config.cluster.is_replicated() {
+        service.context().resume_cascades().await?;
+    }
     let supervisor = DeliverySupervisor::start(service.context().clone())
         .await
         .map_err(|e| ServiceError::Internal(format!("starting the delivery engine: {e}")))?;

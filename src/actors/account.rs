@@ -15,7 +15,11 @@ use super::remote::DeleteSubscriptionsOf;
 use super::{now_us, NodeState, RegistrationMsg, ReplyPort, Written};
 use crate::crypto;
 use crate::domain::{msg, ServiceError, WriteResult};
-use crate::store::{Account, KeyKind, PendingKey, PreviousSecret, Registration};
+use crate::cluster::ShardId;
+use crate::store::{
+    Account, KeyKind, PendingKey, PreviousSecret, RecordWrite, Registration, StoreError,
+    WriteOutcome,
+};
 
 const HOUR_US: u64 = 3_600_000_000;
 
@@ -104,15 +108,11 @@ impl AccountActor {
             return Ok(WriteResult::unchanged());
         }
         account.endpoint = endpoint;
-        let id = self.id;
-        self.ctx
-            .store
-            .run(move |s| {
-                s.update_account(&account)?;
-                s.resume_deliveries(&id)
-            })
-            .await?;
-        written.wrote(&self.ctx.store);
+        let writes = vec![
+            RecordWrite::UpdateAccount(account),
+            RecordWrite::ResumeDeliveries(self.id),
+        ];
+        self.ctx.records.write(self.shard(), writes, written).await?;
         Ok(WriteResult::replaced())
     }
 
@@ -146,8 +146,11 @@ impl AccountActor {
             stored_value,
             at_us: now,
         });
-        self.write_account(&account).await?;
-        self.ctx.store.flush().await?;
+        let mut pending = Written::default();
+        self.write_account(&account, &mut pending).await?;
+        if let Some(commit) = pending.commit() {
+            commit.wait().await?;
+        }
 
         let sent = self
             .ctx
@@ -167,8 +170,7 @@ impl AccountActor {
                         });
                     }
                 }
-                self.write_account(&account).await?;
-                written.wrote(&self.ctx.store);
+                self.write_account(&account, written).await?;
                 self.ctx.auth_cache.invalidate(&account.username);
                 Ok(())
             }
@@ -176,20 +178,28 @@ impl AccountActor {
                 if let Err(e) = result {
                     tracing::info!(account = %self.id, error = %e, "key delivery failed");
                 }
-                self.write_account(&account).await?;
-                written.wrote(&self.ctx.store);
+                self.write_account(&account, written).await?;
                 Err(ServiceError::BadRequest(msg::RESET_FAILED.into()))
             }
         }
     }
 
-    async fn write_account(&self, account: &Account) -> Result<(), ServiceError> {
-        let account = account.clone();
-        Ok(self
-            .ctx
-            .store
-            .run(move |s| s.update_account(&account))
-            .await?)
+    async fn write_account(
+        &self,
+        account: &Account,
+        written: &mut Written,
+    ) -> Result<(), ServiceError> {
+        let write = RecordWrite::UpdateAccount(account.clone());
+        self.ctx
+            .records
+            .write_one(self.shard(), write, written)
+            .await?;
+        Ok(())
+    }
+
+    /// The account's shard.
+    fn shard(&self) -> ShardId {
+        self.ctx.cluster.map().shard_of_id(&self.id)
     }
 
     async fn create_registration(
@@ -209,40 +219,45 @@ impl AccountActor {
             event_data,
             deleting: false,
         };
-        let inserted = registration.clone();
-        if !self
+        let write = RecordWrite::InsertRegistration(registration.clone());
+        let inserted = self
             .ctx
-            .store
-            .run(move |s| s.insert_registration(&inserted))
-            .await?
-        {
+            .records
+            .write_one(self.shard(), write, written)
+            .await?;
+        if inserted != WriteOutcome::Inserted(true) {
             return Err(ServiceError::Unauthorized(msg::UNKNOWN_USERNAME.into()));
         }
-        written.wrote(&self.ctx.store);
         Ok(registration)
     }
 
     async fn delete(&self, written: &mut Written) -> Result<WriteResult, ServiceError> {
         let id = self.id;
-        let begun = self
+        let last_admin = self
             .ctx
             .store
             .run(move |s| {
                 let Some(account) = s.account(&id)? else {
-                    return Ok(None);
+                    return Ok::<_, StoreError>(None);
                 };
-                if account.is_admin && s.admin_count()? <= 1 {
-                    return Err(ServiceError::BadRequest(msg::LAST_ADMIN.into()));
-                }
-                Ok(s.begin_account_delete(&id)?)
+                Ok(Some(account.is_admin && s.admin_count()? <= 1))
             })
             .await?;
-        let Some(account) = begun else {
+        match last_admin {
+            None => return Ok(WriteResult::skipped()),
+            Some(true) => return Err(ServiceError::BadRequest(msg::LAST_ADMIN.into())),
+            Some(false) => {}
+        }
+        let begun = self
+            .ctx
+            .records
+            .write_one(self.shard(), RecordWrite::BeginAccountDelete(id), written)
+            .await?;
+        let WriteOutcome::AccountDeleting(Some(account)) = begun else {
             return Ok(WriteResult::skipped());
         };
         self.ctx.auth_cache.invalidate(&account.username);
         cascade(&self.ctx, &account).await?;
-        written.wrote(&self.ctx.store);
         Ok(WriteResult::deleted(1))
     }
 }
@@ -255,13 +270,8 @@ impl AccountActor {
 /// stays (the account is already gone for every reader) and a background task retries.
 pub(super) async fn cascade(ctx: &Arc<NodeState>, account: &Account) -> Result<(), ServiceError> {
     let id = account.id;
-    let registrations = ctx
-        .store
-        .run(move |s| {
-            s.delete_subscriptions_of_subscriber(&id)?;
-            s.registration_ids_of(&id)
-        })
-        .await?;
+    ctx.delete_subscriptions_of(id).await?;
+    let registrations = ctx.store.run(move |s| s.registration_ids_of(&id)).await?;
     for registration in registrations {
         ctx.ask_registration(registration, |reply| RegistrationMsg::Delete {
             caller: None,
@@ -270,25 +280,29 @@ pub(super) async fn cascade(ctx: &Arc<NodeState>, account: &Account) -> Result<(
         .await?;
     }
     if remote_cleanup(ctx, &account.id).await {
-        let account = account.clone();
-        ctx.store
-            .run(move |s| s.finish_account_delete(&account))
-            .await?;
+        finish_delete(ctx, account).await?;
     } else {
         let (ctx, account) = (ctx.clone(), account.clone());
         tokio::spawn(async move {
             while !remote_cleanup(&ctx, &account.id).await {
                 tokio::time::sleep(CLEANUP_RETRY).await;
             }
-            let finishing = account.clone();
-            let finished = ctx
-                .store
-                .run(move |s| s.finish_account_delete(&finishing))
-                .await;
-            if let Err(e) = finished {
+            if let Err(e) = finish_delete(&ctx, &account).await {
                 tracing::error!(error = %e, account = %account.id, "finishing a delete failed");
             }
         });
+    }
+    Ok(())
+}
+
+/// Removes the tombstoned account's record (the cascade's last step).
+async fn finish_delete(ctx: &NodeState, account: &Account) -> Result<(), ServiceError> {
+    let shard = ctx.cluster.map().shard_of_id(&account.id);
+    let write = RecordWrite::FinishAccountDelete(account.clone());
+    let mut written = Written::default();
+    ctx.records.write_one(shard, write, &mut written).await?;
+    if let Some(commit) = written.commit() {
+        commit.wait().await?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ mod account;
 mod delivery;
 mod directory;
 mod fanout;
+mod records;
 mod registration;
 pub mod remote;
 mod reply;
@@ -25,6 +26,7 @@ pub use delivery::{
 };
 pub use directory::Directory;
 pub use registration::{RegistrationActor, RegistrationMsg};
+pub use records::{Records, Replicated, ReplicatedRecords};
 pub use reply::{Reply, Written};
 pub use subscribes::SubscribeQueue;
 
@@ -56,6 +58,8 @@ pub struct ActorSettings {
 pub struct NodeState {
     /// The node's database.
     pub store: Store,
+    /// Where record writes go (this node's storage, or the shard groups' logs).
+    pub records: Records,
     /// Outbound calls to endpoints.
     pub client: EndpointClient,
     /// Shards, their owners and the peers.

@@ -21,7 +21,10 @@ use super::{now_us, NodeState, Reply, ReplyPort, Written};
 use crate::delivery::pyjson::to_python_json;
 use crate::domain::access::{self, Access};
 use crate::domain::{msg, Caller, ServiceError, WriteResult};
-use crate::store::{DueEntry, StoreError, SubscribeError, Subscription, Triggered};
+use crate::cluster::ShardId;
+use crate::store::{
+    DueEntry, RecordWrite, SubscribeError, Subscription, Triggered, WriteOutcome,
+};
 
 /// Requests a RegistrationActor serves.
 #[derive(RactorMessage)]
@@ -84,6 +87,11 @@ pub struct RegistrationState {
 }
 
 impl RegistrationActor {
+    /// The registration's shard.
+    fn shard(&self) -> ShardId {
+        self.ctx.cluster.map().shard_of_id(&self.id)
+    }
+
     /// Spawns the actor of registration `id`.
     pub async fn spawn_for(
         ctx: Arc<NodeState>,
@@ -112,10 +120,13 @@ impl RegistrationActor {
         }
         registration.description = description;
         self.ctx
-            .store
-            .run(move |s| s.update_registration(&registration))
+            .records
+            .write_one(
+                self.shard(),
+                RecordWrite::UpdateRegistration(registration),
+                written,
+            )
             .await?;
-        written.wrote(&self.ctx.store);
         Ok(WriteResult::replaced())
     }
 
@@ -129,22 +140,21 @@ impl RegistrationActor {
             let found = self.ctx.store.run(move |s| s.registration(&id)).await?;
             access::modify(caller, found.map(|r| r.account_id))?;
         }
-        let deleted = self
-            .ctx
-            .store
-            .run(move |s| {
-                let Some(registration) = s.begin_registration_delete(&id)? else {
-                    return Ok::<_, StoreError>(false);
-                };
-                s.finish_registration_delete(&registration)?;
-                Ok(true)
-            })
+        let records = &self.ctx.records;
+        let begun = records
+            .write_one(self.shard(), RecordWrite::BeginRegistrationDelete(id), written)
             .await?;
         // The original deletes through a filter: a missing id counts nothing, not skipped.
-        if !deleted {
+        let WriteOutcome::RegistrationDeleting(Some(registration)) = begun else {
             return Ok(WriteResult::deleted(0));
-        }
-        written.wrote(&self.ctx.store);
+        };
+        records
+            .write_one(
+                self.shard(),
+                RecordWrite::FinishRegistrationDelete(registration),
+                written,
+            )
+            .await?;
         Ok(WriteResult::deleted(1))
     }
 
@@ -154,43 +164,40 @@ impl RegistrationActor {
         if waiting.is_empty() {
             return;
         }
-        let shards = self.ctx.cluster.map();
-        let node = self.ctx.cluster.node_id();
+        let cluster = &self.ctx.cluster;
+        let shards = cluster.map();
+        let shard = self.shard();
         let rows: Vec<(Subscription, bool)> = waiting
             .iter()
             .map(|w| {
                 let row = Subscription {
-                    id: shards.new_id_in(shards.shard_of_id(&self.id)),
+                    id: shards.new_id_in(shard),
                     epoch_us: self.ctx.store.next_epoch_us(),
                     account_id: w.subscriber,
                     registration_id: self.id,
                 };
-                let local = shards.owner(shards.shard_of_id(&w.subscriber)) == Some(node);
-                (row, local)
+                let subscriber = shards.shard_of_id(&w.subscriber);
+                let together = self.ctx.records.stored_together(cluster, shard, subscriber);
+                (row, together)
             })
             .collect();
-        let inserted = self
-            .ctx
-            .store
-            .run(move |s| {
-                let results = s.insert_subscriptions(&rows)?;
-                Ok::<_, StoreError>(rows.into_iter().zip(results).collect::<Vec<_>>())
-            })
-            .await;
-        let inserted = match inserted {
-            Ok(inserted) => inserted,
-            Err(e) => {
-                let e = ServiceError::from(e);
+        let mut written = Written::default();
+        let write = RecordWrite::InsertSubscriptions(rows.clone());
+        let inserted = match self.ctx.records.write_one(shard, write, &mut written).await {
+            Ok(WriteOutcome::Subscribed(results)) if results.len() == rows.len() => {
+                rows.into_iter().zip(results).collect::<Vec<_>>()
+            }
+            other => {
+                let e = match other {
+                    Err(e) => e,
+                    Ok(_) => ServiceError::Internal("subscribes answered out of shape".into()),
+                };
                 for w in waiting {
                     let _ = w.answer.send(Reply::failed(e.clone()));
                 }
                 return;
             }
         };
-        let mut written = Written::default();
-        if inserted.iter().any(|(_, r)| r.is_ok()) {
-            written.wrote(&self.ctx.store);
-        }
         for (w, ((row, _), result)) in waiting.into_iter().zip(inserted) {
             let result = match result {
                 Ok(()) => Ok(row),

@@ -9,10 +9,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::NodeState;
-use crate::cluster::rpc;
+use std::collections::BTreeMap;
+
+use super::{NodeState, Written};
+use crate::cluster::{rpc, ShardId};
 use crate::domain::ServiceError;
-use crate::store::{NewDelivery, Triggered};
+use crate::store::{NewDelivery, RecordWrite, Subscription, Triggered};
 
 /// Persist the deliveries of a fan-out batch whose subscribers the receiving node owns;
 /// answers how many were created (a resent batch creates none twice).
@@ -45,6 +47,44 @@ pub struct DeleteSubscriptionsOf {
 
 rpc!(DeleteSubscriptionsOf => Result<u64, ServiceError>, "actors/delete_subscriptions_of");
 
+impl NodeState {
+    /// Drops the subscriptions held by `account` in the shards this node serves; answers
+    /// how many. Replicated, only the groups this node leads: each group's rows are
+    /// removed by a write of its own log, naming them, so that every voter removes the
+    /// same ones.
+    pub async fn delete_subscriptions_of(&self, account: Uuid) -> Result<u64, ServiceError> {
+        if !self.records.is_replicated() {
+            let deleted = self
+                .store
+                .run(move |s| s.delete_subscriptions_of_subscriber(&account))
+                .await?;
+            self.store.flush().await?;
+            return Ok(deleted);
+        }
+        let held = self
+            .store
+            .run(move |s| s.subscriptions_of_subscriber(&account))
+            .await?;
+        let mut by_shard: BTreeMap<ShardId, Vec<Subscription>> = BTreeMap::new();
+        let cluster = &self.cluster;
+        for sub in held {
+            let shard = cluster.map().shard_of_id(&sub.id);
+            if cluster.remote_owner(shard).is_none() {
+                by_shard.entry(shard).or_default().push(sub);
+            }
+        }
+        let mut deleted = 0;
+        for (shard, subs) in by_shard {
+            deleted += subs.len() as u64;
+            let write = RecordWrite::DeleteSubscriptions(subs);
+            self.records
+                .write_one(shard, write, &mut Written::default())
+                .await?;
+        }
+        Ok(deleted)
+    }
+}
+
 /// Serves the operations above to the peers.
 pub fn serve(ctx: &Arc<NodeState>) {
     let cluster = &ctx.cluster;
@@ -76,12 +116,7 @@ pub fn serve(ctx: &Arc<NodeState>) {
     cluster.serve(move |req: DeleteSubscriptionsOf| {
         let ctx = c.clone();
         async move {
-            let deleted = ctx
-                .store
-                .run(move |s| s.delete_subscriptions_of_subscriber(&req.account))
-                .await?;
-            ctx.store.flush().await?;
-            Ok(deleted)
+            ctx.delete_subscriptions_of(req.account).await
         }
     });
 }

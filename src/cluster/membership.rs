@@ -131,6 +131,13 @@ pub enum Owner<'a> {
     Remote(&'a Peer),
 }
 
+/// Who serves each shard when that changes at run time (a replicated shard is served by
+/// its group's current leader); without one, the shard map's static owner serves it.
+pub trait ShardOwners: Send + Sync {
+    /// The member serving `shard` now, if known.
+    fn owner(&self, shard: ShardId) -> Option<String>;
+}
+
 /// This node's view of the cluster.
 pub struct Cluster {
     node_id: String,
@@ -139,6 +146,7 @@ pub struct Cluster {
     peers: Vec<Peer>,
     endpoints: Arc<Endpoints>,
     transport: std::sync::OnceLock<tokio::runtime::Handle>,
+    owners: std::sync::OnceLock<Arc<dyn ShardOwners>>,
 }
 
 /// The heartbeat: the sender's (shards, members) digest, which must equal the receiver's.
@@ -185,6 +193,7 @@ impl Cluster {
             peers,
             endpoints: Arc::default(),
             transport: std::sync::OnceLock::new(),
+            owners: std::sync::OnceLock::new(),
         }
     }
 
@@ -208,9 +217,15 @@ impl Cluster {
         self.peers.iter().all(|p| p.state() == PeerState::Up)
     }
 
+    /// Makes `owners` the judge of who serves each shard (once, at start-up).
+    pub fn set_shard_owners(&self, owners: Arc<dyn ShardOwners>) {
+        let _ = self.owners.set(owners);
+    }
+
     /// Who serves `shard`.
     pub fn owner(&self, shard: ShardId) -> Owner<'_> {
-        match self.map.owner(shard) {
+        let dynamic = self.owners.get().and_then(|o| o.owner(shard));
+        match dynamic.as_deref().or(self.map.owner(shard)) {
             Some(id) if id != self.node_id => self
                 .peers
                 .iter()

@@ -12,7 +12,7 @@ pub mod membership;
 pub mod rpc;
 pub mod shard;
 
-pub use membership::{Cluster, Owner, Peer, PeerState};
+pub use membership::{Cluster, Owner, Peer, PeerState, ShardOwners};
 pub(crate) use rpc::rpc;
 pub use rpc::{CallError, Rpc};
 pub use shard::{ShardId, ShardMap};

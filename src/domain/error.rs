@@ -59,6 +59,14 @@ pub enum ServiceError {
     /// details are logged, not shown. Last, so that peers' encodings of the others hold.
     #[error("Insufficient storage")]
     InsufficientStorage(String),
+    /// 503: this node no longer serves the shard (its group's lead moved, to `leader` when
+    /// known), and nothing was done. The asking node follows the lead; a client that still
+    /// sees it retries after a second.
+    #[error("This node does not serve that record at the moment, try again later")]
+    NotServedHere {
+        /// The member this node believes leads the shard's group.
+        leader: Option<String>,
+    },
 }
 
 impl From<StoreError> for ServiceError {

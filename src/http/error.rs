@@ -70,7 +70,9 @@ impl ApiError {
                 ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 ServiceError::TooManyKeyResets { .. }
                 | ServiceError::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
-                ServiceError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                ServiceError::Unavailable { .. } | ServiceError::NotServedHere { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 ServiceError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             },
@@ -125,6 +127,12 @@ impl ApiError {
                 let mut r = error_body(status, &e.to_string());
                 r.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                r
+            }
+            ApiError::Service(ref e @ ServiceError::NotServedHere { .. }) => {
+                let mut r = error_body(status, &e.to_string());
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
                 r
             }
             other => error_body(status, &other.to_string()),

@@ -17,6 +17,7 @@
 //! `docs/architecture.md` ("Replication").
 
 mod balance;
+mod leadership;
 mod log_store;
 pub mod network;
 pub mod placement;
@@ -36,6 +37,7 @@ use crate::cluster::{CallError, Cluster};
 use crate::config::ClusterConfig;
 use crate::store::Store;
 
+pub use leadership::NotLeader;
 pub use placement::{GroupPlace, Placement};
 pub use status::GroupStatus;
 pub use types::{Applied, Command, GroupId};

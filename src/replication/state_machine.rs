@@ -54,6 +54,13 @@ impl StateMachine {
                 let row = (machine_row(ADMIN), Some(encode(&account)?));
                 Ok((vec![row], Applied::Admin(account)))
             }
+            Command::Records(writes) => {
+                let outcomes = writes
+                    .iter()
+                    .map(|w| store.apply_write(w))
+                    .collect::<Result<_, _>>()?;
+                Ok((Vec::new(), Applied::Records(outcomes)))
+            }
         }
     }
 

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::shard::fnv1a64;
-use crate::store::Account;
+use crate::store::{Account, RecordWrite, WriteOutcome};
 
 /// A Raft group: one of the `cluster.groups` shard groups, or the metadata group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -46,6 +46,9 @@ pub fn raft_id(member: &str) -> u64 {
 pub enum Command {
     /// Records the cluster's administrator account, unless one is recorded already.
     BootstrapAdmin(Box<Account>),
+    /// Changes to the group's records (accounts, registrations, subscriptions), made by
+    /// its leader's actors and applied in order.
+    Records(Vec<RecordWrite>),
 }
 
 /// What applying a command answered.
@@ -55,6 +58,8 @@ pub enum Applied {
     Nothing,
     /// The cluster's administrator account (the one just proposed, or the earlier one).
     Admin(Box<Account>),
+    /// Each record write's outcome, in order.
+    Records(Vec<WriteOutcome>),
 }
 
 /// A group's replicated state as shipped to a voter that fell behind the purged log.

@@ -17,14 +17,14 @@ use crate::domain::{
 use crate::store::{Account, KeyKind};
 
 pub(super) fn serve(service: &Service) {
-    service.serve::<Authenticate>();
-    service.serve::<CreateAccount>();
-    service.serve::<GetAccount>();
-    service.serve::<UpdateEndpoint>();
-    service.serve::<DeleteAccount>();
-    service.serve::<DeleteAccountById>();
-    service.serve::<ResetKey>();
-    service.serve::<ResetSecretKey>();
+    service.serve_owned::<Authenticate, _>();
+    service.serve_owned::<CreateAccount, _>();
+    service.serve_owned::<GetAccount, _>();
+    service.serve_owned::<UpdateEndpoint, _>();
+    service.serve_owned::<DeleteAccount, _>();
+    service.serve_owned::<DeleteAccountById, _>();
+    service.serve_owned::<ResetKey, _>();
+    service.serve_owned::<ResetSecretKey, _>();
     service.serve::<DeleteLocalAccounts>();
 }
 
@@ -256,7 +256,8 @@ served_by!(ResetSecretKey, |op, shards| Some(username_shard(
     &op.0.username
 )));
 
-/// Deletes the node's non-admin accounts, each with its cascade; answers how many. Asked
+/// Deletes the non-admin accounts of the shards the node serves (replicated: the groups
+/// it leads), each with its cascade; answers how many. Asked
 /// of every node ([`Service::ask_everywhere`]) by the admin's bulk delete.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeleteLocalAccounts;
@@ -267,7 +268,7 @@ impl Op for DeleteLocalAccounts {
     async fn run(self, service: Service) -> Self::Answer {
         let mut deleted = 0;
         for (id, is_admin) in service.ctx.store.run(|s| s.account_ids()).await? {
-            if !is_admin {
+            if !is_admin && service.serves_id(&id) {
                 let result = service
                     .ctx
                     .ask_account(id, |reply| AccountMsg::Delete { reply })

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Op, Service};
-use crate::cluster::rpc;
+use crate::cluster::{rpc, PeerState};
+use crate::replication::Replication;
 use crate::domain::ServiceError;
 use crate::store::{
     Account, Delivery, Page, PageRequest, Registration, Store, StoreError, Subscription, Triggered,
@@ -157,15 +158,54 @@ impl Service {
             return Ok(Page::new(req, rows));
         }
         let limit = req.start.saturating_add(req.limit);
+        let asked = LocalRows { table, limit };
+        let answers = match self.replication() {
+            Some(replication) => self.ask_copies(replication, asked).await?,
+            None => self.ask_everywhere(asked).await?,
+        };
         let mut all = Vec::new();
-        for rows in self.ask_everywhere(LocalRows { table, limit }).await? {
+        for rows in answers {
             all.extend(T::from_rows(rows).ok_or_else(wrong)?);
         }
         all.sort_by_key(Listed::order);
+        // Replicated, a record is on each of its group's voters: list it once.
+        all.dedup_by_key(|row| row.order());
         let skip = usize::try_from(req.start).unwrap_or(usize::MAX);
         let take = usize::try_from(req.limit).unwrap_or(usize::MAX);
         let items = all.into_iter().skip(skip).take(take).collect();
         Ok(Page::new(req, items))
+    }
+}
+
+impl Service {
+    /// Replicated: the rows of every node that answers, as long as together they hold a
+    /// copy of every group (a group's voters all hold its records), else 503.
+    async fn ask_copies(
+        &self,
+        replication: &Replication,
+        asked: LocalRows,
+    ) -> Result<Vec<Rows>, ServiceError> {
+        let cluster = &self.ctx.cluster;
+        let mut answered = vec![cluster.node_id().to_owned()];
+        let mut answers = vec![asked.clone().run(self.clone()).await?];
+        for peer in cluster.peers() {
+            if peer.state() != PeerState::Up {
+                continue;
+            }
+            if let Ok(Ok(rows)) = cluster.call(peer, &asked).await {
+                answered.push(peer.member.id.clone());
+                answers.push(rows);
+            }
+        }
+        match replication.uncovered_group(&answered) {
+            None => Ok(answers),
+            Some(group) => Err(ServiceError::Unavailable {
+                message: format!(
+                    "No node holding shard group {group} answers, try again later"
+                ),
+                retry_after_secs: 1,
+            }),
+        }
     }
 }
 

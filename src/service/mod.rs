@@ -38,7 +38,8 @@ use crate::cluster::{Rpc, ShardId, ShardMap};
 use crate::crypto;
 use crate::domain::{msg, Caller, Credentials, NewAccount, ServiceError, ADMIN_USERNAME};
 use crate::replication::Replication;
-use crate::store::{NewAccountError, StoreError};
+use crate::actors::Written;
+use crate::store::{RecordWrite, StoreError, WriteOutcome};
 
 /// How long readiness waits for a storage read: storage threads stuck on a broken disk
 /// make the node not ready, not its probe hang.
@@ -109,16 +110,42 @@ impl Service {
         self.ctx.cluster.serve(move |op: O| op.run(service.clone()));
     }
 
-    /// Serves `op` here when this node owns its shard, else asks the owner.
-    pub async fn ask<O, T>(&self, op: O) -> Result<T, ServiceError>
+    /// Serves `O` to the peers that take this node for its shard's owner: replicated, only
+    /// while this node leads the shard's group (see [`Service::ask`]).
+    fn serve_owned<O, T>(&self)
     where
         O: ShardOp<Answer = Result<T, ServiceError>>,
     {
+        let service = self.clone();
+        self.ctx.cluster.serve(move |op: O| {
+            let service = service.clone();
+            async move {
+                let shard = op.shard(service.ctx.cluster.map());
+                match (shard, service.replication()) {
+                    (Some(shard), Some(replication)) => {
+                        service.serve_as_leader(replication, shard, op).await
+                    }
+                    _ => op.run(service).await,
+                }
+            }
+        });
+    }
+
+    /// Serves `op` here when this node owns its shard, else asks the owner. Replicated,
+    /// the owner is the shard group's leader, and the operation follows the lead while it
+    /// moves (see `replicated.rs`).
+    pub async fn ask<O, T>(&self, op: O) -> Result<T, ServiceError>
+    where
+        O: ShardOp<Answer = Result<T, ServiceError>> + Clone,
+    {
         let cluster = &self.ctx.cluster;
-        let owner = op
-            .shard(cluster.map())
-            .and_then(|s| cluster.remote_owner(s));
-        match owner {
+        let Some(shard) = op.shard(cluster.map()) else {
+            return op.run(self.clone()).await;
+        };
+        if let Some(replication) = self.replication() {
+            return self.ask_leader(replication, shard, op).await;
+        }
+        match cluster.remote_owner(shard) {
             None => op.run(self.clone()).await,
             Some(peer) => cluster.call(peer, &op).await?,
         }
@@ -183,19 +210,21 @@ impl Service {
     ) -> Result<NewAccount, ServiceError> {
         let NewAccount { account, api_key } =
             self.new_account(username, endpoint, is_admin).await?;
-        let inserted = account.clone();
+        let shard = self.ctx.cluster.map().shard_of_id(&account.id);
+        let mut written = Written::default();
+        let write = RecordWrite::InsertAccount(account.clone());
         let outcome = self
             .ctx
-            .store
-            .run(move |s| Ok::<_, StoreError>(s.insert_account(&inserted)))
+            .records
+            .write_one(shard, write, &mut written)
             .await?;
-        match outcome {
-            Ok(()) => {}
-            Err(NewAccountError::UsernameTaken) => return Err(ServiceError::UsernameTaken),
-            Err(NewAccountError::Store(e)) => return Err(e.into()),
+        if let Some(commit) = written.commit() {
+            commit.wait().await?;
         }
-        self.ctx.store.flush().await?;
-        Ok(NewAccount { account, api_key })
+        match outcome {
+            WriteOutcome::UsernameTaken => Err(ServiceError::UsernameTaken),
+            _ => Ok(NewAccount { account, api_key }),
+        }
     }
 
     /// Creates the admin account unless one exists; returns it (with its key) when created.
@@ -252,6 +281,14 @@ impl Service {
     pub(crate) async fn existing_registration(&self, id: Option<Uuid>) -> Option<Uuid> {
         let id = id?;
         matches!(self.registration_exists(id).await, Ok(true)).then_some(id)
+    }
+
+    /// True when this node serves the record `id` now (replicated: leads its group).
+    pub(crate) fn serves_id(&self, id: &Uuid) -> bool {
+        let cluster = &self.ctx.cluster;
+        cluster
+            .remote_owner(cluster.map().shard_of_id(id))
+            .is_none()
     }
 
     /// Whether storage takes writes (never touches the disk).

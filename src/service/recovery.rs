@@ -18,7 +18,7 @@ use crate::cluster::rpc;
 use crate::domain::{Credentials, ServiceError};
 
 pub(super) fn serve(service: &Service) {
-    service.serve::<RecoverDeliveries>();
+    service.serve_owned::<RecoverDeliveries, _>();
     service.serve::<RequeueFailedOf>();
 }
 

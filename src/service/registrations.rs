@@ -15,10 +15,10 @@ use crate::domain::{Caller, Credentials, ServiceError, WriteResult};
 use crate::store::{Page, PageRequest, Registration};
 
 pub(super) fn serve(service: &Service) {
-    service.serve::<CreateRegistration>();
-    service.serve::<ListOwnRegistrations>();
-    service.serve::<PatchRegistration>();
-    service.serve::<DeleteRegistration>();
+    service.serve_owned::<CreateRegistration, _>();
+    service.serve_owned::<ListOwnRegistrations, _>();
+    service.serve_owned::<PatchRegistration, _>();
+    service.serve_owned::<DeleteRegistration, _>();
     service.serve::<DeleteLocalRegistrations>();
 }
 
@@ -174,7 +174,8 @@ served_by!(DeleteRegistration, |op, shards| id_shard(
     op.id.as_ref()
 ));
 
-/// Deletes the node's registrations with their subscriptions; answers how many. Asked of
+/// Deletes the registrations of the shards the node serves (replicated: the groups it
+/// leads), with their subscriptions; answers how many. Asked of
 /// every node by the admin's bulk delete.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeleteLocalRegistrations;
@@ -185,6 +186,9 @@ impl Op for DeleteLocalRegistrations {
     async fn run(self, service: Service) -> Self::Answer {
         let mut deleted = 0;
         for id in service.ctx.store.run(|s| s.registration_ids()).await? {
+            if !service.serves_id(&id) {
+                continue;
+            }
             let result = service
                 .ctx
                 .ask_registration(id, |reply| RegistrationMsg::Delete {

@@ -1,13 +1,74 @@
-//! What the service does through the replicated groups: the once-per-cluster
+//! What the service does through the replicated groups: routing each operation to its
+//! shard group's leader, writing records through the group's log, the once-per-cluster
 //! administrator account, and the groups' status.
+//!
+//! An operation on a shard is served by its group's leader, after a read index confirms
+//! the lead ([`Replication::linearize`]); a node that does not lead answers
+//! [`ServiceError::NotServedHere`] having done nothing, and the asking node follows the
+//! lead until `cluster.failover_wait_ms` has passed, then answers 503 with `Retry-After`.
+//! An operation that reached a leader and then lost its answer (the leader stopped) is not
+//! sent again: it may have been applied, so the client gets a 503 and decides.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::{username_shard, Service};
+use super::{username_shard, Service, ShardOp};
+use crate::actors::{Replicated, ReplicatedRecords, Written};
+use crate::cluster::{PeerState, ShardId};
 use crate::crypto;
 use crate::domain::{NewAccount, ServiceError, ADMIN_USERNAME};
-use crate::replication::{Applied, Command, GroupId, GroupStatus, Replication, ReplicationError};
-use crate::store::{Account, NewAccountError, StoreError};
+use crate::replication::{
+    Applied, Command, GroupId, GroupStatus, NotLeader, Replication, ReplicationError,
+};
+use crate::store::{Account, PageRequest, RecordWrite, Subscription, WriteOutcome};
+
+/// Subscriptions removed per write by a bulk delete.
+const DELETE_CHUNK: usize = 512;
+/// How often an operation waiting for its group's leader looks again.
+const LEADER_POLL: Duration = Duration::from_millis(25);
+
+impl From<NotLeader> for ServiceError {
+    fn from(e: NotLeader) -> Self {
+        match e {
+            NotLeader::Elsewhere { leader, .. } => ServiceError::NotServedHere { leader },
+            NotLeader::NoQuorum(group) => ServiceError::Unavailable {
+                message: format!(
+                    "Shard group {group} has no leader at the moment (an election, or a \
+                     majority of its nodes down), try again later"
+                ),
+                retry_after_secs: 1,
+            },
+            stopped @ NotLeader::Stopped { .. } => ServiceError::Internal(stopped.to_string()),
+        }
+    }
+}
+
+/// The actors' record writes, through the groups' logs.
+struct GroupLogs(Arc<Replication>);
+
+impl ReplicatedRecords for GroupLogs {
+    fn write(&self, shard: ShardId, writes: Vec<RecordWrite>) -> Replicated<'_> {
+        Box::pin(async move {
+            let expected = writes.len();
+            let group = self.0.group_of(shard);
+            match self
+                .0
+                .write_as_leader(group, Command::Records(writes))
+                .await?
+            {
+                Applied::Records(outcomes) if outcomes.len() == expected => Ok(outcomes),
+                other => Err(ServiceError::Internal(format!(
+                    "group {group} answered {other:?} to record writes"
+                ))),
+            }
+        })
+    }
+
+    fn same_group(&self, a: ShardId, b: ShardId) -> bool {
+        self.0.group_of(a) == self.0.group_of(b)
+    }
+}
 
 impl From<ReplicationError> for ServiceError {
     fn from(e: ReplicationError) -> Self {
@@ -22,9 +83,106 @@ impl From<ReplicationError> for ServiceError {
 }
 
 impl Service {
-    /// Attaches the node's started Raft groups.
+    /// Attaches the node's started Raft groups: from now on shards are served by their
+    /// group's leader, and records are written through the groups' logs.
     pub fn attach_replication(&self, replication: Arc<Replication>) {
+        self.ctx.cluster.set_shard_owners(replication.clone());
+        self.ctx
+            .records
+            .replicate_through(Arc::new(GroupLogs(replication.clone())));
         let _ = self.replication.set(replication);
+    }
+
+    /// Serves `op` at the leader of `shard`'s group, following the lead while it moves
+    /// (see the module doc).
+    pub(super) async fn ask_leader<O, T>(
+        &self,
+        replication: &Arc<Replication>,
+        shard: ShardId,
+        op: O,
+    ) -> Result<T, ServiceError>
+    where
+        O: ShardOp<Answer = Result<T, ServiceError>> + Clone,
+    {
+        let cluster = &self.ctx.cluster;
+        let group = replication.group_of(shard);
+        let deadline = Instant::now() + replication.failover_wait();
+        let mut hint = None;
+        loop {
+            let leader = hint.take().or_else(|| replication.leader_of(group));
+            let answer = match leader {
+                Some(id) if id == cluster.node_id() => {
+                    self.serve_as_leader(replication, shard, op.clone()).await
+                }
+                Some(id) => match cluster.peers().iter().find(|p| p.member.id == id) {
+                    Some(peer) if peer.state() == PeerState::Up => {
+                        cluster.call(peer, &op).await?
+                    }
+                    _ => Err(ServiceError::NotServedHere { leader: None }),
+                },
+                None => Err(ServiceError::NotServedHere { leader: None }),
+            };
+            match answer {
+                Err(ServiceError::NotServedHere { leader }) if Instant::now() < deadline => {
+                    let pause = match leader {
+                        Some(_) => LEADER_POLL / 5,
+                        None => LEADER_POLL,
+                    };
+                    tokio::time::sleep(pause).await;
+                    hint = leader;
+                }
+                Err(ServiceError::NotServedHere { .. }) => {
+                    return Err(NotLeader::NoQuorum(group).into())
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Deletes the subscriptions of the groups this node leads (the admin's bulk delete):
+    /// each shard's by a write of its group's log naming them; answers how many.
+    pub(super) async fn delete_led_subscriptions(&self) -> Result<u64, ServiceError> {
+        let all = PageRequest {
+            start: 0,
+            limit: u64::MAX,
+        };
+        let subs = self
+            .ctx
+            .store
+            .run(move |s| s.list_subscriptions(all))
+            .await?
+            .items;
+        let mut by_shard: BTreeMap<ShardId, Vec<Subscription>> = BTreeMap::new();
+        for sub in subs.into_iter().filter(|s| self.serves_id(&s.id)) {
+            let shard = self.ctx.cluster.map().shard_of_id(&sub.id);
+            by_shard.entry(shard).or_default().push(sub);
+        }
+        let mut deleted = 0;
+        for (shard, subs) in by_shard {
+            for chunk in subs.chunks(DELETE_CHUNK) {
+                let write = RecordWrite::DeleteSubscriptions(chunk.to_vec());
+                self.ctx
+                    .records
+                    .write_one(shard, write, &mut Written::default())
+                    .await?;
+                deleted += chunk.len() as u64;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Serves `op` if this node leads `shard`'s group, once a read index confirmed it.
+    pub(super) async fn serve_as_leader<O, T>(
+        &self,
+        replication: &Replication,
+        shard: ShardId,
+        op: O,
+    ) -> Result<T, ServiceError>
+    where
+        O: ShardOp<Answer = Result<T, ServiceError>>,
+    {
+        replication.linearize(replication.group_of(shard)).await?;
+        op.run(self.clone()).await
     }
 
     /// The node's Raft groups, when shards are replicated.
@@ -40,15 +198,17 @@ impl Service {
     /// The administrator account of a replicated cluster: created once per cluster, by
     /// the first proposal the metadata group commits; every later one (another node, or
     /// this node after losing its disk) gets that account back instead of minting its
-    /// own. Only the owner of the admin username's shard, which keeps the record, asks;
-    /// it waits for the metadata group to have a majority. Returns the account with its key
-    /// when this call created it.
+    /// own. Only the preferred leader of the admin's shard group asks, waiting for the
+    /// metadata group to have a majority. The record is then written to the admin's group
+    /// (a no-op when it is there already, so that a crash between the two steps is
+    /// repaired by the next start). Returns the account with its key when this call
+    /// created it.
     pub(super) async fn bootstrap_replicated_admin(
         &self,
         replication: &Replication,
     ) -> Result<Option<NewAccount>, ServiceError> {
-        let shard = username_shard(self.ctx.cluster.map(), ADMIN_USERNAME);
-        if self.ctx.cluster.remote_owner(shard).is_some() {
+        let group = replication.group_of(username_shard(self.ctx.cluster.map(), ADMIN_USERNAME));
+        if replication.preferred_leader(group).as_deref() != Some(self.ctx.cluster.node_id()) {
             return Ok(None);
         }
         // An admin made before replication was turned on is the one to keep.
@@ -83,33 +243,32 @@ impl Service {
                 "bootstrap answered no account".into(),
             ));
         };
-        match &local {
-            Some(account) if account.id != admin.id => tracing::error!(
+        if let Some(account) = local.as_ref().filter(|a| a.id != admin.id) {
+            tracing::error!(
                 local = %account.id,
                 cluster = %admin.id,
                 "this node's admin account is not the cluster's: keeping both"
-            ),
-            Some(_) => {}
-            None => self.adopt(&admin).await?,
+            );
+        }
+        let write = Command::Records(vec![RecordWrite::InsertAccount((*admin).clone())]);
+        let stored = loop {
+            match replication.propose(group, write.clone()).await {
+                Err(ReplicationError::NoLeader(_)) => continue,
+                answer => break answer?,
+            }
+        };
+        match stored {
+            Applied::Records(outcomes)
+                if outcomes
+                    .iter()
+                    .all(|o| matches!(o, WriteOutcome::Done | WriteOutcome::UsernameTaken)) => {}
+            other => {
+                return Err(ServiceError::Internal(format!(
+                    "storing the admin answered {other:?}"
+                )))
+            }
         }
         Ok(fresh.filter(|new| new.account.id == admin.id))
-    }
-
-    /// Stores the cluster's admin account here (its record was lost with a disk, or it
-    /// was created by this node just now).
-    async fn adopt(&self, admin: &Account) -> Result<(), ServiceError> {
-        let record = admin.clone();
-        let inserted = self
-            .ctx
-            .store
-            .run(move |s| Ok::<_, StoreError>(s.insert_account(&record)))
-            .await?;
-        match inserted {
-            Ok(()) | Err(NewAccountError::UsernameTaken) => {}
-            Err(NewAccountError::Store(e)) => return Err(e.into()),
-        }
-        self.ctx.store.flush().await?;
-        Ok(())
     }
 
     /// A new account record and its key, not stored.

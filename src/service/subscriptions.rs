@@ -15,8 +15,8 @@ use crate::domain::{msg, Caller, ServiceError, WriteResult};
 use crate::store::Subscription;
 
 pub(super) fn serve(service: &Service) {
-    service.serve::<Subscribe>();
-    service.serve::<DeleteSubscription>();
+    service.serve_owned::<Subscribe, _>();
+    service.serve_owned::<DeleteSubscription, _>();
     service.serve::<DeleteLocalSubscriptions>();
 }
 
@@ -91,7 +91,8 @@ served_by!(DeleteSubscription, |op, shards| id_shard(
     op.id.as_ref()
 ));
 
-/// Deletes the node's subscriptions; answers how many. Asked of every node by the admin's
+/// Deletes the subscriptions of the shards the node serves (replicated: the groups it
+/// leads); answers how many. Asked of every node by the admin's
 /// bulk delete.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeleteLocalSubscriptions;
@@ -100,12 +101,15 @@ rpc!(DeleteLocalSubscriptions => Result<u64, ServiceError>, "service/delete_loca
 
 impl Op for DeleteLocalSubscriptions {
     async fn run(self, service: Service) -> Self::Answer {
-        let deleted = service
-            .ctx
-            .store
-            .run(|s| s.delete_all_subscriptions())
-            .await?;
-        service.ctx.store.flush().await?;
-        Ok(deleted)
+        if service.replication().is_none() {
+            let deleted = service
+                .ctx
+                .store
+                .run(|s| s.delete_all_subscriptions())
+                .await?;
+            service.ctx.store.flush().await?;
+            return Ok(deleted);
+        }
+        service.delete_led_subscriptions().await
     }
 }

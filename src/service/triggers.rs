@@ -16,10 +16,10 @@ use crate::domain::{access, msg, Caller, ServiceError};
 use crate::store::{Delivery, DeliveryCounts as Counts, Page, PageRequest, StoreError, Triggered};
 
 pub(super) fn serve(service: &Service) {
-    service.serve::<Trigger>();
-    service.serve::<TriggerStatus>();
-    service.serve::<ListDeliveries>();
-    service.serve::<Redeliver>();
+    service.serve_owned::<Trigger, _>();
+    service.serve_owned::<TriggerStatus, _>();
+    service.serve_owned::<ListDeliveries, _>();
+    service.serve_owned::<Redeliver, _>();
     service.serve::<DeliveryCounts>();
     service.serve::<Requeue>();
 }

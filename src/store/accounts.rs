@@ -211,7 +211,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::tests::temp_store;
     use super::*;
 

@@ -33,6 +33,7 @@ mod registrations;
 mod subscriptions;
 mod targets;
 mod triggered;
+mod writes;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +55,7 @@ pub use records::{
 };
 pub use subscriptions::{SubscribeError, SubscriptionBatch};
 pub use targets::DeliveryTarget;
+pub use writes::{RecordWrite, WriteOutcome};
 
 use deliveries::OpenBatches;
 use executor::Executor;

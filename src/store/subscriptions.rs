@@ -14,7 +14,7 @@ use super::records::{decode, encode, tx_decode, Account, Registration, Subscript
 use super::{Result, Store, StoreError, CASCADE_CHUNK};
 
 /// Why a subscription could not be inserted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SubscribeError {
     /// No live registration with that id.
     NoRegistration,
@@ -174,6 +174,22 @@ impl Store {
     /// Removes every subscription held by `account`; returns how many.
     pub fn delete_subscriptions_of_subscriber(&self, account: &Uuid) -> Result<u64> {
         self.delete_subscriptions_under(&self.t().subscriptions_by_subscriber, account.as_bytes())
+    }
+
+    /// Every subscription held by `account`.
+    pub fn subscriptions_of_subscriber(&self, account: &Uuid) -> Result<Vec<Subscription>> {
+        let mut out = Vec::new();
+        for key in self
+            .t()
+            .subscriptions_by_subscriber
+            .scan_prefix(account.as_bytes())
+            .keys()
+        {
+            if let Some(s) = self.subscription(&trailing_id(&key?)?)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
     /// Removes every subscription; returns how many.

@@ -4,15 +4,14 @@
 //! empty data dir catches up and adopts the cluster's admin account instead of minting one;
 //! a SIGSTOPped leader is replaced, and follows once resumed.
 //!
-//! The groups replicate the cluster's metadata so far (the admin account); records still
-//! live on their shard's owner (see `docs/architecture.md`, "Replication").
+//! That the records themselves survive is `replicated_records.rs`.
 
 use super::*;
 
-const GROUPS: usize = 6;
+pub(super) const GROUPS: usize = 6;
 const ELECTION_TIMEOUT_MS: u64 = 600;
 
-fn replicated() -> NodeOptions {
+pub(super) fn replicated() -> NodeOptions {
     NodeOptions {
         cluster_toml: Some(format!(
             "replication_factor = 3\ngroups = {GROUPS}\nelection_timeout_ms = {ELECTION_TIMEOUT_MS}\nfailover_wait_ms = 2000"
@@ -33,7 +32,7 @@ async fn groups(node: &TestNode, admin: &Creds) -> Option<Vec<Value>> {
 /// Polls until every group reported by `node` has a leader among `alive`, each follower
 /// is caught up (lag 0) and, with `balanced`, each alive node leads its share of the
 /// shard groups (within one). Returns the groups.
-async fn wait_settled(
+pub(super) async fn wait_settled(
     node: &TestNode,
     admin: &Creds,
     alive: &[&str],
@@ -73,7 +72,7 @@ async fn wait_settled(
 }
 
 /// The admin keys a node printed, on start or later.
-fn printed_admin_key(node: &TestNode) -> Option<String> {
+pub(super) fn printed_admin_key(node: &TestNode) -> Option<String> {
     let later = node
         .later_stdout
         .lock()

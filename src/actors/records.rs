@@ -1,0 +1,103 @@
+//! Where the actors' record writes go: to this node's storage, or through their shard
+//! group's Raft log.
+//!
+//! Actors express each change as a [`RecordWrite`] and hand it here. With one copy of each
+//! shard (`replication_factor = 1`) it is applied at once and its group commit is left to
+//! whoever answers ([`Written`]). With replicated shards it is proposed to the shard's
+//! group by this node, which must be the group's leader; the actor waits for the group to
+//! commit and apply it, because it reads its record back from the applied state.
+//! Subscribes still share their commits: the registration's queue hands a whole batch as
+//! one write.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use super::Written;
+use crate::cluster::{Cluster, ShardId};
+use crate::domain::ServiceError;
+use crate::store::{RecordWrite, Store, WriteOutcome};
+
+/// A future answering the outcomes of replicated writes.
+pub type Replicated<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<WriteOutcome>, ServiceError>> + Send + 'a>>;
+
+/// The shard groups' logs, as the actors see them.
+pub trait ReplicatedRecords: Send + Sync {
+    /// Proposes `writes` to the group of `shard` as its leader; answers their outcomes once
+    /// the group committed and applied them (503 when this node does not lead it).
+    fn write(&self, shard: ShardId, writes: Vec<RecordWrite>) -> Replicated<'_>;
+
+    /// True when two shards belong to the same group (every voter holds both).
+    fn same_group(&self, a: ShardId, b: ShardId) -> bool;
+}
+
+/// The actors' way to change records.
+pub struct Records {
+    store: Store,
+    replicated: OnceLock<Arc<dyn ReplicatedRecords>>,
+}
+
+impl Records {
+    /// Writes applied to `store` until [`Records::replicate_through`] is called.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            replicated: OnceLock::new(),
+        }
+    }
+
+    /// From now on, writes go through `groups` (once, at start-up, before serving).
+    pub fn replicate_through(&self, groups: Arc<dyn ReplicatedRecords>) {
+        let _ = self.replicated.set(groups);
+    }
+
+    /// True when writes are replicated.
+    pub fn is_replicated(&self) -> bool {
+        self.replicated.get().is_some()
+    }
+
+    /// True when the records of shard `b` are stored wherever those of shard `a` are (so
+    /// a write to `a` may check them): the same group, or, unreplicated, both owned here.
+    pub fn stored_together(&self, cluster: &Cluster, a: ShardId, b: ShardId) -> bool {
+        match self.replicated.get() {
+            Some(groups) => groups.same_group(a, b),
+            None => {
+                let map = cluster.map();
+                map.owner(a) == map.owner(b)
+            }
+        }
+    }
+
+    /// Applies `writes` to the records of `shard`, in order; answers their outcomes.
+    /// `written` learns the commit the answer must wait for, if any.
+    pub async fn write(
+        &self,
+        shard: ShardId,
+        writes: Vec<RecordWrite>,
+        written: &mut Written,
+    ) -> Result<Vec<WriteOutcome>, ServiceError> {
+        if let Some(groups) = self.replicated.get() {
+            return groups.write(shard, writes).await;
+        }
+        let outcomes = self
+            .store
+            .run(move |s| writes.iter().map(|w| s.apply_write(w)).collect())
+            .await?;
+        written.wrote(&self.store);
+        Ok(outcomes)
+    }
+
+    /// [`Records::write`] of one write.
+    pub async fn write_one(
+        &self,
+        shard: ShardId,
+        write: RecordWrite,
+        written: &mut Written,
+    ) -> Result<WriteOutcome, ServiceError> {
+        self.write(shard, vec![write], written)
+            .await?
+            .pop()
+            .ok_or_else(|| ServiceError::Internal("a write answered no outcome".into()))
+    }
+}

@@ -1,0 +1,184 @@
+//! Record writes as values: each change an actor makes to accounts, registrations and
+//! subscriptions is one [`RecordWrite`], applied by [`Store::apply_write`].
+//!
+//! Being a value is what lets the same change be made here (one node owns its shard) or
+//! replicated first (a Raft group's log carries it, and every voter applies it in log
+//! order). So a write carries everything its effect depends on — records, ids, which rows
+//! to remove — and nothing a voter would work out for itself. Every write is idempotent:
+//! a voter that crashed between applying a write and recording that it did applies it
+//! again on restart, and ends in the same state.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{
+    Account, NewAccountError, Registration, Result, Store, SubscribeError, Subscription,
+};
+
+/// A change to the record trees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RecordWrite {
+    /// A new account, unless its username is taken.
+    InsertAccount(Account),
+    /// An existing account rewritten (the username never changes).
+    UpdateAccount(Account),
+    /// Deliveries to the account resume (a `410 Gone` stop lifted).
+    ResumeDeliveries(Uuid),
+    /// The account tombstoned, if live.
+    BeginAccountDelete(Uuid),
+    /// A tombstoned account's record and username removed.
+    FinishAccountDelete(Account),
+    /// A new registration, if its owner is live.
+    InsertRegistration(Registration),
+    /// An existing registration rewritten.
+    UpdateRegistration(Registration),
+    /// The registration tombstoned, if live.
+    BeginRegistrationDelete(Uuid),
+    /// A tombstoned registration removed with its subscriptions.
+    FinishRegistrationDelete(Registration),
+    /// New subscriptions, each with whether its subscriber's account must be checked too
+    /// (it lives in the same shard group, so every voter holds it).
+    InsertSubscriptions(Vec<(Subscription, bool)>),
+    /// These subscriptions removed.
+    DeleteSubscriptions(Vec<Subscription>),
+}
+
+/// What applying a [`RecordWrite`] answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WriteOutcome {
+    /// Done; nothing to report.
+    Done,
+    /// The account was not inserted: its username is taken.
+    UsernameTaken,
+    /// Whether the record was inserted.
+    Inserted(bool),
+    /// The account tombstoned, or `None` when there was no live one.
+    AccountDeleting(Option<Account>),
+    /// The registration tombstoned, or `None` when there was no live one.
+    RegistrationDeleting(Option<Registration>),
+    /// How many rows were removed.
+    Removed(u64),
+    /// Each subscription's outcome, in order.
+    Subscribed(Vec<Result<(), SubscribeError>>),
+}
+
+impl Store {
+    /// Applies `write` (synchronous; see the module doc for why it is a value).
+    pub fn apply_write(&self, write: &RecordWrite) -> Result<WriteOutcome> {
+        Ok(match write {
+            RecordWrite::InsertAccount(account) => match self.insert_account(account) {
+                Ok(()) => WriteOutcome::Done,
+                Err(NewAccountError::UsernameTaken) => WriteOutcome::UsernameTaken,
+                Err(NewAccountError::Store(e)) => return Err(e),
+            },
+            RecordWrite::UpdateAccount(account) => {
+                self.update_account(account)?;
+                WriteOutcome::Done
+            }
+            RecordWrite::ResumeDeliveries(id) => {
+                self.resume_deliveries(id)?;
+                WriteOutcome::Done
+            }
+            RecordWrite::BeginAccountDelete(id) => {
+                WriteOutcome::AccountDeleting(self.begin_account_delete(id)?)
+            }
+            RecordWrite::FinishAccountDelete(account) => {
+                self.finish_account_delete(account)?;
+                WriteOutcome::Done
+            }
+            RecordWrite::InsertRegistration(r) => {
+                WriteOutcome::Inserted(self.insert_registration(r)?)
+            }
+            RecordWrite::UpdateRegistration(r) => {
+                self.update_registration(r)?;
+                WriteOutcome::Done
+            }
+            RecordWrite::BeginRegistrationDelete(id) => {
+                WriteOutcome::RegistrationDeleting(self.begin_registration_delete(id)?)
+            }
+            RecordWrite::FinishRegistrationDelete(r) => {
+                WriteOutcome::Removed(self.finish_registration_delete(r)?)
+            }
+            RecordWrite::InsertSubscriptions(batch) => {
+                WriteOutcome::Subscribed(self.insert_subscriptions(batch)?)
+            }
+            RecordWrite::DeleteSubscriptions(subs) => {
+                self.delete_subscriptions(subs)?;
+                WriteOutcome::Removed(subs.len() as u64)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::temp_store;
+
+    #[test]
+    fn every_write_applied_twice_ends_in_the_same_state() {
+        let (_d, s) = temp_store();
+        let a = crate::store::accounts::tests::account(&s, "alice");
+        let r = Registration {
+            id: Uuid::new_v4(),
+            epoch_us: s.next_epoch_us(),
+            account_id: a.id,
+            event: "e".into(),
+            description: "d".into(),
+            event_data: "{}".into(),
+            deleting: false,
+        };
+        let sub = Subscription {
+            id: Uuid::new_v4(),
+            epoch_us: s.next_epoch_us(),
+            account_id: a.id,
+            registration_id: r.id,
+        };
+        let writes = [
+            RecordWrite::InsertAccount(a.clone()),
+            RecordWrite::InsertRegistration(r.clone()),
+            RecordWrite::InsertSubscriptions(vec![(sub.clone(), true)]),
+        ];
+        for w in &writes {
+            s.apply_write(w).unwrap();
+        }
+        assert_eq!(
+            s.apply_write(&writes[0]).unwrap(),
+            WriteOutcome::UsernameTaken
+        );
+        s.apply_write(&writes[1]).unwrap();
+        s.apply_write(&writes[2]).unwrap();
+        assert_eq!(s.subscribers_of(&r.id).unwrap(), vec![(sub.id, a.id)]);
+        assert_eq!(s.registration_ids_of(&a.id).unwrap(), vec![r.id]);
+
+        let begin = RecordWrite::BeginRegistrationDelete(r.id);
+        assert!(matches!(
+            s.apply_write(&begin).unwrap(),
+            WriteOutcome::RegistrationDeleting(Some(_))
+        ));
+        assert_eq!(
+            s.apply_write(&begin).unwrap(),
+            WriteOutcome::RegistrationDeleting(None)
+        );
+        let mut tombstoned = r.clone();
+        tombstoned.deleting = true;
+        let finish = RecordWrite::FinishRegistrationDelete(tombstoned);
+        assert_eq!(s.apply_write(&finish).unwrap(), WriteOutcome::Removed(1));
+        assert_eq!(s.apply_write(&finish).unwrap(), WriteOutcome::Removed(0));
+        assert!(s.registration(&r.id).unwrap().is_none());
+        assert!(s.subscription(&sub.id).unwrap().is_none());
+
+        assert!(matches!(
+            s.apply_write(&RecordWrite::BeginAccountDelete(a.id)).unwrap(),
+            WriteOutcome::AccountDeleting(Some(_))
+        ));
+        let mut gone = a.clone();
+        gone.deleting = true;
+        for _ in 0..2 {
+            s.apply_write(&RecordWrite::FinishAccountDelete(gone.clone()))
+                .unwrap();
+        }
+        assert!(s.account_by_username("alice").unwrap().is_none());
+        assert!(!s.username_taken("alice").unwrap());
+    }
+}

@@ -1,0 +1,194 @@
+//! Replicated records (`replication_factor = 3`, three real node processes): SIGKILL any
+//! one node and, within 5 s, every account is read and every registration written through
+//! the two survivors; new accounts are created meanwhile. A node restarted on an empty data
+//! dir catches up, and then serves everything while a *different* node is down: it held
+//! full copies. Every write answered 2xx is there at the end, read through every node.
+
+use super::replicated::{printed_admin_key, replicated, wait_settled};
+use super::*;
+
+/// How long the survivors may take to serve a killed node's records.
+const FAILOVER_BUDGET: Duration = Duration::from_secs(5);
+
+/// Waits for the one admin key the cluster printed.
+async fn cluster_admin(nodes: &[TestNode]) -> Creds {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(key) = nodes.iter().find_map(printed_admin_key) {
+            return Creds::new("admin", &key);
+        }
+        assert!(Instant::now() < deadline, "no node printed the admin keys");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `send` until it answers `want`, by `deadline`; the answer.
+async fn until_status<F, Fut>(want: u16, deadline: Instant, what: &str, mut send: F) -> Resp
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Resp>,
+{
+    loop {
+        let r = send().await;
+        if r.status == want {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still {} at the deadline: {r}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The description of `registration`, read as its owner through `node`.
+async fn description(node: &TestNode, owner: &Account, registration: &str) -> Option<String> {
+    let r = node
+        .get("/v1/webhook/registration?limit=100")
+        .auth(owner)
+        .send_unchecked()
+        .await;
+    if r.status != 200 {
+        return None;
+    }
+    r.json()["registrations"]
+        .as_array()?
+        .iter()
+        .find(|x| x["id"] == registration)
+        .and_then(|x| x["description"].as_str().map(str::to_owned))
+}
+
+struct Data {
+    accounts: Vec<Account>,
+    /// Per account, its registration and that registration's last acknowledged description.
+    registrations: Vec<(String, String)>,
+}
+
+/// Reads every account and writes every registration through `alive`, within the
+/// failover budget from `since`; answers how long the last one took.
+async fn serve_everything(
+    nodes: &[TestNode],
+    alive: &[usize],
+    data: &mut Data,
+    round: &str,
+    since: Instant,
+) -> Duration {
+    let deadline = since + FAILOVER_BUDGET;
+    for (i, a) in data.accounts.iter().enumerate() {
+        let via = &nodes[alive[i % alive.len()]];
+        until_status(200, deadline, &format!("read {}", a.username), || {
+            via.get(&format!("/v1/account/{}", a.id))
+                .auth(a)
+                .send_unchecked()
+        })
+        .await;
+        let (registration, last) = &mut data.registrations[i];
+        let value = format!("{round}-{i}");
+        let via = &nodes[alive[(i + 1) % alive.len()]];
+        until_status(200, deadline, &format!("patch {registration}"), || {
+            via.patch(&format!("/v1/webhook/registration/{registration}"))
+                .auth(a)
+                .json(&json!({"description": value}))
+                .send_unchecked()
+        })
+        .await;
+        *last = value;
+    }
+    since.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_is_served_through_any_two_nodes() {
+    let _serial = SERIAL.lock().await;
+    let (spec, mut nodes) = ClusterSpec::launch_fresh(3, |_| replicated()).await;
+    let ids: Vec<&str> = spec.ids.iter().map(String::as_str).collect();
+    let admin = cluster_admin(&nodes).await;
+    wait_settled(&nodes[0], &admin, &ids, true, Duration::from_secs(30)).await;
+
+    let ep = EndpointServer::start().await;
+    let mut data = Data {
+        accounts: Vec::new(),
+        registrations: Vec::new(),
+    };
+    for i in 0..9 {
+        let node = &nodes[i % 3];
+        let a = node
+            .create_account(&format!("user{i}"), &ep.endpoint_url(&format!("u{i}")))
+            .await;
+        let r = id_of(&node.register(&a, &format!("event{i}")).await);
+        data.registrations.push((r, format!("event{i} description")));
+        data.accounts.push(a);
+    }
+    // Each account subscribes to the next one's registration.
+    let mut subscriptions = Vec::new();
+    for i in 0..9 {
+        let (registration, _) = &data.registrations[(i + 1) % 9];
+        let s = nodes[(i + 2) % 3]
+            .subscribe(&data.accounts[i], registration)
+            .await;
+        subscriptions.push((i, id_of(&s)));
+    }
+
+    for victim in 0..3 {
+        let alive: Vec<usize> = (0..3).filter(|n| *n != victim).collect();
+        let killed_at = Instant::now();
+        nodes[victim].kill().await;
+        let took = serve_everything(
+            &nodes,
+            &alive,
+            &mut data,
+            &format!("without-{victim}"),
+            killed_at,
+        )
+        .await;
+        println!("node {victim} killed: every record served by the survivors after {took:?}");
+        let deadline = Instant::now() + FAILOVER_BUDGET;
+        let r = until_status(201, deadline, "create an account", || {
+            nodes[alive[0]].try_create_account(
+                &format!("late{victim}"),
+                &ep.endpoint_url(&format!("late{victim}")),
+            )
+        })
+        .await;
+        data.accounts.push(Account::from_record(r.json().clone()));
+        let r = id_of(&nodes[alive[1]].register(data.accounts.last().unwrap(), "late").await);
+        data.registrations.push((r, "late description".into()));
+        nodes[victim].restart().await;
+        wait_settled(&nodes[alive[0]], &admin, &ids, false, Duration::from_secs(20)).await;
+    }
+
+    // Node 0 loses its disk and catches up; then node 1 dies: node 0 and node 2 still
+    // serve everything, so node 0 held full copies.
+    nodes[0].kill().await;
+    std::fs::remove_dir_all(nodes[0].data_dir()).expect("wipe the data dir");
+    nodes[0].restart().await;
+    wait_settled(&nodes[2], &admin, &ids, false, Duration::from_secs(30)).await;
+    let killed_at = Instant::now();
+    nodes[1].kill().await;
+    let took = serve_everything(&nodes, &[0, 2], &mut data, "after-wipe", killed_at).await;
+    println!("after the wipe, node 1 killed: every record served after {took:?}");
+
+    // Every acknowledged write, through each live node.
+    for via in [0, 2] {
+        for (i, a) in data.accounts.iter().enumerate() {
+            let (registration, last) = &data.registrations[i];
+            let read = description(&nodes[via], a, registration).await;
+            assert_eq!(read.as_deref(), Some(last.as_str()), "{} via node {via}", a.username);
+        }
+        for (i, s) in &subscriptions {
+            let r = nodes[via]
+                .get("/v1/webhook/subscription?limit=100")
+                .auth(&data.accounts[*i])
+                .send()
+                .await
+                .expect(200);
+            let listed = r.json()["subscriptions"].as_array().cloned().unwrap_or_default();
+            assert!(
+                listed.iter().any(|x| x["id"] == s.as_str()),
+                "subscription {s} of user{i} lost (via node {via}): {r}"
+            );
+        }
+    }
+    nodes[1].restart().await;
+}
