@@ -18,12 +18,15 @@
 //! encoding), [`records`] and [`pagination`] use nothing but the error type; `deliveries`
 //! (the delivery store, whose module doc draws its key layout) uses those; the record
 //! trees (`accounts`, `registrations`, `subscriptions`, `triggered`) use those and the
-//! delivery store's types, never each other.
+//! delivery store's types, never each other; `group_records` (a shard group's records as
+//! one snapshot) uses the key encodings, the records and the counts lock, and reaches
+//! into every record tree.
 
 mod accounts;
 mod deliveries;
 mod executor;
 mod flusher;
+mod group_records;
 mod health;
 mod keys;
 pub mod pagination;
@@ -47,6 +50,7 @@ pub use deliveries::{
 };
 pub use executor::allow_sync_calls;
 pub use flusher::Commit;
+pub use group_records::RecordsDump;
 pub use health::StorageState;
 pub use pagination::{Page, PageRequest};
 pub use raft::{machine_row, StateChange};
