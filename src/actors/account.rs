@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 use super::remote::DeleteSubscriptionsOf;
 use super::{now_us, NodeState, RegistrationMsg, ReplyPort, Written};
+use crate::cluster::ShardId;
 use crate::crypto;
 use crate::domain::{msg, ServiceError, WriteResult};
-use crate::cluster::ShardId;
 use crate::store::{
     Account, KeyKind, PendingKey, PreviousSecret, RecordWrite, Registration, StoreError,
     WriteOutcome,
@@ -112,7 +112,10 @@ impl AccountActor {
             RecordWrite::UpdateAccount(account),
             RecordWrite::ResumeDeliveries(self.id),
         ];
-        self.ctx.records.write(self.shard(), writes, written).await?;
+        self.ctx
+            .records
+            .write(self.shard(), writes, written)
+            .await?;
         Ok(WriteResult::replaced())
     }
 

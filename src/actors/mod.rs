@@ -25,8 +25,8 @@ pub use delivery::{
     accept_remote_batch, run_handoff, DeliveryContext, DeliveryMsg, DeliverySupervisor,
 };
 pub use directory::Directory;
-pub use registration::{RegistrationActor, RegistrationMsg};
 pub use records::{Records, Replicated, ReplicatedRecords};
+pub use registration::{RegistrationActor, RegistrationMsg};
 pub use reply::{Reply, Written};
 pub use subscribes::SubscribeQueue;
 

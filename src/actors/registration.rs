@@ -18,13 +18,11 @@ use uuid::Uuid;
 use super::fanout::{self, run_fanout, PreparedStep, StepOutcome};
 use super::subscribes::Waiting;
 use super::{now_us, NodeState, Reply, ReplyPort, Written};
+use crate::cluster::ShardId;
 use crate::delivery::pyjson::to_python_json;
 use crate::domain::access::{self, Access};
 use crate::domain::{msg, Caller, ServiceError, WriteResult};
-use crate::cluster::ShardId;
-use crate::store::{
-    DueEntry, RecordWrite, SubscribeError, Subscription, Triggered, WriteOutcome,
-};
+use crate::store::{DueEntry, RecordWrite, SubscribeError, Subscription, Triggered, WriteOutcome};
 
 /// Requests a RegistrationActor serves.
 #[derive(RactorMessage)]
@@ -142,7 +140,11 @@ impl RegistrationActor {
         }
         let records = &self.ctx.records;
         let begun = records
-            .write_one(self.shard(), RecordWrite::BeginRegistrationDelete(id), written)
+            .write_one(
+                self.shard(),
+                RecordWrite::BeginRegistrationDelete(id),
+                written,
+            )
             .await?;
         // The original deletes through a filter: a missing id counts nothing, not skipped.
         let WriteOutcome::RegistrationDeleting(Some(registration)) = begun else {

@@ -115,8 +115,6 @@ pub fn serve(ctx: &Arc<NodeState>) {
     let c = ctx.clone();
     cluster.serve(move |req: DeleteSubscriptionsOf| {
         let ctx = c.clone();
-        async move {
-            ctx.delete_subscriptions_of(req.account).await
-        }
+        async move { ctx.delete_subscriptions_of(req.account).await }
     });
 }

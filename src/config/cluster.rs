@@ -47,6 +47,9 @@ pub struct ClusterConfig {
     pub election_timeout_ms: u64,
     /// How long a request waits for its group to have a leader before it answers 503.
     pub failover_wait_ms: u64,
+    /// A group snapshots its state once this many entries were applied since the last
+    /// snapshot, and then drops its log up to it.
+    pub snapshot_entries: u64,
 }
 
 impl Default for ClusterConfig {
@@ -64,6 +67,7 @@ impl Default for ClusterConfig {
             groups: 12,
             election_timeout_ms: 1000,
             failover_wait_ms: 3000,
+            snapshot_entries: 1000,
         }
     }
 }
@@ -125,6 +129,9 @@ impl ClusterConfig {
         }
         if c.failover_wait_ms == 0 {
             return invalid("cluster.failover_wait_ms", "must be at least 1".into());
+        }
+        if c.snapshot_entries == 0 {
+            return invalid("cluster.snapshot_entries", "must be at least 1".into());
         }
         if c.members.is_empty() {
             return Ok(());

@@ -86,13 +86,16 @@ impl Replication {
 
     /// True when this node leads `group` as far as its own Raft knows (no round trip).
     pub fn leads(&self, group: GroupId) -> bool {
-        self.leader_of(group).as_deref() == Some(self.node_id.as_str()) && self.raft(group).is_some()
+        self.leader_of(group).as_deref() == Some(self.node_id.as_str())
+            && self.raft(group).is_some()
     }
 
     /// Confirms that this node leads `group` and has applied everything committed before
     /// the call (a read index), within `failover_wait`.
     pub async fn linearize(&self, group: GroupId) -> Result<(), NotLeader> {
-        let raft = self.raft(group).ok_or_else(|| self.elsewhere(group, None))?;
+        let raft = self
+            .raft(group)
+            .ok_or_else(|| self.elsewhere(group, None))?;
         let checked = tokio::time::timeout(self.failover_wait, raft.ensure_linearizable()).await;
         match checked {
             Ok(Ok(_)) => Ok(()),
@@ -117,7 +120,9 @@ impl Replication {
         group: GroupId,
         command: Command,
     ) -> Result<Applied, NotLeader> {
-        let raft = self.raft(group).ok_or_else(|| self.elsewhere(group, None))?;
+        let raft = self
+            .raft(group)
+            .ok_or_else(|| self.elsewhere(group, None))?;
         let wait = self.failover_wait.max(Duration::from_millis(1));
         match tokio::time::timeout(wait, raft.client_write(command)).await {
             Ok(Ok(response)) => Ok(response.data),

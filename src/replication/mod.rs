@@ -107,7 +107,11 @@ impl Replication {
         let mut rafts = HashMap::new();
         for place in placement.groups_of(&config.node_id) {
             let group = place.group;
-            let sm = StateMachine::new(store.clone(), group);
+            let sm = StateMachine::new(
+                store.clone(),
+                group,
+                records_of(&cluster, &placement, group),
+            );
             let network = network::Network::new(cluster.clone(), group);
             let log = LogStore::new(store.clone(), group);
             let raft_config = match place.voters.first() == Some(&config.node_id) {
@@ -311,6 +315,13 @@ impl Replication {
     }
 }
 
+/// Which record ids belong to `group` (none to the metadata group).
+fn records_of(cluster: &Cluster, placement: &Placement, group: GroupId) -> state_machine::InGroup {
+    let map = cluster.map().clone();
+    let placement = placement.clone();
+    Arc::new(move |id| !group.is_meta() && placement.group_of(map.shard_of_id(id)) == group)
+}
+
 /// The outcome of one proposal try.
 enum Attempt {
     /// No leader known or reachable yet.
@@ -344,8 +355,8 @@ fn raft_config(
         election_timeout_max: max,
         heartbeat_interval: (timeout / 6).max(5),
         install_snapshot_timeout: config.rpc_timeout_ms,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
-        max_in_snapshot_log_to_keep: 100,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
+        max_in_snapshot_log_to_keep: config.snapshot_entries / 10,
         ..Default::default()
     }
     .validate()

@@ -1,11 +1,23 @@
 //! A group's state machine: applies committed commands, in log order, on every voter.
 //!
-//! Its rows live under the group's `sm/` names in `raft_state`, and its applied position
-//! and membership beside them, each entry written in one atomic batch with its effect: a
-//! crash never leaves an entry half applied, and a restart resumes after the last entry
-//! applied. A snapshot is the group's rows; installing one replaces them in one batch.
+//! Its own rows live under the group's `sm/` names in `raft_state`, with its applied
+//! position and membership beside them, each entry written in one atomic batch with its
+//! effect. The group's records (accounts, registrations, subscriptions) live in the
+//! record trees, beside other groups' records; a record write is applied before the
+//! position that covers it is recorded, so a crash in between applies it again on restart,
+//! which every record write survives (they are idempotent, see `store::writes`).
+//!
+//! A snapshot is the group's rows and records. It is built while entries keep being
+//! applied, so it reads the applied position first: the rows read after it are that state
+//! or a later one, and replaying the entries after the position onto a later state ends
+//! in the same state, as a restart does. Installing one replaces the group's records, then
+//! its rows and position.
+
+use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
+use uuid::Uuid;
+
 use openraft::{
     EntryPayload, RaftLogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError,
 };
@@ -22,11 +34,15 @@ const MEMBERSHIP: &[u8] = b"membership";
 /// The cluster's administrator account (metadata group).
 const ADMIN: &[u8] = b"admin";
 
+/// Which record ids belong to a group.
+pub type InGroup = Arc<dyn Fn(&Uuid) -> bool + Send + Sync>;
+
 /// The state machine of one group.
 #[derive(Clone)]
 pub struct StateMachine {
     store: Store,
     group: GroupId,
+    in_group: InGroup,
 }
 
 fn sm_err(e: StoreError) -> StorageError {
@@ -35,8 +51,12 @@ fn sm_err(e: StoreError) -> StorageError {
 
 impl StateMachine {
     /// The state machine of `group` in `store`.
-    pub fn new(store: Store, group: GroupId) -> Self {
-        Self { store, group }
+    pub fn new(store: Store, group: GroupId, in_group: InGroup) -> Self {
+        Self {
+            store,
+            group,
+            in_group,
+        }
     }
 
     /// The changes `command` makes, and its answer, given the current rows.
@@ -66,8 +86,14 @@ impl StateMachine {
 
     async fn snapshot(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
         let group = self.group.0;
-        let (rows, (applied, membership)) = blocking(&self.store, move |s| {
-            Ok((s.raft_machine_rows(group)?, applied_state(s, group)?))
+        let in_group = self.in_group.clone();
+        let ((applied, membership), rows, records) = blocking(&self.store, move |s| {
+            let applied = applied_state(s, group)?;
+            Ok((
+                applied,
+                s.raft_machine_rows(group)?,
+                s.export_records(&*in_group)?,
+            ))
         })
         .await?;
         let snapshot_id = match applied {
@@ -80,7 +106,7 @@ impl StateMachine {
                 last_membership: membership,
                 snapshot_id,
             },
-            snapshot: Box::new(GroupSnapshot { rows }),
+            snapshot: Box::new(GroupSnapshot { rows, records }),
         })
     }
 }
@@ -178,7 +204,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 Some(encode(&meta.last_membership).map_err(sm_err)?),
             ),
         ];
+        let in_group = self.in_group.clone();
         blocking(&self.store, move |s| {
+            s.replace_records(&*in_group, &snapshot.records)?;
             s.raft_replace_machine(group, &snapshot.rows, &changes)
         })
         .await

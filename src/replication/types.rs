@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::shard::fnv1a64;
-use crate::store::{Account, RecordWrite, WriteOutcome};
+use crate::store::{Account, RecordWrite, RecordsDump, WriteOutcome};
 
 /// A Raft group: one of the `cluster.groups` shard groups, or the metadata group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -67,6 +67,8 @@ pub enum Applied {
 pub struct GroupSnapshot {
     /// The state machine's rows: `(name, value)`.
     pub rows: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The group's records.
+    pub records: RecordsDump,
 }
 
 openraft::declare_raft_types!(

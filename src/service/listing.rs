@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use super::{Op, Service};
 use crate::cluster::{rpc, PeerState};
-use crate::replication::Replication;
 use crate::domain::ServiceError;
+use crate::replication::Replication;
 use crate::store::{
     Account, Delivery, Page, PageRequest, Registration, Store, StoreError, Subscription, Triggered,
 };
@@ -200,9 +200,7 @@ impl Service {
         match replication.uncovered_group(&answered) {
             None => Ok(answers),
             Some(group) => Err(ServiceError::Unavailable {
-                message: format!(
-                    "No node holding shard group {group} answers, try again later"
-                ),
+                message: format!("No node holding shard group {group} answers, try again later"),
                 retry_after_secs: 1,
             }),
         }

@@ -34,11 +34,11 @@ pub use subscriptions::{DeleteLocalSubscriptions, DeleteSubscription, Subscribe}
 pub use triggers::{DeliveryCounts, ListDeliveries, Redeliver, Requeue, Trigger, TriggerStatus};
 
 use crate::actors::NodeState;
+use crate::actors::Written;
 use crate::cluster::{Rpc, ShardId, ShardMap};
 use crate::crypto;
 use crate::domain::{msg, Caller, Credentials, NewAccount, ServiceError, ADMIN_USERNAME};
 use crate::replication::Replication;
-use crate::actors::Written;
 use crate::store::{RecordWrite, StoreError, WriteOutcome};
 
 /// How long readiness waits for a storage read: storage threads stuck on a broken disk

@@ -115,9 +115,7 @@ impl Service {
                     self.serve_as_leader(replication, shard, op.clone()).await
                 }
                 Some(id) => match cluster.peers().iter().find(|p| p.member.id == id) {
-                    Some(peer) if peer.state() == PeerState::Up => {
-                        cluster.call(peer, &op).await?
-                    }
+                    Some(peer) if peer.state() == PeerState::Up => cluster.call(peer, &op).await?,
                     _ => Err(ServiceError::NotServedHere { leader: None }),
                 },
                 None => Err(ServiceError::NotServedHere { leader: None }),

@@ -11,9 +11,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{
-    Account, NewAccountError, Registration, Result, Store, SubscribeError, Subscription,
-};
+use super::{Account, NewAccountError, Registration, Result, Store, SubscribeError, Subscription};
 
 /// A change to the record trees.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,7 +167,8 @@ mod tests {
         assert!(s.subscription(&sub.id).unwrap().is_none());
 
         assert!(matches!(
-            s.apply_write(&RecordWrite::BeginAccountDelete(a.id)).unwrap(),
+            s.apply_write(&RecordWrite::BeginAccountDelete(a.id))
+                .unwrap(),
             WriteOutcome::AccountDeleting(Some(_))
         ));
         let mut gone = a.clone();

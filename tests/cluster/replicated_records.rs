@@ -4,11 +4,21 @@
 //! dir catches up, and then serves everything while a *different* node is down: it held
 //! full copies. Every write answered 2xx is there at the end, read through every node.
 
-use super::replicated::{printed_admin_key, replicated, wait_settled};
+use super::replicated::{printed_admin_key, wait_settled, GROUPS};
 use super::*;
 
 /// How long the survivors may take to serve a killed node's records.
 const FAILOVER_BUDGET: Duration = Duration::from_secs(5);
+
+/// RF 3, with snapshots every few entries: the wiped node is sent one.
+fn replicated() -> NodeOptions {
+    NodeOptions {
+        cluster_toml: Some(format!(
+            "replication_factor = 3\ngroups = {GROUPS}\nelection_timeout_ms = 600\nfailover_wait_ms = 2000\nsnapshot_entries = 5"
+        )),
+        ..NodeOptions::default()
+    }
+}
 
 /// Waits for the one admin key the cluster printed.
 async fn cluster_admin(nodes: &[TestNode]) -> Creds {
@@ -45,13 +55,11 @@ where
 /// The description of `registration`, read as its owner through `node`.
 async fn description(node: &TestNode, owner: &Account, registration: &str) -> Option<String> {
     let r = node
-        .get("/v1/webhook/registration?limit=100")
+        .get("/v1/webhook/registration?start=0&limit=100")
         .auth(owner)
-        .send_unchecked()
-        .await;
-    if r.status != 200 {
-        return None;
-    }
+        .send()
+        .await
+        .expect(200);
     r.json()["registrations"]
         .as_array()?
         .iter()
@@ -117,7 +125,8 @@ async fn every_record_is_served_through_any_two_nodes() {
             .create_account(&format!("user{i}"), &ep.endpoint_url(&format!("u{i}")))
             .await;
         let r = id_of(&node.register(&a, &format!("event{i}")).await);
-        data.registrations.push((r, format!("event{i} description")));
+        data.registrations
+            .push((r, format!("event{i} description")));
         data.accounts.push(a);
     }
     // Each account subscribes to the next one's registration.
@@ -144,18 +153,30 @@ async fn every_record_is_served_through_any_two_nodes() {
         .await;
         println!("node {victim} killed: every record served by the survivors after {took:?}");
         let deadline = Instant::now() + FAILOVER_BUDGET;
+        let (name, url) = (
+            format!("late{victim}"),
+            ep.endpoint_url(&format!("late{victim}")),
+        );
         let r = until_status(201, deadline, "create an account", || {
-            nodes[alive[0]].try_create_account(
-                &format!("late{victim}"),
-                &ep.endpoint_url(&format!("late{victim}")),
-            )
+            nodes[alive[0]].try_create_account(&name, &url)
         })
         .await;
         data.accounts.push(Account::from_record(r.json().clone()));
-        let r = id_of(&nodes[alive[1]].register(data.accounts.last().unwrap(), "late").await);
+        let r = id_of(
+            &nodes[alive[1]]
+                .register(data.accounts.last().unwrap(), "late")
+                .await,
+        );
         data.registrations.push((r, "late description".into()));
         nodes[victim].restart().await;
-        wait_settled(&nodes[alive[0]], &admin, &ids, false, Duration::from_secs(20)).await;
+        wait_settled(
+            &nodes[alive[0]],
+            &admin,
+            &ids,
+            false,
+            Duration::from_secs(20),
+        )
+        .await;
     }
 
     // Node 0 loses its disk and catches up; then node 1 dies: node 0 and node 2 still
@@ -174,16 +195,24 @@ async fn every_record_is_served_through_any_two_nodes() {
         for (i, a) in data.accounts.iter().enumerate() {
             let (registration, last) = &data.registrations[i];
             let read = description(&nodes[via], a, registration).await;
-            assert_eq!(read.as_deref(), Some(last.as_str()), "{} via node {via}", a.username);
+            assert_eq!(
+                read.as_deref(),
+                Some(last.as_str()),
+                "{} via node {via}",
+                a.username
+            );
         }
         for (i, s) in &subscriptions {
             let r = nodes[via]
-                .get("/v1/webhook/subscription?limit=100")
+                .get("/v1/webhook/subscription?start=0&limit=100")
                 .auth(&data.accounts[*i])
                 .send()
                 .await
                 .expect(200);
-            let listed = r.json()["subscriptions"].as_array().cloned().unwrap_or_default();
+            let listed = r.json()["subscriptions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             assert!(
                 listed.iter().any(|x| x["id"] == s.as_str()),
                 "subscription {s} of user{i} lost (via node {via}): {r}"
