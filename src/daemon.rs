@@ -160,8 +160,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         source,
     })?;
     let service = build_service(&config, store.clone())?;
-    // Replicated, a record is written by its group's leader only: the cascades a crash
-    // interrupted are not finished from this node's copy (see docs/cluster.md).
+    // Replicated, the group leaders finish them (`Service::attach_replication`).
     if !config.cluster.is_replicated() {
         service.context().resume_cascades().await?;
     }

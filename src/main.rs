@@ -74,8 +74,14 @@ fn load(path: Option<&PathBuf>) -> Result<webhookd::config::Loaded, String> {
 }
 
 fn init_logging(config: &Config) {
+    // openraft's core logs an ERROR for every read index taken while a follower is down
+    // (each read of a replicated shard, for as long as the node stays down); its failures
+    // that matter reach webhookd as errors of the calls, which it logs.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!("{},ractor=warn,openraft=warn", config.log.level))
+        EnvFilter::new(format!(
+            "{},ractor=warn,openraft=warn,openraft::core::raft_core=off",
+            config.log.level
+        ))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -124,23 +124,28 @@ impl NodeState {
             .map_err(ServiceError::from)
     }
 
-    /// Finishes the cascades a crash interrupted (tombstoned accounts and registrations).
+    /// Finishes the cascades a crash interrupted (tombstoned accounts and registrations)
+    /// of the shards this node serves. Replicated, it runs whenever the node takes the lead
+    /// of a group: the leader that began a cascade may be gone.
     pub async fn resume_cascades(self: &Arc<Self>) -> Result<(), ServiceError> {
+        let cluster = &self.cluster;
+        let served = |id: &Uuid| cluster.remote_owner(cluster.map().shard_of_id(id)).is_none();
         let accounts = self.store.run(|s| s.accounts_being_deleted()).await?;
-        for account in accounts {
+        for account in accounts.into_iter().filter(|a| served(&a.id)) {
             tracing::info!(account = %account.id, "finishing an interrupted account delete");
             account::cascade(self, &account).await?;
         }
-        self.store
-            .run(|s| {
-                for registration in s.registrations_being_deleted()? {
-                    tracing::info!(registration = %registration.id, "finishing an interrupted registration delete");
-                    s.finish_registration_delete(&registration)?;
-                }
-                Ok::<_, crate::store::StoreError>(())
-            })
-            .await?;
-        self.store.flush().await?;
+        let registrations = self.store.run(|s| s.registrations_being_deleted()).await?;
+        let mut written = Written::default();
+        for registration in registrations.into_iter().filter(|r| served(&r.id)) {
+            tracing::info!(registration = %registration.id, "finishing an interrupted registration delete");
+            let shard = cluster.map().shard_of_id(&registration.id);
+            let write = crate::store::RecordWrite::FinishRegistrationDelete(registration);
+            self.records.write_one(shard, write, &mut written).await?;
+        }
+        if let Some(commit) = written.commit() {
+            commit.wait().await?;
+        }
         Ok(())
     }
 

@@ -231,11 +231,11 @@ impl RegistrationActor {
         let (Access::Granted, Some(s)) = (access, found) else {
             return Ok(WriteResult::skipped());
         };
+        let write = RecordWrite::DeleteSubscriptions(vec![s]);
         self.ctx
-            .store
-            .run(move |store| store.delete_subscriptions(std::slice::from_ref(&s)))
+            .records
+            .write_one(self.shard(), write, written)
             .await?;
-        written.wrote(&self.ctx.store);
         Ok(WriteResult::deleted(1))
     }
 

@@ -84,6 +84,15 @@ impl Replication {
         self.failover_wait
     }
 
+    /// The shard groups this node leads, as far as its own Raft knows.
+    pub fn led_groups(&self) -> Vec<GroupId> {
+        self.rafts
+            .keys()
+            .copied()
+            .filter(|g| !g.is_meta() && self.leads(*g))
+            .collect()
+    }
+
     /// True when this node leads `group` as far as its own Raft knows (no round trip).
     pub fn leads(&self, group: GroupId) -> bool {
         self.leader_of(group).as_deref() == Some(self.node_id.as_str())

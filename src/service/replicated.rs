@@ -9,12 +9,12 @@
 //! An operation that reached a leader and then lost its answer (the leader stopped) is not
 //! sent again: it may have been applied, so the client gets a 503 and decides.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{username_shard, Service, ShardOp};
-use crate::actors::{Replicated, ReplicatedRecords, Written};
+use crate::actors::{NodeState, Replicated, ReplicatedRecords, Written};
 use crate::cluster::{PeerState, ShardId};
 use crate::crypto;
 use crate::domain::{NewAccount, ServiceError, ADMIN_USERNAME};
@@ -25,6 +25,8 @@ use crate::store::{Account, PageRequest, RecordWrite, Subscription, WriteOutcome
 
 /// Subscriptions removed per write by a bulk delete.
 const DELETE_CHUNK: usize = 512;
+/// How often a node looks for groups it newly leads.
+const LEAD_CHECK: Duration = Duration::from_secs(1);
 /// How often an operation waiting for its group's leader looks again.
 const LEADER_POLL: Duration = Duration::from_millis(25);
 
@@ -41,6 +43,23 @@ impl From<NotLeader> for ServiceError {
             },
             stopped @ NotLeader::Stopped { .. } => ServiceError::Internal(stopped.to_string()),
         }
+    }
+}
+
+/// Finishes the cascades interrupted in the groups this node takes the lead of (their
+/// earlier leader may have crashed in the middle), until the node stops.
+async fn finish_cascades_on_lead(ctx: Arc<NodeState>, replication: Arc<Replication>) {
+    let mut led = BTreeSet::new();
+    loop {
+        tokio::time::sleep(LEAD_CHECK).await;
+        let now: BTreeSet<GroupId> = replication.led_groups().into_iter().collect();
+        if now.difference(&led).next().is_some() {
+            if let Err(e) = ctx.resume_cascades().await {
+                tracing::warn!(error = %e, "finishing interrupted deletes failed; retrying");
+                continue;
+            }
+        }
+        led = now;
     }
 }
 
@@ -90,7 +109,8 @@ impl Service {
         self.ctx
             .records
             .replicate_through(Arc::new(GroupLogs(replication.clone())));
-        let _ = self.replication.set(replication);
+        let _ = self.replication.set(replication.clone());
+        tokio::spawn(finish_cascades_on_lead(self.ctx.clone(), replication));
     }
 
     /// Serves `op` at the leader of `shard`'s group, following the lead while it moves

@@ -180,6 +180,15 @@ async fn every_record_is_served_through_any_two_nodes() {
         .await;
     }
 
+    // An unsubscribe is replicated like the rest.
+    let (unsubscriber, dropped) = subscriptions.remove(0);
+    nodes[1]
+        .delete(&format!("/v1/webhook/subscription/{dropped}"))
+        .auth(&data.accounts[unsubscriber])
+        .send()
+        .await
+        .expect(200);
+
     // Node 0 loses its disk and catches up; then node 1 dies: node 0 and node 2 still
     // serve everything, so node 0 held full copies.
     nodes[0].kill().await;
@@ -219,6 +228,15 @@ async fn every_record_is_served_through_any_two_nodes() {
                 "subscription {s} of user{i} lost (via node {via}): {r}"
             );
         }
+        let r = nodes[via]
+            .get("/v1/webhook/subscription?start=0&limit=100")
+            .auth(&data.accounts[unsubscriber])
+            .send_unchecked()
+            .await;
+        assert!(
+            matches!(r.status, 200 | 204) && !r.text().contains(&dropped),
+            "deleted subscription {dropped} still listed via node {via}: {r}"
+        );
     }
 
     // Two of three down: no group has a majority, so writes answer 503 (with Retry-After)
