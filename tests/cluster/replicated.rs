@@ -9,7 +9,7 @@
 
 use super::*;
 
-const GROUPS: usize = 6;
+pub(super) const GROUPS: usize = 6;
 const ELECTION_TIMEOUT_MS: u64 = 600;
 
 fn replicated() -> NodeOptions {
@@ -22,7 +22,7 @@ fn replicated() -> NodeOptions {
 }
 
 /// `GET /v1/cluster`'s groups as `node` reports them (admin credentials of `admin`).
-async fn groups(node: &TestNode, admin: &Creds) -> Option<Vec<Value>> {
+pub(super) async fn groups(node: &TestNode, admin: &Creds) -> Option<Vec<Value>> {
     let r = node.get("/v1/cluster").auth(admin).send_unchecked().await;
     if r.status != 200 {
         return None;
@@ -33,7 +33,7 @@ async fn groups(node: &TestNode, admin: &Creds) -> Option<Vec<Value>> {
 /// Polls until every group reported by `node` has a leader among `alive`, each follower
 /// is caught up (lag 0) and, with `balanced`, each alive node leads its share of the
 /// shard groups (within one). Returns the groups.
-async fn wait_settled(
+pub(super) async fn wait_settled(
     node: &TestNode,
     admin: &Creds,
     alive: &[&str],
@@ -73,7 +73,7 @@ async fn wait_settled(
 }
 
 /// The admin keys a node printed, on start or later.
-fn printed_admin_key(node: &TestNode) -> Option<String> {
+pub(super) fn printed_admin_key(node: &TestNode) -> Option<String> {
     let later = node
         .later_stdout
         .lock()
