@@ -40,6 +40,8 @@ const QUIET_RUN: Duration = Duration::from_secs(20);
 const TAIL: Duration = Duration::from_secs(2);
 /// Time to heal: every group led again, a restarted node ready.
 const HEAL_DEADLINE: Duration = Duration::from_secs(30);
+/// Time for the final reads to be answered.
+const FINAL_READS_DEADLINE: Duration = Duration::from_secs(10);
 
 fn options() -> NodeOptions {
     NodeOptions {
@@ -367,12 +369,13 @@ async fn registers(nodes: &[TestNode], ep: &EndpointServer) -> Vec<Arc<Register>
     out
 }
 
-/// Reads every registration through every node, each until it answers (bounded).
+/// Reads every registration through every node, each until it answers, all within
+/// [`FINAL_READS_DEADLINE`] (then once each).
 async fn final_reads(clients: &Clients, regs: &[Arc<Register>]) -> Vec<Op> {
     let mut out = Vec::new();
+    let deadline = Instant::now() + FINAL_READS_DEADLINE;
     for reg in regs {
         for node in 0..clients.urls.len() {
-            let deadline = Instant::now() + HEAL_DEADLINE;
             loop {
                 let op = clients.read("final", reg, node, Kind::FinalRead).await;
                 if matches!(op.outcome, Outcome::Saw(_)) || Instant::now() > deadline {
