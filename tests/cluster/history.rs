@@ -311,7 +311,11 @@ async fn nemesis(
     tokio::time::sleep(Duration::from_secs(10)).await;
     signal(&nodes[leader], libc::SIGCONT);
     faults.push(Fault {
-        what: format!("SIGSTOP {} (leader of group {})", ids[leader], led["group"]),
+        what: format!(
+            "SIGSTOP {} (leader of group {})",
+            ids[leader],
+            led["group"].as_str().unwrap_or("?")
+        ),
         start,
         end: origin.elapsed(),
         all_served: true,
