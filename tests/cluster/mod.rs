@@ -11,13 +11,16 @@
 //! 5. a hung node (SIGSTOP) is marked down within `down_after_ms` and up after SIGCONT;
 //! 6. a full-load fan-out, triggered several times, marks no healthy peer down;
 //! 7. replicated groups elect leaders, fail over, and a wiped node catches up;
-//! 8. with replicated groups, every record is read and written through any two nodes.
+//! 8. with replicated groups, every record is read and written through any two nodes;
+//! 9. concurrent clients reading and writing registrations while nodes are stopped, killed
+//!    and restarted see a linearizable history.
 //!
 //! The cluster tests run one at a time ([`SERIAL`]): each starts several processes, and the
 //! timing assertions must not compete with another cluster's fan-out for the CPU. Other
 //! suites whose assertions are timings (`auth_flood`) take the same lock.
 
 mod fanout;
+mod history;
 mod hung_peer;
 mod liveness;
 mod misconfigured;

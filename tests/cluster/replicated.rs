@@ -21,7 +21,7 @@ pub(super) fn replicated() -> NodeOptions {
 }
 
 /// `GET /v1/cluster`'s groups as `node` reports them (admin credentials of `admin`).
-async fn groups(node: &TestNode, admin: &Creds) -> Option<Vec<Value>> {
+pub(super) async fn groups(node: &TestNode, admin: &Creds) -> Option<Vec<Value>> {
     let r = node.get("/v1/cluster").auth(admin).send_unchecked().await;
     if r.status != 200 {
         return None;

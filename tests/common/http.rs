@@ -84,6 +84,12 @@ impl Req {
     /// Sends the request; panics on transport errors only (a 5xx is returned, for the
     /// tests where one is expected, e.g. a cluster node that is down).
     pub async fn send_unchecked(self) -> Resp {
+        self.try_send().await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Sends the request; a transport error (refused connection, timeout, reset) is an
+    /// `Err` describing it, for the tests that record failures instead of stopping.
+    pub async fn try_send(self) -> Result<Resp, String> {
         let what = self.describe();
         let mut rb = self.client.request(self.method, &self.url);
         if let Some(ct) = &self.content_type {
@@ -95,24 +101,24 @@ impl Req {
         if let Some(body) = self.body {
             rb = rb.body(body);
         }
-        let resp = rb
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{what}: request failed: {e:?}"));
+        let resp = match rb.send().await {
+            Ok(resp) => resp,
+            Err(e) => return Err(format!("{what}: request failed: {e:?}")),
+        };
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .unwrap_or_else(|e| panic!("{what}: reading body failed: {e:?}"));
+        let body = match resp.bytes().await {
+            Ok(body) => body,
+            Err(e) => return Err(format!("{what}: reading body failed: {e:?}")),
+        };
         let json = serde_json::from_slice(&body).ok();
-        Resp {
+        Ok(Resp {
             what,
             status,
             headers,
             body,
             json,
-        }
+        })
     }
 }
 

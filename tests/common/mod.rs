@@ -14,6 +14,7 @@
 //!   pinned Python package (a reference implementation) in a virtual environment.
 //! * [`cluster`]: several nodes on loopback joined into one cluster; [`scenario`]: the
 //!   original service's functional scenario, run on one node and on a cluster.
+//! * [`history`]: the linearizability checker of the cluster's history test.
 //!
 //! The suites import everything at once (`use crate::common::*`).
 
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod cluster;
 pub mod delivery;
 pub mod endpoint;
+pub mod history;
 pub mod http;
 pub mod messages;
 pub mod node;
