@@ -129,7 +129,11 @@ impl NodeState {
     /// of a group: the leader that began a cascade may be gone.
     pub async fn resume_cascades(self: &Arc<Self>) -> Result<(), ServiceError> {
         let cluster = &self.cluster;
-        let served = |id: &Uuid| cluster.remote_owner(cluster.map().shard_of_id(id)).is_none();
+        let served = |id: &Uuid| {
+            cluster
+                .remote_owner(cluster.map().shard_of_id(id))
+                .is_none()
+        };
         let accounts = self.store.run(|s| s.accounts_being_deleted()).await?;
         for account in accounts.into_iter().filter(|a| served(&a.id)) {
             tracing::info!(account = %account.id, "finishing an interrupted account delete");

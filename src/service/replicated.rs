@@ -135,7 +135,13 @@ impl Service {
                     self.serve_as_leader(replication, shard, op.clone()).await
                 }
                 Some(id) => match cluster.peers().iter().find(|p| p.member.id == id) {
-                    Some(peer) if peer.state() == PeerState::Up => cluster.call(peer, &op).await?,
+                    // A leader that does not answer within the failover wait is as good
+                    // as gone. The operation may have been applied there, so it is not
+                    // sent again: the client gets a 503 and decides.
+                    Some(peer) if peer.state() == PeerState::Up => {
+                        let wait = replication.failover_wait();
+                        cluster.call_within(peer, &op, wait).await?
+                    }
                     _ => Err(ServiceError::NotServedHere { leader: None }),
                 },
                 None => Err(ServiceError::NotServedHere { leader: None }),
