@@ -11,7 +11,8 @@
 //! 5. a hung node (SIGSTOP) is marked down within `down_after_ms` and up after SIGCONT;
 //! 6. a full-load fan-out, triggered several times, marks no healthy peer down;
 //! 7. replicated groups elect leaders, fail over, and a wiped node catches up;
-//! 8. with replicated groups, every record is read and written through any two nodes;
+//! 8. with replicated groups, every record is read and written through any two nodes, and
+//!    a fan-out reaches every subscriber once, also with a node down;
 //! 9. concurrent clients reading and writing registrations while nodes are stopped, killed
 //!    and restarted see a linearizable history.
 //!
@@ -25,6 +26,7 @@ mod hung_peer;
 mod liveness;
 mod misconfigured;
 mod replicated;
+mod replicated_fanout;
 mod replicated_records;
 mod scenario;
 mod sigkill;

@@ -60,6 +60,7 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: usize) {
         };
         let mut triggers: HashMap<Uuid, Triggered> = HashMap::new();
         let mut calls = JoinSet::new();
+        let mut progressed = false;
         for Handoff {
             key,
             triggered,
@@ -84,6 +85,18 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: usize) {
                     }
                 },
             };
+            // Replicated, a shard's owner is its group's leader, which moves: a batch
+            // goes to whoever serves its subscribers now.
+            if ctx.records.is_replicated() {
+                let owners = owners_of(&ctx, items.clone());
+                if !(owners.len() == 1 && owners.contains_key(&Some(peer.member.id.clone()))) {
+                    if let Err(e) = redirect(&ctx, key, trigger, owners).await {
+                        tracing::error!(error = %e, "redirecting a handoff failed");
+                    }
+                    progressed = true;
+                    continue;
+                }
+            }
             let command = AcceptDeliveries {
                 triggered: trigger,
                 items,
@@ -97,7 +110,6 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: usize) {
                 (key, handed)
             });
         }
-        let mut progressed = false;
         while let Some(call) = calls.join_next().await {
             // Not handed (the peer is down): the batch waits; resending creates no duplicates.
             if let Ok((key, true)) = call {
@@ -114,4 +126,45 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: usize) {
             }
         }
     }
+}
+
+/// `items` by the member serving each subscriber now (`None`: this node).
+fn owners_of(
+    ctx: &NodeState,
+    items: Vec<NewDelivery>,
+) -> HashMap<Option<String>, Vec<NewDelivery>> {
+    let cluster = &ctx.cluster;
+    let mut owners: HashMap<Option<String>, Vec<NewDelivery>> = HashMap::new();
+    for item in items {
+        let owner = cluster
+            .remote_owner(cluster.map().shard_of_id(&item.account_id))
+            .map(|p| p.member.id.clone());
+        owners.entry(owner).or_default().push(item);
+    }
+    owners
+}
+
+/// Accepts the batch's deliveries this node serves now, and queues the rest for their
+/// owners in place of the batch.
+async fn redirect(
+    ctx: &Arc<NodeState>,
+    key: Vec<u8>,
+    trigger: Triggered,
+    mut owners: HashMap<Option<String>, Vec<NewDelivery>>,
+) -> Result<(), StoreError> {
+    if let Some(local) = owners.remove(&None) {
+        let (accepting, trigger) = (ctx.clone(), trigger.clone());
+        ctx.store
+            .run(move |_| accept_remote_batch(&accepting, &trigger, &local))
+            .await?;
+    }
+    let to: Vec<(String, Vec<NewDelivery>)> = owners
+        .into_iter()
+        .filter_map(|(peer, items)| peer.map(|p| (p, items)))
+        .collect();
+    ctx.store
+        .run(move |s| s.redirect_handoff(&key, &trigger.id, &to, now_us()))
+        .await?;
+    ctx.delivery.handoff_wake.notify_waiters();
+    Ok(())
 }

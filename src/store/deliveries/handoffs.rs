@@ -3,9 +3,11 @@
 //! writes them in the batch that moves its cursor (see [`super::create`]), so none is lost
 //! or written twice across a crash.
 
-use super::types::Handoff;
-use crate::store::keys::{handoff_prefix, read_uuid};
-use crate::store::records::decode;
+use uuid::Uuid;
+
+use super::types::{Handoff, NewDelivery};
+use crate::store::keys::{handoff_key, handoff_prefix, read_uuid};
+use crate::store::records::{decode, encode_compact};
 use crate::store::{Result, Store};
 
 impl Store {
@@ -30,6 +32,27 @@ impl Store {
     /// Forgets a batch the peer has persisted.
     pub fn remove_handoff(&self, key: &[u8]) -> Result<()> {
         self.t().deliveries.remove(key)?;
+        Ok(())
+    }
+
+    /// Replaces the batch at `key` with batches for other peers, atomically (its
+    /// subscribers' shards moved to other nodes).
+    pub fn redirect_handoff(
+        &self,
+        key: &[u8],
+        triggered: &Uuid,
+        to: &[(String, Vec<NewDelivery>)],
+        now_us: u64,
+    ) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.remove(key);
+        for (i, (peer, items)) in to.iter().enumerate() {
+            batch.insert(
+                handoff_key(peer, triggered, now_us, i as u32),
+                encode_compact(items)?,
+            );
+        }
+        self.t().deliveries.apply_batch(batch)?;
         Ok(())
     }
 }

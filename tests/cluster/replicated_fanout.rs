@@ -1,0 +1,137 @@
+//! Fan-out with replicated groups (`replication_factor = 3`, three real node processes):
+//! a registration's subscribers spread over every group each receive one signed delivery,
+//! whichever node the calls go through. With a node SIGKILLed, a new trigger still reaches
+//! every subscriber: its registration's group and the subscribers' groups are led by the
+//! survivors.
+
+use super::replicated::{printed_admin_key, replicated, wait_settled};
+use super::*;
+
+/// Subscribers of the test registration: enough to fall in every group.
+const SUBSCRIBERS: usize = 12;
+
+/// Polls until every subscriber's path received `per_path` deliveries of `event`.
+async fn wait_delivered(ep: &EndpointServer, paths: &[String], event: &str, per_path: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let by_path = posts_by_path(ep, event);
+        let done = paths
+            .iter()
+            .all(|p| by_path.get(&ep.path_of(p)).map_or(0, Vec::len) >= per_path);
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every subscriber received {per_path} deliveries of {event}: {:?}",
+            by_path
+                .iter()
+                .map(|(p, v)| (p.clone(), v.len()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_fan_out_reaches_every_subscriber_once_and_survives_a_node() {
+    let _serial = SERIAL.lock().await;
+    let (spec, mut nodes) = ClusterSpec::launch_fresh(3, |_| replicated()).await;
+    let ids: Vec<&str> = spec.ids.iter().map(String::as_str).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let admin = loop {
+        if let Some(key) = nodes.iter().find_map(printed_admin_key) {
+            break Creds::new("admin", &key);
+        }
+        assert!(Instant::now() < deadline, "no node printed the admin keys");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    wait_settled(&nodes[0], &admin, &ids, true, Duration::from_secs(30)).await;
+
+    let ep = EndpointServer::start().await;
+    let owner = nodes[1]
+        .create_account("owner", &ep.endpoint_url("owner"))
+        .await;
+    let registration = id_of(&nodes[2].register(&owner, "replicated.fanout").await);
+    let mut subscribers = Vec::new();
+    for i in 0..SUBSCRIBERS {
+        let path = format!("sub{i}");
+        let a = nodes[i % 3]
+            .create_account(&format!("sub{i}"), &ep.endpoint_url(&path))
+            .await;
+        nodes[(i + 1) % 3].subscribe(&a, &registration).await;
+        subscribers.push((a, path));
+    }
+    let paths: Vec<String> = subscribers.iter().map(|(_, p)| p.clone()).collect();
+
+    let triggered = id_of(&nodes[0].trigger(&owner, &registration).await);
+    nodes[1]
+        .wait_trigger_counts(
+            &owner,
+            &triggered,
+            &delivery_counts(&[("succeeded", SUBSCRIBERS as u64)]),
+            Duration::from_secs(20),
+        )
+        .await;
+    wait_delivered(&ep, &paths, "replicated.fanout", 1).await;
+    let by_path = posts_by_path(&ep, "replicated.fanout");
+    let mut webhook_ids = HashSet::new();
+    for (a, path) in &subscribers {
+        let posts = by_path.get(&ep.path_of(path)).cloned().unwrap_or_default();
+        assert_eq!(
+            posts.len(),
+            1,
+            "{} must receive one delivery: {posts:?}",
+            a.username
+        );
+        let id = assert_signed_delivery(&posts[0], &a.secret_key, "replicated.fanout");
+        assert!(
+            webhook_ids.insert(id),
+            "webhook-id reused across subscribers"
+        );
+    }
+
+    // Each node down in turn: a trigger through a survivor reaches every subscriber.
+    for victim in 0..3 {
+        nodes[victim].kill().await;
+        let via = &nodes[(victim + 1) % 3];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = via
+                .post(&format!("/v1/webhook/triggered/{registration}"))
+                .auth(&owner)
+                .send_unchecked()
+                .await;
+            if r.status == 201 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no trigger without node {victim}: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        wait_delivered(&ep, &paths, "replicated.fanout", victim + 2).await;
+        nodes[victim].restart().await;
+        wait_settled(
+            &nodes[(victim + 1) % 3],
+            &admin,
+            &ids,
+            false,
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    let by_path = posts_by_path(&ep, "replicated.fanout");
+    let duplicates: usize = paths
+        .iter()
+        .map(|p| {
+            by_path
+                .get(&ep.path_of(p))
+                .map_or(0, Vec::len)
+                .saturating_sub(4)
+        })
+        .sum();
+    println!("four triggers, {SUBSCRIBERS} subscribers: {duplicates} duplicate deliveries");
+    assert_eq!(duplicates, 0, "a trigger was delivered twice to someone");
+}
