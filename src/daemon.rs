@@ -70,7 +70,7 @@ pub fn build_service(config: &Config, store: Store) -> Result<Service, DaemonErr
         config.security.endpoint_allow_cidrs.clone(),
     );
     let ctx = NodeState {
-        records: Records::new(store.clone()),
+        records: Records::new(store.clone(), config.cluster.is_replicated()),
         store,
         // Up to 4 idle connections per attempt in flight: enough to keep one to each
         // endpoint of a fan-out's busy workers, bounded whatever the number of endpoints.

@@ -35,14 +35,19 @@ pub trait ReplicatedRecords: Send + Sync {
 /// The actors' way to change records.
 pub struct Records {
     store: Store,
+    /// The configuration replicates shards: until the groups are attached, no write is
+    /// made (this node's copy is written only through the log).
+    replicate: bool,
     replicated: OnceLock<Arc<dyn ReplicatedRecords>>,
 }
 
 impl Records {
-    /// Writes applied to `store` until [`Records::replicate_through`] is called.
-    pub fn new(store: Store) -> Self {
+    /// Writes applied to `store`, or, when `replicate`, through the groups given to
+    /// [`Records::replicate_through`] (and refused until then).
+    pub fn new(store: Store, replicate: bool) -> Self {
         Self {
             store,
+            replicate,
             replicated: OnceLock::new(),
         }
     }
@@ -52,9 +57,14 @@ impl Records {
         let _ = self.replicated.set(groups);
     }
 
-    /// True when writes are replicated.
+    /// True when writes are replicated (or will be, once the groups are attached).
     pub fn is_replicated(&self) -> bool {
-        self.replicated.get().is_some()
+        self.replicate
+    }
+
+    /// True while writes wait for the groups to be attached (a node starting).
+    pub fn awaits_groups(&self) -> bool {
+        self.replicate && self.replicated.get().is_none()
     }
 
     /// True when the records of shard `b` are stored wherever those of shard `a` are (so
@@ -62,6 +72,7 @@ impl Records {
     pub fn stored_together(&self, cluster: &Cluster, a: ShardId, b: ShardId) -> bool {
         match self.replicated.get() {
             Some(groups) => groups.same_group(a, b),
+            None if self.replicate => false,
             None => {
                 let map = cluster.map();
                 map.owner(a) == map.owner(b)
@@ -79,6 +90,9 @@ impl Records {
     ) -> Result<Vec<WriteOutcome>, ServiceError> {
         if let Some(groups) = self.replicated.get() {
             return groups.write(shard, writes).await;
+        }
+        if self.replicate {
+            return Err(ServiceError::NotServedHere { leader: None });
         }
         let outcomes = self
             .store

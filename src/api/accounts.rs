@@ -109,7 +109,7 @@ pub async fn list(c: Call) -> ApiResult {
 
 /// DELETE /v1/accounts — admin; every non-admin account, with cascades.
 pub async fn delete_all(c: Call) -> ApiResult {
-    let counts = c.api.service.ask_everywhere(DeleteLocalAccounts).await?;
+    let counts = c.api.service.ask_leaders(DeleteLocalAccounts).await?;
     let result = WriteResult::deleted(counts.into_iter().sum());
     Ok(response::json(StatusCode::OK, &json!(result)))
 }

@@ -111,11 +111,7 @@ pub async fn delete(c: Call, caller: Caller) -> ApiResult {
 
 /// DELETE /v1/webhook/registrations — admin; every registration and subscription.
 pub async fn delete_all(c: Call) -> ApiResult {
-    let counts = c
-        .api
-        .service
-        .ask_everywhere(DeleteLocalRegistrations)
-        .await?;
+    let counts = c.api.service.ask_leaders(DeleteLocalRegistrations).await?;
     let result = WriteResult::deleted(counts.into_iter().sum());
     Ok(response::json(StatusCode::OK, &json!(result)))
 }

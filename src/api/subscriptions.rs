@@ -57,11 +57,7 @@ pub async fn delete(c: Call, caller: Caller) -> ApiResult {
 
 /// DELETE /v1/webhook/subscriptions — admin.
 pub async fn delete_all(c: Call) -> ApiResult {
-    let counts = c
-        .api
-        .service
-        .ask_everywhere(DeleteLocalSubscriptions)
-        .await?;
+    let counts = c.api.service.ask_leaders(DeleteLocalSubscriptions).await?;
     let result = WriteResult::deleted(counts.into_iter().sum());
     Ok(response::json(StatusCode::OK, &json!(result)))
 }

@@ -79,6 +79,15 @@ impl Replication {
             .map(|p| p.group)
     }
 
+    /// A shard group that has no leader among `members`, as far as this node knows.
+    pub fn group_led_outside(&self, members: &[String]) -> Option<GroupId> {
+        self.placement
+            .all()
+            .map(|p| p.group)
+            .filter(|g| !g.is_meta())
+            .find(|g| !self.leader_of(*g).is_some_and(|l| members.contains(&l)))
+    }
+
     /// How long a request waits for its group to have a leader.
     pub fn failover_wait(&self) -> Duration {
         self.failover_wait

@@ -125,6 +125,10 @@ impl Service {
                     (Some(shard), Some(replication)) => {
                         service.serve_as_leader(replication, shard, op).await
                     }
+                    // Starting: this node's copy may be stale until its groups run.
+                    (Some(_), None) if service.ctx.records.awaits_groups() => {
+                        Err(ServiceError::NotServedHere { leader: None })
+                    }
                     _ => op.run(service).await,
                 }
             }
@@ -145,6 +149,12 @@ impl Service {
         if let Some(replication) = self.replication() {
             return self.ask_leader(replication, shard, op).await;
         }
+        if self.ctx.records.awaits_groups() {
+            return Err(ServiceError::Unavailable {
+                message: "This node is starting, try again shortly".into(),
+                retry_after_secs: 1,
+            });
+        }
         match cluster.remote_owner(shard) {
             None => op.run(self.clone()).await,
             Some(peer) => cluster.call(peer, &op).await?,
@@ -163,6 +173,20 @@ impl Service {
             answers.push(cluster.call(peer, &op).await??);
         }
         Ok(answers)
+    }
+
+    /// Serves `op` on the nodes that serve shards: unreplicated, every node (as
+    /// [`Service::ask_everywhere`]); replicated, every node that is up, once together they
+    /// lead every group (each acts on the groups it leads), 503 if they do not within
+    /// `cluster.failover_wait_ms`.
+    pub async fn ask_leaders<O, T>(&self, op: O) -> Result<Vec<T>, ServiceError>
+    where
+        O: Op<Answer = Result<T, ServiceError>> + Clone,
+    {
+        match self.replication() {
+            None => self.ask_everywhere(op).await,
+            Some(replication) => self.ask_up_leaders(replication, op).await,
+        }
     }
 
     /// Authenticates credentials against this node's store (the username's shard owner).

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{username_shard, Service, ShardOp};
+use super::{username_shard, Op, Service, ShardOp};
 use crate::actors::{NodeState, Replicated, ReplicatedRecords, Written};
 use crate::cluster::{PeerState, ShardId};
 use crate::crypto;
@@ -161,6 +161,45 @@ impl Service {
                 other => return other,
             }
         }
+    }
+
+    /// [`Service::ask_leaders`] with replicated groups.
+    pub(super) async fn ask_up_leaders<O, T>(
+        &self,
+        replication: &Replication,
+        op: O,
+    ) -> Result<Vec<T>, ServiceError>
+    where
+        O: Op<Answer = Result<T, ServiceError>> + Clone,
+    {
+        let cluster = &self.ctx.cluster;
+        let up = || {
+            let mut members = vec![cluster.node_id().to_owned()];
+            members.extend(
+                cluster
+                    .peers()
+                    .iter()
+                    .filter(|p| p.state() == PeerState::Up)
+                    .map(|p| p.member.id.clone()),
+            );
+            members
+        };
+        let deadline = Instant::now() + replication.failover_wait();
+        while let Some(group) = replication.group_led_outside(&up()) {
+            if Instant::now() >= deadline {
+                return Err(NotLeader::NoQuorum(group).into());
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+        let mut answers = vec![op.clone().run(self.clone()).await?];
+        for peer in cluster
+            .peers()
+            .iter()
+            .filter(|p| p.state() == PeerState::Up)
+        {
+            answers.push(cluster.call(peer, &op).await??);
+        }
+        Ok(answers)
     }
 
     /// Deletes the subscriptions of the groups this node leads (the admin's bulk delete):

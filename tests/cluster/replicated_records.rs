@@ -3,7 +3,8 @@
 //! the two survivors; new accounts are created meanwhile. A node restarted on an empty data
 //! dir catches up, and then serves everything while a *different* node is down: it held
 //! full copies. Every write answered 2xx is there at the end, read through every node.
-//! With two of three down, writes answer 503 and nothing acknowledged is lost.
+//! The admin's bulk delete works with a node down. With two of three down, writes answer
+//! 503 and nothing acknowledged is lost.
 
 use super::replicated::{printed_admin_key, wait_settled, GROUPS};
 use super::*;
@@ -236,6 +237,26 @@ async fn every_record_is_served_through_any_two_nodes() {
         assert!(
             matches!(r.status, 200 | 204) && !r.text().contains(&dropped),
             "deleted subscription {dropped} still listed via node {via}: {r}"
+        );
+    }
+
+    // The admin's bulk delete works with a node down: each group's leader deletes its rows.
+    let r = nodes[2]
+        .delete("/v1/webhook/subscriptions")
+        .auth(&admin)
+        .send()
+        .await
+        .expect(200);
+    assert_eq!(r.json()["deleted"], subscriptions.len(), "{r}");
+    for via in [0, 2] {
+        let r = nodes[via]
+            .get("/v1/webhook/subscriptions?start=0&limit=100")
+            .auth(&admin)
+            .send_unchecked()
+            .await;
+        assert_eq!(
+            r.status, 204,
+            "subscriptions left after the bulk delete: {r}"
         );
     }
 
