@@ -84,21 +84,16 @@ pub(crate) fn cluster_table(cl: &ClusterRun, single: &SingleRun) -> Table {
                 ratio(sub.figure.per_second, single_sub.figure.per_second),
                 per_s(single_sub.figure.per_second)
             ),
+            format!("single node {:.0} µs", single_sub.node_cpu_us),
         ],
     );
-    table.row([
-        String::new(),
-        String::new(),
-        String::new(),
-        format!("single node {:.0} µs per subscribe", single_sub.node_cpu_us),
-    ]);
     if let Some(direct) = &cl.subscribe.via_leader {
         subscribe_rows(
             &mut table,
             cl,
             direct,
             "    the same through the group's leader only".to_string(),
-            [String::new(), String::new()],
+            [String::new(), String::new(), String::new()],
         );
     }
     if let Some(f) = &cl.failover {
@@ -157,16 +152,17 @@ pub(crate) fn cluster_table(cl: &ClusterRun, single: &SingleRun) -> Table {
 }
 
 /// Rows of one subscribe run: the rate, the CPU per subscribe (each node's in the third
-/// column) and, replicated, the Raft entries of the registration's group.
+/// column) and, replicated, the Raft entries of the registration's group; `last` fills
+/// the goal and comparison cells of the rate and the comparison cell of the CPU.
 fn subscribe_rows(
     table: &mut Table,
     cl: &ClusterRun,
     sub: &Subscribes,
     label: String,
-    last: [String; 2],
+    last: [String; 3],
 ) {
     let n = cl.nodes();
-    let [goal, versus] = last;
+    let [goal, versus, cpu_versus] = last;
     table.row([label, per_s(sub.figure.per_second), goal, versus]);
     table.row([
         format!("      node CPU per subscribe (sum of {n} nodes)"),
@@ -177,7 +173,7 @@ fn subscribe_rows(
             .map(|(member, cpu)| format!("{} {:.2} s", member.id, cpu.as_secs_f64()))
             .collect::<Vec<_>>()
             .join(", "),
-        String::new(),
+        cpu_versus,
     ]);
     if let Some(r) = &sub.raft {
         table.row([
