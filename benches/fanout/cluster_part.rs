@@ -1,6 +1,9 @@
 //! The cluster part (`--nodes 3`): a local cluster as separate processes, and idle
-//! latency, (b) and (c) again on it, with the share of deliveries handed off to another
-//! node computed from the shard map.
+//! latency, (b), (c) and the subscribe rate again on it, with the share of deliveries
+//! handed off to another node computed from the shard map. With a replication factor
+//! above 1 (3 unless `--replication-factor 1`), the cluster first waits until its groups
+//! are settled, the subscribe rate also counts the Raft entries of the registration's
+//! group, and the failover scenario runs last (see `failover.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use webhookd::bench::client::{Account, ApiClient};
-use webhookd::bench::cluster::{self, ClusterSpec, LocalCluster};
+use webhookd::bench::client::{http_client, Account, ApiClient};
+use webhookd::bench::cluster::{self, ClusterSpec, LocalCluster, GROUPS};
+use webhookd::bench::groups::{wait_admin, wait_settled};
 use webhookd::bench::node::{self};
 use webhookd::bench::report::{ms, per_s};
 use webhookd::bench::run::{IdleLatency, StepFigure};
@@ -20,7 +24,9 @@ use webhookd::cluster::ShardMap;
 use crate::context::{
     node_settings, Ctx, Measured, READY_DEADLINE, REQUEST_TIMEOUT, START_DEADLINE,
 };
+use crate::failover::{failover_part, FailoverRun, SETTLE};
 use crate::options::Sizes;
+use crate::subscribe::{subscribe_rate, RaftProbe, SubscribeRate};
 
 /// How much of a fan-out's deliveries the registration's node handed off to another node.
 #[derive(Debug, Clone, Copy, Default)]
@@ -91,11 +97,16 @@ pub(crate) struct MemberFigures {
 
 /// The figures of the cluster part.
 pub(crate) struct ClusterRun {
+    pub(crate) replication_factor: usize,
     pub(crate) members: Vec<MemberFigures>,
     pub(crate) ready_in: Duration,
     pub(crate) idle: IdleLatency,
     pub(crate) b: ClusterFanout,
     pub(crate) c: ClusterFanout,
+    /// Distinct accounts subscribing to one registration, through every node.
+    pub(crate) subscribe: SubscribeRate,
+    /// Replicated clusters: SIGKILLs of group leaders.
+    pub(crate) failover: Option<FailoverRun>,
     pub(crate) setup: Vec<StepFigure>,
     /// Cluster start included.
     pub(crate) wall_time: Duration,
@@ -138,6 +149,7 @@ pub(crate) async fn cluster_part(
     sink: &Sink,
     sizes: Sizes,
     nodes: usize,
+    replication_factor: usize,
 ) -> BenchResult<ClusterRun> {
     let started = Instant::now();
     let dir = tempfile::Builder::new()
@@ -148,11 +160,12 @@ pub(crate) async fn cluster_part(
         binary: PathBuf::from(env!("CARGO_BIN_EXE_webhookd")),
         dir: dir.path().to_path_buf(),
         nodes,
+        replication_factor,
         settings: node_settings(),
         start_deadline: START_DEADLINE,
         ready_deadline: READY_DEADLINE,
     };
-    let cluster = match LocalCluster::start(&spec).await {
+    let mut cluster = match LocalCluster::start(&spec).await {
         Ok(cluster) => cluster,
         Err(e) => {
             // Keep the nodes' configs and logs for a post-mortem.
@@ -180,13 +193,18 @@ pub(crate) async fn cluster_part(
         );
     }
     println!(
-        "  cluster config: shards = {}, heartbeat_interval_ms = {}, down_after_ms = {}, rpc_timeout_ms = {}; node settings as above",
+        "  cluster config: shards = {}, heartbeat_interval_ms = {}, down_after_ms = {}, rpc_timeout_ms = {}, replication_factor = {replication_factor}{}; node settings as above",
         cluster::SHARDS,
         cluster::HEARTBEAT_MS,
         cluster::DOWN_AFTER_MS,
-        cluster::RPC_TIMEOUT_MS
+        cluster::RPC_TIMEOUT_MS,
+        if replication_factor > 1 {
+            format!(", groups = {GROUPS} (election_timeout_ms and failover_wait_ms: the defaults)")
+        } else {
+            String::new()
+        }
     );
-    let result = cluster_scenarios(&cluster, sink, sizes).await;
+    let result = cluster_scenarios(&mut cluster, sink, sizes, replication_factor).await;
     cluster.stop().await;
     if result.is_err() {
         let kept = dir.keep();
@@ -198,17 +216,33 @@ pub(crate) async fn cluster_part(
 }
 
 pub(crate) async fn cluster_scenarios(
-    cluster: &LocalCluster,
+    cluster: &mut LocalCluster,
     sink: &Sink,
     sizes: Sizes,
+    replication_factor: usize,
 ) -> BenchResult<ClusterRun> {
+    let admin = if replication_factor > 1 {
+        let since = Instant::now();
+        let admin = wait_admin(cluster, SETTLE).await?;
+        let ids: Vec<String> = cluster.members().iter().map(|m| m.id.clone()).collect();
+        let expected = (usize::from(GROUPS) + 1, true);
+        let urls = cluster.urls();
+        wait_settled(&http_client(), &urls[0], &admin, &ids, expected, SETTLE).await?;
+        println!(
+            "  every group led, followers caught up and leaders spread {} later",
+            ms(since.elapsed().as_micros() as u64)
+        );
+        Some(admin)
+    } else {
+        None
+    };
     let pids = cluster.pids();
     // Peak RSS from here on (the kernel may refuse; then it is the lifetime peak).
     let resets: Vec<bool> = pids.iter().map(|pid| node::reset_peak_rss(*pid)).collect();
     let api = Arc::new(ApiClient::new(&cluster.urls(), REQUEST_TIMEOUT)?);
-    let map = cluster.shard_map();
+    let map = &cluster.shard_map().clone();
     let nodes = pids.len();
-    let mut ctx = Ctx::new(api, sink, pids.clone(), sizes.deadline).await?;
+    let mut ctx = Ctx::new(api.clone(), sink, pids.clone(), sizes.deadline).await?;
 
     let idle = ctx.idle_latency(sizes).await?;
     println!(
@@ -238,6 +272,21 @@ pub(crate) async fn cluster_scenarios(
     )
     .await?;
 
+    let probe = admin.as_ref().map(|a| RaftProbe {
+        http: http_client(),
+        base: cluster.urls()[0].clone(),
+        admin: a.clone(),
+        map,
+        groups: GROUPS,
+        members: cluster
+            .members()
+            .iter()
+            .map(|m| m.id.clone())
+            .zip(cluster.urls())
+            .collect(),
+    });
+    let subscribe = subscribe_rate(&mut ctx, sizes.b_subscribers, probe.as_ref()).await?;
+
     let mut members = Vec::with_capacity(nodes);
     for (((m, url), pid), reset) in cluster
         .members()
@@ -255,13 +304,22 @@ pub(crate) async fn cluster_scenarios(
             peak_reset: reset,
         });
     }
+    let setup = std::mem::take(&mut ctx.setup);
+    drop(ctx);
+    let failover = match &admin {
+        Some(admin) => Some(failover_part(cluster, &api, sink, admin, sizes.kills).await?),
+        None => None,
+    };
     Ok(ClusterRun {
+        replication_factor,
         members,
         ready_in: cluster.ready_in(),
         idle,
         b,
         c,
-        setup: ctx.setup,
+        subscribe,
+        failover,
+        setup,
         wall_time: Duration::ZERO,
     })
 }

@@ -4,12 +4,13 @@
 use serde_json::{json, Value};
 use webhookd::bench::cluster::{self};
 use webhookd::bench::progress::group;
-use webhookd::bench::report::{per_s, ratio, Table};
+use webhookd::bench::report::{ms, per_s, ratio, Table};
 
 use crate::cluster_part::{ClusterFanout, ClusterRun};
 use crate::context::Measured;
 use crate::report::{fanout_rows, idle_rows, p50_p99, setup_rows, signed_us};
 use crate::single_node::SingleRun;
+use crate::subscribe::Subscribes;
 
 pub(crate) fn cluster_table(cl: &ClusterRun, single: &SingleRun) -> Table {
     let c = single.ceiling.per_second;
@@ -57,6 +58,68 @@ pub(crate) fn cluster_table(cl: &ClusterRun, single: &SingleRun) -> Table {
             String::new(),
         ]);
     }
+    let (sub, single_sub) = (&cl.subscribe.spread, &single.subscribe.spread);
+    let goal = if cl.replication_factor > 1 {
+        format!(
+            "≥ 3,000/s with RF {}: {}",
+            cl.replication_factor,
+            if sub.figure.per_second >= 3_000.0 {
+                "met"
+            } else {
+                "NOT met"
+            }
+        )
+    } else {
+        String::new()
+    };
+    subscribe_rows(
+        &mut table,
+        cl,
+        sub,
+        format!("subscribe rate through the {n} nodes (round-robin)"),
+        [
+            goal,
+            format!(
+                "{} ({})",
+                ratio(sub.figure.per_second, single_sub.figure.per_second),
+                per_s(single_sub.figure.per_second)
+            ),
+            format!("single node {:.0} µs", single_sub.node_cpu_us),
+        ],
+    );
+    if let Some(direct) = &cl.subscribe.via_leader {
+        subscribe_rows(
+            &mut table,
+            cl,
+            direct,
+            "    the same through the group's leader only".to_string(),
+            [String::new(), String::new(), String::new()],
+        );
+    }
+    if let Some(f) = &cl.failover {
+        table.row([
+            "failover window p50 / p99 / max (API requests)".to_string(),
+            format!(
+                "{} / {} / {}",
+                ms(f.windows.p50_us),
+                ms(f.windows.p99_us),
+                ms(f.windows.max_us)
+            ),
+            format!(
+                "{} kills, {} streams",
+                f.kills.len(),
+                f.windows.count + f.never
+            ),
+            format!(
+                "p99 < 3 s: {}",
+                if f.never == 0 && f.windows.p99_us < 3_000_000 {
+                    "met"
+                } else {
+                    "NOT met"
+                }
+            ),
+        ]);
+    }
     idle_rows(
         &mut table,
         &cl.idle,
@@ -86,6 +149,48 @@ pub(crate) fn cluster_table(cl: &ClusterRun, single: &SingleRun) -> Table {
         String::new(),
     ]);
     table
+}
+
+/// Rows of one subscribe run: the rate, the CPU per subscribe (each node's in the third
+/// column) and, replicated, the Raft entries of the registration's group; `last` fills
+/// the goal and comparison cells of the rate and the comparison cell of the CPU.
+fn subscribe_rows(
+    table: &mut Table,
+    cl: &ClusterRun,
+    sub: &Subscribes,
+    label: String,
+    last: [String; 3],
+) {
+    let n = cl.nodes();
+    let [goal, versus, cpu_versus] = last;
+    table.row([label, per_s(sub.figure.per_second), goal, versus]);
+    table.row([
+        format!("      node CPU per subscribe (sum of {n} nodes)"),
+        format!("{:.0} µs", sub.node_cpu_us),
+        cl.members
+            .iter()
+            .zip(&sub.per_node_cpu)
+            .map(|(member, cpu)| format!("{} {:.2} s", member.id, cpu.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        cpu_versus,
+    ]);
+    if let Some(r) = &sub.raft {
+        table.row([
+            "      registration's group: Raft entries appended".to_string(),
+            format!(
+                "{} ({:.1} subscribes per entry)",
+                group(r.entries),
+                sub.figure.count as f64 / r.entries.max(1) as f64
+            ),
+            format!(
+                "group {}, leader {}",
+                r.group,
+                r.leader.as_deref().unwrap_or("none")
+            ),
+            String::new(),
+        ]);
+    }
 }
 
 /// The cross-node cost in words, (b) first.
@@ -152,6 +257,8 @@ pub(crate) fn cluster_json(cl: &ClusterRun, single: &SingleRun) -> Value {
     };
     json!({
         "nodes": cl.nodes(),
+        "replication_factor": cl.replication_factor,
+        "groups": (cl.replication_factor > 1).then_some(cluster::GROUPS),
         "shards": cluster::SHARDS,
         "heartbeat_interval_ms": cluster::HEARTBEAT_MS,
         "down_after_ms": cluster::DOWN_AFTER_MS,
@@ -169,6 +276,8 @@ pub(crate) fn cluster_json(cl: &ClusterRun, single: &SingleRun) -> Value {
         "idle_latency": cl.idle,
         "fanout_one_registration": fanout(&cl.b),
         "fanout_many_registrations": fanout(&cl.c),
+        "subscribe_rate": cl.subscribe.json(),
+        "failover": cl.failover.as_ref().map(|f| f.json()),
         "cross_node_cost": {
             "fanout_one_registration": cross_node_json(&cl.b, &single.b, c),
             "fanout_many_registrations": cross_node_json(&cl.c, &single.c, c),

@@ -1,4 +1,4 @@
-//! `cargo bench --bench fanout -- [--quick] [--nodes 1|3]`
+//! `cargo bench --bench fanout -- [--quick] [--nodes 1|3] [--replication-factor 1|3]`
 //!
 //! Starts one webhookd node as a real process (temporary storage, PBKDF2 at 1,000
 //! iterations so setup is quick, `delivery.max_in_flight` = 64 like the ceiling's
@@ -30,7 +30,17 @@
 //! node to another one (the exact share is computed from the shard map and printed). It
 //! reports the cluster's deliveries/s with their ratio to the ceiling and to the single
 //! node's, node CPU per delivery summed over the three nodes against the single node's —
-//! the cross-node cost, in µs of CPU per delivery — and each node's peak RSS.
+//! the cross-node cost, in µs of CPU per delivery — and each node's peak RSS. The subscribe
+//! rate is measured again through the three nodes.
+//!
+//! The cluster runs with `cluster.replication_factor = 3` (12 groups, the default) unless
+//! `--replication-factor 1` asks for the unreplicated cluster; the single node always
+//! runs 1. Replicated, accounts, registrations and subscriptions go through their group's
+//! Raft log and every `/v1` call is served by the group's leader; the bench waits until
+//! every group is led and caught up before measuring, and last measures the failover
+//! window: SIGKILLs of the node leading the most groups (8, or 3 with `--quick`), each
+//! timing how long API requests for that node's groups' records fail through the
+//! survivors, then restarting it and waiting until the groups settle again.
 //!
 //! Figures are printed with their ratio to the ceiling and written to
 //! `target/bench/fanout.json` (the cluster's under `"cluster"`) and
@@ -43,6 +53,7 @@ mod ceiling;
 mod cluster_part;
 mod cluster_report;
 mod context;
+mod failover;
 mod isolation;
 mod memory;
 mod options;
@@ -114,7 +125,8 @@ async fn run(opts: Options) -> BenchResult<()> {
     }
     let single = single_node(&sink, sizes, opts, wall).await?;
     let cluster = if opts.nodes > 1 {
-        Some(cluster_part(&sink, sizes, opts.nodes).await?)
+        let factor = opts.cluster_replication_factor();
+        Some(cluster_part(&sink, sizes, opts.nodes, factor).await?)
     } else {
         None
     };
@@ -127,13 +139,19 @@ async fn run(opts: Options) -> BenchResult<()> {
     if let Some(cl) = &cluster {
         println!();
         println!(
-            "cluster of {} nodes (the same sizes; API calls round-robin over the nodes):",
-            cl.nodes()
+            "cluster of {} nodes, replication factor {} (the same sizes; API calls round-robin over the nodes):",
+            cl.nodes(),
+            cl.replication_factor
         );
         print!("{}", cluster_table(cl, &single).render());
         println!();
         for line in cross_node_lines(cl, &single) {
             println!("{line}");
+        }
+        if let Some(f) = &cl.failover {
+            for line in f.lines() {
+                println!("{line}");
+            }
         }
         println!(
             "total wall time (single node, then the cluster): {:.1} s",

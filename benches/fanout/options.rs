@@ -7,8 +7,10 @@ use webhookd::bench::progress::group;
 /// The `--nodes` values accepted: one node, or one node then a cluster of three.
 const NODE_COUNTS: [usize; 2] = [1, 3];
 
-const USAGE: &str =
-    "usage: cargo bench --bench fanout -- [--quick] [--nodes 1|3] [--isolation-only]";
+/// The `--replication-factor` values accepted (the cluster's, 3 unless told).
+const REPLICATION_FACTORS: [usize; 2] = [1, 3];
+
+const USAGE: &str = "usage: cargo bench --bench fanout -- [--quick] [--nodes 1|3] [--replication-factor 1|3] [--isolation-only]";
 
 /// Sizes of one run.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +28,8 @@ pub(crate) struct Sizes {
     /// (f) triggers of the 200-endpoint registration, per run.
     pub(crate) f_triggers: usize,
     pub(crate) deadline: Duration,
+    /// SIGKILLs of a group leader in the failover scenario (replicated clusters only).
+    pub(crate) kills: usize,
 }
 
 pub(crate) const FULL: Sizes = Sizes {
@@ -41,6 +45,7 @@ pub(crate) const FULL: Sizes = Sizes {
     e_subscribers: Some(100_000),
     f_triggers: 200,
     deadline: Duration::from_secs(300),
+    kills: 8,
 };
 
 pub(crate) const QUICK: Sizes = Sizes {
@@ -55,6 +60,7 @@ pub(crate) const QUICK: Sizes = Sizes {
     e_subscribers: Some(20_000),
     f_triggers: 50,
     deadline: Duration::from_secs(60),
+    kills: 3,
 };
 
 impl Sizes {
@@ -80,8 +86,17 @@ pub(crate) struct Options {
     pub(crate) bench: bool,
     pub(crate) quick: bool,
     pub(crate) nodes: usize,
+    /// `--replication-factor` of the cluster (None: 3, the factor the cluster is for).
+    pub(crate) replication_factor: Option<usize>,
     /// Run (f), the endpoint-isolation scenario, alone.
     pub(crate) isolation_only: bool,
+}
+
+impl Options {
+    /// The cluster's replication factor: as given, else 3 (the single node always runs 1).
+    pub(crate) fn cluster_replication_factor(&self) -> usize {
+        self.replication_factor.unwrap_or(3).min(self.nodes)
+    }
 }
 
 pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
@@ -89,6 +104,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Optio
         bench: false,
         quick: false,
         nodes: 1,
+        replication_factor: None,
         isolation_only: false,
     };
     let mut args = args.into_iter();
@@ -106,6 +122,19 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Optio
                 ))
             }
         };
+        let factor = |v: Option<String>| {
+            let n = v
+                .ok_or("--replication-factor needs a value".to_string())?
+                .parse::<usize>()
+                .map_err(|e| format!("--replication-factor: {e}"))?;
+            if REPLICATION_FACTORS.contains(&n) {
+                Ok(Some(n))
+            } else {
+                Err(format!(
+                    "--replication-factor {n}: the cluster runs 1 (no Raft) or 3; {USAGE}"
+                ))
+            }
+        };
         match arg.as_str() {
             "--bench" => opts.bench = true,
             "--quick" => opts.quick = true,
@@ -113,6 +142,14 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Optio
             "--nodes" => opts.nodes = nodes(args.next())?,
             other if other.starts_with("--nodes=") => {
                 opts.nodes = nodes(other.strip_prefix("--nodes=").map(str::to_string))?
+            }
+            "--replication-factor" => opts.replication_factor = factor(args.next())?,
+            other if other.starts_with("--replication-factor=") => {
+                opts.replication_factor = factor(
+                    other
+                        .strip_prefix("--replication-factor=")
+                        .map(str::to_string),
+                )?
             }
             other => return Err(format!("unknown argument {other:?}; {USAGE}")),
         }

@@ -196,7 +196,7 @@ pub(crate) async fn single_scenarios(
     // (d) Authenticated reads vs hello-world.
     let (node_read, hello_read) = read_rates(node.url(), &ctx.owner, &hello, shape).await?;
 
-    let subscribe = subscribe_rate(&mut ctx, sizes.b_subscribers).await?;
+    let subscribe = subscribe_rate(&mut ctx, sizes.b_subscribers, None).await?;
 
     // (e) Peak RSS during a big fan-out.
     let pid = node.pid();

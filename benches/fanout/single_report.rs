@@ -65,7 +65,7 @@ pub(crate) fn single_table(s: &SingleRun) -> Table {
         ratio(s.hello_read.per_second, c),
         String::new(),
     ]);
-    let subscribe = &s.subscribe.figure;
+    let subscribe = &s.subscribe.spread.figure;
     table.row([
         subscribe.step.clone(),
         per_s(subscribe.per_second),
@@ -81,7 +81,7 @@ pub(crate) fn single_table(s: &SingleRun) -> Table {
     ]);
     table.row([
         "    node CPU per subscribe".to_string(),
-        format!("{:.0} µs", s.subscribe.node_cpu_us),
+        format!("{:.0} µs", s.subscribe.spread.node_cpu_us),
         String::new(),
         String::new(),
     ]);
@@ -176,8 +176,8 @@ pub(crate) fn single_json(s: &SingleRun, opts: Options) -> Value {
             "ratio_to_hello_world": s.read_ratio(),
         },
         "subscribe_rate": {
-            "figure": s.subscribe.figure,
-            "node_cpu_us_per_subscribe": s.subscribe.node_cpu_us,
+            "figure": s.subscribe.spread.figure,
+            "node_cpu_us_per_subscribe": s.subscribe.spread.node_cpu_us,
         },
         "memory": memory_json,
         "node_peak_rss_before_e_kib": s.peak_before_e_kib,

@@ -7,7 +7,10 @@
 //! caller's settings, `[http]`, `[storage]` and a `[cluster]` section listing every
 //! member, with a random cookie), starts the nodes one after another, then polls every
 //! node's `GET /ready` until it answers 200. A start that failed because a port was taken
-//! meanwhile is retried once on other ports.
+//! meanwhile is retried once on other ports. With `replication_factor` above 1 the
+//! `[cluster]` section also sets it (and `groups`), and a member can be killed and
+//! restarted on its directory ([`LocalCluster::kill`], [`LocalCluster::restart`]) to
+//! measure failovers; what `GET /v1/cluster` says of the groups is in [`super::groups`].
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -33,6 +36,8 @@ pub const HEARTBEAT_MS: u64 = 200;
 pub const DOWN_AFTER_MS: u64 = 3000;
 /// `cluster.rpc_timeout_ms`: the default.
 pub const RPC_TIMEOUT_MS: u64 = 10_000;
+/// `cluster.groups` of a replicated bench cluster: the default.
+pub const GROUPS: u16 = 12;
 /// Most members a cluster can have here (one loopback address each, `127.0.0.1..`).
 pub const MAX_NODES: usize = 250;
 /// Pause between two rounds of `GET /ready`.
@@ -51,6 +56,8 @@ pub struct ClusterSpec {
     pub dir: PathBuf,
     /// Number of members.
     pub nodes: usize,
+    /// `cluster.replication_factor` (1: no Raft, each shard on one node).
+    pub replication_factor: usize,
     /// TOML appended to every node's config, e.g. `[security]` and `[delivery]` tables
     /// (not `[http]`, `[storage]` or `[cluster]`, which the cluster writes).
     pub settings: String,
@@ -74,8 +81,11 @@ pub struct Member {
 /// The running cluster; its nodes are killed when it is dropped or stopped.
 pub struct LocalCluster {
     dir: PathBuf,
+    binary: PathBuf,
+    start_deadline: Duration,
     members: Vec<Member>,
-    nodes: Vec<NodeProcess>,
+    /// In member order; `None` while a member is killed.
+    nodes: Vec<Option<NodeProcess>>,
     map: ShardMap,
     ready_in: Duration,
 }
@@ -130,7 +140,7 @@ impl LocalCluster {
                     BenchError::io(format!("cannot create {}", node_dir.display()), e)
                 })?;
                 let config = node_dir.join("webhookd.toml");
-                let text = node_config(member, &members, &cookie, &node_dir, &spec.settings);
+                let text = node_config(member, &members, &cookie, &node_dir, spec);
                 super::report::write_file(&config, &text)?;
                 NodeProcess::start(
                     &spec.binary,
@@ -159,11 +169,52 @@ impl LocalCluster {
         let map = ShardMap::new(SHARDS, members.iter().map(|m| m.id.clone()).collect());
         Ok(Self {
             dir,
+            binary: spec.binary.clone(),
+            start_deadline: spec.start_deadline,
             members,
-            nodes,
+            nodes: nodes.into_iter().map(Some).collect(),
             map,
             ready_in: since.elapsed(),
         })
+    }
+
+    /// The running nodes, in member order.
+    fn running(&self) -> impl Iterator<Item = &NodeProcess> {
+        self.nodes.iter().flatten()
+    }
+
+    /// SIGKILLs member `i` (and waits for it, bounded); its directory stays.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(node) = self.nodes.get_mut(i).and_then(Option::take) {
+            node.stop().await;
+        }
+    }
+
+    /// Starts member `i` again on its config and data (after [`LocalCluster::kill`]).
+    pub async fn restart(&mut self, i: usize) -> BenchResult<()> {
+        let member = self
+            .members
+            .get(i)
+            .ok_or_else(|| BenchError::Invalid(format!("no member {i}")))?;
+        let node_dir = self.dir.join(&member.id);
+        let node = NodeProcess::start(
+            &self.binary,
+            &node_dir.join("webhookd.toml"),
+            &node_dir.join("webhookd.log"),
+            self.start_deadline,
+        )
+        .await?;
+        if let Some(slot) = self.nodes.get_mut(i) {
+            if let Some(old) = slot.replace(node) {
+                old.stop().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The admin API key, as the one node that created the admin printed it.
+    pub fn admin_key(&self) -> Option<String> {
+        self.running().find_map(NodeProcess::admin_key)
     }
 
     /// The members, in order (`node1` first).
@@ -171,14 +222,18 @@ impl LocalCluster {
         &self.members
     }
 
-    /// Every node's base URL, e.g. `http://127.0.0.2:40123`, in member order.
+    /// Every node's base URL, e.g. `http://127.0.0.2:40123`, in member order (the
+    /// configured address, so also a killed member's).
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.url().to_string()).collect()
+        self.members
+            .iter()
+            .map(|m| format!("http://{}", m.http_addr))
+            .collect()
     }
 
-    /// Every node's process id, in member order.
+    /// Every running node's process id, in member order.
     pub fn pids(&self) -> Vec<u32> {
-        self.nodes.iter().map(NodeProcess::pid).collect()
+        self.running().map(NodeProcess::pid).collect()
     }
 
     /// The shard → node map every node computes from the same configuration.
@@ -198,7 +253,7 @@ impl LocalCluster {
 
     /// Stops every node (their directories stay).
     pub async fn stop(self) {
-        stop_all(self.nodes).await;
+        stop_all(self.nodes.into_iter().flatten().collect()).await;
     }
 }
 
@@ -254,20 +309,21 @@ pub fn pick_members(n: usize) -> BenchResult<Vec<Member>> {
     Ok(members)
 }
 
-/// The config of `member`: `[http]`, `[storage]` (in `dir`), the caller's `settings`, then
-/// `[cluster]` and its `[[cluster.members]]`.
+/// The config of `member`: `[http]`, `[storage]` (in `dir`), the spec's `settings`, then
+/// `[cluster]` (with its replication factor and groups when above 1) and its
+/// `[[cluster.members]]`.
 pub fn node_config(
     member: &Member,
     members: &[Member],
     cookie: &str,
     dir: &Path,
-    settings: &str,
+    spec: &ClusterSpec,
 ) -> String {
     let mut text = format!(
         "[http]\nlisten = \"{}\"\n\n[storage]\npath = {:?}\n\n{}\n",
         member.http_addr,
         dir.join("data").display().to_string(),
-        settings.trim_end(),
+        spec.settings.trim_end(),
     );
     text.push_str(&format!(
         "\n[cluster]\nnode_id = \"{}\"\nlisten = \"{}\"\ncookie = \"{cookie}\"\nshards = {SHARDS}\n\
@@ -275,6 +331,12 @@ pub fn node_config(
          rpc_timeout_ms = {RPC_TIMEOUT_MS}\n",
         member.id, member.cluster_addr
     ));
+    if spec.replication_factor > 1 {
+        text.push_str(&format!(
+            "replication_factor = {}\ngroups = {GROUPS}\n",
+            spec.replication_factor
+        ));
+    }
     for m in members {
         text.push_str(&format!(
             "\n[[cluster.members]]\nid = \"{}\"\ncluster_addr = \"{}\"\nhttp_addr = \"{}\"\n",
@@ -395,14 +457,17 @@ mod tests {
     #[test]
     fn configs_parse_and_list_every_member() {
         let members = pick_members(3).unwrap();
-        let settings = "[security]\npbkdf2_iterations = 1000\n\n[delivery]\nmax_in_flight = 256\n";
-        let text = node_config(
-            &members[1],
-            &members,
-            "cookie",
-            Path::new("/tmp/x"),
-            settings,
-        );
+        let spec = ClusterSpec {
+            binary: PathBuf::from("webhookd"),
+            dir: PathBuf::from("x"),
+            nodes: 3,
+            replication_factor: 3,
+            settings: "[security]\npbkdf2_iterations = 1000\n\n[delivery]\nmax_in_flight = 256\n"
+                .into(),
+            start_deadline: Duration::from_secs(1),
+            ready_deadline: Duration::from_secs(1),
+        };
+        let text = node_config(&members[1], &members, "cookie", Path::new("/tmp/x"), &spec);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("webhookd.toml");
         std::fs::write(&path, text).unwrap();
@@ -411,6 +476,8 @@ mod tests {
         assert_eq!(config.cluster.node_id, "node2");
         assert_eq!(config.cluster.listen, members[1].cluster_addr);
         assert_eq!(config.cluster.shards, SHARDS);
+        assert_eq!(config.cluster.replication_factor, 3);
+        assert_eq!(config.cluster.groups, GROUPS);
         assert_eq!(config.cluster.members.len(), 3);
         assert_eq!(
             config.cluster.members[2].http_addr,

@@ -9,6 +9,7 @@
 //! * [`load`]: closed-loop load (the HTTP ceiling, API read rate) and a hello-world server.
 //! * [`node`]: a node run as a child process, and its `/proc` figures.
 //! * [`cluster`]: a local cluster of such nodes on `127.0.0.1`, `127.0.0.2`, ...
+//! * [`groups`]: its replicated groups as `GET /v1/cluster` shows them.
 //! * [`stats`]: percentiles, rates, time buckets.
 //! * [`progress`]: the progress bar on stderr.
 //! * [`report`]: summary table, JSON and SVG output.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod error;
+pub mod groups;
 pub mod load;
 pub mod node;
 pub mod pool;

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -12,25 +13,35 @@ use super::error::{BenchError, BenchResult};
 
 /// What `serve` prints once it accepts requests.
 const LISTENING: &str = "listening on http://";
+/// What `serve` prints before the admin's API key, when it creates the admin account (with
+/// replicated groups, only the one node that created it for the cluster, and only once
+/// the metadata group has a majority: maybe after `listening on`).
+const ADMIN_KEY: &str = "admin api_key:";
 
 /// A running `webhookd serve`; killed when dropped.
 pub struct NodeProcess {
     child: Child,
     pid: u32,
     url: String,
+    admin_key: Arc<Mutex<Option<String>>>,
 }
 
 impl NodeProcess {
-    /// Runs `<binary> serve --config <config>` with stderr appended to `log`, and waits
-    /// until it prints `listening on http://...` (or `deadline` passes).
+    /// Runs `<binary> serve --config <config>` with stderr appended to `log` (a restarted
+    /// node's log follows its earlier run's), and waits until it prints
+    /// `listening on http://...` (or `deadline` passes). The admin key it prints, before or
+    /// after, is kept ([`NodeProcess::admin_key`]).
     pub async fn start(
         binary: &Path,
         config: &Path,
         log: &Path,
         deadline: Duration,
     ) -> BenchResult<Self> {
-        let log_file = std::fs::File::create(log)
-            .map_err(|e| BenchError::io(format!("cannot create {}", log.display()), e))?;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| BenchError::io(format!("cannot open {}", log.display()), e))?;
         let mut child = Command::new(binary)
             .arg("serve")
             .arg("--config")
@@ -49,11 +60,13 @@ impl NodeProcess {
             .take()
             .ok_or_else(|| BenchError::Node("no stdout pipe".into()))?;
         let mut lines = BufReader::new(stdout).lines();
+        let admin_key = Arc::new(Mutex::new(None));
         let started = Instant::now();
         let url = loop {
             let left = deadline.saturating_sub(started.elapsed());
             match tokio::time::timeout(left, lines.next_line()).await {
                 Ok(Ok(Some(line))) => {
+                    keep_admin_key(&admin_key, &line);
                     if let Some(at) = line.find(LISTENING) {
                         break format!("http://{}", line[at + LISTENING.len()..].trim());
                     }
@@ -74,8 +87,23 @@ impl NodeProcess {
             }
         };
         // Keep draining stdout so the node never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { child, pid, url })
+        let later = admin_key.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                keep_admin_key(&later, &line);
+            }
+        });
+        Ok(Self {
+            child,
+            pid,
+            url,
+            admin_key,
+        })
+    }
+
+    /// The admin API key the node printed, if it printed one so far.
+    pub fn admin_key(&self) -> Option<String> {
+        self.admin_key.lock().ok().and_then(|k| k.clone())
     }
 
     /// The node's base URL, e.g. `http://127.0.0.1:40123`.
@@ -97,6 +125,16 @@ impl NodeProcess {
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+/// Keeps the key of an `admin api_key: <key>` line.
+fn keep_admin_key(slot: &Mutex<Option<String>>, line: &str) {
+    if let Some(at) = line.find(ADMIN_KEY) {
+        let key = line[at + ADMIN_KEY.len()..].trim();
+        if let (false, Ok(mut slot)) = (key.is_empty(), slot.lock()) {
+            *slot = Some(key.to_string());
+        }
     }
 }
 
@@ -175,6 +213,15 @@ mod tests {
             })
         );
         assert_eq!(parse_memory("Name: x\n"), None);
+    }
+
+    #[test]
+    fn keeps_the_printed_admin_key() {
+        let slot = Mutex::new(None);
+        keep_admin_key(&slot, "listening on http://127.0.0.1:1");
+        assert_eq!(*slot.lock().unwrap(), None);
+        keep_admin_key(&slot, "admin api_key: abc123");
+        assert_eq!(slot.lock().unwrap().as_deref(), Some("abc123"));
     }
 
     #[test]
