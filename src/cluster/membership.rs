@@ -114,6 +114,11 @@ impl Peer {
             .is_some_and(|t| t.elapsed() < window)
     }
 
+    /// True when a call to the peer would be sent now (it is up and connected).
+    pub fn is_connected(&self) -> bool {
+        self.usable_gateway().is_some()
+    }
+
     /// Its gateway, when the peer is up.
     fn usable_gateway(&self) -> Option<ActorRef<GatewayMsg>> {
         let i = self.inner.lock().ok()?;

@@ -12,6 +12,7 @@
 //! rest on clocks: a leader stopped (SIGSTOP) past its term and resumed learns it was
 //! deposed before it answers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -109,8 +110,24 @@ impl Replication {
     }
 
     /// Confirms that this node leads `group` and has applied everything committed before
-    /// the call (a read index), within `failover_wait`.
-    pub async fn linearize(&self, group: GroupId) -> Result<(), NotLeader> {
+    /// the call (a read index), within `failover_wait`. Concurrent reads share rounds
+    /// (see `read_rounds.rs`).
+    pub async fn linearize(self: &Arc<Self>, group: GroupId) -> Result<(), NotLeader> {
+        let rounds = self
+            .reads
+            .get(&group)
+            .ok_or_else(|| self.elsewhere(group, None))?;
+        let replication = self.clone();
+        rounds
+            .join(move || {
+                let replication = replication.clone();
+                async move { replication.read_index(group).await }
+            })
+            .await
+    }
+
+    /// One read-index round of `group`.
+    async fn read_index(&self, group: GroupId) -> Result<(), NotLeader> {
         let raft = self
             .raft(group)
             .ok_or_else(|| self.elsewhere(group, None))?;

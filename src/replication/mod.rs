@@ -19,6 +19,7 @@
 mod balance;
 mod leadership;
 mod log_store;
+mod read_rounds;
 pub mod network;
 pub mod placement;
 mod serve;
@@ -77,6 +78,8 @@ pub struct Replication {
     cluster: Arc<Cluster>,
     placement: Placement,
     rafts: HashMap<GroupId, GroupRaft>,
+    /// Per group, the read-index rounds its reads share.
+    reads: HashMap<GroupId, Arc<read_rounds::ReadRounds>>,
     failover_wait: Duration,
 }
 
@@ -126,11 +129,13 @@ impl Replication {
                 .map_err(|e| ReplicationError::Start(format!("group {group}: {e}")))?;
             rafts.insert(group, raft);
         }
+        let reads = rafts.keys().map(|g| (*g, Arc::default())).collect();
         let replication = Arc::new(Self {
             node_id: config.node_id.clone(),
             cluster: cluster.clone(),
             placement,
             rafts,
+            reads,
             failover_wait: Duration::from_millis(config.failover_wait_ms),
         });
         serve::serve(&replication);

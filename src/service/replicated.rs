@@ -138,7 +138,7 @@ impl Service {
                     // A leader that does not answer within the failover wait is as good
                     // as gone. The operation may have been applied there, so it is not
                     // sent again: the client gets a 503 and decides.
-                    Some(peer) if peer.state() == PeerState::Up => {
+                    Some(peer) if peer.is_connected() => {
                         let wait = replication.failover_wait();
                         cluster.call_within(peer, &op, wait).await?
                     }
@@ -237,7 +237,7 @@ impl Service {
     /// Serves `op` if this node leads `shard`'s group, once a read index confirmed it.
     pub(super) async fn serve_as_leader<O, T>(
         &self,
-        replication: &Replication,
+        replication: &Arc<Replication>,
         shard: ShardId,
         op: O,
     ) -> Result<T, ServiceError>
