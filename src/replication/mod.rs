@@ -19,9 +19,9 @@
 mod balance;
 mod leadership;
 mod log_store;
-mod read_rounds;
 pub mod network;
 pub mod placement;
+mod read_rounds;
 mod serve;
 mod state_machine;
 pub mod status;

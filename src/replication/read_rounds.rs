@@ -106,7 +106,10 @@ mod tests {
             assert_eq!(read.unwrap(), Ok(()));
         }
         let rounds_run = count.load(Ordering::SeqCst);
-        assert!((1..50).contains(&rounds_run), "{rounds_run} rounds for 50 reads");
+        assert!(
+            (1..50).contains(&rounds_run),
+            "{rounds_run} rounds for 50 reads"
+        );
     }
 
     #[tokio::test]

@@ -40,7 +40,7 @@ impl Op for Authenticate {
     }
 }
 
-served_by!(Authenticate, |op, shards| Some(username_shard(
+served_by!(Authenticate, read, |op, shards| Some(username_shard(
     shards,
     &op.0.username
 )));
@@ -107,7 +107,7 @@ impl Op for GetAccount {
     }
 }
 
-served_by!(GetAccount, |op, shards| Some(username_shard(
+served_by!(GetAccount, read, |op, shards| Some(username_shard(
     shards,
     &op.credentials.username
 )));

@@ -56,10 +56,28 @@ pub trait ShardOp: Op {
     /// The shard whose owner serves it; `None` when no node owns its record (an invalid
     /// id), so any node answers.
     fn shard(&self, shards: &ShardMap) -> Option<ShardId>;
+
+    /// True when serving it changes nothing, so a request whose leader was lost on the way
+    /// is sent again to the new one (a change is not: it may have been applied).
+    const READ_ONLY: bool = false;
 }
 
-/// Declares which shard's owner serves an operation: `served_by!(Op, |op, shards| …)`.
+/// Declares which shard's owner serves an operation: `served_by!(Op, |op, shards| …)`, or
+/// `served_by!(Op, read, |op, shards| …)` for one that changes nothing.
 macro_rules! served_by {
+    ($op:ty, read, |$this:ident, $shards:ident| $shard:expr) => {
+        impl $crate::service::ShardOp for $op {
+            fn shard(
+                &self,
+                $shards: &$crate::cluster::ShardMap,
+            ) -> Option<$crate::cluster::ShardId> {
+                let $this = self;
+                $shard
+            }
+
+            const READ_ONLY: bool = true;
+        }
+    };
     ($op:ty, |$this:ident, $shards:ident| $shard:expr) => {
         impl $crate::service::ShardOp for $op {
             fn shard(

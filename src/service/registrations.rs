@@ -92,10 +92,9 @@ impl Op for ListOwnRegistrations {
     }
 }
 
-served_by!(ListOwnRegistrations, |op, shards| Some(username_shard(
-    shards,
-    &op.credentials.username
-)));
+served_by!(ListOwnRegistrations, read, |op, shards| Some(
+    username_shard(shards, &op.credentials.username)
+));
 
 /// Changes a registration's description (owner or admin; access is checked before the
 /// body, so a body error travels with the request).

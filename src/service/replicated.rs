@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::{username_shard, Op, Service, ShardOp};
 use crate::actors::{NodeState, Replicated, ReplicatedRecords, Written};
-use crate::cluster::{PeerState, ShardId};
+use crate::cluster::{Peer, PeerState, ShardId};
 use crate::crypto;
 use crate::domain::{NewAccount, ServiceError, ADMIN_USERNAME};
 use crate::replication::{
@@ -135,12 +135,8 @@ impl Service {
                     self.serve_as_leader(replication, shard, op.clone()).await
                 }
                 Some(id) => match cluster.peers().iter().find(|p| p.member.id == id) {
-                    // A leader that does not answer within the failover wait is as good
-                    // as gone. The operation may have been applied there, so it is not
-                    // sent again: the client gets a 503 and decides.
                     Some(peer) if peer.is_connected() => {
-                        let wait = replication.failover_wait();
-                        cluster.call_within(peer, &op, wait).await?
+                        self.ask_peer(replication, group, peer, &op).await
                     }
                     _ => Err(ServiceError::NotServedHere { leader: None }),
                 },
@@ -232,6 +228,49 @@ impl Service {
             }
         }
         Ok(deleted)
+    }
+
+    /// Asks `peer`, which this node takes for `group`'s leader, to serve `op`. The answer
+    /// is given up when the peer does not answer within the failover wait, or when the
+    /// group elects another leader meanwhile: the peer is then as good as gone. A read is
+    /// then sent to the new leader; a change may have been applied by the lost leader, so
+    /// it is not sent again, and the client gets a 503 and decides.
+    async fn ask_peer<O, T>(
+        &self,
+        replication: &Replication,
+        group: GroupId,
+        peer: &Peer,
+        op: &O,
+    ) -> Result<T, ServiceError>
+    where
+        O: ShardOp<Answer = Result<T, ServiceError>>,
+    {
+        let call = self
+            .ctx
+            .cluster
+            .call_within(peer, op, replication.failover_wait());
+        let deposed = async {
+            while replication.leader_of(group).as_deref() == Some(peer.member.id.as_str()) {
+                tokio::time::sleep(LEADER_POLL).await;
+            }
+        };
+        let lost = tokio::select! {
+            answer = call => match answer {
+                Ok(answer) => return answer,
+                Err(e) => ServiceError::from(e),
+            },
+            () = deposed => ServiceError::Unavailable {
+                message: format!(
+                    "The leader of shard group {group} changed while the request was on its \
+                     way: it may or may not have been applied, try again"
+                ),
+                retry_after_secs: 1,
+            },
+        };
+        match O::READ_ONLY {
+            true => Err(ServiceError::NotServedHere { leader: None }),
+            false => Err(lost),
+        }
     }
 
     /// Serves `op` if this node leads `shard`'s group, once a read index confirmed it.

@@ -124,7 +124,10 @@ impl Op for TriggerStatus {
     }
 }
 
-served_by!(TriggerStatus, |op, shards| id_shard(shards, op.id.as_ref()));
+served_by!(TriggerStatus, read, |op, shards| id_shard(
+    shards,
+    op.id.as_ref()
+));
 
 /// A page of a trigger's deliveries with their attempt logs, from every node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,7 +149,7 @@ impl Op for ListDeliveries {
     }
 }
 
-served_by!(ListDeliveries, |op, shards| id_shard(
+served_by!(ListDeliveries, read, |op, shards| id_shard(
     shards,
     op.id.as_ref()
 ));
