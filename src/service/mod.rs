@@ -66,6 +66,12 @@ pub trait ShardOp: Op {
 /// `served_by!(Op, read, |op, shards| …)` for one that changes nothing.
 macro_rules! served_by {
     ($op:ty, read, |$this:ident, $shards:ident| $shard:expr) => {
+        $crate::service::served_by!(@impl $op, true, |$this, $shards| $shard);
+    };
+    ($op:ty, |$this:ident, $shards:ident| $shard:expr) => {
+        $crate::service::served_by!(@impl $op, false, |$this, $shards| $shard);
+    };
+    (@impl $op:ty, $read:expr, |$this:ident, $shards:ident| $shard:expr) => {
         impl $crate::service::ShardOp for $op {
             fn shard(
                 &self,
@@ -75,18 +81,7 @@ macro_rules! served_by {
                 $shard
             }
 
-            const READ_ONLY: bool = true;
-        }
-    };
-    ($op:ty, |$this:ident, $shards:ident| $shard:expr) => {
-        impl $crate::service::ShardOp for $op {
-            fn shard(
-                &self,
-                $shards: &$crate::cluster::ShardMap,
-            ) -> Option<$crate::cluster::ShardId> {
-                let $this = self;
-                $shard
-            }
+            const READ_ONLY: bool = $read;
         }
     };
 }

@@ -28,18 +28,8 @@ fn id_in(a: bool) -> Uuid {
 fn account(s: &Store, a: bool, name: &str) -> Account {
     Account {
         id: id_in(a),
-        epoch_us: s.next_epoch_us(),
-        username: name.into(),
         endpoint: format!("http://127.0.0.1:1/{name}"),
-        is_admin: false,
-        failed_count: 0,
-        api_key_hash: "h".into(),
-        secret_key: "s".into(),
-        pending_key: None,
-        key_resets_us: vec![],
-        deleting: false,
-        deliveries_stopped_us: None,
-        previous_secret: None,
+        ..crate::store::accounts::tests::account(s, name)
     }
 }
 
