@@ -26,10 +26,12 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::{json, Value};
 
-/// Fast retries (1 attempt + 3 retries ~50 ms apart) and a short outbound timeout.
+/// Fast retries (1 attempt + 3 retries 50 ms apart: no jitter, so the tests may check the
+/// gaps) and a short outbound timeout.
 const FAST: &str = r#"
 [delivery]
 retry_delays_secs = [0.05, 0.05, 0.05]
+retry_jitter = 0.0
 max_failed_count = 250
 max_in_flight = 64
 [http_client]
