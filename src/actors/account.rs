@@ -149,11 +149,11 @@ impl AccountActor {
             stored_value,
             at_us: now,
         });
-        let mut pending = Written::default();
-        self.write_account(&account, &mut pending).await?;
-        if let Some(commit) = pending.commit() {
-            commit.wait().await?;
-        }
+        let write = RecordWrite::UpdateAccount(account.clone());
+        self.ctx
+            .records
+            .write_committed(self.shard(), write)
+            .await?;
 
         let sent = self
             .ctx
@@ -302,11 +302,7 @@ pub(super) async fn cascade(ctx: &Arc<NodeState>, account: &Account) -> Result<(
 async fn finish_delete(ctx: &NodeState, account: &Account) -> Result<(), ServiceError> {
     let shard = ctx.cluster.map().shard_of_id(&account.id);
     let write = RecordWrite::FinishAccountDelete(account.clone());
-    let mut written = Written::default();
-    ctx.records.write_one(shard, write, &mut written).await?;
-    if let Some(commit) = written.commit() {
-        commit.wait().await?;
-    }
+    ctx.records.write_committed(shard, write).await?;
     Ok(())
 }
 

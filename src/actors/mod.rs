@@ -129,19 +129,17 @@ impl NodeState {
     /// of a group: the leader that began a cascade may be gone.
     pub async fn resume_cascades(self: &Arc<Self>) -> Result<(), ServiceError> {
         let cluster = &self.cluster;
-        let served = |id: &Uuid| {
-            cluster
-                .remote_owner(cluster.map().shard_of_id(id))
-                .is_none()
-        };
         let accounts = self.store.run(|s| s.accounts_being_deleted()).await?;
-        for account in accounts.into_iter().filter(|a| served(&a.id)) {
+        for account in accounts.into_iter().filter(|a| cluster.serves_id(&a.id)) {
             tracing::info!(account = %account.id, "finishing an interrupted account delete");
             account::cascade(self, &account).await?;
         }
         let registrations = self.store.run(|s| s.registrations_being_deleted()).await?;
         let mut written = Written::default();
-        for registration in registrations.into_iter().filter(|r| served(&r.id)) {
+        for registration in registrations
+            .into_iter()
+            .filter(|r| cluster.serves_id(&r.id))
+        {
             tracing::info!(registration = %registration.id, "finishing an interrupted registration delete");
             let shard = cluster.map().shard_of_id(&registration.id);
             let write = crate::store::RecordWrite::FinishRegistrationDelete(registration);

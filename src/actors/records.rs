@@ -102,6 +102,21 @@ impl Records {
         Ok(outcomes)
     }
 
+    /// [`Records::write_one`], answered once its commit is on disk (for callers that answer
+    /// nobody through a [`Written`] of their own).
+    pub async fn write_committed(
+        &self,
+        shard: ShardId,
+        write: RecordWrite,
+    ) -> Result<WriteOutcome, ServiceError> {
+        let mut written = Written::default();
+        let outcome = self.write_one(shard, write, &mut written).await?;
+        if let Some(commit) = written.commit() {
+            commit.wait().await?;
+        }
+        Ok(outcome)
+    }
+
     /// [`Records::write`] of one write.
     pub async fn write_one(
         &self,

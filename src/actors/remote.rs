@@ -11,10 +11,13 @@ use uuid::Uuid;
 
 use std::collections::BTreeMap;
 
-use super::{NodeState, Written};
+use super::NodeState;
 use crate::cluster::{rpc, ShardId};
 use crate::domain::ServiceError;
 use crate::store::{NewDelivery, RecordWrite, Subscription, Triggered};
+
+/// Subscriptions removed per write by a delete that names them.
+const DELETE_CHUNK: usize = 512;
 
 /// Persist the deliveries of a fan-out batch whose subscribers the receiving node owns;
 /// answers how many were created (a resent batch creates none twice).
@@ -65,21 +68,28 @@ impl NodeState {
             .store
             .run(move |s| s.subscriptions_of_subscriber(&account))
             .await?;
-        let mut by_shard: BTreeMap<ShardId, Vec<Subscription>> = BTreeMap::new();
+        self.delete_served_subscriptions(held).await
+    }
+
+    /// Deletes those of `subs` whose shards this node serves, by writes naming them (at
+    /// most [`DELETE_CHUNK`] each, per shard); answers how many.
+    pub async fn delete_served_subscriptions(
+        &self,
+        subs: Vec<Subscription>,
+    ) -> Result<u64, ServiceError> {
         let cluster = &self.cluster;
-        for sub in held {
+        let mut by_shard: BTreeMap<ShardId, Vec<Subscription>> = BTreeMap::new();
+        for sub in subs.into_iter().filter(|s| cluster.serves_id(&s.id)) {
             let shard = cluster.map().shard_of_id(&sub.id);
-            if cluster.remote_owner(shard).is_none() {
-                by_shard.entry(shard).or_default().push(sub);
-            }
+            by_shard.entry(shard).or_default().push(sub);
         }
         let mut deleted = 0;
         for (shard, subs) in by_shard {
-            deleted += subs.len() as u64;
-            let write = RecordWrite::DeleteSubscriptions(subs);
-            self.records
-                .write_one(shard, write, &mut Written::default())
-                .await?;
+            for chunk in subs.chunks(DELETE_CHUNK) {
+                let write = RecordWrite::DeleteSubscriptions(chunk.to_vec());
+                self.records.write_committed(shard, write).await?;
+                deleted += chunk.len() as u64;
+            }
         }
         Ok(deleted)
     }

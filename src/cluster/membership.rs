@@ -240,6 +240,16 @@ impl Cluster {
         }
     }
 
+    /// True when this node serves the record `id` now.
+    pub fn serves_id(&self, id: &uuid::Uuid) -> bool {
+        self.remote_owner(self.map.shard_of_id(id)).is_none()
+    }
+
+    /// The peers that are up.
+    pub fn up_peers(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.iter().filter(|p| p.state() == PeerState::Up)
+    }
+
     /// The peer serving `shard`, or `None` when this node does.
     pub fn remote_owner(&self, shard: ShardId) -> Option<&Peer> {
         match self.owner(shard) {

@@ -268,7 +268,7 @@ impl Op for DeleteLocalAccounts {
     async fn run(self, service: Service) -> Self::Answer {
         let mut deleted = 0;
         for (id, is_admin) in service.ctx.store.run(|s| s.account_ids()).await? {
-            if !is_admin && service.serves_id(&id) {
+            if !is_admin && service.ctx.cluster.serves_id(&id) {
                 let result = service
                     .ctx
                     .ask_account(id, |reply| AccountMsg::Delete { reply })

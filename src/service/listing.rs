@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Op, Service};
-use crate::cluster::{rpc, PeerState};
+use crate::cluster::rpc;
 use crate::domain::ServiceError;
 use crate::replication::Replication;
 use crate::store::{
@@ -188,10 +188,7 @@ impl Service {
         let cluster = &self.ctx.cluster;
         let mut answered = vec![cluster.node_id().to_owned()];
         let mut answers = vec![asked.clone().run(self.clone()).await?];
-        for peer in cluster.peers() {
-            if peer.state() != PeerState::Up {
-                continue;
-            }
+        for peer in cluster.up_peers() {
             if let Ok(Ok(rows)) = cluster.call(peer, &asked).await {
                 answered.push(peer.member.id.clone());
                 answers.push(rows);

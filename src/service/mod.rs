@@ -34,7 +34,6 @@ pub use subscriptions::{DeleteLocalSubscriptions, DeleteSubscription, Subscribe}
 pub use triggers::{DeliveryCounts, ListDeliveries, Redeliver, Requeue, Trigger, TriggerStatus};
 
 use crate::actors::NodeState;
-use crate::actors::Written;
 use crate::cluster::{Rpc, ShardId, ShardMap};
 use crate::crypto;
 use crate::domain::{msg, Caller, Credentials, NewAccount, ServiceError, ADMIN_USERNAME};
@@ -248,17 +247,8 @@ impl Service {
         let NewAccount { account, api_key } =
             self.new_account(username, endpoint, is_admin).await?;
         let shard = self.ctx.cluster.map().shard_of_id(&account.id);
-        let mut written = Written::default();
         let write = RecordWrite::InsertAccount(account.clone());
-        let outcome = self
-            .ctx
-            .records
-            .write_one(shard, write, &mut written)
-            .await?;
-        if let Some(commit) = written.commit() {
-            commit.wait().await?;
-        }
-        match outcome {
+        match self.ctx.records.write_committed(shard, write).await? {
             WriteOutcome::UsernameTaken => Err(ServiceError::UsernameTaken),
             _ => Ok(NewAccount { account, api_key }),
         }
@@ -318,14 +308,6 @@ impl Service {
     pub(crate) async fn existing_registration(&self, id: Option<Uuid>) -> Option<Uuid> {
         let id = id?;
         matches!(self.registration_exists(id).await, Ok(true)).then_some(id)
-    }
-
-    /// True when this node serves the record `id` now (replicated: leads its group).
-    pub(crate) fn serves_id(&self, id: &Uuid) -> bool {
-        let cluster = &self.ctx.cluster;
-        cluster
-            .remote_owner(cluster.map().shard_of_id(id))
-            .is_none()
     }
 
     /// Whether storage takes writes (never touches the disk).

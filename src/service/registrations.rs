@@ -185,7 +185,7 @@ impl Op for DeleteLocalRegistrations {
     async fn run(self, service: Service) -> Self::Answer {
         let mut deleted = 0;
         for id in service.ctx.store.run(|s| s.registration_ids()).await? {
-            if !service.serves_id(&id) {
+            if !service.ctx.cluster.serves_id(&id) {
                 continue;
             }
             let result = service

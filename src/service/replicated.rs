@@ -9,22 +9,20 @@
 //! An operation that reached a leader and then lost its answer (the leader stopped) is not
 //! sent again: it may have been applied, so the client gets a 503 and decides.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{username_shard, Op, Service, ShardOp};
-use crate::actors::{NodeState, Replicated, ReplicatedRecords, Written};
-use crate::cluster::{Peer, PeerState, ShardId};
+use crate::actors::{NodeState, Replicated, ReplicatedRecords};
+use crate::cluster::{Peer, ShardId};
 use crate::crypto;
 use crate::domain::{NewAccount, ServiceError, ADMIN_USERNAME};
 use crate::replication::{
     Applied, Command, GroupId, GroupStatus, NotLeader, Replication, ReplicationError,
 };
-use crate::store::{Account, PageRequest, RecordWrite, Subscription, WriteOutcome};
+use crate::store::{Account, PageRequest, RecordWrite, WriteOutcome};
 
-/// Subscriptions removed per write by a bulk delete.
-const DELETE_CHUNK: usize = 512;
 /// How often a node looks for groups it newly leads.
 const LEAD_CHECK: Duration = Duration::from_secs(1);
 /// How often an operation waiting for its group's leader looks again.
@@ -60,6 +58,22 @@ async fn finish_cascades_on_lead(ctx: Arc<NodeState>, replication: Arc<Replicati
             }
         }
         led = now;
+    }
+}
+
+/// Proposes `command` until the group answers (through elections, and while it has no
+/// majority): a proposal answered `NoLeader` may still commit, so the same one is sent
+/// again rather than a new one.
+async fn propose_until_answered(
+    replication: &Replication,
+    group: GroupId,
+    command: Command,
+) -> Result<Applied, ReplicationError> {
+    loop {
+        match replication.propose(group, command.clone()).await {
+            Err(ReplicationError::NoLeader(_)) => continue,
+            answer => return answer,
+        }
     }
 }
 
@@ -171,13 +185,7 @@ impl Service {
         let cluster = &self.ctx.cluster;
         let up = || {
             let mut members = vec![cluster.node_id().to_owned()];
-            members.extend(
-                cluster
-                    .peers()
-                    .iter()
-                    .filter(|p| p.state() == PeerState::Up)
-                    .map(|p| p.member.id.clone()),
-            );
+            members.extend(cluster.up_peers().map(|p| p.member.id.clone()));
             members
         };
         let deadline = Instant::now() + replication.failover_wait();
@@ -188,11 +196,7 @@ impl Service {
             tokio::time::sleep(LEADER_POLL).await;
         }
         let mut answers = vec![op.clone().run(self.clone()).await?];
-        for peer in cluster
-            .peers()
-            .iter()
-            .filter(|p| p.state() == PeerState::Up)
-        {
+        for peer in cluster.up_peers() {
             answers.push(cluster.call(peer, &op).await??);
         }
         Ok(answers)
@@ -211,23 +215,7 @@ impl Service {
             .run(move |s| s.list_subscriptions(all))
             .await?
             .items;
-        let mut by_shard: BTreeMap<ShardId, Vec<Subscription>> = BTreeMap::new();
-        for sub in subs.into_iter().filter(|s| self.serves_id(&s.id)) {
-            let shard = self.ctx.cluster.map().shard_of_id(&sub.id);
-            by_shard.entry(shard).or_default().push(sub);
-        }
-        let mut deleted = 0;
-        for (shard, subs) in by_shard {
-            for chunk in subs.chunks(DELETE_CHUNK) {
-                let write = RecordWrite::DeleteSubscriptions(chunk.to_vec());
-                self.ctx
-                    .records
-                    .write_one(shard, write, &mut Written::default())
-                    .await?;
-                deleted += chunk.len() as u64;
-            }
-        }
-        Ok(deleted)
+        self.ctx.delete_served_subscriptions(subs).await
     }
 
     /// Asks `peer`, which this node takes for `group`'s leader, to serve `op`. The answer
@@ -334,12 +322,7 @@ impl Service {
         // Until the metadata group has a majority, the same candidate is proposed again: a
         // proposal answered `NoLeader` may still commit, and must then be recognised as ours.
         let command = Command::BootstrapAdmin(Box::new(candidate.clone()));
-        let applied = loop {
-            match replication.propose(GroupId::META, command.clone()).await {
-                Err(ReplicationError::NoLeader(_)) => continue,
-                answer => break answer?,
-            }
-        };
+        let applied = propose_until_answered(replication, GroupId::META, command).await?;
         let Applied::Admin(admin) = applied else {
             return Err(ServiceError::Internal(
                 "bootstrap answered no account".into(),
@@ -353,12 +336,7 @@ impl Service {
             );
         }
         let write = Command::Records(vec![RecordWrite::InsertAccount((*admin).clone())]);
-        let stored = loop {
-            match replication.propose(group, write.clone()).await {
-                Err(ReplicationError::NoLeader(_)) => continue,
-                answer => break answer?,
-            }
-        };
+        let stored = propose_until_answered(replication, group, write).await?;
         match stored {
             Applied::Records(outcomes)
                 if outcomes

@@ -267,8 +267,9 @@ impl Store {
         self.sweep_indexes(in_group, dump)
     }
 
-    /// The trees a replace touches, at the positions of the constants above.
-    fn record_trees(&self) -> [&sled::Tree; 11] {
+    /// The trees a replace touches, at the positions of the constants above (also the
+    /// first the wipe clears).
+    pub(super) fn record_trees(&self) -> [&sled::Tree; 11] {
         let t = self.t();
         [
             &t.accounts,

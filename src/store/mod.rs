@@ -305,25 +305,15 @@ impl Store {
     /// Removes every record and index (the `init --reset` wipe); the shard count stays.
     pub fn wipe(&self) -> Result<()> {
         let t = self.t();
-        for tree in [
-            &t.accounts,
-            &t.usernames,
-            &t.accounts_by_epoch,
-            &t.registrations,
-            &t.registrations_by_epoch,
-            &t.registrations_by_account,
-            &t.subscriptions,
-            &t.subscriptions_by_epoch,
-            &t.subscriptions_by_registration,
-            &t.subscriptions_by_subscriber,
+        let others = [
             &t.triggered,
             &t.triggered_by_epoch,
             &t.idempotency,
-            &t.deliveries,
             &t.remote_triggers,
             &t.raft_log,
             &t.raft_state,
-        ] {
+        ];
+        for tree in self.record_trees().into_iter().chain(others) {
             tree.clear()?;
         }
         self.inner
