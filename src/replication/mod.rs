@@ -129,7 +129,10 @@ impl Replication {
                 .map_err(|e| ReplicationError::Start(format!("group {group}: {e}")))?;
             rafts.insert(group, raft);
         }
-        let reads = rafts.keys().map(|g| (*g, Arc::default())).collect();
+        let reads = rafts
+            .keys()
+            .map(|g| (*g, Arc::new(read_rounds::ReadRounds::new(*g))))
+            .collect();
         let replication = Arc::new(Self {
             node_id: config.node_id.clone(),
             cluster: cluster.clone(),

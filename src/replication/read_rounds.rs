@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::oneshot;
 
 use super::leadership::NotLeader;
+use super::GroupId;
 
 /// Answers the reads that joined a round.
 type Waiters = Vec<oneshot::Sender<Result<(), NotLeader>>>;
 
 /// The rounds of one group.
-#[derive(Default)]
 pub(super) struct ReadRounds {
+    group: GroupId,
     state: Mutex<Rounds>,
 }
 
@@ -30,6 +31,14 @@ struct Rounds {
 }
 
 impl ReadRounds {
+    /// No round run yet for `group`.
+    pub(super) fn new(group: GroupId) -> Self {
+        Self {
+            group,
+            state: Mutex::default(),
+        }
+    }
+
     /// Waits for a round that starts after this call; `round` runs one (a read index).
     pub(super) async fn join<F, Fut>(self: &Arc<Self>, round: F) -> Result<(), NotLeader>
     where
@@ -48,7 +57,7 @@ impl ReadRounds {
         }
         answered.await.unwrap_or_else(|_| {
             Err(NotLeader::Stopped {
-                group: super::GroupId::META,
+                group: self.group,
                 reason: "the read round was dropped".into(),
             })
         })
@@ -84,7 +93,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_arriving_together_share_rounds_and_each_gets_a_later_one() {
-        let rounds = Arc::new(ReadRounds::default());
+        let rounds = Arc::new(ReadRounds::new(GroupId(1)));
         let count = Arc::new(AtomicUsize::new(0));
         let mut reads = tokio::task::JoinSet::new();
         for _ in 0..50 {
@@ -114,11 +123,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_round_answers_its_reads_and_the_next_starts_afresh() {
-        let rounds = Arc::new(ReadRounds::default());
+        let rounds = Arc::new(ReadRounds::new(GroupId(1)));
         let failed = rounds
-            .join(|| async { Err(NotLeader::NoQuorum(super::super::GroupId(1))) })
+            .join(|| async { Err(NotLeader::NoQuorum(GroupId(1))) })
             .await;
-        assert_eq!(failed, Err(NotLeader::NoQuorum(super::super::GroupId(1))));
+        assert_eq!(failed, Err(NotLeader::NoQuorum(GroupId(1))));
         assert_eq!(rounds.join(|| async { Ok(()) }).await, Ok(()));
     }
 }

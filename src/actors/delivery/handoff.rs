@@ -87,16 +87,28 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: usize) {
             };
             // Replicated, a shard's owner is its group's leader, which moves: a batch
             // goes to whoever serves its subscribers now.
-            if ctx.records.is_replicated() {
-                let owners = owners_of(&ctx, items.clone());
-                if !(owners.len() == 1 && owners.contains_key(&Some(peer.member.id.clone()))) {
-                    if let Err(e) = redirect(&ctx, key, trigger, owners).await {
-                        tracing::error!(error = %e, "redirecting a handoff failed");
+            let items = if ctx.records.is_replicated() {
+                let mut owners = owners_of(&ctx, items);
+                let peer_id = Some(peer.member.id.clone());
+                let only_peer = owners.len() == 1 && owners.contains_key(&peer_id);
+                let mine = if only_peer {
+                    owners.remove(&peer_id)
+                } else {
+                    None
+                };
+                match mine {
+                    Some(items) => items,
+                    None => {
+                        if let Err(e) = redirect(&ctx, key, trigger, owners).await {
+                            tracing::error!(error = %e, "redirecting a handoff failed");
+                        }
+                        progressed = true;
+                        continue;
                     }
-                    progressed = true;
-                    continue;
                 }
-            }
+            } else {
+                items
+            };
             let command = AcceptDeliveries {
                 triggered: trigger,
                 items,
