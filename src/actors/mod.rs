@@ -27,7 +27,7 @@ pub use delivery::{
 pub use directory::Directory;
 pub use records::{Records, Replicated, ReplicatedRecords};
 pub use registration::{RegistrationActor, RegistrationMsg};
-pub use reply::{Reply, Written};
+pub use reply::{noting_log_commits, Reply, Written};
 pub use subscribes::SubscribeQueue;
 
 use crate::auth_throttle::AuthThrottle;

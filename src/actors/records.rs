@@ -89,7 +89,9 @@ impl Records {
         written: &mut Written,
     ) -> Result<Vec<WriteOutcome>, ServiceError> {
         if let Some(groups) = self.replicated.get() {
-            return groups.write(shard, writes).await;
+            let outcomes = groups.write(shard, writes).await?;
+            written.logged();
+            return Ok(outcomes);
         }
         if self.replicate {
             return Err(ServiceError::NotServedHere { leader: None });

@@ -11,11 +11,20 @@
 //! before the read began. It costs one heartbeat round, and unlike a lease it does not
 //! rest on clocks: a leader stopped (SIGSTOP) past its term and resumed learns it was
 //! deposed before it answers.
+//!
+//! Writes need that round only once per term ([`Replication::fence_writes`]): after it,
+//! the leader has applied everything earlier terms committed, and a proposal that commits
+//! in the same term proves that no other leader committed anything between. What the
+//! writer read before proposing was therefore current, as a read index would have made
+//! it. An operation that ends without committing anything is a read after all, and its
+//! caller confirms the lead with [`Replication::linearize`] before answering.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::ServerState;
 
 use super::types::{raft_id, Applied, Command, GroupId};
 use super::Replication;
@@ -124,6 +133,29 @@ impl Replication {
                 async move { replication.read_index(group).await }
             })
             .await
+    }
+
+    /// Confirms that this node leads `group` for a write: a read index the first time in a
+    /// term (see the module doc), then nothing until the term changes.
+    pub async fn fence_writes(self: &Arc<Self>, group: GroupId) -> Result<(), NotLeader> {
+        let (raft, fenced) = match (self.raft(group), self.fenced.get(&group)) {
+            (Some(raft), Some(fenced)) => (raft, fenced),
+            _ => return Err(self.elsewhere(group, None)),
+        };
+        let (state, term, leader) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_term, m.current_leader)
+        };
+        if state != ServerState::Leader {
+            return Err(self.elsewhere(group, leader));
+        }
+        if fenced.load(Ordering::Acquire) == term {
+            return Ok(());
+        }
+        self.linearize(group).await?;
+        fenced.fetch_max(term, Ordering::AcqRel);
+        Ok(())
     }
 
     /// One read-index round of `group`.

@@ -28,6 +28,7 @@ pub mod status;
 pub mod types;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,9 @@ pub struct Replication {
     rafts: HashMap<GroupId, GroupRaft>,
     /// Per group, the read-index rounds its reads share.
     reads: HashMap<GroupId, Arc<read_rounds::ReadRounds>>,
+    /// Per group, the last term in which this node's lead was confirmed for writes (see
+    /// [`Replication::fence_writes`]); 0 for none.
+    fenced: HashMap<GroupId, AtomicU64>,
     failover_wait: Duration,
 }
 
@@ -133,12 +137,14 @@ impl Replication {
             .keys()
             .map(|g| (*g, Arc::new(read_rounds::ReadRounds::new(*g))))
             .collect();
+        let fenced = rafts.keys().map(|g| (*g, AtomicU64::new(0))).collect();
         let replication = Arc::new(Self {
             node_id: config.node_id.clone(),
             cluster: cluster.clone(),
             placement,
             rafts,
             reads,
+            fenced,
             failover_wait: Duration::from_millis(config.failover_wait_ms),
         });
         serve::serve(&replication);

@@ -56,21 +56,37 @@ pub trait ShardOp: Op {
     /// id), so any node answers.
     fn shard(&self, shards: &ShardMap) -> Option<ShardId>;
 
-    /// True when serving it changes nothing, so a request whose leader was lost on the way
-    /// is sent again to the new one (a change is not: it may have been applied).
-    const READ_ONLY: bool = false;
+    /// What serving it may change: decides how a replicated group's leader confirms its
+    /// lead, and whether a request whose leader was lost on the way is sent again.
+    const EFFECT: Effect = Effect::Records;
 }
 
-/// Declares which shard's owner serves an operation: `served_by!(Op, |op, shards| …)`, or
-/// `served_by!(Op, read, |op, shards| …)` for one that changes nothing.
+/// What serving a [`ShardOp`] may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing: a request whose leader was lost on the way is sent again to the new one.
+    Nothing,
+    /// Records, through the group's log. A change that commits proves the lead it was
+    /// decided under, so the leader confirms its lead only when it answers without one.
+    Records,
+    /// This node's unreplicated delivery state: the lead is confirmed before serving.
+    Deliveries,
+}
+
+/// Declares which shard's owner serves an operation: `served_by!(Op, |op, shards| …)` for
+/// one that changes records, `served_by!(Op, read, …)` for one that changes nothing,
+/// `served_by!(Op, deliveries, …)` for one that changes deliveries.
 macro_rules! served_by {
     ($op:ty, read, |$this:ident, $shards:ident| $shard:expr) => {
-        $crate::service::served_by!(@impl $op, true, |$this, $shards| $shard);
+        $crate::service::served_by!(@impl $op, Nothing, |$this, $shards| $shard);
+    };
+    ($op:ty, deliveries, |$this:ident, $shards:ident| $shard:expr) => {
+        $crate::service::served_by!(@impl $op, Deliveries, |$this, $shards| $shard);
     };
     ($op:ty, |$this:ident, $shards:ident| $shard:expr) => {
-        $crate::service::served_by!(@impl $op, false, |$this, $shards| $shard);
+        $crate::service::served_by!(@impl $op, Records, |$this, $shards| $shard);
     };
-    (@impl $op:ty, $read:expr, |$this:ident, $shards:ident| $shard:expr) => {
+    (@impl $op:ty, $effect:ident, |$this:ident, $shards:ident| $shard:expr) => {
         impl $crate::service::ShardOp for $op {
             fn shard(
                 &self,
@@ -80,7 +96,7 @@ macro_rules! served_by {
                 $shard
             }
 
-            const READ_ONLY: bool = $read;
+            const EFFECT: $crate::service::Effect = $crate::service::Effect::$effect;
         }
     };
 }
@@ -127,6 +143,7 @@ impl Service {
     fn serve_owned<O, T>(&self)
     where
         O: ShardOp<Answer = Result<T, ServiceError>>,
+        T: Send,
     {
         let service = self.clone();
         self.ctx.cluster.serve(move |op: O| {
@@ -153,6 +170,7 @@ impl Service {
     pub async fn ask<O, T>(&self, op: O) -> Result<T, ServiceError>
     where
         O: ShardOp<Answer = Result<T, ServiceError>> + Clone,
+        T: Send,
     {
         let cluster = &self.ctx.cluster;
         let Some(shard) = op.shard(cluster.map()) else {

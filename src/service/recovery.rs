@@ -61,10 +61,9 @@ impl Op for RecoverDeliveries {
     }
 }
 
-served_by!(RecoverDeliveries, |op, shards| Some(username_shard(
-    shards,
-    &op.credentials.username
-)));
+served_by!(RecoverDeliveries, deliveries, |op, shards| Some(
+    username_shard(shards, &op.credentials.username)
+));
 
 /// Requeues the node's failed deliveries of a window that went to `subscriber` or belong
 /// to one of `registrations`; answers how many.

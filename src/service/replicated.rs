@@ -2,8 +2,9 @@
 //! shard group's leader, writing records through the group's log, the once-per-cluster
 //! administrator account, and the groups' status.
 //!
-//! An operation on a shard is served by its group's leader, after a read index confirms
-//! the lead ([`Replication::linearize`]); a node that does not lead answers
+//! An operation on a shard is served by its group's leader, which confirms its lead with a
+//! read index ([`Replication::linearize`]) or, for a change of records, by committing it
+//! ([`Service::serve_as_leader`]); a node that does not lead answers
 //! [`ServiceError::NotServedHere`] having done nothing, and the asking node follows the
 //! lead until `cluster.failover_wait_ms` has passed, then answers 503 with `Retry-After`.
 //! An operation that reached a leader and then lost its answer (the leader stopped) is not
@@ -13,8 +14,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{username_shard, Op, Service, ShardOp};
-use crate::actors::{NodeState, Replicated, ReplicatedRecords};
+use super::{username_shard, Effect, Op, Service, ShardOp};
+use crate::actors::{noting_log_commits, NodeState, Replicated, ReplicatedRecords};
 use crate::cluster::{Peer, ShardId};
 use crate::crypto;
 use crate::domain::{NewAccount, ServiceError, ADMIN_USERNAME};
@@ -137,6 +138,7 @@ impl Service {
     ) -> Result<T, ServiceError>
     where
         O: ShardOp<Answer = Result<T, ServiceError>> + Clone,
+        T: Send,
     {
         let cluster = &self.ctx.cluster;
         let group = replication.group_of(shard);
@@ -255,13 +257,17 @@ impl Service {
                 retry_after_secs: 1,
             },
         };
-        match O::READ_ONLY {
-            true => Err(ServiceError::NotServedHere { leader: None }),
-            false => Err(lost),
+        match O::EFFECT {
+            Effect::Nothing => Err(ServiceError::NotServedHere { leader: None }),
+            Effect::Records | Effect::Deliveries => Err(lost),
         }
     }
 
-    /// Serves `op` if this node leads `shard`'s group, once a read index confirmed it.
+    /// Serves `op` if this node leads `shard`'s group. A read, or a change of deliveries
+    /// (not replicated), waits for a read index first. A change of records is fenced once
+    /// per term and then proves the lead by committing; when it answers without having
+    /// committed anything, the answer came from this node's state, so a read index
+    /// confirms the lead before it is given (see `replication/leadership.rs`).
     pub(super) async fn serve_as_leader<O, T>(
         &self,
         replication: &Arc<Replication>,
@@ -270,9 +276,28 @@ impl Service {
     ) -> Result<T, ServiceError>
     where
         O: ShardOp<Answer = Result<T, ServiceError>>,
+        T: Send,
     {
-        replication.linearize(replication.group_of(shard)).await?;
-        op.run(self.clone()).await
+        let group = replication.group_of(shard);
+        if O::EFFECT != Effect::Records {
+            replication.linearize(group).await?;
+            return op.run(self.clone()).await;
+        }
+        replication.fence_writes(group).await?;
+        let (answer, logged) = noting_log_commits(op.run(self.clone())).await;
+        if logged {
+            return answer;
+        }
+        match replication.linearize(group).await {
+            Ok(()) => answer,
+            Err(e) => Err(ServiceError::Unavailable {
+                message: format!(
+                    "This node lost the lead of shard group {group} while serving the request \
+                     ({e}): try again"
+                ),
+                retry_after_secs: 1,
+            }),
+        }
     }
 
     /// The node's Raft groups, when shards are replicated.

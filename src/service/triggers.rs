@@ -67,7 +67,7 @@ impl Op for Trigger {
     }
 }
 
-served_by!(Trigger, |op, shards| id_shard(
+served_by!(Trigger, deliveries, |op, shards| id_shard(
     shards,
     op.registration.as_ref()
 ));
@@ -176,7 +176,10 @@ impl Op for Redeliver {
     }
 }
 
-served_by!(Redeliver, |op, shards| id_shard(shards, op.id.as_ref()));
+served_by!(Redeliver, deliveries, |op, shards| id_shard(
+    shards,
+    op.id.as_ref()
+));
 
 /// Counts of the node's deliveries of a trigger.
 #[derive(Debug, Clone, Serialize, Deserialize)]
