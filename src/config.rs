@@ -17,7 +17,7 @@ mod cluster;
 mod delivery;
 mod error;
 
-pub use cluster::{ClusterConfig, Member};
+pub use cluster::{ClusterConfig, Member, MAX_SNAPSHOT_CHUNK_BYTES};
 pub use delivery::DeliveryConfig;
 pub use error::ConfigError;
 

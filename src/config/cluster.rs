@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
+/// The largest `cluster.snapshot_chunk_bytes`: half the transport's 16 MiB frame limit,
+/// leaving room for a chunk's envelope.
+pub const MAX_SNAPSHOT_CHUNK_BYTES: u64 = 8 << 20;
+
 /// One member of the cluster, as every node's configuration lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +54,10 @@ pub struct ClusterConfig {
     /// A group snapshots its state once this many entries were applied since the last
     /// snapshot, and then drops its log up to it.
     pub snapshot_entries: u64,
+    /// A snapshot is sent to a lagging voter in messages of at most this many bytes, so
+    /// that it neither holds the peer connection for long nor exceeds the transport's
+    /// frame limit.
+    pub snapshot_chunk_bytes: u64,
 }
 
 impl Default for ClusterConfig {
@@ -68,6 +76,7 @@ impl Default for ClusterConfig {
             election_timeout_ms: 1000,
             failover_wait_ms: 3000,
             snapshot_entries: 1000,
+            snapshot_chunk_bytes: 1 << 20,
         }
     }
 }
@@ -132,6 +141,15 @@ impl ClusterConfig {
         }
         if c.snapshot_entries == 0 {
             return invalid("cluster.snapshot_entries", "must be at least 1".into());
+        }
+        if c.snapshot_chunk_bytes == 0 || c.snapshot_chunk_bytes > MAX_SNAPSHOT_CHUNK_BYTES {
+            return invalid(
+                "cluster.snapshot_chunk_bytes",
+                format!(
+                    "must be between 1 and {MAX_SNAPSHOT_CHUNK_BYTES} \
+                     (the cluster transport refuses frames over 16 MiB)"
+                ),
+            );
         }
         if c.members.is_empty() {
             return Ok(());

@@ -57,3 +57,15 @@ fn out_of_range_delivery_settings_are_refused() {
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("delivery.commit_window"), "{err}");
 }
+
+#[test]
+fn a_snapshot_chunk_size_outside_the_transport_limit_is_refused() {
+    let mut c = Config::default();
+    for bytes in [0, MAX_SNAPSHOT_CHUNK_BYTES + 1] {
+        c.cluster.snapshot_chunk_bytes = bytes;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("cluster.snapshot_chunk_bytes"), "{err}");
+    }
+    c.cluster.snapshot_chunk_bytes = 1;
+    assert!(c.validate().is_ok());
+}

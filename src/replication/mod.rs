@@ -23,6 +23,7 @@ pub mod network;
 pub mod placement;
 mod read_rounds;
 mod serve;
+mod snapshot_transfer;
 mod state_machine;
 pub mod status;
 pub mod types;
@@ -371,6 +372,7 @@ fn raft_config(
         install_snapshot_timeout: config.rpc_timeout_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
         max_in_snapshot_log_to_keep: config.snapshot_entries / 10,
+        snapshot_max_chunk_size: config.snapshot_chunk_bytes,
         ..Default::default()
     }
     .validate()

@@ -3,7 +3,8 @@
 //! Each message is an [`Rpc`] tagged with its group, so one cookie-authenticated
 //! connection per peer carries every group. The receiving node hands it to that group's
 //! Raft instance on the transport's runtime. A peer that is down, silent, or does not
-//! (yet) run the group counts as unreachable: Raft backs off and retries.
+//! (yet) run the group counts as unreachable: Raft backs off and retries. A snapshot
+//! travels in bounded chunks ([`super::snapshot_transfer`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,10 +18,11 @@ use openraft::network::RPCOption;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory, Snapshot, SnapshotMeta, Vote};
+use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory, Snapshot, Vote};
 use serde::{Deserialize, Serialize};
 
-use super::types::{raft_id, GroupId, GroupSnapshot, TypeConfig};
+use super::snapshot_transfer;
+use super::types::{raft_id, GroupId, TypeConfig};
 use crate::cluster::{rpc, CallError, Cluster, Rpc};
 
 /// Why a peer could not hand a message to its group.
@@ -47,20 +49,6 @@ pub struct VoteRpc {
     pub request: VoteRequest<u64>,
 }
 rpc!(VoteRpc => Result<Result<VoteResponse<u64>, RaftError<u64>>, NoGroup>, "raft/vote");
-
-/// A whole snapshot for one group (groups' snapshots are small: one message).
-#[derive(Serialize, Deserialize)]
-pub struct SnapshotRpc {
-    /// The group.
-    pub group: GroupId,
-    /// The leader's vote.
-    pub vote: Vote<u64>,
-    /// What the snapshot covers.
-    pub meta: SnapshotMeta<u64, BasicNode>,
-    /// The rows.
-    pub data: GroupSnapshot,
-}
-rpc!(SnapshotRpc => Result<Result<SnapshotResponse<u64>, Fatal<u64>>, NoGroup>, "raft/snapshot");
 
 /// Creates the clients of one group's Raft instance.
 pub struct Network {
@@ -104,7 +92,7 @@ pub struct PeerClient {
 
 /// The transport failed to deliver or answer.
 #[derive(Debug, thiserror::Error)]
-enum SendError {
+pub(super) enum SendError {
     #[error(transparent)]
     Call(#[from] CallError),
     #[error(transparent)]
@@ -114,7 +102,22 @@ enum SendError {
 }
 
 impl PeerClient {
-    async fn send<R: Rpc>(&self, request: R, ttl: Duration) -> Result<R::Answer, SendError> {
+    /// The group whose messages this client sends.
+    pub(super) fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The peer's Raft id.
+    pub(super) fn target(&self) -> u64 {
+        self.target
+    }
+
+    /// Sends one request to the peer, waiting at most `ttl` for its answer.
+    pub(super) async fn send<R: Rpc>(
+        &self,
+        request: R,
+        ttl: Duration,
+    ) -> Result<R::Answer, SendError> {
         let peer = self
             .peer
             .and_then(|i| self.cluster.peers().get(i))
@@ -173,24 +176,6 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
-        let rpc = SnapshotRpc {
-            group: self.group,
-            vote,
-            meta: snapshot.meta,
-            data: *snapshot.snapshot,
-        };
-        let sent = tokio::select! {
-            sent = self.send(rpc, option.hard_ttl()) => sent,
-            closed = cancel => return Err(StreamingError::Closed(closed)),
-        };
-        match sent {
-            Ok(Ok(Ok(answer))) => Ok(answer),
-            Ok(Ok(Err(e))) => Err(StreamingError::RemoteError(RemoteError::new(
-                self.target,
-                e,
-            ))),
-            Ok(Err(no_group)) => Err(StreamingError::Unreachable(Unreachable::new(&no_group))),
-            Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
-        }
+        snapshot_transfer::send(self, vote, snapshot, cancel, option).await
     }
 }

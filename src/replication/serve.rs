@@ -1,16 +1,17 @@
 //! The receiving side: Raft's messages, proposals forwarded to a leader, and status
-//! questions, each handed to the group's instance on the transport's runtime.
+//! questions, each handed to the group's instance on the transport's runtime. Snapshot
+//! chunks are assembled per group ([`Assembler`]) and installed once complete.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use super::network::{AppendRpc, NoGroup, SnapshotRpc, VoteRpc};
+use super::network::{AppendRpc, NoGroup, VoteRpc};
+use super::snapshot_transfer::{Assembler, ChunkAnswer, ChunkRefused, SnapshotChunkRpc};
 use super::status::GroupStatus;
 use super::types::{Applied, Command, GroupId};
 use super::{Replication, ReplicationError, WriteHere};
 use crate::cluster::rpc;
-use openraft::Snapshot;
 
 /// A proposal forwarded to the node believed to lead `group`.
 #[derive(Serialize, Deserialize)]
@@ -54,17 +55,30 @@ pub fn serve(replication: &Arc<Replication>) {
         }
     });
     let r = replication.clone();
-    cluster.serve_on_transport(move |m: SnapshotRpc| {
-        let raft = r.raft(m.group).cloned();
+    let assembler = Arc::new(Mutex::new(Assembler::default()));
+    cluster.serve_on_transport(move |chunk: SnapshotChunkRpc| {
+        let group = chunk.group;
+        let taken = match r.raft(group) {
+            Some(raft) => assembler
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .accept(chunk)
+                .map(|done| done.map(|done| (raft.clone(), done))),
+            None => Err(ChunkRefused::NoGroup(group.to_string())),
+        };
         async move {
-            let snapshot = Snapshot {
-                meta: m.meta,
-                snapshot: Box::new(m.data),
+            let Some((raft, done)) = taken? else {
+                return Ok(Ok(ChunkAnswer::Accepted));
             };
-            match raft {
-                Some(raft) => Ok(raft.install_full_snapshot(m.vote, snapshot).await),
-                None => Err(NoGroup(m.group.to_string())),
-            }
+            tracing::info!(
+                group = %group,
+                snapshot = %done.snapshot.meta.snapshot_id,
+                bytes = done.bytes,
+                chunks = done.chunks,
+                "installing a snapshot received from the leader"
+            );
+            let installed = raft.install_full_snapshot(done.vote, done.snapshot).await;
+            Ok(installed.map(ChunkAnswer::Installed))
         }
     });
     // A forwarded proposal is served only by a leader: a node that lost the lead meanwhile

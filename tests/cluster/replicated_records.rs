@@ -2,9 +2,9 @@
 //! one node and, within 5 s, every account is read and every registration written through
 //! the two survivors; new accounts are created meanwhile. A node restarted on an empty data
 //! dir catches up, and then serves everything while a *different* node is down: it held
-//! full copies. Every write answered 2xx is there at the end, read through every node.
-//! The admin's bulk delete works with a node down. With two of three down, writes answer
-//! 503 and nothing acknowledged is lost.
+//! full copies (sent as snapshots of several chunks each). Every write answered 2xx is there
+//! at the end, read through every node. The admin's bulk delete works with a node down.
+//! With two of three down, writes answer 503 and nothing acknowledged is lost.
 
 use super::replicated::{printed_admin_key, wait_settled, GROUPS};
 use super::*;
@@ -12,11 +12,12 @@ use super::*;
 /// How long the survivors may take to serve a killed node's records.
 const FAILOVER_BUDGET: Duration = Duration::from_secs(5);
 
-/// RF 3, with snapshots every few entries: the wiped node is sent one.
+/// RF 3, with snapshots every few entries: the wiped node is sent one, in chunks of a few
+/// hundred bytes (a group with one account is several chunks).
 fn replicated() -> NodeOptions {
     NodeOptions {
         cluster_toml: Some(format!(
-            "replication_factor = 3\ngroups = {GROUPS}\nelection_timeout_ms = 600\nfailover_wait_ms = 2000\nsnapshot_entries = 5"
+            "replication_factor = 3\ngroups = {GROUPS}\nelection_timeout_ms = 600\nfailover_wait_ms = 2000\nsnapshot_entries = 5\nsnapshot_chunk_bytes = 256"
         )),
         ..NodeOptions::default()
     }
@@ -67,6 +68,21 @@ async fn description(node: &TestNode, owner: &Account, registration: &str) -> Op
         .iter()
         .find(|x| x["id"] == registration)
         .and_then(|x| x["description"].as_str().map(str::to_owned))
+}
+
+/// The chunk counts of the snapshots a node's log says it installed.
+fn installed_snapshot_chunks(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("installing a snapshot received from the leader"))
+        .filter_map(|l| {
+            l.split_once(" chunks=")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 struct Data {
@@ -194,8 +210,15 @@ async fn every_record_is_served_through_any_two_nodes() {
     // serve everything, so node 0 held full copies.
     nodes[0].kill().await;
     std::fs::remove_dir_all(nodes[0].data_dir()).expect("wipe the data dir");
+    let logged_before = nodes[0].config.log().len();
     nodes[0].restart().await;
     wait_settled(&nodes[2], &admin, &ids, false, Duration::from_secs(30)).await;
+    let log = nodes[0].config.log();
+    let chunks = installed_snapshot_chunks(log.get(logged_before..).unwrap_or_default());
+    assert!(
+        chunks.iter().any(|n| *n > 1),
+        "the wiped node installed no snapshot sent in several chunks: {chunks:?}"
+    );
     let killed_at = Instant::now();
     nodes[1].kill().await;
     let took = serve_everything(&nodes, &[0, 2], &mut data, "after-wipe", killed_at).await;
