@@ -6,11 +6,11 @@
 //! never forwarded: an actor left on a node that lost the lead then fails instead of
 //! writing from its stale view, and its caller retries on the new leader.
 //!
-//! Reads use a read index ([`Replication::linearize`]): the leader confirms with a
-//! majority that it still leads and waits until it has applied everything committed
-//! before the read began. It costs one heartbeat round, and unlike a lease it does not
-//! rest on clocks: a leader stopped (SIGSTOP) past its term and resumed learns it was
-//! deposed before it answers.
+//! Reads are served under the leader's lease when it holds one (see `lease.rs`), else after
+//! a read index ([`Replication::linearize`]): the leader confirms with a majority that it
+//! still leads and waits until it has applied everything committed before the read began.
+//! A read index costs one heartbeat round; a lease costs nothing, and holds only in a term
+//! whose first entry this leader has applied (confirmed by one read index per term).
 //!
 //! Writes need that round only once per term ([`Replication::fence_writes`]): after it,
 //! the leader has applied everything earlier terms committed, and a proposal that commits
@@ -119,9 +119,17 @@ impl Replication {
     }
 
     /// Confirms that this node leads `group` and has applied everything committed before
-    /// the call (a read index), within `failover_wait`. Concurrent reads share rounds
-    /// (see `read_rounds.rs`).
+    /// the call: at once under the group's lease, else by a read index within
+    /// `failover_wait`. Concurrent reads share rounds (see `read_rounds.rs`).
     pub async fn linearize(self: &Arc<Self>, group: GroupId) -> Result<(), NotLeader> {
+        let (leading, term) = self.leading_term(group)?;
+        let fenced = self.fenced.get(&group);
+        let lease = self.leases.get(&group);
+        if let (Some(term), Some(fenced), Some(lease)) = (leading.then_some(term), fenced, lease) {
+            if fenced.load(Ordering::Acquire) == term && lease.holds(term) {
+                return Ok(());
+            }
+        }
         let rounds = self
             .reads
             .get(&group)
@@ -132,30 +140,36 @@ impl Replication {
                 let replication = replication.clone();
                 async move { replication.read_index(group).await }
             })
-            .await
+            .await?;
+        if let Some(fenced) = fenced {
+            // The round confirmed the lead in `term` or a later one, whose first entry is
+            // applied too: `term` is a safe lower bound.
+            fenced.fetch_max(term, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     /// Confirms that this node leads `group` for a write: a read index the first time in a
     /// term (see the module doc), then nothing until the term changes.
     pub async fn fence_writes(self: &Arc<Self>, group: GroupId) -> Result<(), NotLeader> {
-        let (raft, fenced) = match (self.raft(group), self.fenced.get(&group)) {
-            (Some(raft), Some(fenced)) => (raft, fenced),
-            _ => return Err(self.elsewhere(group, None)),
-        };
-        let (state, term, leader) = {
-            let m = raft.metrics();
-            let m = m.borrow();
-            (m.state, m.current_term, m.current_leader)
-        };
-        if state != ServerState::Leader {
-            return Err(self.elsewhere(group, leader));
+        let (leading, term) = self.leading_term(group)?;
+        if !leading {
+            return Err(self.elsewhere(group, self.raft(group).and_then(current_leader)));
         }
-        if fenced.load(Ordering::Acquire) == term {
-            return Ok(());
+        match self.fenced.get(&group) {
+            Some(fenced) if fenced.load(Ordering::Acquire) == term => Ok(()),
+            _ => self.linearize(group).await,
         }
-        self.linearize(group).await?;
-        fenced.fetch_max(term, Ordering::AcqRel);
-        Ok(())
+    }
+
+    /// Whether this node's Raft of `group` is its leader, and its current term.
+    fn leading_term(&self, group: GroupId) -> Result<(bool, u64), NotLeader> {
+        let raft = self
+            .raft(group)
+            .ok_or_else(|| self.elsewhere(group, None))?;
+        let m = raft.metrics();
+        let m = m.borrow();
+        Ok((m.state == ServerState::Leader, m.current_term))
     }
 
     /// One read-index round of `group`.
@@ -218,6 +232,11 @@ impl Replication {
                 .and_then(|l| self.member_of(l)),
         }
     }
+}
+
+/// The leader `raft` knows of.
+fn current_leader(raft: &super::types::GroupRaft) -> Option<u64> {
+    raft.metrics().borrow().current_leader
 }
 
 /// A replicated shard is served by its group's leader.

@@ -18,6 +18,7 @@
 
 mod balance;
 mod leadership;
+mod lease;
 mod log_store;
 pub mod network;
 pub mod placement;
@@ -82,9 +83,11 @@ pub struct Replication {
     rafts: HashMap<GroupId, GroupRaft>,
     /// Per group, the read-index rounds its reads share.
     reads: HashMap<GroupId, Arc<read_rounds::ReadRounds>>,
-    /// Per group, the last term in which this node's lead was confirmed for writes (see
-    /// [`Replication::fence_writes`]); 0 for none.
+    /// Per group, the last term in which this node's lead was confirmed by a read index
+    /// (so everything earlier terms committed is applied); 0 for none.
     fenced: HashMap<GroupId, AtomicU64>,
+    /// Per group, this node's leader lease (see `lease.rs`).
+    leases: HashMap<GroupId, Arc<lease::Lease>>,
     failover_wait: Duration,
 }
 
@@ -93,6 +96,9 @@ impl Replication {
     /// started), serves Raft's messages, initialises the groups this node is the preferred
     /// leader of (once per cluster: a group that has a log is never initialised again),
     /// and keeps leaders where placement prefers them.
+    ///
+    /// The groups start one lease after the call: had this node acknowledged a leader just
+    /// before it last stopped, it must not vote for another one inside that leader's lease.
     pub async fn start(
         config: &ClusterConfig,
         cluster: Arc<Cluster>,
@@ -111,6 +117,8 @@ impl Replication {
             Arc::new(raft_config(config, true)?),
             Arc::new(raft_config(config, false)?),
         );
+        let lease_length = lease::duration(Duration::from_millis(config.election_timeout_ms));
+        tokio::time::sleep(lease_length).await;
         let me = raft_id(&config.node_id);
         let mut rafts = HashMap::new();
         for place in placement.groups_of(&config.node_id) {
@@ -139,6 +147,12 @@ impl Replication {
             .map(|g| (*g, Arc::new(read_rounds::ReadRounds::new(*g))))
             .collect();
         let fenced = rafts.keys().map(|g| (*g, AtomicU64::new(0))).collect();
+        let mut leases = HashMap::new();
+        for (group, raft) in &rafts {
+            let lease = Arc::new(lease::Lease::default());
+            runtime.spawn(lease::watch(raft.clone(), lease.clone(), lease_length));
+            leases.insert(*group, lease);
+        }
         let replication = Arc::new(Self {
             node_id: config.node_id.clone(),
             cluster: cluster.clone(),
@@ -146,6 +160,7 @@ impl Replication {
             rafts,
             reads,
             fenced,
+            leases,
             failover_wait: Duration::from_millis(config.failover_wait_ms),
         });
         serve::serve(&replication);
