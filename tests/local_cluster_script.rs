@@ -1,9 +1,10 @@
-//! `deploy/local-cluster.sh start`, run with stand-ins for `cargo` and the node binary.
+//! `deploy/local-cluster.sh`, run with stand-ins for `cargo`, the node binary and `curl`.
 //!
-//! The stand-ins record how they were called, so the test sees which binary the script runs
+//! The stand-ins record how they were called, so the tests see which binary the script runs
 //! (the one under `CARGO_TARGET_DIR`, where `cargo build` put it), where each node keeps its
-//! storage, and what the script prints about the admin keys, without building anything or
-//! taking the loopback ports 8081 and 7081 that a real local cluster uses.
+//! storage, what the script prints about the admin keys, and how it waits for the replicated
+//! groups' leaders, without building anything or taking the loopback ports 8081 and 7081
+//! that a real local cluster uses.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -17,6 +18,11 @@ fn write_script(path: &Path, body: &str) {
 
 /// Runs `deploy/local-cluster.sh start` and returns (success, stdout + stderr).
 fn start(tmp: &Path) -> (bool, String) {
+    run(tmp, "start")
+}
+
+/// Runs `deploy/local-cluster.sh COMMAND` and returns (success, stdout + stderr).
+fn run(tmp: &Path, command: &str) -> (bool, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local-cluster.sh");
     let path = format!(
         "{}:{}",
@@ -25,7 +31,7 @@ fn start(tmp: &Path) -> (bool, String) {
     );
     let out = Command::new("bash")
         .arg(script)
-        .arg("start")
+        .arg(command)
         .env("PATH", path)
         .env("CARGO_TARGET_DIR", tmp.join("target"))
         .env("LOCAL_CLUSTER_DIR", tmp.join("state"))
@@ -88,4 +94,88 @@ esac"#,
     assert!(ok, "{second}");
     assert!(!second.contains("admin api_key"), "{second}");
     assert!(second.contains("first start only"), "{second}");
+}
+
+/// The node stand-in: node2 prints the admin keys on its first start, as the preferred
+/// leader of the admin's group does, and every node then stays up (until `stop`).
+const LIVE_NODE: &str = r#"echo "$0 $* storage=$WEBHOOKD_STORAGE__PATH" >> "$CALLS"
+case "$3" in
+  *node2.toml) if [ ! -e "$WEBHOOKD_STORAGE__PATH" ]; then
+      mkdir -p "$WEBHOOKD_STORAGE__PATH"
+      echo "admin api_key: 1111111111111111111111111111111111111111"
+    fi ;;
+esac
+exec sleep 60"#;
+
+/// The curl stand-in: every node is ready; `GET /v1/cluster` shows group 1 without a
+/// leader for its first two answers, as while the groups elect theirs, then with one.
+const CURL: &str = r#"for a in "$@"; do case "$a" in http://*) url="$a" ;; esac; done
+case "$url" in
+  */ready) echo '{"status":"ready"}' ;;
+  */v1/cluster)
+    echo "curl $*" >> "$CALLS"
+    n=$(($(cat "$CALLS.cluster" 2>/dev/null || echo 0) + 1)); echo "$n" > "$CALLS.cluster"
+    if [ "$n" -le 2 ]; then leader=null; else leader='"node3"'; fi
+    echo '{"node":"node1","replication":{"factor":3,"groups":['\
+'{"group":"meta","voters":["node1","node2","node3"],"leader":"node1","followers":[{"node":"node2","lag":0}]},'\
+'{"group":"0","voters":["node2","node3","node1"],"leader":"node2","followers":[]},'\
+'{"group":"1","voters":["node3","node1","node2"],"leader":'"$leader"',"followers":[]}]}}' ;;
+  *) exit 7 ;;
+esac"#;
+
+#[test]
+fn start_waits_for_every_group_to_have_a_leader_and_status_shows_the_leaders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    fs::create_dir_all(tmp.join("bin")).unwrap();
+    fs::create_dir_all(tmp.join("target/release")).unwrap();
+    write_script(&tmp.join("bin/cargo"), r#"echo "cargo $*" >> "$CALLS""#);
+    write_script(&tmp.join("bin/curl"), CURL);
+    write_script(&tmp.join("target/release/webhookd"), LIVE_NODE);
+
+    let (ok, started) = start(tmp);
+    let (stopped_ok, stopped) = run(tmp, "stop");
+    assert!(ok, "{started}");
+    assert!(stopped_ok, "{stopped}");
+    let asked: String = fs::read_to_string(tmp.join("calls.cluster")).unwrap();
+    assert!(
+        asked.trim().parse::<u32>().unwrap() >= 3,
+        "start waited for group 1's leader: {asked}\n{started}"
+    );
+    for line in ["node1 leads meta", "node2 leads 0", "node3 leads 1"] {
+        assert!(started.contains(line), "{line}\n{started}");
+    }
+    assert!(!started.contains("no leader"), "{started}");
+    let calls = fs::read_to_string(tmp.join("calls")).unwrap();
+    assert!(
+        calls.contains("username: admin")
+            && calls.contains("api-key: 1111111111111111111111111111111111111111"),
+        "GET /v1/cluster is asked with the printed admin key: {calls}"
+    );
+    for n in 1..=3 {
+        assert!(stopped.contains(&format!("node{n} stopped")), "{stopped}");
+        assert!(!tmp.join(format!("state/node{n}.pid")).exists());
+    }
+}
+
+#[test]
+fn status_names_the_groups_without_a_leader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path();
+    fs::create_dir_all(tmp.join("bin")).unwrap();
+    fs::create_dir_all(tmp.join("target/release")).unwrap();
+    write_script(&tmp.join("bin/cargo"), ":");
+    write_script(&tmp.join("bin/curl"), CURL);
+    write_script(&tmp.join("target/release/webhookd"), LIVE_NODE);
+    let (ok, started) = start(tmp);
+    // The stand-in's next answers show group 1 without a leader again.
+    fs::write(tmp.join("calls.cluster"), "0").unwrap();
+    let (status_ok, status) = run(tmp, "status");
+    let (stopped_ok, stopped) = run(tmp, "stop");
+    assert!(
+        ok && status_ok && stopped_ok,
+        "{started}\n{status}\n{stopped}"
+    );
+    assert!(status.contains("no leader: 1"), "{status}");
+    assert!(status.contains("node2 leads 0"), "{status}");
 }
