@@ -2,9 +2,9 @@
 //! shard group's leader, writing records through the group's log, the once-per-cluster
 //! administrator account, and the groups' status.
 //!
-//! An operation on a shard is served by its group's leader, which confirms its lead with a
-//! read index ([`Replication::linearize`]) or, for a change of records, by committing it
-//! ([`Service::serve_as_leader`]); a node that does not lead answers
+//! An operation on a shard is served by its group's leader, which confirms its lead under
+//! its lease or with a read index ([`Replication::linearize`]) or, for a change of records,
+//! by committing it ([`Service::serve_as_leader`]); a node that does not lead answers
 //! [`ServiceError::NotServedHere`] having done nothing, and the asking node follows the
 //! lead until `cluster.failover_wait_ms` has passed, then answers 503 with `Retry-After`.
 //! An operation that reached a leader and then lost its answer (the leader stopped) is not
@@ -264,10 +264,11 @@ impl Service {
     }
 
     /// Serves `op` if this node leads `shard`'s group. A read, or a change of deliveries
-    /// (not replicated), waits for a read index first. A change of records is fenced once
-    /// per term and then proves the lead by committing; when it answers without having
-    /// committed anything, the answer came from this node's state, so a read index
-    /// confirms the lead before it is given (see `replication/leadership.rs`).
+    /// (not replicated), is served once the lead is confirmed (lease or read index). A
+    /// change of records is fenced once per term and then proves the lead by committing;
+    /// when it answers without having committed anything, the answer came from this
+    /// node's state, so the lead is confirmed before it is given (see
+    /// `replication/leadership.rs`).
     pub(super) async fn serve_as_leader<O, T>(
         &self,
         replication: &Arc<Replication>,
