@@ -74,12 +74,13 @@ fn load(path: Option<&PathBuf>) -> Result<webhookd::config::Loaded, String> {
 }
 
 fn init_logging(config: &Config) {
-    // openraft's core logs an ERROR for every read index taken while a follower is down
-    // (each read of a replicated shard, for as long as the node stays down); its failures
+    // While a follower is down, openraft's core logs an ERROR for every read index and its
+    // replication an ERROR and a WARN for every attempt to reach it, in every group; the
+    // cluster already logs the peer going down and coming back, and openraft's failures
     // that matter reach webhookd as errors of the calls, which it logs.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "{},ractor=warn,openraft=warn,openraft::core::raft_core=off",
+            "{},ractor=warn,openraft=warn,openraft::core::raft_core=off,openraft::replication=off",
             config.log.level
         ))
     });

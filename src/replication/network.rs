@@ -14,7 +14,7 @@ use openraft::error::{
     Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
     Unreachable,
 };
-use openraft::network::RPCOption;
+use openraft::network::{Backoff, RPCOption};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
@@ -143,6 +143,9 @@ impl PeerClient {
     }
 }
 
+/// The longest pause before trying an unreachable peer again.
+const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 fn unreachable<E: std::error::Error>(e: SendError) -> RPCError<u64, BasicNode, E> {
     match e {
         SendError::Call(CallError::Protocol(_)) => RPCError::Network(NetworkError::new(&e)),
@@ -151,6 +154,16 @@ fn unreachable<E: std::error::Error>(e: SendError) -> RPCError<u64, BasicNode, E
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
+    /// A peer that cannot be reached is tried again after 100 ms, then ever less often, up
+    /// to once a second: a restarted node is caught up promptly, and a node that stays
+    /// down does not cost each group a send twice a second.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            (0u32..)
+                .map(|n| Duration::from_millis(100u64 << n.min(4)).min(UNREACHABLE_BACKOFF_MAX)),
+        )
+    }
+
     async fn append_entries(
         &mut self,
         request: AppendEntriesRequest<TypeConfig>,

@@ -100,7 +100,7 @@ async fn replicated_fan_out_reaches_every_subscriber_once_and_survives_a_node() 
         // never "not found".
         for path in [
             format!("/v1/webhook/triggered/{triggered}"),
-            format!("/v1/webhook/triggered/{triggered}/deliveries"),
+            format!("/v1/webhook/triggered/{triggered}/deliveries?start=0&limit=100"),
         ] {
             let r = via.get(&path).auth(&owner).send_unchecked().await;
             assert!(
