@@ -4,8 +4,8 @@
 //! peer gets a task that dials it (with backoff) until its gateway appears, then pings it
 //! every `cluster.heartbeat_interval_ms`. A peer that has not answered for
 //! `cluster.down_after_ms` is down: calls for its shards answer 503 at once instead of
-//! queueing behind a peer that may never read them. A peer whose (shards, members) digest
-//! differs is refused and logged.
+//! queueing behind a peer that may never read them. A peer whose [`Layout`] differs is
+//! refused, and both nodes log which setting differs.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
 use serde::{Deserialize, Serialize};
 
 use super::gateway::{Gateway, GatewayMsg, GATEWAY_GROUP, GATEWAY_SCOPE};
+use super::layout::Layout;
 use super::rpc::{decode, decode_answer, encode, CallError, Endpoints, Envelope, Rpc};
 use super::shard::{ShardId, ShardMap};
 use crate::config::{ClusterConfig, Member};
@@ -147,6 +148,7 @@ pub trait ShardOwners: Send + Sync {
 pub struct Cluster {
     node_id: String,
     map: ShardMap,
+    layout: Layout,
     config: ClusterConfig,
     peers: Vec<Peer>,
     endpoints: Arc<Endpoints>,
@@ -154,11 +156,11 @@ pub struct Cluster {
     owners: std::sync::OnceLock<Arc<dyn ShardOwners>>,
 }
 
-/// The heartbeat: the sender's (shards, members) digest, which must equal the receiver's.
+/// The heartbeat: the sender's layout, which must equal the receiver's.
 #[derive(Debug, Serialize, Deserialize)]
 struct Ping {
     from: String,
-    digest: u64,
+    layout: Layout,
 }
 
 /// The answer to a [`Ping`].
@@ -166,8 +168,8 @@ struct Ping {
 enum Pong {
     /// Same configuration.
     Accepted,
-    /// The configurations differ; the receiver's digest.
-    Refused(u64),
+    /// The configurations differ; the receiver's layout.
+    Refused(Layout),
 }
 
 impl Rpc for Ping {
@@ -191,9 +193,11 @@ impl Cluster {
                 }),
             })
             .collect();
+        let map = ShardMap::new(config.shards, config.member_ids());
         Self {
             node_id: config.node_id.clone(),
-            map: ShardMap::new(config.shards, config.member_ids()),
+            layout: Layout::new(config, &map),
+            map,
             config: config.clone(),
             peers,
             endpoints: Arc::default(),
@@ -348,7 +352,7 @@ impl Cluster {
         let me = self.clone();
         self.endpoints.serve_inline(move |ping: Ping| {
             let me = me.clone();
-            async move { me.pong(&ping.from, ping.digest) }
+            async move { me.pong(&ping.from, &ping.layout) }
         });
         let (started, ready) = tokio::sync::oneshot::channel();
         let me = self.clone();
@@ -441,22 +445,21 @@ impl Cluster {
             backoff = Duration::from_millis(100);
             let ping = Ping {
                 from: self.node_id.clone(),
-                digest: self.map.digest(),
+                layout: self.layout,
             };
             match self.send(peer, &gateway, &ping, down_after).await {
                 Ok(Pong::Accepted) => {
                     peer.heard();
                     peer.set(PeerState::Up, Some(gateway));
                 }
-                Ok(Pong::Refused(digest)) => {
-                    peer.set(
-                        PeerState::Refused(format!(
-                            "cluster configuration differs (shards/members digest {digest:016x}, \
-                             ours {:016x}): check cluster.shards and cluster.members on both nodes",
-                            self.map.digest()
-                        )),
-                        None,
-                    );
+                Ok(Pong::Refused(theirs)) => {
+                    // The peer judged the layouts different; say how from this side. Should
+                    // they compare equal here (a peer that changed since), refuse anyway.
+                    let why = self.layout.mismatch(&theirs).unwrap_or_else(|| {
+                        "cluster configuration differs: the peer refused this node's layout"
+                            .to_string()
+                    });
+                    peer.set(PeerState::Refused(why), None);
                     tokio::time::sleep(MAX_BACKOFF).await;
                 }
                 Err(_) => {
@@ -469,18 +472,15 @@ impl Cluster {
         }
     }
 
-    /// This node's answer to a ping: refuse a peer whose digest differs.
-    fn pong(&self, from: &str, digest: u64) -> Pong {
-        let ours = self.map.digest();
-        if digest != ours {
-            tracing::error!(
-                peer = %from,
-                "refusing peer: cluster configuration differs (shards/members digest \
-                 {digest:016x}, ours {ours:016x})"
-            );
-            return Pong::Refused(ours);
+    /// This node's answer to a ping: refuse a peer whose layout differs.
+    fn pong(&self, from: &str, layout: &Layout) -> Pong {
+        match self.layout.mismatch(layout) {
+            Some(why) => {
+                tracing::error!(peer = %from, reason = %why, "refusing peer");
+                Pong::Refused(self.layout)
+            }
+            None => Pong::Accepted,
         }
-        Pong::Accepted
     }
 }
 

@@ -8,6 +8,7 @@
 //! the actors or the store. A single node is a cluster of one: every shard is local.
 
 pub mod gateway;
+pub mod layout;
 pub mod membership;
 pub mod rpc;
 pub mod shard;

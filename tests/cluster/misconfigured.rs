@@ -1,10 +1,11 @@
-//! A node with another cookie, or another member list, is refused, and the logs say why.
+//! A node with another cookie, another member list or another replication factor is
+//! refused, and the logs of both sides say why.
 
 use super::*;
 
 const COOKIE_REFUSAL: &str = "cluster peer refused: the session closed before authenticating \
                               (is cluster.cookie the same on both nodes?)";
-const DIGEST_REFUSAL: &str = "cluster configuration differs";
+const LAYOUT_REFUSAL: &str = "cluster configuration differs: ";
 
 /// Watches the good nodes' `/ready` for `bad` until `done()` holds (and at least `at_least`
 /// has passed), asserting on every look that no good node reports it "up".
@@ -40,8 +41,94 @@ async fn never_up_until(
     }
 }
 
+/// Replaces the last node with a fresh one started with `opts`.
+async fn relaunch(spec: &ClusterSpec, nodes: &mut [TestNode], opts: NodeOptions) {
+    let last = nodes.len() - 1;
+    nodes[last].kill().await;
+    nodes[last] = spec
+        .launch(last, &opts)
+        .await
+        .unwrap_or_else(|e| panic!("misconfigured node did not start: {e}"));
+}
+
+/// True when `node` shows each of `peers` as refused with a reason containing `expected`;
+/// asserts that it shows none of them up.
+async fn all_refused(node: &TestNode, peers: &[String], expected: &str) -> bool {
+    let mut refused = 0;
+    for peer in peers {
+        let (state, reason) = peer_state_of(node, peer).await;
+        assert_ne!(state, "up", "{} took {peer} up", node.base_url);
+        let reason = reason.as_str().unwrap_or_default();
+        refused += usize::from(
+            state == "refused" && reason.contains(LAYOUT_REFUSAL) && reason.contains(expected),
+        );
+    }
+    refused == peers.len()
+}
+
+/// Waits until the good nodes (all but the last) show the last one as refused, the last
+/// one shows its peers `bad_peers` as refused, and both sides' logs and reasons say why:
+/// each good node's with `why.0`, the last node's with `why.1`. Every node logs `peer
+/// refused` for the peers it pings; the last node, and the good nodes it pings, log
+/// `refusing peer` too. Asserts on every look that no node takes the other side up, and
+/// that the good nodes stay up with each other.
+async fn refused_everywhere(
+    nodes: &[TestNode],
+    ids: &[String],
+    bad_peers: &[usize],
+    why: (&str, &str),
+    at_least: Duration,
+) {
+    let (bad, good) = nodes.split_last().expect("nodes");
+    let bad_id = &ids[good.len()];
+    // Both sides of a pair log it, each with the values as it sees them: the pinging node
+    // ("peer refused") and the pinged one ("refusing peer").
+    let logged = |node: &TestNode, expected: &str, pinged: bool| {
+        let log = node.config.log();
+        let events: &[&str] = if pinged {
+            &["peer refused", "refusing peer"]
+        } else {
+            &["peer refused"]
+        };
+        events.iter().all(|event| {
+            log.lines()
+                .any(|l| l.contains(event) && l.contains(expected))
+        })
+    };
+    let started = Instant::now();
+    loop {
+        let mut done = true;
+        for (i, node) in good.iter().enumerate() {
+            done &= all_refused(node, std::slice::from_ref(bad_id), why.0).await
+                && logged(node, why.0, bad_peers.contains(&i));
+        }
+        let peers: Vec<String> = bad_peers.iter().map(|p| ids[*p].clone()).collect();
+        done &= all_refused(bad, &peers, why.1).await && logged(bad, why.1, true);
+        if done && started.elapsed() >= at_least {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the misconfigured {bad_id} was not refused with {why:?} in time; logs:\n{}",
+            nodes
+                .iter()
+                .map(|n| n.config.log())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (i, observer) in good.iter().enumerate() {
+        for (j, peer) in ids[..good.len()].iter().enumerate() {
+            if i != j {
+                assert_eq!(peer_state_of(observer, peer).await.0, "up");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_with_another_cookie_or_member_list_is_refused_and_says_why() {
+async fn node_with_another_cookie_member_list_or_replication_factor_is_refused_and_says_why() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     // node1 and node2 agree on three members; node3 has the wrong cookie.
@@ -96,74 +183,45 @@ async fn node_with_another_cookie_or_member_list_is_refused_and_says_why() {
     }
 
     // node3 again, with the right cookie but a member list without node2.
-    nodes[2].kill().await;
-    let bad = spec
-        .launch(
-            2,
-            &NodeOptions {
-                members: Some(vec![0, 2]),
-                ..NodeOptions::default()
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("misconfigured node did not start: {e}"));
-    nodes[2] = bad;
-    {
-        let good = [&nodes[0], &nodes[1]];
-        let refused_with_reason = Mutex::new(Vec::new());
-        let check = || {
-            let logs_ok = good.iter().all(|n| {
-                let log = n.config.log();
-                log.contains("peer refused") && log.contains(DIGEST_REFUSAL)
-            }) && {
-                let log = nodes[2].config.log();
-                log.contains("peer refused") && log.contains(DIGEST_REFUSAL)
-            };
-            logs_ok && refused_with_reason.lock().unwrap().len() == good.len()
-        };
-        let started_refusal = Instant::now();
-        loop {
-            let mut refused = Vec::new();
-            for node in good {
-                let (state, reason) = peer_state_of(node, &bad_id).await;
-                assert_ne!(
-                    state, "up",
-                    "{} took the misconfigured node up",
-                    node.base_url
-                );
-                if state == "refused" {
-                    let why = reason.as_str().unwrap_or_default().to_string();
-                    assert!(
-                        why.contains(DIGEST_REFUSAL) && why.contains("cluster.members"),
-                        "the refusal reason does not say why: {why:?}"
-                    );
-                    refused.push(node.base_url.clone());
-                }
-            }
-            *refused_with_reason.lock().unwrap() = refused;
-            if check() && started_refusal.elapsed() >= heartbeats {
-                break;
-            }
-            assert!(
-                started_refusal.elapsed() < Duration::from_secs(20),
-                "the member-list mismatch was not refused in time: states {:?}; logs:\n{}\n{}\n{}",
-                refused_with_reason.lock().unwrap(),
-                nodes[0].config.log(),
-                nodes[1].config.log(),
-                nodes[2].config.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // The misconfigured node refuses node1 in turn.
-        let (state, reason) = peer_state_of(&nodes[2], &spec.ids[0]).await;
-        assert_eq!(state, "refused", "{reason}");
-        // The good pair still works together.
-        for (observer, peer) in [(0, 1), (1, 0)] {
-            assert_eq!(
-                peer_state_of(&nodes[observer], &spec.ids[peer]).await.0,
-                "up"
-            );
-        }
-    }
+    relaunch(
+        &spec,
+        &mut nodes,
+        NodeOptions {
+            members: Some(vec![0, 2]),
+            ..NodeOptions::default()
+        },
+    )
+    .await;
+    refused_everywhere(
+        &nodes,
+        &spec.ids,
+        &[0],
+        ("cluster.members digest ", "cluster.members digest "),
+        heartbeats,
+    )
+    .await;
+
+    // node3 again, with every member but another replication factor: it would place the
+    // shard groups elsewhere.
+    relaunch(
+        &spec,
+        &mut nodes,
+        NodeOptions {
+            cluster_toml: Some("replication_factor = 3".into()),
+            ..NodeOptions::default()
+        },
+    )
+    .await;
+    refused_everywhere(
+        &nodes,
+        &spec.ids,
+        &[0, 1],
+        (
+            "peer has cluster.replication_factor 3, this node 1",
+            "peer has cluster.replication_factor 1, this node 3",
+        ),
+        heartbeats,
+    )
+    .await;
     println!("misconfigured nodes refused: {:?}", started.elapsed());
 }

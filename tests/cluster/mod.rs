@@ -7,7 +7,8 @@
 //!    delivery exactly once;
 //! 3. SIGKILL of node C during a 3,000-subscription fan-out: C's shards answer 503 while it
 //!    is down, the rest works, and after its restart every subscription has been served;
-//! 4. a node with another cookie, or another member list, is refused and the logs say why;
+//! 4. a node with another cookie, member list or replication factor is refused and the
+//!    logs of both sides say why;
 //! 5. a hung node (SIGSTOP) is marked down within `down_after_ms` and up after SIGCONT;
 //! 6. a full-load fan-out, triggered several times, marks no healthy peer down;
 //! 7. replicated groups elect leaders, fail over, and a wiped node catches up;

@@ -1,0 +1,173 @@
+//! The cluster layout peers compare before they talk: the settings every node must share.
+//!
+//! Shard owners and the shard groups' voters are pure functions of the configuration, so
+//! two nodes that disagree on the shard count, the member list, the replication factor or
+//! the group count would route and replicate records differently without noticing. Each
+//! heartbeat therefore carries the sender's layout, and a node refuses a peer whose layout
+//! differs. The layout is plain numbers (the member list as a digest), and a refusal names
+//! each setting that differs with both values, so the log says what to fix.
+
+use serde::{Deserialize, Serialize};
+
+use super::shard::ShardMap;
+use crate::config::ClusterConfig;
+
+/// What must be the same on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// `cluster.shards`.
+    pub shards: u16,
+    /// The digest of (shards, member list), as `/v1/cluster` shows it.
+    pub map_digest: u64,
+    /// The effective `cluster.replication_factor` (capped at the member count).
+    pub replication_factor: u16,
+    /// `cluster.groups`.
+    pub groups: u16,
+}
+
+impl Layout {
+    /// The layout of `config`, whose shard map is `map`.
+    pub fn new(config: &ClusterConfig, map: &ShardMap) -> Self {
+        Self {
+            shards: map.shards(),
+            map_digest: map.digest(),
+            replication_factor: u16::try_from(config.effective_replication_factor())
+                .unwrap_or(u16::MAX),
+            groups: config.groups,
+        }
+    }
+
+    /// Why a peer whose layout is `peer` must be refused, or `None` when it matches.
+    ///
+    /// Names every setting that differs, the peer's values first, e.g. "cluster
+    /// configuration differs: peer has cluster.replication_factor 1, this node 3". The
+    /// member list travels as a digest: when only it differs, both digests are named.
+    pub fn mismatch(&self, peer: &Layout) -> Option<String> {
+        let mut keys = Vec::new();
+        let mut theirs = Vec::new();
+        let mut ours = Vec::new();
+        let mut differs = |key: &str, peer: String, this: String| {
+            if peer != this {
+                keys.push(key.to_string());
+                theirs.push(peer);
+                ours.push(this);
+            }
+        };
+        differs(
+            "cluster.shards",
+            peer.shards.to_string(),
+            self.shards.to_string(),
+        );
+        if peer.shards == self.shards {
+            differs(
+                "cluster.members digest",
+                format!("{:016x}", peer.map_digest),
+                format!("{:016x}", self.map_digest),
+            );
+        }
+        differs(
+            "cluster.replication_factor",
+            peer.replication_factor.to_string(),
+            self.replication_factor.to_string(),
+        );
+        differs(
+            "cluster.groups",
+            peer.groups.to_string(),
+            self.groups.to_string(),
+        );
+        if keys.is_empty() {
+            return None;
+        }
+        let peer_has: Vec<String> = keys
+            .iter()
+            .zip(&theirs)
+            .map(|(key, value)| format!("{key} {value}"))
+            .collect();
+        Some(format!(
+            "cluster configuration differs: peer has {}, this node {} (cluster.shards, \
+             cluster.members, cluster.replication_factor and cluster.groups must be the same \
+             on every node)",
+            peer_has.join(" and "),
+            ours.join(" and ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Member;
+
+    fn config(members: &[&str], replication_factor: u16, groups: u16) -> ClusterConfig {
+        ClusterConfig {
+            node_id: members[0].into(),
+            members: members
+                .iter()
+                .map(|id| Member {
+                    id: (*id).into(),
+                    cluster_addr: format!("{id}:7081"),
+                    http_addr: format!("{id}:8081"),
+                })
+                .collect(),
+            replication_factor,
+            groups,
+            ..ClusterConfig::default()
+        }
+    }
+
+    fn layout(config: &ClusterConfig) -> Layout {
+        Layout::new(config, &ShardMap::new(config.shards, config.member_ids()))
+    }
+
+    #[test]
+    fn same_settings_match_whatever_the_node() {
+        let a = layout(&config(&["a", "b", "c"], 3, 12));
+        let c = layout(&config(&["c", "a", "b"], 3, 12));
+        assert_eq!(a.mismatch(&c), None);
+    }
+
+    #[test]
+    fn the_effective_factor_is_compared() {
+        // 5 voters over 3 members places groups as 3 does.
+        let five = layout(&config(&["a", "b", "c"], 5, 12));
+        let three = layout(&config(&["a", "b", "c"], 3, 12));
+        assert_eq!(five.mismatch(&three), None);
+    }
+
+    #[test]
+    fn a_mismatch_names_each_differing_setting_with_both_values() {
+        let ours = layout(&config(&["a", "b", "c"], 3, 12));
+        let why = ours
+            .mismatch(&layout(&config(&["a", "b", "c"], 1, 12)))
+            .unwrap();
+        assert!(
+            why.starts_with(
+                "cluster configuration differs: peer has cluster.replication_factor 1, \
+                 this node 3 ("
+            ),
+            "{why}"
+        );
+        let why = ours
+            .mismatch(&layout(&config(&["a", "b", "c"], 1, 6)))
+            .unwrap();
+        assert!(
+            why.contains(
+                "peer has cluster.replication_factor 1 and cluster.groups 6, this node 3 and 12"
+            ),
+            "{why}"
+        );
+        let why = ours.mismatch(&layout(&config(&["a", "c"], 3, 12))).unwrap();
+        assert!(why.contains("peer has cluster.members digest "), "{why}");
+        assert!(
+            why.contains("cluster.replication_factor 2"),
+            "two members cap the factor at 2: {why}"
+        );
+        let mut other_shards = config(&["a", "b", "c"], 3, 12);
+        other_shards.shards = 64;
+        let why = ours.mismatch(&layout(&other_shards)).unwrap();
+        assert!(
+            why.contains("peer has cluster.shards 64, this node 256 ("),
+            "{why}"
+        );
+    }
+}
