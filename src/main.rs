@@ -132,6 +132,16 @@ fn run(cli: Cli) -> Result<(), String> {
             let store = daemon::open_store(&loaded.config).map_err(|e| e.to_string())?;
             store.wipe().map_err(|e| e.to_string())?;
             println!("Storage wiped.");
+            if loaded.config.cluster.is_replicated() {
+                // The admin exists once per cluster, through the metadata group: one made
+                // here, outside Raft, would be a second one.
+                println!(
+                    "Shard groups are replicated: the cluster's admin account is created \
+                     once, by the admin group's preferred leader when a new cluster starts \
+                     (every node wiped), and a node wiped alone gets it back from its peers."
+                );
+                return Ok(());
+            }
             runtime()?.block_on(async {
                 let service =
                     daemon::build_service(&loaded.config, store).map_err(|e| e.to_string())?;
@@ -150,6 +160,12 @@ fn run(cli: Cli) -> Result<(), String> {
             command: AdminCommand::ResetKey { config },
         } => {
             let loaded = load(config.as_ref())?;
+            if loaded.config.cluster.is_replicated() {
+                return Err("admin reset-key would change one node's copy of the admin \
+                            account, which its shard group replicates \
+                            (cluster.replication_factor > 1): refused, nothing changed"
+                    .into());
+            }
             webhookd::store::allow_sync_calls();
             let store = daemon::open_store(&loaded.config).map_err(|e| e.to_string())?;
             let key = webhookd::service::reset_admin_key_offline(

@@ -1,6 +1,7 @@
-//! The command line: help, `init --reset`, `admin reset-key`, `config`, and start-up failures
-//! (bad config, port taken, storage locked). Failures must exit != 0 with one stderr line
-//! starting with `error: ` that names the cause.
+//! The command line: help, `init --reset`, `admin reset-key` (also with replicated shard
+//! groups), `config`, and start-up failures (bad config, port taken, storage locked).
+//! Failures must exit != 0 with one stderr line starting with `error: ` that names the
+//! cause.
 
 use std::path::Path;
 
@@ -194,6 +195,34 @@ async fn admin_reset_key_rotates_the_admin_key_offline() {
     node.admin_key = new_key;
     assert_eq!(node.all_accounts().await.len(), 2);
     node.read_account(&john).await;
+}
+
+/// With replicated shard groups the admin account exists once per cluster: `init --reset`
+/// wipes without making one of its own, and `admin reset-key` refuses to change one node's
+/// copy. Run with the local cluster's node file (three members, RF 3) on a fresh directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_init_makes_no_admin_and_reset_key_refuses() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let storage = dir.path().join("node1");
+    let storage = storage.to_str().expect("utf-8 temp path");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/node1.toml");
+    let config = config.to_str().expect("utf-8 repo path");
+    let env = [("WEBHOOKD_STORAGE__PATH", storage)];
+
+    let out = run_webhookd(&["init", "--reset", "--yes", "--config", config], &env).await;
+    assert!(out.success(), "{out}");
+    let lines: Vec<String> = out.stdout.lines().map(String::from).collect();
+    assert!(!prints_admin_keys(&lines), "{out}");
+    assert!(out.stdout.contains("replicated"), "{out}");
+
+    let out = run_webhookd(&["admin", "reset-key", "--config", config], &env).await;
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.error_line().contains("replication_factor"),
+        "names the setting: {out}"
+    );
+    let lines: Vec<String> = out.stdout.lines().map(String::from).collect();
+    assert!(find_line_value(&lines, "admin api_key:").is_none(), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
