@@ -247,6 +247,7 @@ impl RegistrationActor {
         written: &mut Written,
     ) -> Result<(Triggered, bool), ServiceError> {
         let (ctx, id) = (self.ctx.clone(), self.id);
+        let key = idempotency_key.clone();
         let recorded = self
             .ctx
             .store
@@ -257,6 +258,9 @@ impl RegistrationActor {
             Recorded::New { triggered, first } => (triggered, first),
         };
         written.wrote(&self.ctx.store);
+        if let Some(key) = key.filter(|_| self.ctx.records.is_replicated()) {
+            self.remember_everywhere(key, &triggered, written).await;
+        }
         let commit = written.commit();
         let (ctx, id, triggered_id) = (self.ctx.clone(), self.id, triggered.id);
         // Off the actor, so the next trigger is not held up. The first attempts wait for
@@ -276,6 +280,36 @@ impl RegistrationActor {
             }
         });
         Ok((triggered, false))
+    }
+
+    /// Remembers a new trigger's `Idempotency-Key` through the registration's group, so
+    /// that a repeat reaching another leader after a failover is answered with it. Only
+    /// once the trigger is on this node's disk: a key remembered for a trigger a crash
+    /// then lost would answer repeats with a trigger nobody delivers. A failure leaves the
+    /// key known here only, as without replication; the trigger is still answered.
+    async fn remember_everywhere(&self, key: String, triggered: &Triggered, written: &mut Written) {
+        if let Some(commit) = written.commit() {
+            if let Err(e) = commit.wait().await {
+                tracing::warn!(triggered = %triggered.id, error = %e, "the trigger was not stored");
+                return;
+            }
+        }
+        let write = RecordWrite::RememberTrigger {
+            key,
+            triggered: triggered.clone(),
+        };
+        if let Err(e) = self
+            .ctx
+            .records
+            .write_one(self.shard(), write, written)
+            .await
+        {
+            tracing::warn!(
+                triggered = %triggered.id,
+                error = %e,
+                "the trigger's Idempotency-Key is known to this node only"
+            );
+        }
     }
 }
 

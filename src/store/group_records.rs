@@ -1,6 +1,7 @@
 //! A shard group's API records as one value: what the group's Raft snapshot carries
 //! ([`Store::export_records`]), and the install of such a snapshot, which makes this node's
-//! rows of the group exactly the snapshot's ([`Store::replace_records`]).
+//! rows of the group exactly the snapshot's ([`Store::replace_records`]). The dump also
+//! carries the `Idempotency-Key`s remembered through the group's log (`triggered.rs`).
 //!
 //! Several groups' rows share the trees of a node, so both take a predicate telling which
 //! record ids are the group's. Ids are shard-aligned (a subscription's id lies in its
@@ -59,6 +60,9 @@ pub struct RecordsDump {
     pub registrations: Vec<Registration>,
     /// The group's subscriptions (their subscribers may be other groups' accounts).
     pub subscriptions: Vec<Subscription>,
+    /// The `Idempotency-Key`s its registrations' triggers had remembered through the log,
+    /// as stored rows.
+    pub remembered: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 // Positions in `Store::record_trees`.
@@ -239,6 +243,7 @@ impl Store {
             accounts: self.export(in_group)?,
             registrations: self.export(in_group)?,
             subscriptions: self.export(in_group)?,
+            remembered: self.export_remembered(in_group)?,
         })
     }
 
@@ -264,7 +269,8 @@ impl Store {
         self.upsert(&dump.accounts)?;
         self.upsert(&dump.registrations)?;
         self.upsert(&dump.subscriptions)?;
-        self.sweep_indexes(in_group, dump)
+        self.sweep_indexes(in_group, dump)?;
+        self.replace_remembered(in_group, &dump.remembered)
     }
 
     /// The trees a replace touches, at the positions of the constants above (also the

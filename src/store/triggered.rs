@@ -14,6 +14,16 @@ use super::{Result, Store, StoreError};
 /// with the same key within 24 hours answers with the first one and delivers nothing.
 pub const IDEMPOTENCY_WINDOW_US: u64 = 24 * 3_600_000_000;
 
+/// An idempotency row's value: when the trigger was made and its id, then, for a key
+/// remembered through the group's log, the encoded record.
+const REMEMBERED_LEN: usize = 24;
+
+fn remembered(tr: &Triggered) -> Vec<u8> {
+    let mut value = tr.epoch_us.to_be_bytes().to_vec();
+    value.extend_from_slice(tr.id.as_bytes());
+    value
+}
+
 fn idempotency_key(registration: &Uuid, key: &str) -> Vec<u8> {
     let mut k = registration.as_bytes().to_vec();
     k.extend_from_slice(key.as_bytes());
@@ -37,8 +47,7 @@ impl Store {
             after: None,
         })?;
         let first_batch = first_step.map(PreparedDeliveries::batch);
-        let mut remembered = tr.epoch_us.to_be_bytes().to_vec();
-        remembered.extend_from_slice(tr.id.as_bytes());
+        let remembered = remembered(tr);
         (
             &t.triggered,
             &t.triggered_by_epoch,
@@ -82,7 +91,61 @@ impl Store {
         if now_us.saturating_sub(read_u64(&v, 0)?) >= IDEMPOTENCY_WINDOW_US {
             return Ok(None);
         }
-        self.triggered(&read_uuid(&v, 8)?)
+        match v.get(REMEMBERED_LEN..) {
+            Some(payload) if !payload.is_empty() => decode(payload).map(Some),
+            _ => self.triggered(&read_uuid(&v, 8)?),
+        }
+    }
+
+    /// Remembers `key` for `tr` with the whole record, so that any voter of the
+    /// registration's group can answer a repeated trigger (replicated shards: the trigger
+    /// itself stays on the node that took it).
+    pub fn remember_trigger(&self, tr: &Triggered, key: &str) -> Result<()> {
+        let mut value = remembered(tr);
+        value.extend_from_slice(&encode(tr)?);
+        self.t()
+            .idempotency
+            .insert(idempotency_key(&tr.registration_id, key), value)?;
+        Ok(())
+    }
+
+    /// The remembered triggers carrying their record (see [`Store::remember_trigger`]) of
+    /// the registrations whose ids satisfy `in_group`, as stored rows.
+    pub(super) fn export_remembered(
+        &self,
+        in_group: &dyn Fn(&Uuid) -> bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut rows = Vec::new();
+        for item in self.t().idempotency.iter() {
+            let (k, v) = item?;
+            if v.len() > REMEMBERED_LEN && in_group(&read_uuid(&k, 0)?) {
+                rows.push((k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Makes the remembered triggers with their record of the group `in_group` tells
+    /// exactly `rows` (a snapshot's); keys remembered only here stay.
+    pub(super) fn replace_remembered(
+        &self,
+        in_group: &dyn Fn(&Uuid) -> bool,
+        rows: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (k, _) in self.export_remembered(in_group)? {
+            batch.remove(k);
+        }
+        for (k, v) in rows {
+            if !in_group(&read_uuid(k, 0)?) {
+                return Err(StoreError::Corrupt(
+                    "a snapshot's remembered trigger is another group's".into(),
+                ));
+            }
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        self.t().idempotency.apply_batch(batch)?;
+        Ok(())
     }
 
     /// Forgets idempotency keys older than the window; returns how many.

@@ -11,7 +11,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Account, NewAccountError, Registration, Result, Store, SubscribeError, Subscription};
+use super::{
+    Account, NewAccountError, Registration, Result, Store, SubscribeError, Subscription, Triggered,
+};
 
 /// A change to the record trees.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +41,14 @@ pub enum RecordWrite {
     InsertSubscriptions(Vec<(Subscription, bool)>),
     /// These subscriptions removed.
     DeleteSubscriptions(Vec<Subscription>),
+    /// A trigger's `Idempotency-Key` remembered with its record (the trigger itself is
+    /// stored by the node that took it).
+    RememberTrigger {
+        /// The key.
+        key: String,
+        /// The trigger.
+        triggered: Triggered,
+    },
 }
 
 /// What applying a [`RecordWrite`] answered.
@@ -100,6 +110,10 @@ impl Store {
             RecordWrite::InsertSubscriptions(batch) => {
                 WriteOutcome::Subscribed(self.insert_subscriptions(batch)?)
             }
+            RecordWrite::RememberTrigger { key, triggered } => {
+                self.remember_trigger(triggered, key)?;
+                WriteOutcome::Done
+            }
             RecordWrite::DeleteSubscriptions(subs) => {
                 self.delete_subscriptions(subs)?;
                 WriteOutcome::Removed(subs.len() as u64)
@@ -112,6 +126,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::tests::temp_store;
+    use crate::store::RecordsDump;
 
     #[test]
     fn every_write_applied_twice_ends_in_the_same_state() {
@@ -179,5 +194,55 @@ mod tests {
         }
         assert!(s.account_by_username("alice").unwrap().is_none());
         assert!(!s.username_taken("alice").unwrap());
+    }
+
+    #[test]
+    fn a_remembered_trigger_answers_its_key_without_the_trigger_and_travels_in_snapshots() {
+        let (_d, s) = temp_store();
+        let registration = Uuid::new_v4();
+        let triggered = Triggered {
+            id: Uuid::new_v4(),
+            epoch_us: s.next_epoch_us(),
+            registration_id: registration,
+            account_id: Uuid::new_v4(),
+            event: "e".into(),
+            body: "{}".into(),
+        };
+        let write = RecordWrite::RememberTrigger {
+            key: "k1".into(),
+            triggered: triggered.clone(),
+        };
+        for _ in 0..2 {
+            assert_eq!(s.apply_write(&write).unwrap(), WriteOutcome::Done);
+        }
+        let now = triggered.epoch_us;
+        assert!(s.triggered(&triggered.id).unwrap().is_none());
+        let replay = s.idempotent_trigger(&registration, "k1", now).unwrap();
+        assert_eq!(replay, Some(triggered.clone()));
+        assert_eq!(
+            s.idempotent_trigger(&registration, "k2", now).unwrap(),
+            None
+        );
+
+        // A snapshot of the registration's group carries it; another group's does not.
+        let ours = move |id: &Uuid| *id == registration;
+        let dump = s.export_records(&ours).unwrap();
+        assert_eq!(dump.remembered.len(), 1);
+        assert!(s
+            .export_records(&|_: &Uuid| false)
+            .unwrap()
+            .remembered
+            .is_empty());
+        let (_d2, other) = temp_store();
+        other.replace_records(&ours, &dump).unwrap();
+        let replay = other.idempotent_trigger(&registration, "k1", now).unwrap();
+        assert_eq!(replay, Some(triggered));
+        other
+            .replace_records(&ours, &RecordsDump::default())
+            .unwrap();
+        assert_eq!(
+            other.idempotent_trigger(&registration, "k1", now).unwrap(),
+            None
+        );
     }
 }

@@ -2,13 +2,16 @@
 //! a registration's subscribers spread over every group each receive one signed delivery,
 //! whichever node the calls go through. With a node SIGKILLed, a new trigger still reaches
 //! every subscriber: its registration's group and the subscribers' groups are led by the
-//! survivors, and an earlier trigger is never reported missing.
+//! survivors, an earlier trigger is never reported missing, and repeating it with its
+//! `Idempotency-Key` answers it again instead of triggering twice.
 
 use super::replicated::{printed_admin_key, replicated, wait_settled};
 use super::*;
 
 /// Subscribers of the test registration: enough to fall in every group.
 const SUBSCRIBERS: usize = 12;
+/// The first trigger's `Idempotency-Key`.
+const KEY: &str = "replicated-fanout-first";
 
 /// Polls until every subscriber's path received `per_path` deliveries of `event`.
 async fn wait_delivered(ep: &EndpointServer, paths: &[String], event: &str, per_path: usize) {
@@ -64,7 +67,11 @@ async fn replicated_fan_out_reaches_every_subscriber_once_and_survives_a_node() 
     }
     let paths: Vec<String> = subscribers.iter().map(|(_, p)| p.clone()).collect();
 
-    let triggered = id_of(&nodes[0].trigger(&owner, &registration).await);
+    let first = nodes[0]
+        .trigger_with(&owner, &registration, None, Some(KEY))
+        .await;
+    assert_eq!(first.status, 201, "{first}");
+    let triggered = id_of(first.json());
     nodes[1]
         .wait_trigger_counts(
             &owner,
@@ -95,6 +102,27 @@ async fn replicated_fan_out_reaches_every_subscriber_once_and_survives_a_node() 
     for victim in 0..3 {
         nodes[victim].kill().await;
         let via = &nodes[(victim + 1) % 3];
+        // Its Idempotency-Key is remembered by every voter: repeated through a survivor,
+        // whoever leads now, it answers the first trigger and delivers nothing.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = via
+                .trigger_with(&owner, &registration, None, Some(KEY))
+                .await;
+            if r.status == 200 {
+                assert_eq!(
+                    id_of(r.json()),
+                    triggered,
+                    "a replay answers the first trigger"
+                );
+                break;
+            }
+            assert!(
+                r.status == 503 && Instant::now() < deadline,
+                "repeating the first trigger without node {victim}: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // The first trigger is kept by the node that led its registration's group then;
         // with a node down its status is unavailable (its deliveries are on every node),
         // never "not found".
