@@ -19,13 +19,15 @@
 //! it. An operation that ends without committing anything is a read after all, and its
 //! caller confirms the lead with [`Replication::linearize`] before answering.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
 
+use super::lease::Lease;
+use super::read_rounds::ReadRounds;
 use super::types::{raft_id, Applied, Command, GroupId};
 use super::Replication;
 use crate::cluster::ShardId;
@@ -52,6 +54,47 @@ pub enum NotLeader {
         /// openraft's reason.
         reason: String,
     },
+}
+
+/// What this node keeps per group to confirm its lead.
+pub(super) struct GroupLead {
+    /// The read-index rounds the group's reads share.
+    rounds: Arc<ReadRounds>,
+    /// The last term in which a read index confirmed the lead (so everything earlier
+    /// terms committed is applied here); 0 for none.
+    fenced: AtomicU64,
+    /// The leader lease, kept by `lease::watch`.
+    lease: Arc<Lease>,
+}
+
+impl GroupLead {
+    /// Nothing confirmed yet for `group`.
+    pub(super) fn new(group: GroupId) -> Self {
+        Self {
+            rounds: Arc::new(ReadRounds::new(group)),
+            fenced: AtomicU64::new(0),
+            lease: Arc::default(),
+        }
+    }
+
+    /// The lease, for its watcher.
+    pub(super) fn lease(&self) -> Arc<Lease> {
+        self.lease.clone()
+    }
+
+    /// True when a read index confirmed the lead in `term`.
+    fn fenced_in(&self, term: u64) -> bool {
+        self.fenced.load(Ordering::Acquire) == term
+    }
+}
+
+/// This node's standing in a group, from its Raft's metrics.
+struct Standing<'a> {
+    lead: &'a GroupLead,
+    leading: bool,
+    term: u64,
+    /// The leader this node knows of.
+    leader: Option<u64>,
 }
 
 impl Replication {
@@ -122,54 +165,50 @@ impl Replication {
     /// the call: at once under the group's lease, else by a read index within
     /// `failover_wait`. Concurrent reads share rounds (see `read_rounds.rs`).
     pub async fn linearize(self: &Arc<Self>, group: GroupId) -> Result<(), NotLeader> {
-        let (leading, term) = self.leading_term(group)?;
-        let fenced = self.fenced.get(&group);
-        let lease = self.leases.get(&group);
-        if let (Some(term), Some(fenced), Some(lease)) = (leading.then_some(term), fenced, lease) {
-            if fenced.load(Ordering::Acquire) == term && lease.holds(term) {
-                return Ok(());
-            }
+        let s = self.standing(group)?;
+        if s.leading && s.lead.fenced_in(s.term) && s.lead.lease.holds(s.term) {
+            return Ok(());
         }
-        let rounds = self
-            .reads
-            .get(&group)
-            .ok_or_else(|| self.elsewhere(group, None))?;
         let replication = self.clone();
-        rounds
+        s.lead
+            .rounds
             .join(move || {
                 let replication = replication.clone();
                 async move { replication.read_index(group).await }
             })
             .await?;
-        if let Some(fenced) = fenced {
-            // The round confirmed the lead in `term` or a later one, whose first entry is
-            // applied too: `term` is a safe lower bound.
-            fenced.fetch_max(term, Ordering::AcqRel);
-        }
+        // The round confirmed the lead in `term` or a later one, whose first entry is
+        // applied too: `term` is a safe lower bound.
+        s.lead.fenced.fetch_max(s.term, Ordering::AcqRel);
         Ok(())
     }
 
     /// Confirms that this node leads `group` for a write: a read index the first time in a
     /// term (see the module doc), then nothing until the term changes.
     pub async fn fence_writes(self: &Arc<Self>, group: GroupId) -> Result<(), NotLeader> {
-        let (leading, term) = self.leading_term(group)?;
-        if !leading {
-            return Err(self.elsewhere(group, self.raft(group).and_then(current_leader)));
+        let s = self.standing(group)?;
+        if !s.leading {
+            return Err(self.elsewhere(group, s.leader));
         }
-        match self.fenced.get(&group) {
-            Some(fenced) if fenced.load(Ordering::Acquire) == term => Ok(()),
-            _ => self.linearize(group).await,
+        if s.lead.fenced_in(s.term) {
+            return Ok(());
         }
+        self.linearize(group).await
     }
 
-    /// Whether this node's Raft of `group` is its leader, and its current term.
-    fn leading_term(&self, group: GroupId) -> Result<(bool, u64), NotLeader> {
-        let raft = self
-            .raft(group)
-            .ok_or_else(|| self.elsewhere(group, None))?;
+    /// This node's standing in `group`, which it must vote in.
+    fn standing(&self, group: GroupId) -> Result<Standing<'_>, NotLeader> {
+        let (Some(raft), Some(lead)) = (self.raft(group), self.leads.get(&group)) else {
+            return Err(self.elsewhere(group, None));
+        };
         let m = raft.metrics();
         let m = m.borrow();
-        Ok((m.state == ServerState::Leader, m.current_term))
+        Ok(Standing {
+            lead,
+            leading: m.state == ServerState::Leader,
+            term: m.current_term,
+            leader: m.current_leader,
+        })
     }
 
     /// One read-index round of `group`.
@@ -232,11 +271,6 @@ impl Replication {
                 .and_then(|l| self.member_of(l)),
         }
     }
-}
-
-/// The leader `raft` knows of.
-fn current_leader(raft: &super::types::GroupRaft) -> Option<u64> {
-    raft.metrics().borrow().current_leader
 }
 
 /// A replicated shard is served by its group's leader.

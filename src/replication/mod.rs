@@ -30,7 +30,6 @@ pub mod status;
 pub mod types;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,13 +80,8 @@ pub struct Replication {
     cluster: Arc<Cluster>,
     placement: Placement,
     rafts: HashMap<GroupId, GroupRaft>,
-    /// Per group, the read-index rounds its reads share.
-    reads: HashMap<GroupId, Arc<read_rounds::ReadRounds>>,
-    /// Per group, the last term in which this node's lead was confirmed by a read index
-    /// (so everything earlier terms committed is applied); 0 for none.
-    fenced: HashMap<GroupId, AtomicU64>,
-    /// Per group, this node's leader lease (see `lease.rs`).
-    leases: HashMap<GroupId, Arc<lease::Lease>>,
+    /// Per group, what confirms this node's lead (see `leadership.rs`).
+    leads: HashMap<GroupId, leadership::GroupLead>,
     failover_wait: Duration,
 }
 
@@ -142,25 +136,18 @@ impl Replication {
                 .map_err(|e| ReplicationError::Start(format!("group {group}: {e}")))?;
             rafts.insert(group, raft);
         }
-        let reads = rafts
-            .keys()
-            .map(|g| (*g, Arc::new(read_rounds::ReadRounds::new(*g))))
-            .collect();
-        let fenced = rafts.keys().map(|g| (*g, AtomicU64::new(0))).collect();
-        let mut leases = HashMap::new();
+        let mut leads = HashMap::new();
         for (group, raft) in &rafts {
-            let lease = Arc::new(lease::Lease::default());
-            runtime.spawn(lease::watch(raft.clone(), lease.clone(), lease_length));
-            leases.insert(*group, lease);
+            let lead = leadership::GroupLead::new(*group);
+            runtime.spawn(lease::watch(raft.clone(), lead.lease(), lease_length));
+            leads.insert(*group, lead);
         }
         let replication = Arc::new(Self {
             node_id: config.node_id.clone(),
             cluster: cluster.clone(),
             placement,
             rafts,
-            reads,
-            fenced,
-            leases,
+            leads,
             failover_wait: Duration::from_millis(config.failover_wait_ms),
         });
         serve::serve(&replication);
