@@ -99,6 +99,25 @@ impl Options {
     }
 }
 
+/// The value given to `flag`, which must be one of `allowed` (`meaning` says what they
+/// mean).
+fn one_of(
+    flag: &str,
+    value: Option<String>,
+    allowed: &[usize],
+    meaning: &str,
+) -> Result<usize, String> {
+    let n = value
+        .ok_or(format!("{flag} needs a value"))?
+        .parse::<usize>()
+        .map_err(|e| format!("{flag}: {e}"))?;
+    if allowed.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{flag} {n}: {meaning}; {USAGE}"))
+    }
+}
+
 pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     let mut opts = Options {
         bench: false,
@@ -109,49 +128,32 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Optio
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
-        let nodes = |v: Option<String>| {
-            let n = v
-                .ok_or("--nodes needs a value".to_string())?
-                .parse::<usize>()
-                .map_err(|e| format!("--nodes: {e}"))?;
-            if NODE_COUNTS.contains(&n) {
-                Ok(n)
-            } else {
-                Err(format!(
-                    "--nodes {n}: the bench runs 1 node, or 1 node and then a local 3-node cluster (--nodes 3); {USAGE}"
-                ))
-            }
+        // A value flag takes its value inline (`--nodes=3`) or as the next argument.
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_string())),
+            None => (arg.as_str(), None),
         };
-        let factor = |v: Option<String>| {
-            let n = v
-                .ok_or("--replication-factor needs a value".to_string())?
-                .parse::<usize>()
-                .map_err(|e| format!("--replication-factor: {e}"))?;
-            if REPLICATION_FACTORS.contains(&n) {
-                Ok(Some(n))
-            } else {
-                Err(format!(
-                    "--replication-factor {n}: the cluster runs 1 (no Raft) or 3; {USAGE}"
-                ))
-            }
-        };
-        match arg.as_str() {
-            "--bench" => opts.bench = true,
-            "--quick" => opts.quick = true,
-            "--isolation-only" => opts.isolation_only = true,
-            "--nodes" => opts.nodes = nodes(args.next())?,
-            other if other.starts_with("--nodes=") => {
-                opts.nodes = nodes(other.strip_prefix("--nodes=").map(str::to_string))?
-            }
-            "--replication-factor" => opts.replication_factor = factor(args.next())?,
-            other if other.starts_with("--replication-factor=") => {
-                opts.replication_factor = factor(
-                    other
-                        .strip_prefix("--replication-factor=")
-                        .map(str::to_string),
+        match (name, inline) {
+            ("--bench", None) => opts.bench = true,
+            ("--quick", None) => opts.quick = true,
+            ("--isolation-only", None) => opts.isolation_only = true,
+            ("--nodes", value) => {
+                opts.nodes = one_of(
+                    "--nodes",
+                    value.or_else(|| args.next()),
+                    &NODE_COUNTS,
+                    "the bench runs 1 node, or 1 node and then a local 3-node cluster (--nodes 3)",
                 )?
             }
-            other => return Err(format!("unknown argument {other:?}; {USAGE}")),
+            ("--replication-factor", value) => {
+                opts.replication_factor = Some(one_of(
+                    "--replication-factor",
+                    value.or_else(|| args.next()),
+                    &REPLICATION_FACTORS,
+                    "the cluster runs 1 (no Raft) or 3",
+                )?)
+            }
+            _ => return Err(format!("unknown argument {arg:?}; {USAGE}")),
         }
     }
     Ok(opts)
