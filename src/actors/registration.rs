@@ -22,7 +22,9 @@ use crate::cluster::ShardId;
 use crate::delivery::pyjson::to_python_json;
 use crate::domain::access::{self, Access};
 use crate::domain::{msg, Caller, ServiceError, WriteResult};
-use crate::store::{DueEntry, RecordWrite, SubscribeError, Subscription, Triggered, WriteOutcome};
+use crate::store::{
+    Commit, DueEntry, RecordWrite, SubscribeError, Subscription, Triggered, WriteOutcome,
+};
 
 /// Requests a RegistrationActor serves.
 #[derive(RactorMessage)]
@@ -258,10 +260,11 @@ impl RegistrationActor {
             Recorded::New { triggered, first } => (triggered, first),
         };
         written.wrote(&self.ctx.store);
-        if let Some(key) = key.filter(|_| self.ctx.records.is_replicated()) {
-            self.remember_everywhere(key, &triggered, written).await;
-        }
         let commit = written.commit();
+        if let Some(key) = key.filter(|_| self.ctx.records.is_replicated()) {
+            self.remember_everywhere(key, &triggered, commit.clone())
+                .await;
+        }
         let (ctx, id, triggered_id) = (self.ctx.clone(), self.id, triggered.id);
         // Off the actor, so the next trigger is not held up. The first attempts wait for
         // the commit; written, they are delivered even if it failed (they land with the
@@ -287,8 +290,13 @@ impl RegistrationActor {
     /// once the trigger is on this node's disk: a key remembered for a trigger a crash
     /// then lost would answer repeats with a trigger nobody delivers. A failure leaves the
     /// key known here only, as without replication; the trigger is still answered.
-    async fn remember_everywhere(&self, key: String, triggered: &Triggered, written: &mut Written) {
-        if let Some(commit) = written.commit() {
+    async fn remember_everywhere(
+        &self,
+        key: String,
+        triggered: &Triggered,
+        stored: Option<Commit>,
+    ) {
+        if let Some(commit) = stored {
             if let Err(e) = commit.wait().await {
                 tracing::warn!(triggered = %triggered.id, error = %e, "the trigger was not stored");
                 return;
@@ -298,12 +306,7 @@ impl RegistrationActor {
             key,
             triggered: triggered.clone(),
         };
-        if let Err(e) = self
-            .ctx
-            .records
-            .write_one(self.shard(), write, written)
-            .await
-        {
+        if let Err(e) = self.ctx.records.write_committed(self.shard(), write).await {
             tracing::warn!(
                 triggered = %triggered.id,
                 error = %e,

@@ -43,14 +43,11 @@ impl Layout {
     /// configuration differs: peer has cluster.replication_factor 1, this node 3". The
     /// member list travels as a digest: when only it differs, both digests are named.
     pub fn mismatch(&self, peer: &Layout) -> Option<String> {
-        let mut keys = Vec::new();
-        let mut theirs = Vec::new();
-        let mut ours = Vec::new();
-        let mut differs = |key: &str, peer: String, this: String| {
+        // (setting, the peer's value, this node's value) of each setting that differs.
+        let mut differing: Vec<(&str, String, String)> = Vec::new();
+        let mut differs = |key, peer: String, this: String| {
             if peer != this {
-                keys.push(key.to_string());
-                theirs.push(peer);
-                ours.push(this);
+                differing.push((key, peer, this));
             }
         };
         differs(
@@ -75,14 +72,14 @@ impl Layout {
             peer.groups.to_string(),
             self.groups.to_string(),
         );
-        if keys.is_empty() {
+        if differing.is_empty() {
             return None;
         }
-        let peer_has: Vec<String> = keys
+        let peer_has: Vec<String> = differing
             .iter()
-            .zip(&theirs)
-            .map(|(key, value)| format!("{key} {value}"))
+            .map(|(key, theirs, _)| format!("{key} {theirs}"))
             .collect();
+        let ours: Vec<&str> = differing.iter().map(|(_, _, ours)| ours.as_str()).collect();
         Some(format!(
             "cluster configuration differs: peer has {}, this node {} (cluster.shards, \
              cluster.members, cluster.replication_factor and cluster.groups must be the same \
