@@ -119,6 +119,7 @@ pub fn build_service(config: &Config, store: Store) -> Result<Service, DaemonErr
             unattempted: std::sync::atomic::AtomicI64::new(0),
             drained: tokio::sync::Notify::new(),
             fanout_steps: Default::default(),
+            replicated_fanouts: Default::default(),
         },
     };
     Ok(Service::new(Arc::new(ctx)))
@@ -167,7 +168,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let supervisor = DeliverySupervisor::start(service.context().clone())
         .await
         .map_err(|e| ServiceError::Internal(format!("starting the delivery engine: {e}")))?;
-    service.context().resume_fanouts().await?;
+    // Replicated, the group leaders resume them (`Service::attach_replication`).
+    if !config.cluster.is_replicated() {
+        service.context().resume_fanouts().await?;
+    }
     service
         .context()
         .cluster
@@ -175,7 +179,13 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(ServiceError::Internal)?;
     for peer in 0..service.context().cluster.peers().len() {
-        tokio::spawn(crate::actors::run_handoff(service.context().clone(), peer));
+        tokio::spawn(crate::actors::run_handoff(
+            service.context().clone(),
+            Some(peer),
+        ));
+    }
+    if config.cluster.is_replicated() {
+        tokio::spawn(crate::actors::run_handoff(service.context().clone(), None));
     }
     if config.cluster.is_replicated() {
         let replication = Replication::start(

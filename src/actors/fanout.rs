@@ -35,7 +35,7 @@ use crate::store::{DueEntry, FanoutStep, NewDelivery, PreparedDeliveries, StoreE
 /// a registration of up to 100 subscribers out in one commit.
 pub const FIRST_BATCH: usize = 100;
 /// Subscriptions handed to delivery per later step.
-const FANOUT_BATCH: usize = 1000;
+pub const FANOUT_BATCH: usize = 1000;
 /// Pending deliveries per delivery worker above which fan-outs wait.
 const BACKLOG_PER_WORKER: usize = 32;
 /// Step runners at once on the node, whatever the number of fan-outs: a step is CPU-bound
@@ -276,9 +276,17 @@ impl PreparedStep {
         let mut local = Vec::with_capacity(batch.len());
         let mut remote: HashMap<String, Vec<NewDelivery>> = HashMap::new();
         let cluster = &ctx.cluster;
+        // Replicated, a step writes only its registration group's rows: this node's own
+        // subscribers are handed over too (to itself), so that the group's next leader
+        // knows what is left.
+        let replicated = ctx.records.is_replicated();
         for (_, item) in batch {
             match cluster.remote_owner(cluster.map().shard_of_id(&item.account_id)) {
                 Some(peer) => remote.entry(peer.member.id.clone()).or_default().push(item),
+                None if replicated => remote
+                    .entry(cluster.node_id().to_string())
+                    .or_default()
+                    .push(item),
                 None => local.push(item),
             }
         }

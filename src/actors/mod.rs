@@ -12,8 +12,10 @@ mod fanout;
 mod records;
 mod registration;
 pub mod remote;
+mod replicated_fanout;
 mod reply;
 mod subscribes;
+mod trigger;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,7 @@ pub use delivery::{
 pub use directory::Directory;
 pub use records::{Records, Replicated, ReplicatedRecords};
 pub use registration::{RegistrationActor, RegistrationMsg};
+pub use replicated_fanout::RunningFanouts;
 pub use reply::{noting_log_commits, Reply, Written};
 pub use subscribes::SubscribeQueue;
 

@@ -15,16 +15,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SpawnErr};
 use ractor_cluster::RactorMessage;
 use uuid::Uuid;
 
-use super::fanout::{self, run_fanout, PreparedStep, StepOutcome};
 use super::subscribes::Waiting;
-use super::{now_us, NodeState, Reply, ReplyPort, Written};
+use super::trigger;
+use super::{NodeState, Reply, ReplyPort, Written};
 use crate::cluster::ShardId;
-use crate::delivery::pyjson::to_python_json;
 use crate::domain::access::{self, Access};
 use crate::domain::{msg, Caller, ServiceError, WriteResult};
-use crate::store::{
-    Commit, DueEntry, RecordWrite, SubscribeError, Subscription, Triggered, WriteOutcome,
-};
+use crate::store::{RecordWrite, SubscribeError, Subscription, Triggered, WriteOutcome};
 
 /// Requests a RegistrationActor serves.
 #[derive(RactorMessage)]
@@ -240,146 +237,6 @@ impl RegistrationActor {
             .await?;
         Ok(WriteResult::deleted(1))
     }
-
-    async fn trigger(
-        &self,
-        caller: Caller,
-        event_data: Option<String>,
-        idempotency_key: Option<String>,
-        written: &mut Written,
-    ) -> Result<(Triggered, bool), ServiceError> {
-        let (ctx, id) = (self.ctx.clone(), self.id);
-        let key = idempotency_key.clone();
-        let recorded = self
-            .ctx
-            .store
-            .run(move |_| record_trigger(&ctx, id, &caller, event_data, idempotency_key))
-            .await?;
-        let (triggered, first) = match recorded {
-            Recorded::Replay(first) => return Ok((first, true)),
-            Recorded::New { triggered, first } => (triggered, first),
-        };
-        written.wrote(&self.ctx.store);
-        let commit = written.commit();
-        if let Some(key) = key.filter(|_| self.ctx.records.is_replicated()) {
-            self.remember_everywhere(key, &triggered, commit.clone())
-                .await;
-        }
-        let (ctx, id, triggered_id) = (self.ctx.clone(), self.id, triggered.id);
-        // Off the actor, so the next trigger is not held up. The first attempts wait for
-        // the commit; written, they are delivered even if it failed (they land with the
-        // next one).
-        tokio::spawn(async move {
-            if let Some(commit) = commit {
-                let _ = commit.wait().await;
-            }
-            let started = first.is_some();
-            let more = match first {
-                Some((outcome, entries)) => outcome.written(&ctx, entries),
-                None => true,
-            };
-            if more {
-                run_fanout(ctx, id, triggered_id, started).await;
-            }
-        });
-        Ok((triggered, false))
-    }
-
-    /// Remembers a new trigger's `Idempotency-Key` through the registration's group, so
-    /// that a repeat reaching another leader after a failover is answered with it. Only
-    /// once the trigger is on this node's disk: a key remembered for a trigger a crash
-    /// then lost would answer repeats with a trigger nobody delivers. A failure leaves the
-    /// key known here only, as without replication; the trigger is still answered.
-    async fn remember_everywhere(
-        &self,
-        key: String,
-        triggered: &Triggered,
-        stored: Option<Commit>,
-    ) {
-        if let Some(commit) = stored {
-            if let Err(e) = commit.wait().await {
-                tracing::warn!(triggered = %triggered.id, error = %e, "the trigger was not stored");
-                return;
-            }
-        }
-        let write = RecordWrite::RememberTrigger {
-            key,
-            triggered: triggered.clone(),
-        };
-        if let Err(e) = self.ctx.records.write_committed(self.shard(), write).await {
-            tracing::warn!(
-                triggered = %triggered.id,
-                error = %e,
-                "the trigger's Idempotency-Key is known to this node only"
-            );
-        }
-    }
-}
-
-/// A trigger as recorded by [`record_trigger`].
-enum Recorded {
-    /// A repeated `Idempotency-Key`: the first trigger.
-    Replay(Triggered),
-    /// A new trigger, with its fan-out's first step when it was written with it.
-    New {
-        triggered: Triggered,
-        first: Option<(StepOutcome, Vec<DueEntry>)>,
-    },
-}
-
-/// Checks and records a trigger of `registration` (on a storage thread: one round trip).
-fn record_trigger(
-    ctx: &NodeState,
-    registration_id: Uuid,
-    caller: &Caller,
-    event_data: Option<String>,
-    idempotency_key: Option<String>,
-) -> Result<Recorded, ServiceError> {
-    let store = &ctx.store;
-    let registration = store
-        .registration(&registration_id)?
-        .ok_or(ServiceError::NotFound(
-            msg::NO_SUCH_REGISTRATION_TRIGGER.into(),
-        ))?;
-    access::trigger(caller, registration.account_id)?;
-    if let Some(key) = &idempotency_key {
-        if let Some(first) = store.idempotent_trigger(&registration_id, key, now_us())? {
-            return Ok(Recorded::Replay(first));
-        }
-    }
-    let data = event_data.as_deref().unwrap_or(&registration.event_data);
-    let value: serde_json::Value = serde_json::from_str(data)
-        .map_err(|e| ServiceError::Internal(format!("stored event_data: {e}")))?;
-    let shards = ctx.cluster.map();
-    let triggered = Triggered {
-        id: shards.new_id_in(shards.shard_of_id(&registration_id)),
-        epoch_us: store.next_epoch_us(),
-        registration_id,
-        account_id: registration.account_id,
-        event: registration.event,
-        body: to_python_json(&value),
-    };
-    // The fan-out's first step is written with the trigger (one commit; a registration
-    // of up to FIRST_BATCH subscribers needs no other), unless the node's backlog says
-    // fan-outs must wait.
-    let first = match fanout::backlog_allows(ctx) {
-        true => Some(PreparedStep::read(
-            ctx,
-            &registration_id,
-            &triggered.id,
-            None,
-            fanout::FIRST_BATCH,
-        )?),
-        false => None,
-    };
-    let first_writes = first.as_ref().map(|step| &step.deliveries);
-    store.insert_triggered(&triggered, idempotency_key.as_deref(), first_writes)?;
-    ctx.delivery.remember_body(triggered.clone());
-    let first = first.map(|step| {
-        let entries = store.committed_with_trigger(step.deliveries);
-        (step.outcome, entries)
-    });
-    Ok(Recorded::New { triggered, first })
 }
 
 impl Actor for RegistrationActor {
@@ -452,9 +309,15 @@ impl Actor for RegistrationActor {
                 reply,
             } => {
                 let mut written = Written::default();
-                let result = self
-                    .trigger(caller, event_data, idempotency_key, &mut written)
-                    .await;
+                let result = trigger::trigger(
+                    &self.ctx,
+                    self.id,
+                    caller,
+                    event_data,
+                    idempotency_key,
+                    &mut written,
+                )
+                .await;
                 let _ = reply.send(written.reply(result));
             }
             RegistrationMsg::IdleCheck => {

@@ -146,12 +146,16 @@ impl Replication {
         self.failover_wait
     }
 
-    /// The shard groups this node leads, as far as its own Raft knows.
-    pub fn led_groups(&self) -> Vec<GroupId> {
+    /// The shard groups this node leads, as far as its own Raft knows, each with the
+    /// term it leads in.
+    pub fn led_groups(&self) -> Vec<(GroupId, u64)> {
         self.rafts
             .keys()
-            .copied()
-            .filter(|g| !g.is_meta() && self.leads(*g))
+            .filter(|g| !g.is_meta())
+            .filter_map(|g| {
+                let s = self.standing(*g).ok()?;
+                s.leading.then_some((*g, s.term))
+            })
             .collect()
     }
 

@@ -25,7 +25,7 @@ use crate::replication::{
 use crate::store::{Account, PageRequest, RecordWrite, WriteOutcome};
 
 /// How often a node looks for groups it newly leads.
-const LEAD_CHECK: Duration = Duration::from_secs(1);
+const LEAD_CHECK: Duration = Duration::from_millis(200);
 /// How often an operation waiting for its group's leader looks again.
 const LEADER_POLL: Duration = Duration::from_millis(25);
 
@@ -45,21 +45,37 @@ impl From<NotLeader> for ServiceError {
     }
 }
 
-/// Finishes the cascades interrupted in the groups this node takes the lead of (their
-/// earlier leader may have crashed in the middle), until the node stops.
-async fn finish_cascades_on_lead(ctx: Arc<NodeState>, replication: Arc<Replication>) {
+/// Finishes, in each group this node takes the lead of, what its earlier leader may have
+/// left unfinished (cascades, fan-outs, handoff batches), until the node stops. Taking
+/// the lead again in a later term counts too: the fan-outs stopped when it was lost.
+async fn resume_on_lead(ctx: Arc<NodeState>, replication: Arc<Replication>) {
     let mut led = BTreeSet::new();
     loop {
         tokio::time::sleep(LEAD_CHECK).await;
-        let now: BTreeSet<GroupId> = replication.led_groups().into_iter().collect();
-        if now.difference(&led).next().is_some() {
-            if let Err(e) = ctx.resume_cascades().await {
-                tracing::warn!(error = %e, "finishing interrupted deletes failed; retrying");
+        let now: BTreeSet<(GroupId, u64)> = replication.led_groups().into_iter().collect();
+        let taken: Vec<GroupId> = now.difference(&led).map(|(group, _)| *group).collect();
+        if !taken.is_empty() {
+            if let Err(e) = resume(&ctx, &replication, &taken).await {
+                tracing::warn!(error = %e, "resuming the work of newly led groups failed; retrying");
                 continue;
             }
         }
         led = now;
     }
+}
+
+/// [`resume_on_lead`] of the groups `taken`, once this node applied everything they
+/// committed before (a fan-out's cursor may be in an entry not applied yet).
+async fn resume(
+    ctx: &Arc<NodeState>,
+    replication: &Arc<Replication>,
+    taken: &[GroupId],
+) -> Result<(), ServiceError> {
+    for group in taken {
+        replication.fence_writes(*group).await?;
+    }
+    ctx.resume_cascades().await?;
+    ctx.resume_replicated_fanouts().await
 }
 
 /// Proposes `command` until the group answers (through elections, and while it has no
@@ -125,7 +141,7 @@ impl Service {
             .records
             .replicate_through(Arc::new(GroupLogs(replication.clone())));
         let _ = self.replication.set(replication.clone());
-        tokio::spawn(finish_cascades_on_lead(self.ctx.clone(), replication));
+        tokio::spawn(resume_on_lead(self.ctx.clone(), replication));
     }
 
     /// Serves `op` at the leader of `shard`'s group, following the lead while it moves

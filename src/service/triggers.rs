@@ -21,7 +21,6 @@ pub(super) fn serve(service: &Service) {
     service.serve_owned::<ListDeliveries, _>();
     service.serve_owned::<Redeliver, _>();
     service.serve::<DeliveryCounts>();
-    service.serve::<LocalTrigger>();
     service.serve::<Requeue>();
 }
 
@@ -74,29 +73,26 @@ served_by!(Trigger, deliveries, |op, shards| id_shard(
 ));
 
 /// A trigger the caller may inspect (the registration's owner, or an admin), and whether
-/// its fan-out finished; served by the trigger's owner.
-///
-/// Triggered records are not replicated yet: with replicated shards the leader that took a
-/// trigger keeps it, and the group's lead may have moved since. A trigger the leader does
-/// not hold is looked for on every node, so that it is not reported missing while the node
-/// that holds it is down (503 instead).
+/// its fan-out finished; served by the trigger's owner (replicated, every voter of the
+/// registration's group holds it).
 async fn visible_trigger(
     service: &Service,
     caller: &Caller,
     id: Option<Uuid>,
 ) -> Result<(Triggered, bool), ServiceError> {
-    let mut found = match id {
-        Some(id) => LocalTrigger(id).run(service.clone()).await?,
+    let found = match id {
+        Some(id) => {
+            service
+                .ctx
+                .store
+                .run(move |s| match s.triggered(&id)? {
+                    Some(t) => Ok(Some((t, s.fanout(&id)?.is_none()))),
+                    None => Ok::<_, StoreError>(None),
+                })
+                .await?
+        }
         None => None,
     };
-    if let (None, Some(id), Some(_)) = (&found, id, service.replication()) {
-        found = service
-            .ask_everywhere(LocalTrigger(id))
-            .await?
-            .into_iter()
-            .flatten()
-            .next();
-    }
     let (found, done) = match found {
         Some((t, done)) => (Some(t), done),
         None => (None, false),
@@ -104,27 +100,6 @@ async fn visible_trigger(
     access::read_trigger(caller, found.as_ref().map(|t| t.account_id))?;
     let t = found.ok_or(ServiceError::NotFound(msg::NO_SUCH_TRIGGER.into()))?;
     Ok((t, done))
-}
-
-/// The node's triggered record of a trigger, if it holds it, and whether its fan-out
-/// finished.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LocalTrigger(pub Uuid);
-
-rpc!(LocalTrigger => Result<Option<(Triggered, bool)>, ServiceError>, "service/local_trigger");
-
-impl Op for LocalTrigger {
-    async fn run(self, service: Service) -> Self::Answer {
-        let id = self.0;
-        Ok(service
-            .ctx
-            .store
-            .run(move |s| match s.triggered(&id)? {
-                Some(t) => Ok(Some((t, s.fanout(&id)?.is_none()))),
-                None => Ok::<_, StoreError>(None),
-            })
-            .await?)
-    }
 }
 
 /// A trigger with its delivery counts (summed over the nodes that deliver it) and

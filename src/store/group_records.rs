@@ -1,7 +1,8 @@
 //! A shard group's API records as one value: what the group's Raft snapshot carries
 //! ([`Store::export_records`]), and the install of such a snapshot, which makes this node's
 //! rows of the group exactly the snapshot's ([`Store::replace_records`]). The dump also
-//! carries the `Idempotency-Key`s remembered through the group's log (`triggered.rs`).
+//! carries the group's triggers with their `Idempotency-Key`s (`triggered.rs`) and their
+//! fan-outs' cursors and handoff batches (`deliveries/handoffs.rs`).
 //!
 //! Several groups' rows share the trees of a node, so both take a predicate telling which
 //! record ids are the group's. Ids are shard-aligned (a subscription's id lies in its
@@ -49,6 +50,7 @@ use uuid::Uuid;
 
 use super::keys::{epoch_key, failed_count_key, gone_key, owned_key, read_uuid, trailing_id};
 use super::records::{decode, encode, Account, Registration, Subscription};
+use super::triggered::TriggersDump;
 use super::{Result, Store, StoreError, CASCADE_CHUNK};
 
 /// One group's API records, as stored, each list in id order.
@@ -60,9 +62,10 @@ pub struct RecordsDump {
     pub registrations: Vec<Registration>,
     /// The group's subscriptions (their subscribers may be other groups' accounts).
     pub subscriptions: Vec<Subscription>,
-    /// The `Idempotency-Key`s its registrations' triggers had remembered through the log,
-    /// as stored rows.
-    pub remembered: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Its registrations' triggers, with their `Idempotency-Key`s.
+    pub triggers: TriggersDump,
+    /// Their fan-outs' cursors and handoff batches, as stored rows.
+    pub fanout_rows: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 // Positions in `Store::record_trees`.
@@ -243,7 +246,8 @@ impl Store {
             accounts: self.export(in_group)?,
             registrations: self.export(in_group)?,
             subscriptions: self.export(in_group)?,
-            remembered: self.export_remembered(in_group)?,
+            triggers: self.export_triggers(in_group)?,
+            fanout_rows: self.export_fanout_rows(in_group)?,
         })
     }
 
@@ -270,7 +274,8 @@ impl Store {
         self.upsert(&dump.registrations)?;
         self.upsert(&dump.subscriptions)?;
         self.sweep_indexes(in_group, dump)?;
-        self.replace_remembered(in_group, &dump.remembered)
+        self.replace_triggers(in_group, &dump.triggers)?;
+        self.replace_fanout_rows(in_group, &dump.fanout_rows)
     }
 
     /// The trees a replace touches, at the positions of the constants above (also the

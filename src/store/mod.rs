@@ -45,8 +45,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use accounts::NewAccountError;
 pub use deliveries::{
-    Attempt, Delivery, DeliveryCounts, DeliveryState, DueEntry, FailedCountChange, FanoutCursor,
-    FanoutStep, Handoff, NewDelivery, Outcome, PreparedDeliveries, Scheduled,
+    Attempt, Delivery, DeliveryCounts, DeliveryRow, DeliveryState, DueEntry, FailedCountChange,
+    FanoutCursor, FanoutStep, Handoff, NewDelivery, Outcome, PreparedDeliveries, Scheduled,
 };
 pub use executor::allow_sync_calls;
 pub use flusher::Commit;

@@ -1,10 +1,14 @@
 //! The `triggered` tree, its `triggered_by_epoch` index and the `idempotency` keys; and
 //! `remote_triggers`, the copies of other nodes' triggers that deliveries here serve.
+//!
+//! With replicated shards a trigger is a record of its registration's group: every voter
+//! holds it and its idempotency key, and a snapshot carries them ([`TriggersDump`]).
 
+use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use uuid::Uuid;
 
-use super::deliveries::{FanoutCursor, PreparedDeliveries};
+use super::deliveries::{rows_batch, DeliveryRow, FanoutCursor};
 use super::keys::{cursor_key, epoch_key, read_u64, read_uuid};
 use super::pagination::{Page, PageRequest};
 use super::records::{decode, encode, encode_compact, Triggered};
@@ -14,14 +18,20 @@ use super::{Result, Store, StoreError};
 /// with the same key within 24 hours answers with the first one and delivers nothing.
 pub const IDEMPOTENCY_WINDOW_US: u64 = 24 * 3_600_000_000;
 
-/// An idempotency row's value: when the trigger was made and its id, then, for a key
-/// remembered through the group's log, the encoded record.
-const REMEMBERED_LEN: usize = 24;
-
+/// An idempotency row's value: when the trigger was made, then its id.
 fn remembered(tr: &Triggered) -> Vec<u8> {
     let mut value = tr.epoch_us.to_be_bytes().to_vec();
     value.extend_from_slice(tr.id.as_bytes());
     value
+}
+
+/// One group's triggers, as a snapshot carries them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TriggersDump {
+    /// The triggered records.
+    pub triggered: Vec<Triggered>,
+    /// Their `Idempotency-Key` rows, as stored.
+    pub idempotency: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 fn idempotency_key(registration: &Uuid, key: &str) -> Vec<u8> {
@@ -32,13 +42,13 @@ fn idempotency_key(registration: &Uuid, key: &str) -> Vec<u8> {
 
 impl Store {
     /// Records a trigger and its pending fan-out (and its idempotency key), atomically;
-    /// with `first_step`, the fan-out's first step too (its deliveries, and the cursor
-    /// moved past them or removed).
+    /// with `first_step`, the fan-out's first step too (its writes: its deliveries, and
+    /// the cursor moved past them or removed). Writing it again changes nothing.
     pub fn insert_triggered(
         &self,
         tr: &Triggered,
         idempotency: Option<&str>,
-        first_step: Option<&PreparedDeliveries>,
+        first_step: Option<&[DeliveryRow]>,
     ) -> Result<()> {
         let t = self.t();
         let record = encode(tr)?;
@@ -46,7 +56,7 @@ impl Store {
             registration_id: tr.registration_id,
             after: None,
         })?;
-        let first_batch = first_step.map(PreparedDeliveries::batch);
+        let first_batch = first_step.map(rows_batch);
         let remembered = remembered(tr);
         (
             &t.triggered,
@@ -91,60 +101,67 @@ impl Store {
         if now_us.saturating_sub(read_u64(&v, 0)?) >= IDEMPOTENCY_WINDOW_US {
             return Ok(None);
         }
-        match v.get(REMEMBERED_LEN..) {
-            Some(payload) if !payload.is_empty() => decode(payload).map(Some),
-            _ => self.triggered(&read_uuid(&v, 8)?),
-        }
+        self.triggered(&read_uuid(&v, 8)?)
     }
 
-    /// Remembers `key` for `tr` with the whole record, so that any voter of the
-    /// registration's group can answer a repeated trigger (replicated shards: the trigger
-    /// itself stays on the node that took it).
-    pub fn remember_trigger(&self, tr: &Triggered, key: &str) -> Result<()> {
-        let mut value = remembered(tr);
-        value.extend_from_slice(&encode(tr)?);
-        self.t()
-            .idempotency
-            .insert(idempotency_key(&tr.registration_id, key), value)?;
-        Ok(())
-    }
-
-    /// The remembered triggers carrying their record (see [`Store::remember_trigger`]) of
-    /// the registrations whose ids satisfy `in_group`, as stored rows.
-    pub(super) fn export_remembered(
-        &self,
-        in_group: &dyn Fn(&Uuid) -> bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut rows = Vec::new();
-        for item in self.t().idempotency.iter() {
+    /// The triggers of the group whose ids satisfy `in_group` (ids are shard-aligned with
+    /// their registration's), and their `Idempotency-Key` rows, as stored.
+    pub(super) fn export_triggers(&self, in_group: &dyn Fn(&Uuid) -> bool) -> Result<TriggersDump> {
+        let t = self.t();
+        let mut dump = TriggersDump::default();
+        for item in t.triggered.iter() {
             let (k, v) = item?;
-            if v.len() > REMEMBERED_LEN && in_group(&read_uuid(&k, 0)?) {
-                rows.push((k.to_vec(), v.to_vec()));
+            if in_group(&read_uuid(&k, 0)?) {
+                dump.triggered.push(decode(&v)?);
             }
         }
-        Ok(rows)
+        for item in t.idempotency.iter() {
+            let (k, v) = item?;
+            if in_group(&read_uuid(&k, 0)?) {
+                dump.idempotency.push((k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(dump)
     }
 
-    /// Makes the remembered triggers with their record of the group `in_group` tells
-    /// exactly `rows` (a snapshot's); keys remembered only here stay.
-    pub(super) fn replace_remembered(
+    /// Makes this node's triggers of the group `in_group` tells, and their idempotency
+    /// rows, exactly `dump`'s (a snapshot's). Idempotent.
+    pub(super) fn replace_triggers(
         &self,
         in_group: &dyn Fn(&Uuid) -> bool,
-        rows: &[(Vec<u8>, Vec<u8>)],
+        dump: &TriggersDump,
     ) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for (k, _) in self.export_remembered(in_group)? {
-            batch.remove(k);
-        }
-        for (k, v) in rows {
-            if !in_group(&read_uuid(k, 0)?) {
+        let outside = dump.triggered.iter().map(|t| t.id);
+        let keyed = dump.idempotency.iter().map(|(k, _)| read_uuid(k, 0));
+        for id in outside.map(Ok).chain(keyed) {
+            if !in_group(&id?) {
                 return Err(StoreError::Corrupt(
-                    "a snapshot's remembered trigger is another group's".into(),
+                    "a snapshot's trigger is another group's".into(),
                 ));
             }
-            batch.insert(k.as_slice(), v.as_slice());
         }
-        self.t().idempotency.apply_batch(batch)?;
+        let t = self.t();
+        let mut records = sled::Batch::default();
+        let mut by_epoch = sled::Batch::default();
+        let mut idem = sled::Batch::default();
+        let stored = self.export_triggers(in_group)?;
+        for tr in stored.triggered {
+            records.remove(tr.id.as_bytes());
+            by_epoch.remove(&epoch_key(tr.epoch_us, &tr.id));
+        }
+        for (k, _) in stored.idempotency {
+            idem.remove(k);
+        }
+        for tr in &dump.triggered {
+            records.insert(tr.id.as_bytes(), encode(tr)?);
+            by_epoch.insert(&epoch_key(tr.epoch_us, &tr.id), &[]);
+        }
+        for (k, v) in &dump.idempotency {
+            idem.insert(k.as_slice(), v.as_slice());
+        }
+        t.triggered.apply_batch(records)?;
+        t.triggered_by_epoch.apply_batch(by_epoch)?;
+        t.idempotency.apply_batch(idem)?;
         Ok(())
     }
 

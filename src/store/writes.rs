@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::deliveries::DeliveryRow;
 use super::{
     Account, NewAccountError, Registration, Result, Store, SubscribeError, Subscription, Triggered,
 };
@@ -41,14 +42,20 @@ pub enum RecordWrite {
     InsertSubscriptions(Vec<(Subscription, bool)>),
     /// These subscriptions removed.
     DeleteSubscriptions(Vec<Subscription>),
-    /// A trigger's `Idempotency-Key` remembered with its record (the trigger itself is
-    /// stored by the node that took it).
-    RememberTrigger {
-        /// The key.
-        key: String,
+    /// A trigger of one of the group's registrations, with its `Idempotency-Key` and its
+    /// fan-out's first step (the cursor moved or removed, batches queued for the nodes
+    /// serving the subscribers).
+    Trigger {
         /// The trigger.
         triggered: Triggered,
+        /// Its `Idempotency-Key`.
+        idempotency_key: Option<String>,
+        /// Its fan-out's first step.
+        first_step: Vec<DeliveryRow>,
     },
+    /// Fan-out rows of the group's triggers (cursors, handoff batches) written or removed
+    /// as they are: a fan-out step, or batches handed over.
+    FanoutRows(Vec<DeliveryRow>),
 }
 
 /// What applying a [`RecordWrite`] answered.
@@ -110,8 +117,16 @@ impl Store {
             RecordWrite::InsertSubscriptions(batch) => {
                 WriteOutcome::Subscribed(self.insert_subscriptions(batch)?)
             }
-            RecordWrite::RememberTrigger { key, triggered } => {
-                self.remember_trigger(triggered, key)?;
+            RecordWrite::Trigger {
+                triggered,
+                idempotency_key,
+                first_step,
+            } => {
+                self.insert_triggered(triggered, idempotency_key.as_deref(), Some(first_step))?;
+                WriteOutcome::Done
+            }
+            RecordWrite::FanoutRows(rows) => {
+                self.apply_fanout_rows(rows)?;
                 WriteOutcome::Done
             }
             RecordWrite::DeleteSubscriptions(subs) => {
@@ -197,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn a_remembered_trigger_answers_its_key_without_the_trigger_and_travels_in_snapshots() {
+    fn a_trigger_and_its_fan_out_rows_apply_twice_alike_and_travel_in_snapshots() {
         let (_d, s) = temp_store();
         let registration = Uuid::new_v4();
         let triggered = Triggered {
@@ -208,41 +223,58 @@ mod tests {
             event: "e".into(),
             body: "{}".into(),
         };
-        let write = RecordWrite::RememberTrigger {
-            key: "k1".into(),
+        let cursor = crate::store::keys::cursor_key(&triggered.id).to_vec();
+        let handoff = crate::store::keys::handoff_key("node-b", &triggered.id, 1, 0);
+        let trigger = RecordWrite::Trigger {
             triggered: triggered.clone(),
+            idempotency_key: Some("k1".into()),
+            first_step: vec![
+                (cursor.clone(), Some(vec![1])),
+                (handoff.clone(), Some(vec![2])),
+            ],
         };
         for _ in 0..2 {
-            assert_eq!(s.apply_write(&write).unwrap(), WriteOutcome::Done);
+            assert_eq!(s.apply_write(&trigger).unwrap(), WriteOutcome::Done);
         }
         let now = triggered.epoch_us;
-        assert!(s.triggered(&triggered.id).unwrap().is_none());
+        assert_eq!(s.triggered(&triggered.id).unwrap(), Some(triggered.clone()));
         let replay = s.idempotent_trigger(&registration, "k1", now).unwrap();
         assert_eq!(replay, Some(triggered.clone()));
         assert_eq!(
             s.idempotent_trigger(&registration, "k2", now).unwrap(),
             None
         );
+        let handed = RecordWrite::FanoutRows(vec![(handoff.clone(), None)]);
+        for _ in 0..2 {
+            assert_eq!(s.apply_write(&handed).unwrap(), WriteOutcome::Done);
+        }
+        // Only cursors and handoff batches may be written so.
+        let stray = RecordWrite::FanoutRows(vec![(b"r-not-a-fan-out-row".to_vec(), None)]);
+        assert!(s.apply_write(&stray).is_err());
 
-        // A snapshot of the registration's group carries it; another group's does not.
-        let ours = move |id: &Uuid| *id == registration;
+        // A snapshot of the registration's group carries the trigger, its key and its
+        // cursor; another group's does not.
+        let ours = move |id: &Uuid| *id == registration || *id == triggered.id;
         let dump = s.export_records(&ours).unwrap();
-        assert_eq!(dump.remembered.len(), 1);
-        assert!(s
-            .export_records(&|_: &Uuid| false)
-            .unwrap()
-            .remembered
-            .is_empty());
+        assert_eq!(dump.triggers.triggered, vec![triggered.clone()]);
+        assert_eq!(dump.triggers.idempotency.len(), 1);
+        assert_eq!(dump.fanout_rows, vec![(cursor.clone(), vec![1])]);
+        let theirs = s.export_records(&|_: &Uuid| false).unwrap();
+        assert_eq!(theirs, RecordsDump::default());
         let (_d2, other) = temp_store();
+        other.apply_write(&trigger).unwrap();
         other.replace_records(&ours, &dump).unwrap();
+        assert_eq!(other.export_records(&ours).unwrap(), dump);
         let replay = other.idempotent_trigger(&registration, "k1", now).unwrap();
-        assert_eq!(replay, Some(triggered));
+        assert_eq!(replay, Some(triggered.clone()));
         other
             .replace_records(&ours, &RecordsDump::default())
             .unwrap();
+        assert_eq!(other.triggered(&triggered.id).unwrap(), None);
         assert_eq!(
             other.idempotent_trigger(&registration, "k1", now).unwrap(),
             None
         );
+        assert_eq!(other.fanout(&triggered.id).unwrap(), None);
     }
 }

@@ -15,13 +15,15 @@
 //! 8. with replicated groups, every record is read and written through any two nodes, and
 //!    a fan-out reaches every subscriber once, also with a node down;
 //! 9. concurrent clients reading and writing registrations while nodes are stopped, killed
-//!    and restarted see a linearizable history.
+//!    and restarted see a linearizable history;
+//! 10. a replicated fan-out whose leader is SIGKILLed is finished by the group's next leader.
 //!
 //! The cluster tests run one at a time ([`SERIAL`]): each starts several processes, and the
 //! timing assertions must not compete with another cluster's fan-out for the CPU. Other
 //! suites whose assertions are timings (`auth_flood`) take the same lock.
 
 mod fanout;
+mod fanout_takeover;
 mod history;
 mod hung_peer;
 mod liveness;

@@ -71,6 +71,18 @@ pub(super) async fn wait_settled(
     panic!("groups did not settle within {within:?} (alive: {alive:?}): {last:#?}");
 }
 
+/// Waits for the one admin key the cluster printed.
+pub(super) async fn cluster_admin(nodes: &[TestNode]) -> Creds {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(key) = nodes.iter().find_map(printed_admin_key) {
+            return Creds::new("admin", &key);
+        }
+        assert!(Instant::now() < deadline, "no node printed the admin keys");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The admin keys a node printed, on start or later.
 pub(super) fn printed_admin_key(node: &TestNode) -> Option<String> {
     let later = node

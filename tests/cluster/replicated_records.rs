@@ -6,7 +6,7 @@
 //! at the end, read through every node. The admin's bulk delete works with a node down.
 //! With two of three down, writes answer 503 and nothing acknowledged is lost.
 
-use super::replicated::{printed_admin_key, wait_settled, GROUPS};
+use super::replicated::{cluster_admin, wait_settled, GROUPS};
 use super::*;
 
 /// How long the survivors may take to serve a killed node's records.
@@ -20,18 +20,6 @@ fn replicated() -> NodeOptions {
             "replication_factor = 3\ngroups = {GROUPS}\nelection_timeout_ms = 600\nfailover_wait_ms = 2000\nsnapshot_entries = 5\nsnapshot_chunk_bytes = 256"
         )),
         ..NodeOptions::default()
-    }
-}
-
-/// Waits for the one admin key the cluster printed.
-async fn cluster_admin(nodes: &[TestNode]) -> Creds {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(key) = nodes.iter().find_map(printed_admin_key) {
-            return Creds::new("admin", &key);
-        }
-        assert!(Instant::now() < deadline, "no node printed the admin keys");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -247,6 +247,15 @@ impl Resp {
 /// Sends every request with at most `concurrency` in flight; the responses in request order.
 /// (Each [`Req`] owns its client and strings, so it can run on its own task.)
 pub async fn send_all(reqs: Vec<Req>, concurrency: usize) -> Vec<Resp> {
+    run_all(reqs, concurrency, true).await
+}
+
+/// [`send_all`], allowing 5xx answers.
+pub async fn send_all_unchecked(reqs: Vec<Req>, concurrency: usize) -> Vec<Resp> {
+    run_all(reqs, concurrency, false).await
+}
+
+async fn run_all(reqs: Vec<Req>, concurrency: usize, checked: bool) -> Vec<Resp> {
     let n = reqs.len();
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -254,7 +263,11 @@ pub async fn send_all(reqs: Vec<Req>, concurrency: usize) -> Vec<Resp> {
         let permits = permits.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore closed");
-            (i, req.send().await)
+            let resp = match checked {
+                true => req.send().await,
+                false => req.send_unchecked().await,
+            };
+            (i, resp)
         });
     }
     let mut out: Vec<Option<Resp>> = (0..n).map(|_| None).collect();

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::messages::DeliveryMsg;
 use crate::actors::fanout::StepQueue;
+use crate::actors::RunningFanouts;
 use crate::delivery::metrics::DeliveryMetrics;
 use crate::delivery::retry::RetryPolicy;
 use crate::store::{DueEntry, Store, StoreError, Triggered};
@@ -57,6 +58,8 @@ pub struct DeliveryContext {
     pub drained: tokio::sync::Notify,
     /// Fan-out steps waiting to be written.
     pub fanout_steps: StepQueue,
+    /// Replicated fan-outs running here.
+    pub replicated_fanouts: RunningFanouts,
 }
 
 impl DeliveryContext {

@@ -1,4 +1,4 @@
-//! Handoff: a fan-out's deliveries for subscribers owned by other nodes. The sender hands
+//! Handoff: a fan-out's deliveries for subscribers served by other nodes. The sender hands
 //! each node its queued batches and forgets a batch once that node has persisted it; the
 //! receiver accepts a batch as its own fan-out step would. A batch sent again (the answer
 //! was lost) creates nothing twice.
@@ -12,8 +12,9 @@ use uuid::Uuid;
 
 use crate::actors::fanout::{accepted, judge, skipped};
 use crate::actors::remote::AcceptDeliveries;
-use crate::actors::{now_us, NodeState};
-use crate::store::{Handoff, NewDelivery, StoreError, Triggered};
+use crate::actors::{now_us, NodeState, Written};
+use crate::domain::ServiceError;
+use crate::store::{DeliveryRow, Handoff, NewDelivery, RecordWrite, StoreError, Triggered};
 
 /// How often queued handoffs to an unavailable peer are retried.
 const HANDOFF_RETRY: Duration = Duration::from_secs(1);
@@ -38,18 +39,31 @@ pub fn accept_remote_batch(
     Ok(accepted(ctx, entries, skipped(&judged)))
 }
 
-/// Hands queued fan-out batches to `peer`, removing each only once the peer persisted it.
+/// Hands queued fan-out batches to `peer` (`None`: this node, whose own subscribers a
+/// replicated fan-out hands over too), removing each only once that node persisted it.
 /// Up to `HANDOFF_WINDOW` batches are in flight at once: each waits for the peer's flush,
 /// so one at a time would fall behind many small fan-outs.
-pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: usize) {
-    let Some(peer) = ctx.cluster.peers().get(peer_index) else {
-        return;
+///
+/// Replicated, the batches are rows of their trigger's group: only its leader hands them
+/// over, and removes them through the group's log.
+pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: Option<usize>) {
+    let peer = match peer_index {
+        Some(i) => match ctx.cluster.peers().get(i) {
+            Some(peer) => Some(peer),
+            None => return,
+        },
+        None => None,
     };
+    let target = peer.map_or_else(|| ctx.cluster.node_id(), |p| p.member.id.as_str());
+    let replicated = ctx.records.is_replicated();
     loop {
-        let peer_id = peer.member.id.clone();
+        let (reading, target_id) = (ctx.clone(), target.to_string());
         let batches = match ctx
             .store
-            .run(move |s| s.handoffs_for(&peer_id, HANDOFF_WINDOW))
+            .run(move |s| {
+                let mine = |t: &Uuid| !replicated || reading.cluster.serves_id(t);
+                s.handoffs_for(&target_id, HANDOFF_WINDOW, &mine)
+            })
             .await
         {
             Ok(b) => b,
@@ -76,7 +90,7 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: usize) {
                     }
                     // The trigger is gone (wiped): nothing left to deliver.
                     Ok(None) => {
-                        let _ = ctx.store.run(move |s| s.remove_handoff(&key)).await;
+                        let _ = forget(&ctx, &triggered, vec![(key, None)]).await;
                         continue;
                     }
                     Err(e) => {
@@ -87,22 +101,21 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: usize) {
             };
             // Replicated, a shard's owner is its group's leader, which moves: a batch
             // goes to whoever serves its subscribers now.
-            let items = if ctx.records.is_replicated() {
+            let items = if replicated {
                 let mut owners = owners_of(&ctx, items);
-                let peer_id = Some(peer.member.id.clone());
-                let only_peer = owners.len() == 1 && owners.contains_key(&peer_id);
-                let mine = if only_peer {
-                    owners.remove(&peer_id)
-                } else {
-                    None
+                let peer_id = peer.map(|p| p.member.id.clone());
+                let only_peer = peer_id.is_some() && owners.len() == 1;
+                let mine = match only_peer {
+                    true => owners.remove(&peer_id),
+                    false => None,
                 };
                 match mine {
                     Some(items) => items,
                     None => {
-                        if let Err(e) = redirect(&ctx, key, trigger, owners).await {
-                            tracing::error!(error = %e, "redirecting a handoff failed");
+                        match redirect(&ctx, key, trigger, owners).await {
+                            Ok(()) => progressed = true,
+                            Err(e) => tracing::warn!(error = %e, "redirecting a handoff failed"),
                         }
-                        progressed = true;
                         continue;
                     }
                 }
@@ -115,18 +128,18 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: usize) {
             };
             let ctx = ctx.clone();
             calls.spawn(async move {
-                let handed = match ctx.cluster.peers().get(peer_index) {
+                let handed = match peer_index.and_then(|i| ctx.cluster.peers().get(i)) {
                     Some(peer) => matches!(ctx.cluster.call(peer, &command).await, Ok(Ok(_))),
                     None => false,
                 };
-                (key, handed)
+                (key, command.triggered.id, handed)
             });
         }
         while let Some(call) = calls.join_next().await {
             // Not handed (the peer is down): the batch waits; resending creates no duplicates.
-            if let Ok((key, true)) = call {
-                if let Err(e) = ctx.store.run(move |s| s.remove_handoff(&key)).await {
-                    tracing::error!(error = %e, "removing a handed-over batch failed");
+            if let Ok((key, triggered, true)) = call {
+                if let Err(e) = forget(&ctx, &triggered, vec![(key, None)]).await {
+                    tracing::warn!(error = %e, "removing a handed-over batch failed");
                 }
                 progressed = true;
             }
@@ -138,6 +151,21 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: usize) {
             }
         }
     }
+}
+
+/// Writes fan-out rows of `triggered` (handoff batches removed or replaced): through its
+/// group's log when replicated.
+async fn forget(
+    ctx: &NodeState,
+    triggered: &Uuid,
+    rows: Vec<DeliveryRow>,
+) -> Result<(), ServiceError> {
+    let shard = ctx.cluster.map().shard_of_id(triggered);
+    let write = RecordWrite::FanoutRows(rows);
+    ctx.records
+        .write_one(shard, write, &mut Written::default())
+        .await
+        .map(drop)
 }
 
 /// `items` by the member serving each subscriber now (`None`: this node).
@@ -163,7 +191,7 @@ async fn redirect(
     key: Vec<u8>,
     trigger: Triggered,
     mut owners: HashMap<Option<String>, Vec<NewDelivery>>,
-) -> Result<(), StoreError> {
+) -> Result<(), ServiceError> {
     if let Some(local) = owners.remove(&None) {
         let (accepting, trigger) = (ctx.clone(), trigger.clone());
         ctx.store
@@ -174,9 +202,12 @@ async fn redirect(
         .into_iter()
         .filter_map(|(peer, items)| peer.map(|p| (p, items)))
         .collect();
-    ctx.store
-        .run(move |s| s.redirect_handoff(&key, &trigger.id, &to, now_us()))
+    let id = trigger.id;
+    let rows = ctx
+        .store
+        .run(move |s| s.redirected_handoff(&key, &id, &to, now_us()))
         .await?;
+    forget(ctx, &trigger.id, rows).await?;
     ctx.delivery.handoff_wake.notify_waiters();
     Ok(())
 }

@@ -10,10 +10,10 @@
 use uuid::Uuid;
 
 use super::first_attempts::{batch_key, first_attempt, PendingBatch};
-use super::lock;
 use super::types::{
     delivery_id, Delivery, DeliveryState, DueEntry, FanoutCursor, FanoutStep, NewDelivery,
 };
+use super::{lock, DeliveryRow};
 use crate::store::keys::{cursor_key, handoff_key};
 use crate::store::records::encode_compact;
 use crate::store::{Result, Store};
@@ -21,9 +21,9 @@ use crate::store::{Result, Store};
 /// Deliveries prepared for writing ([`Store::prepare_step`]): the writes, and the first
 /// attempts they create once written.
 pub struct PreparedDeliveries {
-    /// Keys to write (`Some`) or remove (`None`) in the `deliveries` tree: kept as a list
-    /// so that several steps' writes can go into one batch.
-    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The rows to write: kept as a list so that several steps' writes can go into one
+    /// batch, or into a group's log.
+    writes: Vec<DeliveryRow>,
     /// The pending-batch row's key, when deliveries are created.
     key: Option<Vec<u8>>,
     entries: Vec<DueEntry>,
@@ -31,10 +31,14 @@ pub struct PreparedDeliveries {
 
 impl PreparedDeliveries {
     /// The writes, for a transaction that includes them.
-    pub(in crate::store) fn batch(&self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        self.add_to(&mut batch);
-        batch
+    pub fn rows(&self) -> &[DeliveryRow] {
+        &self.writes
+    }
+
+    /// The writes of a step that creates no deliveries here (a replicated fan-out's: its
+    /// cursor and handoff batches), for its group's log.
+    pub fn into_rows(self) -> Vec<DeliveryRow> {
+        self.writes
     }
 
     fn add_to(&self, batch: &mut sled::Batch) {
@@ -136,7 +140,7 @@ impl Store {
             Some(key) if !fresh => deliveries.contains_key(key)? || self.has_settled(key)?,
             _ => false,
         };
-        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut writes: Vec<DeliveryRow> = Vec::new();
         let mut pending = PendingBatch {
             registration_id: *registration,
             queued_us: now_us,
@@ -221,11 +225,14 @@ mod tests {
             subscriptions_read_at: 0,
         };
         let prepared = s.prepare_step(&done.id, &r, &items, 10, &step).unwrap();
-        s.insert_triggered(&done, None, Some(&prepared)).unwrap();
+        s.insert_triggered(&done, None, Some(prepared.rows()))
+            .unwrap();
         assert!(s.fanout(&done.id).unwrap().is_none());
         let entries = s.committed_with_trigger(prepared);
         assert_eq!(entries.len(), 2, "the skipped one is not attempted");
-        assert_eq!(s.handoffs_for("node-b", 10).unwrap().len(), 1);
+        assert_eq!(s.handoffs_for("node-b", 10, &|_| true).unwrap().len(), 1);
+        // Replicated, a node hands over only the batches of the groups it leads.
+        assert!(s.handoffs_for("node-b", 10, &|_| false).unwrap().is_empty());
         assert_eq!(s.resume_first_attempts().unwrap().len(), 2);
         assert_eq!(s.triggered(&done.id).unwrap(), Some(done.clone()));
 
@@ -236,7 +243,8 @@ mod tests {
             ..step
         };
         let prepared = s.prepare_step(&more.id, &r, &items, 10, &step).unwrap();
-        s.insert_triggered(&more, None, Some(&prepared)).unwrap();
+        s.insert_triggered(&more, None, Some(prepared.rows()))
+            .unwrap();
         let cursor = s.fanout(&more.id).unwrap().expect("a cursor");
         assert_eq!(cursor.after.as_deref(), Some(&b"k3"[..]));
         assert_eq!(cursor.registration_id, r);
