@@ -15,7 +15,10 @@
 //! 8. with replicated groups, every record is read and written through any two nodes, and
 //!    a fan-out reaches every subscriber once, also with a node down;
 //! 9. concurrent clients reading and writing registrations while nodes are stopped, killed
-//!    and restarted see a linearizable history.
+//!    and restarted see a linearizable history;
+//! 10. with triggers and writes running, each node SIGKILLed in turn: every account is
+//!     served through the survivors within 5 s, every acknowledged write is kept and every
+//!     acknowledged trigger reaches every subscriber.
 //!
 //! The cluster tests run one at a time ([`SERIAL`]): each starts several processes, and the
 //! timing assertions must not compete with another cluster's fan-out for the CPU. Other
@@ -31,6 +34,7 @@ mod replicated_fanout;
 mod replicated_records;
 mod scenario;
 mod sigkill;
+mod trigger_failover;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;

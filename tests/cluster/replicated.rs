@@ -82,6 +82,21 @@ pub(super) fn printed_admin_key(node: &TestNode) -> Option<String> {
     find_line_value(&lines, "admin api_key:")
 }
 
+/// The admin's credentials, once exactly one node has printed them.
+pub(super) async fn admin_creds(nodes: &[TestNode]) -> Creds {
+    let key = eventually(
+        "one node to print the admin keys",
+        READY_DEADLINE,
+        || async {
+            let printed: Vec<String> = nodes.iter().filter_map(printed_admin_key).collect();
+            assert!(printed.len() <= 1, "several nodes minted an admin");
+            printed.into_iter().next()
+        },
+    )
+    .await;
+    Creds::new("admin", &key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_groups_fail_over_and_a_wiped_node_adopts_the_cluster_admin() {
     let _serial = SERIAL.lock().await;
