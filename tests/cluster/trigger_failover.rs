@@ -321,8 +321,8 @@ async fn triggers_and_writes_survive_a_sigkill_of_each_node_in_turn() {
         nodes[victim].kill().await;
         load.alive[victim].store(false, Ordering::SeqCst);
         let (a, b) = tokio::join!(
-            load.probe(survivors[0], killed),
-            load.probe(survivors[1], killed)
+            load.clone().probe(survivors[0], killed),
+            load.clone().probe(survivors[1], killed)
         );
         let recovery = format!(
             "{name} killed: every account served through {} after {:.2}s, through {} after \

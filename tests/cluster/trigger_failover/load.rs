@@ -47,6 +47,15 @@ pub(super) struct Patches {
     pub(super) since: Vec<String>,
 }
 
+/// What a survivor must serve after a SIGKILL: a trigger of an owner's registration (by
+/// owner), a read of an account and a subscribe by it (by index in [`Load::accounts`]).
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    Trigger(usize),
+    Read(usize),
+    Subscribe(usize),
+}
+
 /// The load and what it was answered, shared by the load tasks and the probes. The nodes'
 /// addresses survive their restarts, so each node's [`Api`] is made once.
 pub(super) struct Load {
@@ -223,33 +232,47 @@ impl Load {
         }
     }
 
-    /// Through `via`, each call repeated until it succeeds: a trigger of every owner's
-    /// registration, then for every account a read of it and a subscribe. Returns how long
-    /// after `killed` all had succeeded.
-    pub(super) async fn probe(&self, via: usize, killed: Instant) -> Duration {
-        let left = || PROBE_DEADLINE.saturating_sub(killed.elapsed());
-        let through = &self.names[via];
-        for owner in 0..self.owners.len() {
-            let what = format!("a trigger of owner{owner}'s registration through {through}");
-            eventually(&what, left(), || async {
-                self.fire(via, owner).await.then_some(())
-            })
-            .await;
+    /// One call of a probe through `via`.
+    async fn call(&self, via: usize, call: Call) -> bool {
+        match call {
+            Call::Trigger(owner) => self.fire(via, owner).await,
+            Call::Read(k) => self.read(via, &self.accounts[k]).await,
+            Call::Subscribe(k) => {
+                let owner = k % self.owners.len();
+                self.subscribe(via, &self.accounts[k], owner).await
+            }
         }
-        for (k, who) in self.accounts.iter().enumerate() {
-            let what = format!("a read of {} through {through}", who.username);
-            eventually(&what, left(), || async {
-                self.read(via, who).await.then_some(())
-            })
-            .await;
-            let what = format!("a subscribe of {} through {through}", who.username);
-            let owner = k % self.owners.len();
-            eventually(&what, left(), || async {
-                self.subscribe(via, who, owner).await.then_some(())
-            })
-            .await;
+    }
+
+    /// Through `via`, every call at once, each repeated until it succeeds: a trigger of
+    /// every owner's registration, and for every account a read of it and a subscribe.
+    /// Returns how long after `killed` the last of them first succeeded.
+    pub(super) async fn probe(self: Arc<Self>, via: usize, killed: Instant) -> Duration {
+        let calls = (0..self.owners.len())
+            .map(Call::Trigger)
+            .chain((0..self.accounts.len()).flat_map(|k| [Call::Read(k), Call::Subscribe(k)]));
+        let mut tasks = tokio::task::JoinSet::new();
+        for call in calls {
+            let load = self.clone();
+            tasks.spawn(async move {
+                let what = format!("{call:?} through {}", load.names[via]);
+                let left = PROBE_DEADLINE.saturating_sub(killed.elapsed());
+                eventually(&what, left, || async {
+                    load.call(via, call).await.then_some(())
+                })
+                .await;
+                killed.elapsed()
+            });
         }
-        killed.elapsed()
+        let mut last = Duration::ZERO;
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(took) => last = last.max(took),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => panic!("probe task failed: {e}"),
+            }
+        }
+        last
     }
 
     /// Polls until `more` triggers were acknowledged after this call.
