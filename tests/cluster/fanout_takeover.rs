@@ -4,7 +4,7 @@
 //! every subscription is delivered while the killed node is still down. The subscribers'
 //! own groups are led by the two other nodes, so no delivery waits on the killed node.
 
-use super::replicated::{cluster_admin, groups, replicated, wait_settled, GROUPS};
+use super::replicated::{admin_creds, groups, replicated, wait_settled, GROUPS};
 use super::*;
 
 const SUBSCRIBERS: usize = 25;
@@ -31,7 +31,7 @@ async fn a_fan_out_whose_leader_is_killed_is_finished_by_the_next_leader() {
     let _serial = SERIAL.lock().await;
     let (spec, mut nodes) = ClusterSpec::launch_fresh(3, |_| replicated()).await;
     let ids: Vec<&str> = spec.ids.iter().map(String::as_str).collect();
-    let admin = cluster_admin(&nodes).await;
+    let admin = admin_creds(&nodes).await;
     wait_settled(&nodes[0], &admin, &ids, true, Duration::from_secs(30)).await;
     let shards = nodes[0].get("/v1/cluster").auth(&admin).send().await.json()["shards"]
         .as_u64()

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::replicated::{groups, printed_admin_key, wait_settled, GROUPS};
+use super::replicated::{admin_creds, groups, wait_settled, GROUPS};
 use super::*;
 use crate::common::history::{check, Kind, Observed, Op, Outcome};
 
@@ -228,21 +228,6 @@ fn signal(node: &TestNode, signal: libc::c_int) {
         0,
         "kill({pid}, {signal})"
     );
-}
-
-/// The admin's credentials, once exactly one node has printed them.
-async fn admin_creds(nodes: &[TestNode]) -> Creds {
-    let key = eventually(
-        "one node to print the admin keys",
-        READY_DEADLINE,
-        || async {
-            let printed: Vec<String> = nodes.iter().filter_map(printed_admin_key).collect();
-            assert!(printed.len() <= 1, "several nodes minted an admin");
-            printed.into_iter().next()
-        },
-    )
-    .await;
-    Creds::new("admin", &key)
 }
 
 /// Polls until every group reported by a running node has a leader (followers may lag:

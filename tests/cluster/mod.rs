@@ -16,7 +16,11 @@
 //!    a fan-out reaches every subscriber once, also with a node down;
 //! 9. concurrent clients reading and writing registrations while nodes are stopped, killed
 //!    and restarted see a linearizable history;
-//! 10. a replicated fan-out whose leader is SIGKILLed is finished by the group's next leader.
+//! 10. a replicated fan-out whose leader is SIGKILLed is finished by the group's next
+//!     leader;
+//! 11. with triggers and writes running, each node SIGKILLed in turn: every account is
+//!     served through the survivors within 5 s, every acknowledged write is kept and every
+//!     acknowledged trigger reaches every subscriber.
 //!
 //! The cluster tests run one at a time ([`SERIAL`]): each starts several processes, and the
 //! timing assertions must not compete with another cluster's fan-out for the CPU. Other
@@ -33,6 +37,7 @@ mod replicated_fanout;
 mod replicated_records;
 mod scenario;
 mod sigkill;
+mod trigger_failover;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;

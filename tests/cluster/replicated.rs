@@ -71,18 +71,6 @@ pub(super) async fn wait_settled(
     panic!("groups did not settle within {within:?} (alive: {alive:?}): {last:#?}");
 }
 
-/// Waits for the one admin key the cluster printed.
-pub(super) async fn cluster_admin(nodes: &[TestNode]) -> Creds {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(key) = nodes.iter().find_map(printed_admin_key) {
-            return Creds::new("admin", &key);
-        }
-        assert!(Instant::now() < deadline, "no node printed the admin keys");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The admin keys a node printed, on start or later.
 pub(super) fn printed_admin_key(node: &TestNode) -> Option<String> {
     let later = node
@@ -92,6 +80,21 @@ pub(super) fn printed_admin_key(node: &TestNode) -> Option<String> {
         .unwrap_or_default();
     let lines: Vec<String> = node.startup_stdout.iter().cloned().chain(later).collect();
     find_line_value(&lines, "admin api_key:")
+}
+
+/// The admin's credentials, once exactly one node has printed them.
+pub(super) async fn admin_creds(nodes: &[TestNode]) -> Creds {
+    let key = eventually(
+        "one node to print the admin keys",
+        READY_DEADLINE,
+        || async {
+            let printed: Vec<String> = nodes.iter().filter_map(printed_admin_key).collect();
+            assert!(printed.len() <= 1, "several nodes minted an admin");
+            printed.into_iter().next()
+        },
+    )
+    .await;
+    Creds::new("admin", &key)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 //! survivors, an earlier trigger is never reported missing, and repeating it with its
 //! `Idempotency-Key` answers it again instead of triggering twice.
 
-use super::replicated::{cluster_admin, replicated, wait_settled};
+use super::replicated::{admin_creds, replicated, wait_settled};
 use super::*;
 
 /// Subscribers of the test registration: enough to fall in every group.
@@ -41,7 +41,7 @@ async fn replicated_fan_out_reaches_every_subscriber_once_and_survives_a_node() 
     let _serial = SERIAL.lock().await;
     let (spec, mut nodes) = ClusterSpec::launch_fresh(3, |_| replicated()).await;
     let ids: Vec<&str> = spec.ids.iter().map(String::as_str).collect();
-    let admin = cluster_admin(&nodes).await;
+    let admin = admin_creds(&nodes).await;
     wait_settled(&nodes[0], &admin, &ids, true, Duration::from_secs(30)).await;
 
     let ep = EndpointServer::start().await;

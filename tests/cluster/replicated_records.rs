@@ -6,7 +6,7 @@
 //! at the end, read through every node. The admin's bulk delete works with a node down.
 //! With two of three down, writes answer 503 and nothing acknowledged is lost.
 
-use super::replicated::{cluster_admin, wait_settled, GROUPS};
+use super::replicated::{admin_creds, wait_settled, GROUPS};
 use super::*;
 
 /// How long the survivors may take to serve a killed node's records.
@@ -117,7 +117,7 @@ async fn every_record_is_served_through_any_two_nodes() {
     let _serial = SERIAL.lock().await;
     let (spec, mut nodes) = ClusterSpec::launch_fresh(3, |_| replicated()).await;
     let ids: Vec<&str> = spec.ids.iter().map(String::as_str).collect();
-    let admin = cluster_admin(&nodes).await;
+    let admin = admin_creds(&nodes).await;
     wait_settled(&nodes[0], &admin, &ids, true, Duration::from_secs(30)).await;
 
     let ep = EndpointServer::start().await;
