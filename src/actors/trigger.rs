@@ -168,7 +168,7 @@ fn record(
     store.insert_triggered(&triggered, idempotency_key.as_deref(), first_rows)?;
     ctx.delivery.remember_body(triggered.clone());
     let first = first.map(|step| {
-        let entries = store.committed_with_trigger(step.deliveries);
+        let entries = store.opened_elsewhere(step.deliveries);
         (step.outcome, entries)
     });
     Ok(Recorded::New { triggered, first })

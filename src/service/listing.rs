@@ -215,7 +215,7 @@ fn rows(store: &Store, table: Table, req: PageRequest) -> Result<Rows, StoreErro
         }
         Table::Triggered => Rows::Triggered(store.list_triggered(req)?.items),
         Table::Deliveries(triggered) => {
-            Rows::Deliveries(store.list_deliveries(&triggered, req)?.items)
+            Rows::Deliveries(store.list_deliveries(&triggered, req, &|_| true)?.items)
         }
     })
 }

@@ -198,7 +198,7 @@ impl Op for DeliveryCounts {
         Ok(service
             .ctx
             .store
-            .run(move |s| s.delivery_counts(&id))
+            .run(move |s| s.delivery_counts(&id, &|_| true))
             .await?)
     }
 }

@@ -1,8 +1,9 @@
 //! A shard group's API records as one value: what the group's Raft snapshot carries
 //! ([`Store::export_records`]), and the install of such a snapshot, which makes this node's
 //! rows of the group exactly the snapshot's ([`Store::replace_records`]). The dump also
-//! carries the group's triggers with their `Idempotency-Key`s (`triggered.rs`) and their
-//! fan-outs' cursors and handoff batches (`deliveries/handoffs.rs`).
+//! carries the group's triggers with their `Idempotency-Key`s (`triggered.rs`), their
+//! fan-outs' cursors and handoff batches (`deliveries/handoffs.rs`), and the delivery
+//! engine's rows of the group's subscribers (`deliveries/rows.rs`).
 //!
 //! Several groups' rows share the trees of a node, so both take a predicate telling which
 //! record ids are the group's. Ids are shard-aligned (a subscription's id lies in its
@@ -13,9 +14,11 @@
 //! row of another group's subscription stays, though its subscriber is this group's.
 //!
 //! The dump holds the records exactly as stored, tombstoned ones (`deleting`) included.
-//! An account's `failed_count` and `410 Gone` mark are the delivery engine's node-local
-//! data (in the `deliveries` tree): they are not in the dump, a replaced account keeps
-//! them, and an account the dump lacks loses them, as in an account delete.
+//! The delivery rows belong to the group of their subscriber account, not to the trigger's
+//! (its fan-out rows do): deliveries, pending batches, settled rows and due entries to the
+//! group's accounts, and their `failed_count`s and `410 Gone` marks, which the group's log
+//! writes like the records. The replace makes them the dump's too, after the records (an
+//! account the dump lacks loses them first, as in an account delete).
 //!
 //! A replace runs in three passes of transactions of at most [`CASCADE_CHUNK`] records each
 //! (a snapshot can be large; one transaction would hold it all in memory twice):
@@ -48,6 +51,7 @@ use sled::transaction::{ConflictableTransactionResult, TransactionalTree};
 use sled::Transactional;
 use uuid::Uuid;
 
+use super::deliveries::check_delivery_rows;
 use super::keys::{epoch_key, failed_count_key, gone_key, owned_key, read_uuid, trailing_id};
 use super::records::{decode, encode, Account, Registration, Subscription};
 use super::triggered::TriggersDump;
@@ -66,6 +70,9 @@ pub struct RecordsDump {
     pub triggers: TriggersDump,
     /// Their fan-outs' cursors and handoff batches, as stored rows.
     pub fanout_rows: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The delivery rows of the group's subscribers (see
+    /// [`Store::export_delivery_rows`]).
+    pub delivery_rows: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 // Positions in `Store::record_trees`.
@@ -248,13 +255,15 @@ impl Store {
             subscriptions: self.export(in_group)?,
             triggers: self.export_triggers(in_group)?,
             fanout_rows: self.export_fanout_rows(in_group)?,
+            delivery_rows: self.export_delivery_rows(in_group)?,
         })
     }
 
     /// Makes this node's rows of the records whose ids satisfy `in_group` exactly those of
     /// `dump`, leaving every other row alone (see the module documentation). Idempotent.
     ///
-    /// A dump record outside the group is refused before anything is written.
+    /// A dump record or delivery row outside the group is refused before anything is
+    /// written.
     pub fn replace_records(
         &self,
         in_group: &dyn Fn(&Uuid) -> bool,
@@ -263,6 +272,7 @@ impl Store {
         let latest = group_check(&dump.accounts, in_group)?
             .max(group_check(&dump.registrations, in_group)?)
             .max(group_check(&dump.subscriptions, in_group)?);
+        check_delivery_rows(in_group, &dump.delivery_rows)?;
         // Epochs handed out later must stay above every written one (see `Store::open`).
         self.inner
             .last_epoch_us
@@ -275,7 +285,8 @@ impl Store {
         self.upsert(&dump.subscriptions)?;
         self.sweep_indexes(in_group, dump)?;
         self.replace_triggers(in_group, &dump.triggers)?;
-        self.replace_fanout_rows(in_group, &dump.fanout_rows)
+        self.replace_fanout_rows(in_group, &dump.fanout_rows)?;
+        self.replace_delivery_rows(in_group, &dump.delivery_rows)
     }
 
     /// The trees a replace touches, at the positions of the constants above (also the

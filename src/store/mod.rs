@@ -19,8 +19,8 @@
 //! (the delivery store, whose module doc draws its key layout) uses those; the record
 //! trees (`accounts`, `registrations`, `subscriptions`, `triggered`) use those and the
 //! delivery store's types, never each other; `group_records` (a shard group's records as
-//! one snapshot) uses the key encodings, the records and the counts lock, and reaches
-//! into every record tree.
+//! one snapshot) uses the key encodings, the records, the counts lock and the delivery
+//! store's group rows, and reaches into every record tree.
 
 mod accounts;
 mod deliveries;
@@ -45,8 +45,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use accounts::NewAccountError;
 pub use deliveries::{
-    Attempt, Delivery, DeliveryCounts, DeliveryRow, DeliveryState, DueEntry, FailedCountChange,
-    FanoutCursor, FanoutStep, Handoff, NewDelivery, Outcome, PreparedDeliveries, Scheduled,
+    delivery_row_subscriber, Attempt, Delivery, DeliveryCounts, DeliveryRow, DeliveryState,
+    DueEntry, FailedCountChange, FanoutCursor, FanoutStep, Handoff, NewDelivery, Outcome,
+    PreparedDeliveries, PreparedOutcomes, Scheduled,
 };
 pub use executor::allow_sync_calls;
 pub use flusher::Commit;

@@ -56,6 +56,10 @@ pub enum RecordWrite {
     /// Fan-out rows of the group's triggers (cursors, handoff batches) written or removed
     /// as they are: a fan-out step, or batches handed over.
     FanoutRows(Vec<DeliveryRow>),
+    /// Delivery rows of the group's subscribers (records, pending batches, settled rows,
+    /// due entries, `failed_count`s, `410 Gone` marks) written or removed as they are: an
+    /// engine write its leader computed.
+    DeliveryRows(Vec<DeliveryRow>),
 }
 
 /// What applying a [`RecordWrite`] answered.
@@ -127,6 +131,10 @@ impl Store {
             }
             RecordWrite::FanoutRows(rows) => {
                 self.apply_fanout_rows(rows)?;
+                WriteOutcome::Done
+            }
+            RecordWrite::DeliveryRows(rows) => {
+                self.apply_delivery_rows(rows)?;
                 WriteOutcome::Done
             }
             RecordWrite::DeleteSubscriptions(subs) => {

@@ -143,9 +143,11 @@ impl DeliverySupervisor {
             .ctx
             .store
             .run(move |store| {
-                match store.due_entries(now, wanted, from.as_deref(), |k| busy.contains(k)) {
+                match store.due_entries(now, wanted, from.as_deref(), |k| busy.contains(k), &|_| {
+                    true
+                }) {
                     Ok(due) if due.len() < wanted && from.is_some() => {
-                        store.due_entries(now, wanted, None, |k| busy.contains(k))
+                        store.due_entries(now, wanted, None, |k| busy.contains(k), &|_| true)
                     }
                     other => other,
                 }
@@ -294,7 +296,9 @@ impl Actor for DeliverySupervisor {
         let (due, first_attempts) = self
             .ctx
             .store
-            .run(|s| Ok::<_, StoreError>((s.due_count()?, s.resume_first_attempts()?)))
+            .run(|s| {
+                Ok::<_, StoreError>((s.due_count(&|_| true)?, s.resume_first_attempts(&|_| true)?))
+            })
             .await?;
         let (due, unattempted) = (due + first_attempts.len(), first_attempts.len());
         self.ctx

@@ -68,8 +68,25 @@ impl Store {
     ) -> Result<Vec<DueEntry>> {
         // Checks what exists before writing: one batch at a time.
         let _accepting = lock(&self.inner.accept_lock);
-        let prepared = self.build_deliveries(triggered, registration, items, now_us, None)?;
+        let prepared = self.prepare_accept(triggered, registration, items, now_us)?;
         self.apply_prepared(prepared)
+    }
+
+    /// Prepares the writes of [`Self::accept_handed_over`] without making them: the
+    /// deliveries of the batch that do not exist yet (its pending-batch row and the records
+    /// of skipped ones), nothing if it was accepted before.
+    ///
+    /// The caller keeps other accepts of the same batch out until the rows are written
+    /// (a replicated group serialises its engine writes; here the accept lock does), then
+    /// takes the first attempts with [`Self::opened_elsewhere`] or [`Self::apply_prepared`].
+    pub fn prepare_accept(
+        &self,
+        triggered: &Uuid,
+        registration: &Uuid,
+        items: &[(NewDelivery, bool)],
+        now_us: u64,
+    ) -> Result<PreparedDeliveries> {
+        self.build_deliveries(triggered, registration, items, now_us, None)
     }
 
     /// Prepares a fan-out step's writes: its deliveries (as [`Self::accept_handed_over`]
@@ -110,8 +127,9 @@ impl Store {
             .collect())
     }
 
-    /// The first attempts of deliveries written with their trigger.
-    pub fn committed_with_trigger(&self, prepared: PreparedDeliveries) -> Vec<DueEntry> {
+    /// The first attempts of prepared deliveries written by another path: with their
+    /// trigger, or through a group's log.
+    pub fn opened_elsewhere(&self, prepared: PreparedDeliveries) -> Vec<DueEntry> {
         self.opened(prepared.key, prepared.entries)
     }
 
@@ -228,12 +246,12 @@ mod tests {
         s.insert_triggered(&done, None, Some(prepared.rows()))
             .unwrap();
         assert!(s.fanout(&done.id).unwrap().is_none());
-        let entries = s.committed_with_trigger(prepared);
+        let entries = s.opened_elsewhere(prepared);
         assert_eq!(entries.len(), 2, "the skipped one is not attempted");
         assert_eq!(s.handoffs_for("node-b", 10, &|_| true).unwrap().len(), 1);
         // Replicated, a node hands over only the batches of the groups it leads.
         assert!(s.handoffs_for("node-b", 10, &|_| false).unwrap().is_empty());
-        assert_eq!(s.resume_first_attempts().unwrap().len(), 2);
+        assert_eq!(s.resume_first_attempts(&|_| true).unwrap().len(), 2);
         assert_eq!(s.triggered(&done.id).unwrap(), Some(done.clone()));
 
         // More to come: the cursor stands after the step's last subscription.
@@ -286,7 +304,7 @@ mod tests {
         assert!(s.fanout(&ending.id).unwrap().is_none());
         let cursor = s.fanout(&going_on.id).unwrap().expect("a cursor");
         assert_eq!(cursor.after.as_deref(), Some(&b"k2"[..]));
-        assert_eq!(s.resume_first_attempts().unwrap().len(), 2);
+        assert_eq!(s.resume_first_attempts(&|_| true).unwrap().len(), 2);
     }
 
     #[test]
@@ -306,8 +324,12 @@ mod tests {
             .accept_handed_over(&t, &r, &rejudged, 11)
             .unwrap()
             .is_empty());
-        assert_eq!(s.due_count().unwrap(), 0, "first attempts are not queued");
-        let counts = s.delivery_counts(&t).unwrap();
+        assert_eq!(
+            s.due_count(&|_| true).unwrap(),
+            0,
+            "first attempts are not queued"
+        );
+        let counts = s.delivery_counts(&t, &|_| true).unwrap();
         assert_eq!((counts.pending, counts.skipped), (2, 1));
         let listed = page(&s, &t, 0, 10);
         let epochs: Vec<u64> = listed.iter().map(|d| d.subscription_epoch_us).collect();
@@ -316,6 +338,6 @@ mod tests {
         assert_eq!(listed[1].id, entries[0].delivery_id);
         assert_eq!(listed[1].next_attempt_us, Some(10));
         assert_eq!(page(&s, &t, 1, 1), vec![listed[1].clone()]);
-        assert_eq!(s.resume_first_attempts().unwrap(), entries);
+        assert_eq!(s.resume_first_attempts(&|_| true).unwrap(), entries);
     }
 }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::legacy::decode_delivery;
 use super::types::{Delivery, DeliveryState, DueEntry, Scheduled};
+use super::DeliveryRow;
 use crate::store::keys::{due_key, prefixed, read_u64, read_uuid, DUE, RECORD};
 use crate::store::records::encode_compact;
 use crate::store::{Result, Store, StoreError};
@@ -34,13 +35,19 @@ pub(super) fn due_value(
 
 impl Store {
     /// Up to `limit` due entries with due time `<= now_us`, oldest first, from the due key
-    /// `from` on (or the start of the queue), skipping those `busy` says are in flight.
+    /// `from` on (or the start of the queue), skipping those `busy` says are in flight and
+    /// those of subscribers `mine` refuses (replicated, a node serves the groups it leads).
+    ///
+    /// Skipped entries neither count towards `limit` nor end the scan (only a due time
+    /// after `now_us` does), so the ones behind them are reached; the next page starts
+    /// after the last entry returned.
     pub fn due_entries(
         &self,
         now_us: u64,
         limit: usize,
         from: Option<&[u8]>,
         busy: impl Fn(&[u8]) -> bool,
+        mine: &dyn Fn(&Uuid) -> bool,
     ) -> Result<Vec<DueEntry>> {
         let mut out = Vec::new();
         let start = from.map_or_else(|| vec![DUE], <[u8]>::to_vec);
@@ -57,23 +64,10 @@ impl Store {
             if busy(&record_key) {
                 continue;
             }
-            let (delivery_id, account_id, attempts) = if value.len() == DUE_VALUE_LEN {
-                (
-                    read_uuid(&value, 0)?,
-                    read_uuid(&value, 16)?,
-                    u16::from_be_bytes([value[32], value[33]]),
-                )
-            } else {
-                // Queued by an older release, without the attempt's facts: read the record.
-                match self.delivery_at(&record_key)? {
-                    Some(d) => (
-                        d.id,
-                        d.account_id,
-                        u16::try_from(d.attempts.len()).unwrap_or(u16::MAX),
-                    ),
-                    None => (Uuid::nil(), Uuid::nil(), 0),
-                }
-            };
+            let (delivery_id, account_id, attempts) = self.due_facts(&record_key, &value)?;
+            if !mine(&account_id) {
+                continue;
+            }
             out.push(DueEntry {
                 scheduled: Scheduled::Queue(key.to_vec()),
                 record_key,
@@ -86,29 +80,79 @@ impl Store {
         Ok(out)
     }
 
-    /// When the earliest due entry is due.
-    pub fn next_due_us(&self) -> Result<Option<u64>> {
-        match self.t().deliveries.scan_prefix([DUE]).keys().next() {
-            Some(key) => Ok(Some(read_u64(&key?, 1)?)),
-            None => Ok(None),
+    /// The delivery id, subscriber and attempts made of the due entry of `record_key`
+    /// whose value is `value`.
+    fn due_facts(&self, record_key: &[u8], value: &[u8]) -> Result<(Uuid, Uuid, u16)> {
+        if value.len() == DUE_VALUE_LEN {
+            return Ok((
+                read_uuid(value, 0)?,
+                read_uuid(value, 16)?,
+                u16::from_be_bytes([value[32], value[33]]),
+            ));
         }
+        // Queued by an older release, without the attempt's facts: read the record.
+        Ok(match self.delivery_at(record_key)? {
+            Some(d) => (
+                d.id,
+                d.account_id,
+                u16::try_from(d.attempts.len()).unwrap_or(u16::MAX),
+            ),
+            None => (Uuid::nil(), Uuid::nil(), 0),
+        })
     }
 
-    /// Number of due entries (pending deliveries in the queue). None of them counts in the
-    /// fan-out backlog, not even one not attempted yet (deferred by an open circuit breaker,
-    /// or queued by an older release): the backlog is the pending batches.
-    pub fn due_count(&self) -> Result<usize> {
+    /// The subscriber of the due entry `key` → `value`.
+    fn due_subscriber(&self, key: &[u8], value: &[u8]) -> Result<Uuid> {
+        if value.len() == DUE_VALUE_LEN {
+            return read_uuid(value, 16);
+        }
+        let body = key.get(9..).unwrap_or_default();
+        Ok(self.due_facts(&prefixed(RECORD, body), value)?.1)
+    }
+
+    /// When the earliest due entry of a subscriber `mine` accepts is due.
+    pub fn next_due_us(&self, mine: &dyn Fn(&Uuid) -> bool) -> Result<Option<u64>> {
+        for item in self.t().deliveries.scan_prefix([DUE]) {
+            let (key, value) = item?;
+            if mine(&self.due_subscriber(&key, &value)?) {
+                return Ok(Some(read_u64(&key, 1)?));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Number of due entries (pending deliveries in the queue) of the subscribers `mine`
+    /// accepts. None of them counts in the fan-out backlog, not even one not attempted yet
+    /// (deferred by an open circuit breaker, or queued by an older release): the backlog
+    /// is the pending batches.
+    pub fn due_count(&self, mine: &dyn Fn(&Uuid) -> bool) -> Result<usize> {
         let mut due = 0;
-        for key in self.t().deliveries.scan_prefix([DUE]).keys() {
-            key?;
-            due += 1;
+        for item in self.t().deliveries.scan_prefix([DUE]) {
+            let (key, value) = item?;
+            if mine(&self.due_subscriber(&key, &value)?) {
+                due += 1;
+            }
         }
         Ok(due)
     }
 
     /// Puts `triggered`'s failed deliveries back in the queue, due `now_us`; returns how many.
     pub fn requeue_failed(&self, triggered: &Uuid, now_us: u64) -> Result<u64> {
-        self.requeue_where(&prefixed(RECORD, triggered.as_bytes()), now_us, |_| true)
+        let (rows, n) = self.prepare_requeue_failed(triggered, now_us, &|_| true)?;
+        self.apply_delivery_rows(&rows)?;
+        Ok(n)
+    }
+
+    /// The rows of [`Self::requeue_failed`] for the subscribers `mine` accepts, unwritten,
+    /// and how many deliveries they requeue.
+    pub fn prepare_requeue_failed(
+        &self,
+        triggered: &Uuid,
+        now_us: u64,
+        mine: &dyn Fn(&Uuid) -> bool,
+    ) -> Result<(Vec<DeliveryRow>, u64)> {
+        let prefix = prefixed(RECORD, triggered.as_bytes());
+        self.requeue_where(&prefix, now_us, |d| mine(&d.account_id))
     }
 
     /// Bulk recovery: puts back in the queue, due `now_us`, every failed delivery that
@@ -118,24 +162,42 @@ impl Store {
         &self,
         subscriber: &Uuid,
         registrations: &HashSet<Uuid>,
-        (since_us, until_us): (u64, u64),
+        window: (u64, u64),
         now_us: u64,
     ) -> Result<u64> {
+        let (rows, n) =
+            self.prepare_requeue_failed_of(subscriber, registrations, window, now_us, &|_| true)?;
+        self.apply_delivery_rows(&rows)?;
+        Ok(n)
+    }
+
+    /// The rows of [`Self::requeue_failed_of`] for the subscribers `mine` accepts,
+    /// unwritten, and how many deliveries they requeue.
+    pub fn prepare_requeue_failed_of(
+        &self,
+        subscriber: &Uuid,
+        registrations: &HashSet<Uuid>,
+        (since_us, until_us): (u64, u64),
+        now_us: u64,
+        mine: &dyn Fn(&Uuid) -> bool,
+    ) -> Result<(Vec<DeliveryRow>, u64)> {
         self.requeue_where(&[RECORD], now_us, |d| {
             d.finished_us
                 .is_some_and(|f| (since_us..=until_us).contains(&f))
                 && (d.account_id == *subscriber || registrations.contains(&d.registration_id))
+                && mine(&d.account_id)
         })
     }
 
-    /// Requeues the failed deliveries among the records under `prefix` that `select` keeps.
+    /// The rows requeuing the failed deliveries among the records under `prefix` that
+    /// `select` keeps, and how many.
     fn requeue_where(
         &self,
         prefix: &[u8],
         now_us: u64,
         select: impl Fn(&Delivery) -> bool,
-    ) -> Result<u64> {
-        let mut batch = sled::Batch::default();
+    ) -> Result<(Vec<DeliveryRow>, u64)> {
+        let mut rows: Vec<DeliveryRow> = Vec::new();
         let mut n = 0;
         for item in self.t().deliveries.scan_prefix(prefix) {
             let (k, v) = item?;
@@ -146,13 +208,12 @@ impl Store {
             d.state = DeliveryState::Pending;
             d.next_attempt_us = Some(now_us);
             d.finished_us = None;
-            batch.insert(k.to_vec(), encode_compact(&d)?);
+            rows.push((k.to_vec(), Some(encode_compact(&d)?)));
             let due = due_value(&d.id, &d.account_id, d.attempts.len());
-            batch.insert(due_key(now_us, &k[1..]), due.as_slice());
+            rows.push((due_key(now_us, &k[1..]), Some(due.to_vec())));
             n += 1;
         }
-        self.t().deliveries.apply_batch(batch)?;
-        Ok(n)
+        Ok((rows, n))
     }
 }
 
@@ -184,12 +245,12 @@ mod tests {
                 .unwrap(),
             1
         );
-        assert_eq!(s.due_count().unwrap(), 1);
+        assert_eq!(s.due_count(&|_| true).unwrap(), 1);
         // The registration's owner: every failure of its registration in the window.
         let owner = HashSet::from([other]);
         assert_eq!(s.requeue_failed_of(&mine, &owner, (5, 20), 50).unwrap(), 1);
         assert_eq!(s.requeue_failed_of(&mine, &owner, (0, 200), 50).unwrap(), 1);
         assert_eq!(s.requeue_failed_of(&mine, &owner, (0, 200), 50).unwrap(), 0);
-        assert_eq!(s.due_count().unwrap(), 3);
+        assert_eq!(s.due_count(&|_| true).unwrap(), 3);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::MutexGuard;
 
 use uuid::Uuid;
 
-use super::lock;
+use super::{lock, DeliveryRow};
 use crate::store::keys::{failed_count_key, read_u64};
 use crate::store::{Result, Store};
 
@@ -28,23 +28,23 @@ impl Store {
         lock(&self.inner.counts_lock)
     }
 
-    /// Adds the new `failed_count`s of `counts` (by account) to `batch`; the caller holds
-    /// the counts lock.
-    pub(super) fn write_failed_counts(
+    /// Adds the rows of the new `failed_count`s of `counts` (by account) to `rows`; the
+    /// caller keeps other writers of the counts out until they are written.
+    pub(super) fn failed_count_rows(
         &self,
-        batch: &mut sled::Batch,
+        rows: &mut Vec<DeliveryRow>,
         counts: HashMap<Uuid, u64>,
     ) -> Result<()> {
         for (account, count) in counts {
-            let key = failed_count_key(&account);
+            let key = failed_count_key(&account).to_vec();
             if count == 0 {
                 // Almost every success resets a count that is already 0 (no key): a
                 // read is much cheaper than a logged remove.
-                if self.t().deliveries.contains_key(key)? {
-                    batch.remove(&key);
+                if self.t().deliveries.contains_key(&key)? {
+                    rows.push((key, None));
                 }
             } else {
-                batch.insert(&key, &count.to_be_bytes());
+                rows.push((key, Some(count.to_be_bytes().to_vec())));
             }
         }
         Ok(())

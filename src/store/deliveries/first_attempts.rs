@@ -106,6 +106,19 @@ impl OpenBatches {
         }
     }
 
+    /// Forgets the batches `keys` (their rows are gone: complete, or replaced by a
+    /// snapshot's).
+    pub(super) fn forget<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) {
+        let mut keys = keys.into_iter().peekable();
+        if keys.peek().is_none() {
+            return;
+        }
+        let mut remaining = self.lock();
+        for key in keys {
+            remaining.remove(key);
+        }
+    }
+
     /// The map only holds counts: a panic while holding the lock leaves nothing torn.
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, usize>> {
         self.remaining
@@ -115,9 +128,13 @@ impl OpenBatches {
 }
 
 impl Store {
-    /// The first attempts that pending batches still wait for, found at start-up (the
-    /// supervisor dispatches them); rows whose deliveries all have records are removed.
-    pub fn resume_first_attempts(&self) -> Result<Vec<DueEntry>> {
+    /// The first attempts that the pending batches of the subscribers `mine` accepts still
+    /// wait for, found at start-up or on taking the lead of a group (the supervisor
+    /// dispatches them); those rows whose deliveries all have records are removed. Other
+    /// subscribers' batches are left as they are (their group's leader serves them).
+    ///
+    /// A batch is judged by its first item's subscriber (see [`super::rows`]).
+    pub fn resume_first_attempts(&self, mine: &dyn Fn(&Uuid) -> bool) -> Result<Vec<DueEntry>> {
         let deliveries = &self.t().deliveries;
         let mut entries = Vec::new();
         let mut done = sled::Batch::default();
@@ -131,6 +148,9 @@ impl Store {
                     continue;
                 }
             };
+            if !batch.items.first().is_some_and(|i| mine(&i.account_id)) {
+                continue;
+            }
             let waiting = self.waiting_in(&key, &triggered, &batch)?;
             if waiting.is_empty() {
                 done.remove(key);
@@ -143,15 +163,22 @@ impl Store {
         Ok(entries)
     }
 
-    /// `triggered`'s deliveries that wait for their first attempt, as their records will
-    /// read until it is made, by record key.
-    pub(super) fn unattempted_of(&self, triggered: &Uuid) -> Result<BTreeMap<Vec<u8>, Delivery>> {
+    /// `triggered`'s deliveries to the subscribers `mine` accepts that wait for their first
+    /// attempt, as their records will read until it is made, by record key.
+    pub(super) fn unattempted_of(
+        &self,
+        triggered: &Uuid,
+        mine: &dyn Fn(&Uuid) -> bool,
+    ) -> Result<BTreeMap<Vec<u8>, Delivery>> {
         let deliveries = &self.t().deliveries;
         let mut out = BTreeMap::new();
         for row in deliveries.scan_prefix(prefixed(BATCH, triggered.as_bytes())) {
             let (key, value) = row?;
             let batch: PendingBatch = decode(&value)?;
             for entry in self.waiting_in(&key, triggered, &batch)? {
+                if !mine(&entry.account_id) {
+                    continue;
+                }
                 let record = entry.first_record(batch.registration_id);
                 out.insert(entry.record_key, record);
             }

@@ -33,14 +33,19 @@ impl PageBuilder {
 }
 
 impl Store {
-    /// `triggered`'s deliveries without a record of their own, in record-key order: those
-    /// settled by their first attempt and those waiting for it.
-    fn unrecorded_of(
+    /// `triggered`'s deliveries to the subscribers `mine` accepts without a record of
+    /// their own, in record-key order: those settled by their first attempt and those
+    /// waiting for it.
+    fn unrecorded_of<'m>(
         &self,
         triggered: &Uuid,
-    ) -> Result<impl Iterator<Item = Result<(Vec<u8>, Delivery)>>> {
-        let mut settled = self.settled_in_order(triggered).peekable();
-        let mut waiting = self.unattempted_of(triggered)?.into_iter().peekable();
+        mine: &'m dyn Fn(&Uuid) -> bool,
+    ) -> Result<impl Iterator<Item = Result<(Vec<u8>, Delivery)>> + 'm> {
+        let mut settled = self
+            .settled_in_order(triggered)
+            .filter(move |s| s.as_ref().map_or(true, |(_, d)| mine(&d.account_id)))
+            .peekable();
+        let mut waiting = self.unattempted_of(triggered, mine)?.into_iter().peekable();
         // Both are sorted and never share a key: merge them.
         Ok(std::iter::from_fn(move || {
             let settled_first = match (settled.peek(), waiting.peek()) {
@@ -56,16 +61,22 @@ impl Store {
         }))
     }
 
-    /// A page of `triggered`'s deliveries, in subscription order (those settled by or
+    /// A page of `triggered`'s deliveries to the subscribers `mine` accepts (replicated,
+    /// those of the groups this node leads), in subscription order (those settled by or
     /// waiting for their first attempt included).
-    pub fn list_deliveries(&self, triggered: &Uuid, req: PageRequest) -> Result<Page<Delivery>> {
+    pub fn list_deliveries(
+        &self,
+        triggered: &Uuid,
+        req: PageRequest,
+        mine: &dyn Fn(&Uuid) -> bool,
+    ) -> Result<Page<Delivery>> {
         let mut page = PageBuilder {
             skip: usize::try_from(req.start).unwrap_or(usize::MAX),
             take: usize::try_from(req.limit).unwrap_or(usize::MAX),
             seen: 0,
             items: Vec::new(),
         };
-        let mut unrecorded = self.unrecorded_of(triggered)?.peekable();
+        let mut unrecorded = self.unrecorded_of(triggered, mine)?.peekable();
         let records = self
             .t()
             .deliveries
@@ -82,7 +93,8 @@ impl Store {
                     break 'records;
                 }
             }
-            if page.offer(|| decode_delivery(&value))? {
+            let d = decode_delivery(&value)?;
+            if mine(&d.account_id) && page.offer(|| Ok(d))? {
                 break;
             }
         }
@@ -97,11 +109,15 @@ impl Store {
         Ok(Page::new(req, page.items))
     }
 
-    /// Counts of `triggered`'s deliveries by state.
-    pub fn delivery_counts(&self, triggered: &Uuid) -> Result<DeliveryCounts> {
+    /// Counts by state of `triggered`'s deliveries to the subscribers `mine` accepts.
+    pub fn delivery_counts(
+        &self,
+        triggered: &Uuid,
+        mine: &dyn Fn(&Uuid) -> bool,
+    ) -> Result<DeliveryCounts> {
         let mut counts = DeliveryCounts {
-            pending: self.unattempted_of(triggered)?.len() as u64,
-            succeeded: self.settled_count(triggered)?,
+            pending: self.unattempted_of(triggered, mine)?.len() as u64,
+            succeeded: self.settled_count(triggered, mine)?,
             ..DeliveryCounts::default()
         };
         for v in self
@@ -110,7 +126,11 @@ impl Store {
             .scan_prefix(prefixed(RECORD, triggered.as_bytes()))
             .values()
         {
-            match decode_delivery(&v?)?.state {
+            let d = decode_delivery(&v?)?;
+            if !mine(&d.account_id) {
+                continue;
+            }
+            match d.state {
                 DeliveryState::Pending => counts.pending += 1,
                 DeliveryState::Succeeded => counts.succeeded += 1,
                 DeliveryState::Failed => counts.failed += 1,
@@ -162,8 +182,8 @@ mod tests {
             let states: Vec<_> = listed.iter().map(|d| d.state).collect();
             assert_eq!(states, expected, "pages of {limit}");
         }
-        let counts = s.delivery_counts(&t).unwrap();
+        let counts = s.delivery_counts(&t, &|_| true).unwrap();
         assert_eq!((counts.succeeded, counts.failed, counts.pending), (4, 1, 3));
-        assert_eq!(s.resume_first_attempts().unwrap().len(), 3);
+        assert_eq!(s.resume_first_attempts(&|_| true).unwrap().len(), 3);
     }
 }

@@ -64,6 +64,7 @@ mod legacy;
 mod listing;
 mod outcomes;
 mod records;
+mod rows;
 mod settled;
 mod stopped;
 mod sweep;
@@ -73,6 +74,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub use create::PreparedDeliveries;
 pub(in crate::store) use first_attempts::OpenBatches;
+pub use outcomes::PreparedOutcomes;
+pub(in crate::store) use rows::check_delivery_rows;
+pub use rows::delivery_row_subscriber;
 pub use types::{
     Attempt, Delivery, DeliveryCounts, DeliveryState, DueEntry, FailedCountChange, FanoutCursor,
     FanoutStep, Handoff, NewDelivery, Outcome, Scheduled,

@@ -15,29 +15,69 @@ use uuid::Uuid;
 use super::due::due_value;
 use super::legacy::decode_delivery;
 use super::types::{Delivery, DeliveryState, FailedCountChange, Outcome, Scheduled};
+use super::DeliveryRow;
 use crate::store::keys::{due_key, gone_key};
 use crate::store::records::encode_compact;
 use crate::store::{Result, Store};
+
+/// The rows a batch of outcomes writes ([`Store::prepare_outcomes`]), and what changes in
+/// memory once they are written ([`Store::outcomes_written`]).
+#[derive(Debug)]
+pub struct PreparedOutcomes {
+    /// The rows, in the order they are added to one batch (a later row of the same key
+    /// wins).
+    rows: Vec<DeliveryRow>,
+    /// First outcomes per pending-batch key, counted as written afterwards.
+    closing: HashMap<Vec<u8>, usize>,
+    /// Accounts whose endpoint answered `410 Gone`.
+    gone: Vec<Uuid>,
+}
+
+impl PreparedOutcomes {
+    /// The rows to write, as one atomic batch (here or through a group's log).
+    pub fn rows(&self) -> &[DeliveryRow] {
+        &self.rows
+    }
+
+    /// True when the outcomes write nothing.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
 
 impl Store {
     /// Applies attempt outcomes: record, due queue or pending batch, and `failed_count`, in
     /// one atomic batch.
     pub fn record_outcomes(&self, outcomes: &[Outcome], now_us: u64) -> Result<()> {
-        let deliveries = &self.t().deliveries;
         let _counts = self.lock_counts();
-        let mut batch = sled::Batch::default();
+        let prepared = self.prepare_outcomes(outcomes, now_us)?;
+        self.apply_delivery_rows(prepared.rows())?;
+        self.outcomes_written(prepared);
+        Ok(())
+    }
+
+    /// The rows that applying `outcomes` writes, computed from the stored rows (records,
+    /// `failed_count`s, the open pending batches) without writing them.
+    ///
+    /// The caller keeps every other writer of these rows out until they are written (a
+    /// replicated group serialises its engine writes; here the counts lock does), then
+    /// calls [`Self::outcomes_written`].
+    pub fn prepare_outcomes(&self, outcomes: &[Outcome], now_us: u64) -> Result<PreparedOutcomes> {
+        let deliveries = &self.t().deliveries;
+        let mut rows: Vec<DeliveryRow> = Vec::new();
         let mut counts: HashMap<Uuid, u64> = HashMap::new();
         let mut closing: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut settled: HashMap<&[u8], Vec<Delivery>> = HashMap::new();
         let mut gone = Vec::new();
         for o in outcomes {
             if o.gone {
-                batch.insert(&gone_key(&o.due.account_id), &now_us.to_be_bytes());
+                let key = gone_key(&o.due.account_id).to_vec();
+                rows.push((key, Some(now_us.to_be_bytes().to_vec())));
                 gone.push(o.due.account_id);
             }
             let mut d = match &o.due.scheduled {
                 Scheduled::Queue(due_key) => {
-                    batch.remove(due_key.as_slice());
+                    rows.push((due_key.clone(), None));
                     let Some(bytes) = deliveries.get(&o.due.record_key)? else {
                         continue;
                     };
@@ -72,7 +112,7 @@ impl Store {
             }
             if let Some(next) = o.next_due_us {
                 let due = due_value(&d.id, &d.account_id, d.attempts.len());
-                batch.insert(due_key(next, &o.due.record_key[1..]), due.as_slice());
+                rows.push((due_key(next, &o.due.record_key[1..]), Some(due.to_vec())));
             }
             let account_id = d.account_id;
             match &o.due.scheduled {
@@ -80,7 +120,7 @@ impl Store {
                     settled.entry(key).or_default().push(d);
                 }
                 _ => {
-                    batch.insert(o.due.record_key.as_slice(), encode_compact(&d)?);
+                    rows.push((o.due.record_key.clone(), Some(encode_compact(&d)?)));
                 }
             }
             match o.failed_count {
@@ -97,18 +137,26 @@ impl Store {
                 }
             }
         }
-        self.write_failed_counts(&mut batch, counts)?;
-        self.write_settled(&mut batch, settled)?;
-        let open = &self.inner.open_batches;
-        for key in open.completed_by(&closing) {
-            batch.remove(key);
+        self.failed_count_rows(&mut rows, counts)?;
+        self.settled_rows(&mut rows, settled)?;
+        for key in self.inner.open_batches.completed_by(&closing) {
+            rows.push((key, None));
         }
-        deliveries.apply_batch(batch)?;
-        open.close(closing);
-        for account in gone {
+        Ok(PreparedOutcomes {
+            rows,
+            closing,
+            gone,
+        })
+    }
+
+    /// What changes in memory once `prepared`'s rows are written: its first outcomes count
+    /// against their open pending batches, and the delivery targets of accounts stopped by
+    /// a `410 Gone` are reread.
+    pub fn outcomes_written(&self, prepared: PreparedOutcomes) {
+        self.inner.open_batches.close(prepared.closing);
+        for account in prepared.gone {
             self.inner.targets.invalidate(&account);
         }
-        Ok(())
     }
 }
 
@@ -144,7 +192,10 @@ mod tests {
         assert_eq!(rows(RECORD), 1, "only the retried delivery has a record");
         assert_eq!(rows(SETTLED), 1);
         // After a restart only the delivery without an outcome is attempted again.
-        assert_eq!(s.resume_first_attempts().unwrap(), vec![entries[2].clone()]);
+        assert_eq!(
+            s.resume_first_attempts(&|_| true).unwrap(),
+            vec![entries[2].clone()]
+        );
         let listed = page(&s, &t, 0, 10);
         let states: Vec<_> = listed.iter().map(|d| d.state).collect();
         assert_eq!(
@@ -162,18 +213,18 @@ mod tests {
         assert_eq!(listed[2].attempts.len(), 0, "the third waits");
         assert_eq!(page(&s, &t, 1, 1), vec![listed[1].clone()]);
         s.record_outcomes(&[outcome(&entries[2], 200)], 21).unwrap();
-        assert!(s.resume_first_attempts().unwrap().is_empty());
+        assert!(s.resume_first_attempts(&|_| true).unwrap().is_empty());
         assert_eq!(rows(BATCH), 0, "the completed batch row is removed");
-        let counts = s.delivery_counts(&t).unwrap();
+        let counts = s.delivery_counts(&t, &|_| true).unwrap();
         assert_eq!((counts.succeeded, counts.pending), (2, 1));
         assert_eq!(rows(SETTLED), 2);
         // The batch handed over again after it completed: recognised by its settled rows.
         assert!(s.accept_handed_over(&t, &r, &items, 30).unwrap().is_empty());
-        assert_eq!(s.delivery_counts(&t).unwrap(), counts);
+        assert_eq!(s.delivery_counts(&t, &|_| true).unwrap(), counts);
         // Settled rows go when all their deliveries are older than the cutoff.
         assert_eq!(s.sweep_deliveries(21).unwrap(), 1);
         assert_eq!(s.sweep_deliveries(22).unwrap(), 1);
-        assert_eq!(s.delivery_counts(&t).unwrap().succeeded, 0);
+        assert_eq!(s.delivery_counts(&t, &|_| true).unwrap().succeeded, 0);
         assert_eq!(page(&s, &t, 0, 10).len(), 1, "the pending retry stays");
     }
 
@@ -199,10 +250,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.failed_count(&it.account_id).unwrap(), 1);
-        assert_eq!(s.next_due_us().unwrap(), Some(50));
-        assert_eq!(s.due_count().unwrap(), 1);
-        assert!(s.due_entries(49, 1, None, |_| false).unwrap().is_empty());
-        let due = s.due_entries(50, 1, None, |_| false).unwrap().remove(0);
+        assert_eq!(s.next_due_us(&|_| true).unwrap(), Some(50));
+        assert_eq!(s.due_count(&|_| true).unwrap(), 1);
+        assert!(s
+            .due_entries(49, 1, None, |_| false, &|_| true)
+            .unwrap()
+            .is_empty());
+        let due = s
+            .due_entries(50, 1, None, |_| false, &|_| true)
+            .unwrap()
+            .remove(0);
         assert_eq!(due.attempts, 1);
         s.record_outcomes(
             &[Outcome {
@@ -217,7 +274,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.failed_count(&it.account_id).unwrap(), 0);
-        assert_eq!(s.due_count().unwrap(), 0);
+        assert_eq!(s.due_count(&|_| true).unwrap(), 0);
         let listed = page(&s, &t, 0, 10);
         assert_eq!(listed[0].attempts.len(), 2);
         assert_eq!(listed[0].state, DeliveryState::Succeeded);

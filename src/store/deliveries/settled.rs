@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::legacy::decode_deliveries;
 use super::types::Delivery;
+use super::DeliveryRow;
 use crate::store::keys::{prefixed, SETTLED};
 use crate::store::records::encode_compact;
 use crate::store::{Result, Store};
@@ -92,17 +93,17 @@ fn settled_prefix(batch_key: &[u8]) -> Vec<u8> {
 }
 
 impl Store {
-    /// Adds to `batch` one settled row per pending batch for `settled` (records of
+    /// Adds to `rows` one settled row per pending batch for `settled` (records of
     /// succeeded first attempts, by the key of their pending batch).
-    pub(super) fn write_settled<'k>(
+    pub(super) fn settled_rows<'k>(
         &self,
-        batch: &mut sled::Batch,
+        rows: &mut Vec<DeliveryRow>,
         settled: impl IntoIterator<Item = (&'k [u8], Vec<Delivery>)>,
     ) -> Result<()> {
         for (batch_key, records) in settled {
             let mut key = settled_prefix(batch_key);
             key.extend_from_slice(&self.inner.db.generate_id()?.to_be_bytes());
-            batch.insert(key, encode_compact(&records)?);
+            rows.push((key, Some(encode_compact(&records)?)));
         }
         Ok(())
     }
@@ -147,8 +148,12 @@ impl Store {
         Ok(keys)
     }
 
-    /// How many of `triggered`'s deliveries are settled.
-    pub(super) fn settled_count(&self, triggered: &Uuid) -> Result<u64> {
+    /// How many of `triggered`'s deliveries to the subscribers `mine` accepts are settled.
+    pub(super) fn settled_count(
+        &self,
+        triggered: &Uuid,
+        mine: &dyn Fn(&Uuid) -> bool,
+    ) -> Result<u64> {
         let mut n = 0;
         for row in self
             .t()
@@ -156,7 +161,8 @@ impl Store {
             .scan_prefix(prefixed(SETTLED, triggered.as_bytes()))
             .values()
         {
-            n += decode_deliveries(&row?)?.len() as u64;
+            let records = decode_deliveries(&row?)?;
+            n += records.iter().filter(|d| mine(&d.account_id)).count() as u64;
         }
         Ok(n)
     }

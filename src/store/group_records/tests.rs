@@ -78,8 +78,8 @@ const ALL: PageRequest = PageRequest {
     limit: 100,
 };
 
-/// The source node: group A has alice (stored with a stale `failed_count` field), amy and
-/// the tombstoned ann; alice's registration (subscribed to by amy and by B's bob) and
+/// The source node: group A has alice (stored with a stale `failed_count` field, her
+/// `failed_count` row says 2), amy and the tombstoned ann; alice's registration (subscribed to by amy and by B's bob) and
 /// amy's tombstoned one. Group B has bob and his registration, to which alice and bob
 /// subscribe.
 struct Source {
@@ -102,6 +102,13 @@ fn source() -> Source {
     }
     alice.failed_count = 5;
     s.update_account(&alice).unwrap();
+    let t = s.t();
+    t.deliveries
+        .insert(failed_count_key(&alice.id), &2u64.to_be_bytes())
+        .unwrap();
+    t.deliveries
+        .insert(failed_count_key(&bob.id), &4u64.to_be_bytes())
+        .unwrap();
     assert!(s.begin_account_delete(&ann.id).unwrap().is_some());
     let ra1 = registration(&s, &alice, "ra1");
     let ra2 = registration(&s, &amy, "ra2");
@@ -127,7 +134,7 @@ fn source() -> Source {
 /// The receiving node: group A holds alice under another username and endpoint and a
 /// later epoch, and xavier (to be removed) with a registration that bob, xavier, and a
 /// subscription under one of the source's subscription ids subscribe to; alice's
-/// `failed_count` is 7, xavier's 3. Group B holds bob (the same id as the source's),
+/// `failed_count` is 7, xavier's 3, bob's 9. Group B holds bob (the same id as the source's),
 /// his registration, and xavier's subscription to it. Stray rows: a username and a
 /// `subscriptions_by_subscriber` row of group A, and one of group B filed under alice.
 struct Target {
@@ -168,6 +175,9 @@ fn target(src: &Source) -> Target {
         .unwrap();
     t.deliveries
         .insert(failed_count_key(&xavier.id), &3u64.to_be_bytes())
+        .unwrap();
+    t.deliveries
+        .insert(failed_count_key(&bob.id), &9u64.to_be_bytes())
         .unwrap();
     t.usernames.insert("ghost", id_in(true).as_bytes()).unwrap();
     let stray_a = owned_key(&bob.id, 1, &id_in(true));
@@ -246,9 +256,10 @@ fn replace_makes_the_group_the_dump_and_leaves_the_other_alone() {
     assert_eq!(s.accounts_being_deleted().unwrap().len(), 1);
     assert_eq!(s.registrations_being_deleted().unwrap().len(), 1);
 
-    // Delivery data: kept for a replaced account, dropped with a removed one.
-    assert_eq!(s.failed_count(&src.alice.id).unwrap(), 7);
+    // Delivery data: the group's is the dump's, the other group's stays.
+    assert_eq!(s.failed_count(&src.alice.id).unwrap(), 2);
     assert_eq!(s.failed_count(&tgt.xavier.id).unwrap(), 0);
+    assert_eq!(s.failed_count(&src.bob.id).unwrap(), 9);
 
     // Listings and owner indexes.
     let listed: Vec<_> = s.list_accounts(ALL).unwrap().items;
@@ -330,7 +341,12 @@ fn an_empty_dump_clears_the_group_only() {
     assert_eq!(s.export_records(&in_a).unwrap(), RecordsDump::default());
     assert!(s.account_by_username("alice2").unwrap().is_none());
     let listed = s.list_accounts(ALL).unwrap().items;
-    assert_eq!(listed, vec![src.bob.clone()]);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, src.bob.id);
+    assert_eq!(
+        listed[0].failed_count, 9,
+        "the other group's delivery data stays"
+    );
     assert_eq!(s.list_subscriptions(ALL).unwrap().items.len(), 2);
 }
 
