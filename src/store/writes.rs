@@ -285,4 +285,37 @@ mod tests {
         );
         assert_eq!(other.fanout(&triggered.id).unwrap(), None);
     }
+
+    #[test]
+    fn delivery_rows_apply_twice_alike_and_travel_with_their_subscribers_group() {
+        let (_d, s) = temp_store();
+        let subscriber = Uuid::new_v4();
+        let count = crate::store::keys::failed_count_key(&subscriber).to_vec();
+        let gone = crate::store::keys::gone_key(&subscriber).to_vec();
+        let write = RecordWrite::DeliveryRows(vec![
+            (count.clone(), Some(3u64.to_be_bytes().to_vec())),
+            (gone.clone(), Some(9u64.to_be_bytes().to_vec())),
+        ]);
+        for _ in 0..2 {
+            assert_eq!(s.apply_write(&write).unwrap(), WriteOutcome::Done);
+        }
+        assert_eq!(s.failed_count(&subscriber).unwrap(), 3);
+        assert_eq!(s.deliveries_stopped_us(&subscriber).unwrap(), Some(9));
+        // Fan-out rows are the trigger's group's, never written so.
+        let cursor = crate::store::keys::cursor_key(&Uuid::new_v4()).to_vec();
+        let stray = RecordWrite::DeliveryRows(vec![(cursor, None)]);
+        assert!(s.apply_write(&stray).is_err());
+
+        let ours = move |id: &Uuid| *id == subscriber;
+        let dump = s.export_records(&ours).unwrap();
+        assert_eq!(dump.delivery_rows.len(), 2);
+        let (_d2, other) = temp_store();
+        other.replace_records(&ours, &dump).unwrap();
+        assert_eq!(other.deliveries_stopped_us(&subscriber).unwrap(), Some(9));
+        other
+            .replace_records(&ours, &RecordsDump::default())
+            .unwrap();
+        assert_eq!(other.failed_count(&subscriber).unwrap(), 0);
+        assert_eq!(other.deliveries_stopped_us(&subscriber).unwrap(), None);
+    }
 }

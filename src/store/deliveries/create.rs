@@ -340,4 +340,25 @@ mod tests {
         assert_eq!(page(&s, &t, 1, 1), vec![listed[1].clone()]);
         assert_eq!(s.resume_first_attempts(&|_| true).unwrap(), entries);
     }
+
+    #[test]
+    fn a_prepared_accept_writes_nothing_until_its_rows_are_applied() {
+        let (_d, s) = temp_store();
+        let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
+        let items = vec![(item(1), true), (item(2), false), (item(3), false)];
+        let prepared = s.prepare_accept(&t, &r, &items, 10).unwrap();
+        assert_eq!(prepared.rows().len(), 2, "the skipped record and the batch");
+        assert_eq!(
+            s.delivery_counts(&t, &|_| true).unwrap(),
+            Default::default()
+        );
+        // Through a group's log: written blindly, then opened here.
+        s.apply_delivery_rows(prepared.rows()).unwrap();
+        let entries = s.opened_elsewhere(prepared);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(s.resume_first_attempts(&|_| true).unwrap(), entries);
+        let again = s.prepare_accept(&t, &r, &items, 11).unwrap();
+        assert!(again.rows().is_empty(), "accepted before: nothing twice");
+        assert!(s.opened_elsewhere(again).is_empty());
+    }
 }

@@ -219,7 +219,8 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{item, settled};
+    use super::super::fixtures::{all_rows, in_a, item, item_in, settled};
+    use super::super::types::Outcome;
     use super::*;
     use crate::store::tests::temp_store;
 
@@ -252,5 +253,83 @@ mod tests {
         assert_eq!(s.requeue_failed_of(&mine, &owner, (0, 200), 50).unwrap(), 1);
         assert_eq!(s.requeue_failed_of(&mine, &owner, (0, 200), 50).unwrap(), 0);
         assert_eq!(s.due_count(&|_| true).unwrap(), 3);
+    }
+
+    #[test]
+    fn scans_of_the_queue_skip_other_subscribers_without_stopping_or_counting_them() {
+        let (_d, s) = temp_store();
+        let t = Uuid::new_v4();
+        // Group B's retries come first, then group A's.
+        let items: Vec<_> = [false, false, false, true, true, true]
+            .iter()
+            .zip(1..)
+            .map(|(a, n)| (item_in(n, *a), false))
+            .collect();
+        let entries = s
+            .accept_handed_over(&t, &Uuid::new_v4(), &items, 1)
+            .unwrap();
+        let retries: Vec<_> = (entries.iter().zip(100..))
+            .map(|(e, due)| Outcome {
+                next_due_us: Some(due),
+                state: DeliveryState::Pending,
+                ..settled(e, 500)
+            })
+            .collect();
+        s.record_outcomes(&retries, 2).unwrap();
+        assert_eq!(s.next_due_us(&in_a).unwrap(), Some(103));
+        assert_eq!(s.next_due_us(&|id| !in_a(id)).unwrap(), Some(100));
+        assert_eq!(s.due_count(&in_a).unwrap(), 3);
+        assert_eq!(s.due_count(&|_| true).unwrap(), 6);
+        // Pages of two of A's, the scan going on from the last one returned (in flight).
+        let mut busy = std::collections::HashSet::new();
+        let mut from: Option<Vec<u8>> = None;
+        let mut pages = Vec::new();
+        loop {
+            let page = s
+                .due_entries(200, 2, from.as_deref(), |k| busy.contains(k), &in_a)
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            from = page.last().and_then(|d| d.due_key()).map(<[u8]>::to_vec);
+            busy.extend(page.iter().map(|d| d.record_key.clone()));
+            pages.push(page.iter().map(|d| d.due_us).collect::<Vec<_>>());
+        }
+        assert_eq!(pages, vec![vec![103, 104], vec![105]]);
+        assert!(s
+            .due_entries(102, 2, None, |_| false, &in_a)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn requeues_prepared_for_a_group_touch_only_its_subscribers() {
+        let (_d, s) = temp_store();
+        let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
+        let items: Vec<_> = [true, false, true, false]
+            .iter()
+            .zip(1..)
+            .map(|(a, n)| (item_in(n, *a), false))
+            .collect();
+        let entries = s.accept_handed_over(&t, &r, &items, 1).unwrap();
+        let failed: Vec<_> = entries.iter().map(|e| settled(e, 500)).collect();
+        s.record_outcomes(&failed, 10).unwrap();
+        let before = all_rows(&s);
+        let (rows, n) = s.prepare_requeue_failed(&t, 50, &in_a).unwrap();
+        assert_eq!((rows.len(), n), (4, 2), "a record and a due entry each");
+        let (of, n_of) = s
+            .prepare_requeue_failed_of(&Uuid::new_v4(), &HashSet::from([r]), (0, 20), 50, &in_a)
+            .unwrap();
+        assert_eq!((&of, n_of), (&rows, 2));
+        assert_eq!(all_rows(&s), before, "prepared, not written");
+        for (k, v) in &rows {
+            let v = v.as_deref().unwrap();
+            let subscriber = super::super::delivery_row_subscriber(k, v).unwrap();
+            assert!(subscriber.is_some_and(|id| in_a(&id)));
+        }
+        s.apply_delivery_rows(&rows).unwrap();
+        assert_eq!(s.due_count(&in_a).unwrap(), 2);
+        assert_eq!(s.due_count(&|_| true).unwrap(), 2);
+        assert_eq!(s.requeue_failed(&t, 60).unwrap(), 2, "group B's are left");
     }
 }

@@ -15,6 +15,33 @@ pub(super) fn item(n: u64) -> NewDelivery {
     }
 }
 
+/// Group A of the group tests: ids with an even first byte (group B: odd).
+pub(super) fn in_a(id: &Uuid) -> bool {
+    id.as_bytes()[0].is_multiple_of(2)
+}
+
+/// A delivery to create for a fresh subscriber of group A (`a`) or B.
+pub(super) fn item_in(n: u64, a: bool) -> NewDelivery {
+    loop {
+        let it = item(n);
+        if in_a(&it.account_id) == a {
+            return it;
+        }
+    }
+}
+
+/// Every row of the `deliveries` tree.
+pub(super) fn all_rows(s: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+    s.t()
+        .deliveries
+        .iter()
+        .map(|r| {
+            let (k, v) = r.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
 pub(super) fn attempt(status: u16) -> Attempt {
     Attempt {
         at_us: 5,

@@ -144,8 +144,10 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{item, page, settled};
+    use super::super::fixtures::{in_a, item, item_in, page, settled};
+    use super::super::types::Scheduled;
     use super::*;
+    use crate::store::keys::BATCH;
     use crate::store::tests::temp_store;
 
     #[test]
@@ -185,5 +187,58 @@ mod tests {
         let counts = s.delivery_counts(&t, &|_| true).unwrap();
         assert_eq!((counts.succeeded, counts.failed, counts.pending), (4, 1, 3));
         assert_eq!(s.resume_first_attempts(&|_| true).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn listings_counts_and_resumes_keep_to_the_subscribers_asked_for() {
+        let (_d, s) = temp_store();
+        let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
+        let batch = |a: bool, epochs: std::ops::RangeInclusive<u64>| -> Vec<_> {
+            epochs.map(|n| (item_in(n, a), false)).collect()
+        };
+        let a = s
+            .accept_handed_over(&t, &r, &batch(true, 1..=4), 10)
+            .unwrap();
+        let b = s
+            .accept_handed_over(&t, &r, &batch(false, 5..=8), 10)
+            .unwrap();
+        // Group B's batch row outlives its outcomes, as on a node that did not open it.
+        let Scheduled::Batch { key, .. } = &b[0].scheduled else {
+            panic!("a first attempt");
+        };
+        s.inner.open_batches.forget([key.as_slice()]);
+        let mut outcomes = vec![settled(&a[0], 200), settled(&a[1], 500)];
+        outcomes.push(settled(&b[0], 200));
+        outcomes.extend(b[1..].iter().map(|e| settled(e, 500)));
+        s.record_outcomes(&outcomes, 20).unwrap();
+
+        let in_b = |id: &Uuid| !in_a(id);
+        let counts = s.delivery_counts(&t, &in_a).unwrap();
+        let expected = (1, 1, 2);
+        assert_eq!((counts.succeeded, counts.failed, counts.pending), expected);
+        let counts = s.delivery_counts(&t, &in_b).unwrap();
+        assert_eq!((counts.succeeded, counts.failed, counts.pending), (1, 3, 0));
+        for (mine, epochs) in [(&in_a as &dyn Fn(&Uuid) -> bool, 1..=4), (&in_b, 5..=8)] {
+            for limit in [1, 3, 10] {
+                let mut listed = Vec::new();
+                for start in (0..4).step_by(limit) {
+                    let req = PageRequest {
+                        start: start as u64,
+                        limit: limit as u64,
+                    };
+                    listed.extend(s.list_deliveries(&t, req, mine).unwrap().items);
+                }
+                let got: Vec<u64> = listed.iter().map(|d| d.subscription_epoch_us).collect();
+                assert_eq!(got, epochs.clone().collect::<Vec<_>>(), "pages of {limit}");
+            }
+        }
+
+        let batches = || s.t().deliveries.scan_prefix([BATCH]).count();
+        assert_eq!(batches(), 2);
+        let resumed = s.resume_first_attempts(&in_a).unwrap();
+        assert_eq!(resumed, a[2..].to_vec());
+        assert_eq!(batches(), 2, "group B's done batch is left to its leader");
+        assert!(s.resume_first_attempts(&in_b).unwrap().is_empty());
+        assert_eq!(batches(), 1);
     }
 }

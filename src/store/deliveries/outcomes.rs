@@ -162,7 +162,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{attempt, item, page};
+    use super::super::fixtures::{all_rows, attempt, item, page};
     use super::super::types::{DueEntry, Outcome};
     use super::*;
     use crate::store::keys::{BATCH, RECORD, SETTLED};
@@ -280,5 +280,68 @@ mod tests {
         assert_eq!(listed[0].state, DeliveryState::Succeeded);
         assert_eq!(s.sweep_deliveries(51).unwrap(), 0);
         assert_eq!(s.sweep_deliveries(52).unwrap(), 1);
+    }
+
+    /// One store records outcomes, the other prepares and applies them as rows: same rows.
+    #[test]
+    fn prepared_and_applied_outcomes_write_what_recording_them_writes() {
+        let (_d1, recorded) = temp_store();
+        let (_d2, applied) = temp_store();
+        let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
+        let items: Vec<_> = (1..=5).map(|n| (item(n), n == 5)).collect();
+        let entries = recorded.accept_handed_over(&t, &r, &items, 10).unwrap();
+        assert_eq!(
+            applied.accept_handed_over(&t, &r, &items, 10).unwrap(),
+            entries
+        );
+        let outcome = |due: &DueEntry, status: u16, change, gone| Outcome {
+            due: due.clone(),
+            attempt: Some(attempt(status)),
+            state: match status {
+                200 => DeliveryState::Succeeded,
+                500 => DeliveryState::Pending,
+                _ => DeliveryState::Failed,
+            },
+            next_due_us: (status == 500).then_some(100),
+            failed_count: change,
+            gone,
+        };
+        let both = |outcomes: &[Outcome], now_us: u64| {
+            recorded.record_outcomes(outcomes, now_us).unwrap();
+            let prepared = applied.prepare_outcomes(outcomes, now_us).unwrap();
+            assert!(!prepared.is_empty());
+            applied.apply_delivery_rows(prepared.rows()).unwrap();
+            applied.outcomes_written(prepared);
+            assert_eq!(all_rows(&recorded), all_rows(&applied));
+        };
+        both(
+            &[
+                outcome(&entries[0], 200, FailedCountChange::Reset, false),
+                outcome(&entries[1], 500, FailedCountChange::Increment, false),
+                outcome(&entries[2], 410, FailedCountChange::Increment, true),
+            ],
+            20,
+        );
+        let retry = recorded.due_entries(100, 10, None, |_| false, &|_| true);
+        let retry = retry.unwrap().remove(0);
+        both(
+            &[
+                outcome(&retry, 200, FailedCountChange::Reset, false),
+                outcome(&entries[3], 200, FailedCountChange::Keep, false),
+            ],
+            30,
+        );
+        assert_eq!(
+            recorded.t().deliveries.scan_prefix([BATCH]).count(),
+            0,
+            "the last outcome completed the batch"
+        );
+        assert!(applied.resume_first_attempts(&|_| true).unwrap().is_empty());
+        // A retry's outcome seen again only removes its (gone) due entry.
+        let again = applied
+            .prepare_outcomes(&[outcome(&retry, 200, FailedCountChange::Keep, false)], 40)
+            .unwrap();
+        let due_key = retry.due_key().map(<[u8]>::to_vec).unwrap();
+        assert_eq!(again.rows(), &[(due_key, None)]);
     }
 }

@@ -23,6 +23,9 @@
 //! - fan-out rows (`c`, `h`) have none: they belong to the trigger's group (see
 //!   [`super::handoffs`]).
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashSet;
 
 use uuid::Uuid;
