@@ -2,7 +2,8 @@
 //! 0). A subscriber at the limit is skipped at trigger time; a success resets the count.
 //!
 //! Outcome batches read, change and write counts back, so every writer of a count holds
-//! the counts lock ([`Store::lock_counts`]).
+//! the counts lock ([`Store::lock_counts`]); a replicated group's leader instead computes
+//! its subscribers' counts one engine write at a time, and its log writes the values.
 
 use std::collections::HashMap;
 use std::sync::MutexGuard;

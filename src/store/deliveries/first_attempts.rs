@@ -133,7 +133,8 @@ impl Store {
     /// dispatches them); those rows whose deliveries all have records are removed. Other
     /// subscribers' batches are left as they are (their group's leader serves them).
     ///
-    /// A batch is judged by its first item's subscriber (see [`super::rows`]).
+    /// A batch is judged by its first item's subscriber (see
+    /// [`delivery_row_subscriber`](crate::store::delivery_row_subscriber)).
     pub fn resume_first_attempts(&self, mine: &dyn Fn(&Uuid) -> bool) -> Result<Vec<DueEntry>> {
         let deliveries = &self.t().deliveries;
         let mut entries = Vec::new();

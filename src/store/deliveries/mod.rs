@@ -42,6 +42,15 @@
 //! recording outcomes ([`outcomes`]), listing ([`listing`]) and the retention sweep
 //! ([`sweep`]) each span several prefixes.
 //!
+//! # Replicated
+//!
+//! The rows of prefixes `r`, `b`, `s`, `d`, `f` and `g` belong to the shard group of their
+//! subscriber account ([`rows`]), the cursors and handoff batches to the trigger's
+//! ([`handoffs`]). Every engine write is computed first (the `prepare_` functions) as a
+//! list of [`DeliveryRow`]s, then written as it is: by this node, or by every voter of the
+//! group through its log. The engine's scans take a filter on the subscriber, so a node
+//! serves only the groups it leads.
+//!
 //! # Where a delivery is
 //!
 //! A delivery is in one place at a time: its record, a settled row, or — until its first

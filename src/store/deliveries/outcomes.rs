@@ -7,6 +7,10 @@
 //! rows the batch completes are removed with it. An attempt leaves the due queue or its
 //! pending batch only here, so an attempt without a written outcome runs again after a
 //! restart.
+//!
+//! The rows are computed first ([`Store::prepare_outcomes`]), then written as they are
+//! (here, or through a replicated group's log), then the in-memory state follows
+//! ([`Store::outcomes_written`]).
 
 use std::collections::HashMap;
 

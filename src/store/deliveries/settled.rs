@@ -7,8 +7,9 @@
 //! pending batch instead:
 //!
 //! - `s` ++ the pending-batch key without its `b` (triggered id ++ the first delivery's
-//!   subscription epoch and id) ++ a database-unique id (u64, big-endian) → the
-//!   [`Delivery`] records, all `succeeded`.
+//!   subscription epoch and id) ++ a database-unique id (u64, big-endian; one no row has,
+//!   since a replicated group's rows may come from other nodes) → the [`Delivery`]
+//!   records, all `succeeded`.
 //!
 //! Keyed by their pending batch, settled rows also tell a handed-over batch sent again
 //! after it completed.
@@ -101,8 +102,16 @@ impl Store {
         settled: impl IntoIterator<Item = (&'k [u8], Vec<Delivery>)>,
     ) -> Result<()> {
         for (batch_key, records) in settled {
-            let mut key = settled_prefix(batch_key);
-            key.extend_from_slice(&self.inner.db.generate_id()?.to_be_bytes());
+            let prefix = settled_prefix(batch_key);
+            // Ids are unique in this database, but a replicated group's rows may come from
+            // an earlier leader's: never overwrite one.
+            let key = loop {
+                let mut key = prefix.clone();
+                key.extend_from_slice(&self.inner.db.generate_id()?.to_be_bytes());
+                if !self.t().deliveries.contains_key(&key)? {
+                    break key;
+                }
+            };
             rows.push((key, Some(encode_compact(&records)?)));
         }
         Ok(())
