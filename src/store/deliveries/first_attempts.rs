@@ -133,6 +133,10 @@ impl Store {
     /// dispatches them); those rows whose deliveries all have records are removed. Other
     /// subscribers' batches are left as they are (their group's leader serves them).
     ///
+    /// Replicated, removing a done batch's row is this node's alone, outside the group's
+    /// log: harmless, since such a row shows no delivery, and the next leader removes its
+    /// own copy when it resumes.
+    ///
     /// A batch is judged by its first item's subscriber (see
     /// [`delivery_row_subscriber`](crate::store::delivery_row_subscriber)).
     pub fn resume_first_attempts(&self, mine: &dyn Fn(&Uuid) -> bool) -> Result<Vec<DueEntry>> {
