@@ -120,6 +120,7 @@ pub fn build_service(config: &Config, store: Store) -> Result<Service, DaemonErr
             drained: tokio::sync::Notify::new(),
             fanout_steps: Default::default(),
             replicated_fanouts: Default::default(),
+            accepting: Default::default(),
         },
     };
     Ok(Service::new(Arc::new(ctx)))

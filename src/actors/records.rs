@@ -30,6 +30,9 @@ pub trait ReplicatedRecords: Send + Sync {
 
     /// True when two shards belong to the same group (every voter holds both).
     fn same_group(&self, a: ShardId, b: ShardId) -> bool;
+
+    /// The number of the group `shard` belongs to.
+    fn group_number(&self, shard: ShardId) -> u16;
 }
 
 /// The actors' way to change records.
@@ -78,6 +81,12 @@ impl Records {
                 map.owner(a) == map.owner(b)
             }
         }
+    }
+
+    /// The number of the group whose log writes of `shard` go through (0 for all while
+    /// unreplicated).
+    pub fn group_number(&self, shard: ShardId) -> u16 {
+        self.replicated.get().map_or(0, |g| g.group_number(shard))
     }
 
     /// Applies `writes` to the records of `shard`, in order; answers their outcomes.

@@ -101,15 +101,7 @@ pub fn serve(ctx: &Arc<NodeState>) {
     let c = ctx.clone();
     cluster.serve(move |req: AcceptDeliveries| {
         let ctx = c.clone();
-        async move {
-            let accepting = ctx.clone();
-            let created = ctx
-                .store
-                .run(move |_| super::accept_remote_batch(&accepting, &req.triggered, &req.items))
-                .await?;
-            ctx.store.flush().await?;
-            Ok(created)
-        }
+        async move { super::accept_batch(&ctx, req.triggered, req.items).await }
     });
     let c = ctx.clone();
     cluster.serve(move |req: SubscriptionExists| {

@@ -331,11 +331,12 @@ pub fn node_config(
          rpc_timeout_ms = {RPC_TIMEOUT_MS}\n",
         member.id, member.cluster_addr
     ));
+    text.push_str(&format!(
+        "replication_factor = {}\n",
+        spec.replication_factor
+    ));
     if spec.replication_factor > 1 {
-        text.push_str(&format!(
-            "replication_factor = {}\ngroups = {GROUPS}\n",
-            spec.replication_factor
-        ));
+        text.push_str(&format!("groups = {GROUPS}\n"));
     }
     for m in members {
         text.push_str(&format!(

@@ -42,8 +42,8 @@ pub struct ClusterConfig {
     pub down_after_ms: u64,
     /// Timeout of one call to a peer.
     pub rpc_timeout_ms: u64,
-    /// Voters of each shard group; 1 keeps every shard on one node without Raft. Capped
-    /// at the member count.
+    /// Voters of each shard group (3 by default); 1 keeps every shard on one node without
+    /// Raft. Capped at the member count, so a single node never runs Raft.
     pub replication_factor: u16,
     /// Number of shard groups (Raft groups) the virtual shards are partitioned into.
     pub groups: u16,
@@ -71,7 +71,7 @@ impl Default for ClusterConfig {
             heartbeat_interval_ms: 500,
             down_after_ms: 3000,
             rpc_timeout_ms: 10_000,
-            replication_factor: 1,
+            replication_factor: 3,
             groups: 12,
             election_timeout_ms: 1000,
             failover_wait_ms: 3000,

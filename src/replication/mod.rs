@@ -354,6 +354,12 @@ enum WriteHere {
     Fatal(ReplicationError),
 }
 
+/// Log entries sent to a follower in one AppendEntries at most. openraft gives each one
+/// a heartbeat interval to be answered: a follower catching up on a busy node stored 300
+/// (openraft's default) of fan-out and delivery entries too slowly, timed out, and was
+/// sent the same 300 again, never catching up.
+const MAX_PAYLOAD_ENTRIES: u64 = 32;
+
 /// openraft's settings from `[cluster]`: a follower calls an election after a random
 /// silence between half and all of `election_timeout_ms` (a quarter and half for the
 /// group's preferred leader, so that it usually wins); leaders beat six times per timeout.
@@ -375,6 +381,7 @@ fn raft_config(
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
         max_in_snapshot_log_to_keep: config.snapshot_entries / 10,
         snapshot_max_chunk_size: config.snapshot_chunk_bytes,
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     }
     .validate()

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::served_by;
 use super::{username_shard, Op, Service};
-use crate::actors::now_us;
+use crate::actors::{now_us, write_rows_replicated};
 use crate::cluster::rpc;
 use crate::domain::{Credentials, ServiceError};
 
@@ -57,7 +57,7 @@ impl Op for RecoverDeliveries {
             registrations,
             window,
         };
-        Ok(service.ask_everywhere(requeue).await?.into_iter().sum())
+        Ok(service.ask_leaders(requeue).await?.into_iter().sum())
     }
 }
 
@@ -83,17 +83,72 @@ impl Op for RequeueFailedOf {
     async fn run(self, service: Service) -> Self::Answer {
         let registrations: HashSet<Uuid> = self.registrations.into_iter().collect();
         let window = (self.window.since_us, self.window.until_us);
-        let subscriber = self.subscriber;
-        let n = service
-            .ctx
-            .store
-            .run(move |s| s.requeue_failed_of(&subscriber, &registrations, window, now_us()))
-            .await?;
-        service.requeued(n).await
+        service
+            .requeue(Requeued::Of {
+                subscriber: self.subscriber,
+                registrations,
+                window,
+            })
+            .await
     }
 }
 
+/// Which failed deliveries a requeue puts back in the queue.
+pub(super) enum Requeued {
+    /// Those of a trigger.
+    OfTrigger(Uuid),
+    /// Those of a window that went to `subscriber` or belong to one of `registrations`.
+    Of {
+        subscriber: Uuid,
+        registrations: HashSet<Uuid>,
+        window: (u64, u64),
+    },
+}
+
 impl Service {
+    /// Puts the node's failed deliveries `which` names back in the queue, due now; answers
+    /// how many. Replicated, those of the groups this node leads, through their logs.
+    pub(super) async fn requeue(&self, which: Requeued) -> Result<u64, ServiceError> {
+        let ctx = self.ctx.clone();
+        if !ctx.records.is_replicated() {
+            let n = ctx
+                .store
+                .run(move |s| match which {
+                    Requeued::OfTrigger(id) => s.requeue_failed(&id, now_us()),
+                    Requeued::Of {
+                        subscriber,
+                        registrations,
+                        window,
+                    } => s.requeue_failed_of(&subscriber, &registrations, window, now_us()),
+                })
+                .await?;
+            return self.requeued(n).await;
+        }
+        let reading = ctx.clone();
+        let (rows, n) = ctx
+            .store
+            .run(move |s| {
+                let mine = |a: &Uuid| reading.cluster.serves_id(a);
+                match which {
+                    Requeued::OfTrigger(id) => s.prepare_requeue_failed(&id, now_us(), &mine),
+                    Requeued::Of {
+                        subscriber,
+                        registrations,
+                        window,
+                    } => s.prepare_requeue_failed_of(
+                        &subscriber,
+                        &registrations,
+                        window,
+                        now_us(),
+                        &mine,
+                    ),
+                }
+            })
+            .await?;
+        write_rows_replicated(&ctx, rows).await?;
+        self.requeued(n).await
+    }
+
     /// Finishes queueing `n` failed deliveries again (redeliver and bulk recovery alike):
     /// flushed first, so an answer never promises a retry a crash could lose; then counted
     /// as due and the delivery engine woken, so they go out now rather than at its next tick.

@@ -46,7 +46,7 @@ impl From<NotLeader> for ServiceError {
 }
 
 /// Finishes, in each group this node takes the lead of, what its earlier leader may have
-/// left unfinished (cascades, fan-outs, handoff batches), until the node stops. Taking
+/// left unfinished (cascades, fan-outs, handoff batches, deliveries), until the node stops. Taking
 /// the lead again in a later term counts too: the fan-outs stopped when it was lost.
 async fn resume_on_lead(ctx: Arc<NodeState>, replication: Arc<Replication>) {
     let mut led = BTreeSet::new();
@@ -75,7 +75,8 @@ async fn resume(
         replication.fence_writes(*group).await?;
     }
     ctx.resume_cascades().await?;
-    ctx.resume_replicated_fanouts().await
+    ctx.resume_replicated_fanouts().await?;
+    ctx.resume_led_deliveries().await
 }
 
 /// Proposes `command` until the group answers (through elections, and while it has no
@@ -117,6 +118,10 @@ impl ReplicatedRecords for GroupLogs {
 
     fn same_group(&self, a: ShardId, b: ShardId) -> bool {
         self.0.group_of(a) == self.0.group_of(b)
+    }
+
+    fn group_number(&self, shard: ShardId) -> u16 {
+        self.0.group_of(shard).0
     }
 }
 

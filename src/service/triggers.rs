@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::listing::Table;
+use super::recovery::Requeued;
 use super::served_by;
 use super::{id_shard, Op, Service};
-use crate::actors::{now_us, RegistrationMsg};
+use crate::actors::RegistrationMsg;
 use crate::cluster::rpc;
 use crate::domain::{access, msg, Caller, ServiceError};
 use crate::store::{Delivery, DeliveryCounts as Counts, Page, PageRequest, StoreError, Triggered};
@@ -102,7 +103,8 @@ async fn visible_trigger(
     Ok((t, done))
 }
 
-/// A trigger with its delivery counts (summed over the nodes that deliver it) and
+/// A trigger with its delivery counts (summed over the nodes that deliver it: replicated,
+/// the leaders of the subscribers' groups) and
 /// whether its fan-out finished.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TriggerStatus {
@@ -118,7 +120,7 @@ impl Op for TriggerStatus {
     async fn run(self, service: Service) -> Self::Answer {
         let (t, fanout_done) = visible_trigger(&service, &self.caller, self.id).await?;
         let mut counts = Counts::default();
-        for c in service.ask_everywhere(DeliveryCounts(t.id)).await? {
+        for c in service.ask_leaders(DeliveryCounts(t.id)).await? {
             counts.pending += c.pending;
             counts.succeeded += c.succeeded;
             counts.failed += c.failed;
@@ -159,7 +161,8 @@ served_by!(ListDeliveries, read, |op, shards| id_shard(
     op.id.as_ref()
 ));
 
-/// Re-queues a trigger's failed deliveries on every node; answers how many.
+/// Re-queues a trigger's failed deliveries on every node (replicated: by each group's
+/// leader); answers how many.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Redeliver {
     /// Who asks.
@@ -173,11 +176,7 @@ rpc!(Redeliver => Result<u64, ServiceError>, "service/redeliver");
 impl Op for Redeliver {
     async fn run(self, service: Service) -> Self::Answer {
         let (t, _) = visible_trigger(&service, &self.caller, self.id).await?;
-        Ok(service
-            .ask_everywhere(Requeue(t.id))
-            .await?
-            .into_iter()
-            .sum())
+        Ok(service.ask_leaders(Requeue(t.id)).await?.into_iter().sum())
     }
 }
 
@@ -194,11 +193,11 @@ rpc!(DeliveryCounts => Result<Counts, ServiceError>, "service/delivery_counts");
 
 impl Op for DeliveryCounts {
     async fn run(self, service: Service) -> Self::Answer {
-        let id = self.0;
+        let (id, ctx) = (self.0, service.ctx.clone());
         Ok(service
             .ctx
             .store
-            .run(move |s| s.delivery_counts(&id, &|_| true))
+            .run(move |s| s.delivery_counts(&id, &|a: &Uuid| ctx.delivers_to(a)))
             .await?)
     }
 }
@@ -211,12 +210,6 @@ rpc!(Requeue => Result<u64, ServiceError>, "service/requeue");
 
 impl Op for Requeue {
     async fn run(self, service: Service) -> Self::Answer {
-        let id = self.0;
-        let n = service
-            .ctx
-            .store
-            .run(move |s| s.requeue_failed(&id, now_us()))
-            .await?;
-        service.requeued(n).await
+        service.requeue(Requeued::OfTrigger(self.0)).await
     }
 }

@@ -56,6 +56,15 @@ pub enum RecordWrite {
     /// Fan-out rows of the group's triggers (cursors, handoff batches) written or removed
     /// as they are: a fan-out step, or batches handed over.
     FanoutRows(Vec<DeliveryRow>),
+    /// Deliveries handed over for some of the group's subscribers: their trigger (whose
+    /// body every voter keeps, so that whichever leads the group can deliver them) and
+    /// their rows (pending batch, records of skipped ones).
+    AcceptDeliveries {
+        /// The trigger.
+        triggered: Triggered,
+        /// The rows.
+        rows: Vec<DeliveryRow>,
+    },
     /// Delivery rows of the group's subscribers (records, pending batches, settled rows,
     /// due entries, `failed_count`s, `410 Gone` marks) written or removed as they are: an
     /// engine write its leader computed.
@@ -131,6 +140,11 @@ impl Store {
             }
             RecordWrite::FanoutRows(rows) => {
                 self.apply_fanout_rows(rows)?;
+                WriteOutcome::Done
+            }
+            RecordWrite::AcceptDeliveries { triggered, rows } => {
+                self.keep_remote_trigger(triggered)?;
+                self.apply_delivery_rows(rows)?;
                 WriteOutcome::Done
             }
             RecordWrite::DeliveryRows(rows) => {

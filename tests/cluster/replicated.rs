@@ -30,8 +30,9 @@ pub(super) async fn groups(node: &TestNode, admin: &Creds) -> Option<Vec<Value>>
 }
 
 /// Polls until every group reported by `node` has a leader among `alive`, each follower
-/// is caught up (lag 0) and, with `balanced`, each alive node leads its share of the
-/// shard groups (within one). Returns the groups.
+/// is caught up (it holds every entry the group's log had when the wait began: under
+/// load the newest entries are always on their way) and, with `balanced`, each alive node
+/// leads its share of the shard groups (within one). Returns the groups.
 pub(super) async fn wait_settled(
     node: &TestNode,
     admin: &Creds,
@@ -41,14 +42,24 @@ pub(super) async fn wait_settled(
 ) -> Vec<Value> {
     let deadline = Instant::now() + within;
     let mut last = Vec::new();
+    // Each group's log length when the wait began, once it has a leader.
+    let mut targets: HashMap<String, u64> = HashMap::new();
     while Instant::now() < deadline {
         if let Some(gs) = groups(node, admin).await {
+            for g in gs.iter().filter(|g| g["leader"].is_string()) {
+                let name = g["group"].as_str().unwrap_or_default().to_string();
+                let length = g["last_log_index"].as_u64().unwrap_or(0);
+                targets.entry(name).or_insert(length);
+            }
             let led = |g: &Value| {
+                let target = targets.get(g["group"].as_str().unwrap_or_default());
                 g["leader"].as_str().is_some_and(|l| alive.contains(&l))
                     && g["followers"].as_array().is_some_and(|f| {
                         f.iter()
                             .filter(|x| alive.contains(&x["node"].as_str().unwrap_or("")))
-                            .all(|x| x["lag"] == 0)
+                            .all(|x| {
+                                target.is_some_and(|t| x["matched_index"].as_u64() >= Some(*t))
+                            })
                     })
             };
             let mut leads: HashMap<String, usize> = HashMap::new();

@@ -60,6 +60,29 @@ pub struct DeliveryContext {
     pub fanout_steps: StepQueue,
     /// Replicated fan-outs running here.
     pub replicated_fanouts: RunningFanouts,
+    /// Held by a replicated accept from reading what exists to its commit.
+    pub accepting: AcceptLocks,
+}
+
+/// Locks keeping two accepts of the same handed-over batch apart, striped by trigger:
+/// accepts of other triggers run at once, so their proposals share the groups' commits.
+pub struct AcceptLocks([tokio::sync::Mutex<()>; ACCEPT_STRIPES]);
+
+/// Accept lock stripes: about as many as accepts in flight on a busy node.
+const ACCEPT_STRIPES: usize = 64;
+
+impl Default for AcceptLocks {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+}
+
+impl AcceptLocks {
+    /// Waits for the lock of `triggered`'s batches.
+    pub async fn lock(&self, triggered: &Uuid) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = triggered.as_u128() as usize % ACCEPT_STRIPES;
+        self.0[stripe].lock().await
+    }
 }
 
 impl DeliveryContext {

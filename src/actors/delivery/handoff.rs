@@ -10,6 +10,7 @@ use foldhash::{HashMap, HashMapExt};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use super::replicated::accept_replicated;
 use crate::actors::fanout::{accepted, judge, skipped};
 use crate::actors::remote::AcceptDeliveries;
 use crate::actors::{now_us, NodeState, Written};
@@ -21,8 +22,27 @@ const HANDOFF_RETRY: Duration = Duration::from_secs(1);
 /// Handoff batches sent to one peer at once at most.
 const HANDOFF_WINDOW: usize = 16;
 
-/// Persists a batch handed over by the node that owns the trigger.
-pub fn accept_remote_batch(
+/// Persists a batch handed over by the node that owns the trigger (through the
+/// subscribers' groups when replicated); answers how many deliveries were created.
+pub async fn accept_batch(
+    ctx: &Arc<NodeState>,
+    triggered: Triggered,
+    items: Vec<NewDelivery>,
+) -> Result<u64, ServiceError> {
+    if ctx.records.is_replicated() {
+        return accept_replicated(ctx, &triggered, items).await;
+    }
+    let accepting = ctx.clone();
+    let created = ctx
+        .store
+        .run(move |_| accept_remote_batch(&accepting, &triggered, &items))
+        .await?;
+    ctx.store.flush().await?;
+    Ok(created)
+}
+
+/// [`accept_batch`] on this node's storage (unreplicated).
+fn accept_remote_batch(
     ctx: &NodeState,
     triggered: &Triggered,
     items: &[NewDelivery],
@@ -39,10 +59,21 @@ pub fn accept_remote_batch(
     Ok(accepted(ctx, entries, skipped(&judged)))
 }
 
+/// What became of a queued batch in one round of [`run_handoff`].
+enum Sent {
+    /// Persisted by its node: the batch at this key of this trigger is to be removed.
+    Handed(Vec<u8>, Uuid),
+    /// Accepted here or queued for the nodes serving its subscribers now.
+    Redirected,
+    /// Still queued (the node is down, or the redirect failed).
+    Failed,
+}
+
 /// Hands queued fan-out batches to `peer` (`None`: this node, whose own subscribers a
 /// replicated fan-out hands over too), removing each only once that node persisted it.
-/// Up to `HANDOFF_WINDOW` batches are in flight at once: each waits for the peer's flush,
-/// so one at a time would fall behind many small fan-outs.
+/// Up to `HANDOFF_WINDOW` batches are in flight at once (redirects included): each waits
+/// for the peer's flush or a group's commit, so one at a time would fall behind many small
+/// fan-outs.
 ///
 /// Replicated, the batches are rows of their trigger's group: only its leader hands them
 /// over, and removes them through the group's log.
@@ -112,10 +143,16 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: Option<usize>) {
                 match mine {
                     Some(items) => items,
                     None => {
-                        match redirect(&ctx, key, trigger, owners).await {
-                            Ok(()) => progressed = true,
-                            Err(e) => tracing::warn!(error = %e, "redirecting a handoff failed"),
-                        }
+                        let ctx = ctx.clone();
+                        calls.spawn(async move {
+                            match redirect(&ctx, key, trigger, owners).await {
+                                Ok(()) => Sent::Redirected,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "redirecting a handoff failed");
+                                    Sent::Failed
+                                }
+                            }
+                        });
                         continue;
                     }
                 }
@@ -132,16 +169,32 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: Option<usize>) {
                     Some(peer) => matches!(ctx.cluster.call(peer, &command).await, Ok(Ok(_))),
                     None => false,
                 };
-                (key, command.triggered.id, handed)
+                match handed {
+                    true => Sent::Handed(key, command.triggered.id),
+                    false => Sent::Failed,
+                }
             });
         }
+        // The batches handed over, by their trigger's group: removed in one write each.
+        let mut handed: HashMap<u16, (Uuid, Vec<DeliveryRow>)> = HashMap::new();
         while let Some(call) = calls.join_next().await {
-            // Not handed (the peer is down): the batch waits; resending creates no duplicates.
-            if let Ok((key, triggered, true)) = call {
-                if let Err(e) = forget(&ctx, &triggered, vec![(key, None)]).await {
-                    tracing::warn!(error = %e, "removing a handed-over batch failed");
+            match call {
+                Ok(Sent::Handed(key, triggered)) => {
+                    let shard = ctx.cluster.map().shard_of_id(&triggered);
+                    let group = ctx.records.group_number(shard);
+                    let rows = &mut handed.entry(group).or_insert((triggered, Vec::new())).1;
+                    rows.push((key, None));
                 }
-                progressed = true;
+                Ok(Sent::Redirected) => progressed = true,
+                // Not handed (the peer is down): the batch waits; resending creates no
+                // duplicates.
+                Ok(Sent::Failed) | Err(_) => {}
+            }
+        }
+        for (_, (triggered, rows)) in handed {
+            match forget(&ctx, &triggered, rows).await {
+                Ok(()) => progressed = true,
+                Err(e) => tracing::warn!(error = %e, "removing handed-over batches failed"),
             }
         }
         if !progressed {
@@ -193,10 +246,7 @@ async fn redirect(
     mut owners: HashMap<Option<String>, Vec<NewDelivery>>,
 ) -> Result<(), ServiceError> {
     if let Some(local) = owners.remove(&None) {
-        let (accepting, trigger) = (ctx.clone(), trigger.clone());
-        ctx.store
-            .run(move |_| accept_remote_batch(&accepting, &trigger, &local))
-            .await?;
+        accept_batch(ctx, trigger.clone(), local).await?;
     }
     let to: Vec<(String, Vec<NewDelivery>)> = owners
         .into_iter()

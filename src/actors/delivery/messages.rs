@@ -14,6 +14,9 @@ pub enum DeliveryMsg {
     Wake,
     /// First attempts of deliveries just created.
     Accepted(Vec<DueEntry>),
+    /// First attempts of the pending batches of groups this node took the lead of (those
+    /// in flight here already are left out).
+    Resumed(Vec<DueEntry>),
     /// Periodic: poll, flush, check deadlines, run the retention sweep when due.
     Tick,
     /// Outcomes handed to the outcome writer are on disk (or failed to be written).

@@ -35,10 +35,12 @@ mod isolation;
 mod messages;
 mod outcomes;
 mod queue;
+mod replicated;
 mod supervisor;
 mod worker;
 
 pub use context::DeliveryContext;
-pub use handoff::{accept_remote_batch, run_handoff};
+pub use handoff::{accept_batch, run_handoff};
 pub use messages::DeliveryMsg;
+pub use replicated::write_rows_replicated;
 pub use supervisor::DeliverySupervisor;

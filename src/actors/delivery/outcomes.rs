@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::messages::DeliveryMsg;
 use super::queue::Uncommitted;
+use super::replicated::write_outcomes_replicated;
 use crate::actors::{now_us, NodeState};
 use crate::delivery::attempt::Signal;
 use crate::delivery::metrics::Counted;
@@ -148,6 +149,22 @@ pub(super) async fn write_outcomes(
             .iter()
             .filter(|o| o.due.attempts == 0 && o.due.due_key().is_none())
             .count();
+        if ctx.records.is_replicated() {
+            // Through the subscribers' groups: durable once committed, no flush of ours.
+            let again = write_outcomes_replicated(&ctx, taken).await;
+            let delivery = &ctx.delivery;
+            delivery
+                .unattempted
+                .fetch_sub(first as i64, std::sync::atomic::Ordering::Relaxed);
+            delivery.drained.notify_waiters();
+            drop(places);
+            let _ = supervisor.cast(DeliveryMsg::Flushed {
+                keys,
+                finished,
+                again,
+            });
+            continue;
+        }
         let written = ctx
             .store
             .run(move |store| {

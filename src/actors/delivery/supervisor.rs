@@ -15,6 +15,7 @@ use foldhash::{HashMap, HashMapExt, HashSet};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 use super::isolation::Isolation;
 use super::messages::{DeliveryMsg, WorkerMsg};
@@ -139,15 +140,17 @@ impl DeliverySupervisor {
         // changed meanwhile.
         let busy = state.busy.clone();
         let now = now_us();
+        let ctx = self.ctx.clone();
         let scanned = self
             .ctx
             .store
             .run(move |store| {
-                match store.due_entries(now, wanted, from.as_deref(), |k| busy.contains(k), &|_| {
-                    true
-                }) {
+                // Replicated, only the deliveries of the groups this node leads.
+                let mine = |a: &Uuid| ctx.delivers_to(a);
+                let busy = |k: &[u8]| busy.contains(k);
+                match store.due_entries(now, wanted, from.as_deref(), busy, &mine) {
                     Ok(due) if due.len() < wanted && from.is_some() => {
-                        store.due_entries(now, wanted, None, |k| busy.contains(k), &|_| true)
+                        store.due_entries(now, wanted, None, busy, &mine)
                     }
                     other => other,
                 }
@@ -292,12 +295,15 @@ impl Actor for DeliverySupervisor {
             workers.insert(id, worker);
         }
         // Deliveries whose first attempt was not recorded before the node stopped, queued
-        // as the first message: the fan-out backlog.
+        // as the first message: the fan-out backlog. Replicated, those of the groups this
+        // node will lead, once it leads them.
+        let replicated = self.ctx.records.is_replicated();
         let (due, first_attempts) = self
             .ctx
             .store
-            .run(|s| {
-                Ok::<_, StoreError>((s.due_count(&|_| true)?, s.resume_first_attempts(&|_| true)?))
+            .run(move |s| {
+                let mine = |_: &Uuid| !replicated;
+                Ok::<_, StoreError>((s.due_count(&mine)?, s.resume_first_attempts(&mine)?))
             })
             .await?;
         let (due, unattempted) = (due + first_attempts.len(), first_attempts.len());
@@ -334,6 +340,17 @@ impl Actor for DeliverySupervisor {
         match message {
             DeliveryMsg::Wake => self.dispatch(state, false).await,
             DeliveryMsg::Accepted(entries) => self.enqueue(state, Vec::new(), entries),
+            DeliveryMsg::Resumed(entries) => {
+                let fresh: Vec<DueEntry> = entries
+                    .into_iter()
+                    .filter(|e| !state.busy.contains(&e.record_key))
+                    .collect();
+                let n = fresh.len() as i64;
+                let delivery = &self.ctx.delivery;
+                delivery.metrics.due.fetch_add(n, Ordering::Relaxed);
+                delivery.unattempted.fetch_add(n, Ordering::Relaxed);
+                self.enqueue(state, Vec::new(), fresh);
+            }
             DeliveryMsg::Tick => {
                 let deadline = self.ctx.delivery.attempt_timeout + STUCK_GRACE;
                 let stuck: Vec<ActorId> = state

@@ -54,7 +54,8 @@ pub struct NodeOptions {
     pub shards: Option<u16>,
     /// Another member list (indexes into the spec's members).
     pub members: Option<Vec<usize>>,
-    /// More `[cluster]` keys (e.g. `replication_factor = 3`), one per line.
+    /// More `[cluster]` keys (e.g. `replication_factor = 3`; the tests' clusters are
+    /// unreplicated unless they say so), one per line.
     pub cluster_toml: Option<String>,
 }
 
@@ -101,6 +102,7 @@ shards = {shards}
 heartbeat_interval_ms = {HEARTBEAT_MS}
 down_after_ms = {DOWN_AFTER_MS}
 rpc_timeout_ms = {RPC_TIMEOUT_MS}
+replication_factor = 1
 {more}
 "#,
             http = self.http[i],
