@@ -143,7 +143,13 @@ impl Listed for Delivery {
 impl Service {
     /// This node's page of `table` for `req`.
     async fn local_rows(&self, table: Table, req: PageRequest) -> Result<Rows, ServiceError> {
-        Ok(self.ctx.store.run(move |s| rows(s, table, req)).await?)
+        let ctx = self.ctx.clone();
+        let mine = move |a: &Uuid| ctx.delivers_to(a);
+        Ok(self
+            .ctx
+            .store
+            .run(move |s| rows(s, table, req, &mine))
+            .await?)
     }
 
     /// The page `req` of `table` across the whole cluster (503 if a node is down).
@@ -159,9 +165,14 @@ impl Service {
         }
         let limit = req.start.saturating_add(req.limit);
         let asked = LocalRows { table, limit };
-        let answers = match self.replication() {
-            Some(replication) => self.ask_copies(replication, asked).await?,
-            None => self.ask_everywhere(asked).await?,
+        let answers = match (self.replication(), table) {
+            // A delivery changes at each attempt: its group's leader, which makes them,
+            // lists it, not a follower's copy that may trail it.
+            (Some(replication), Table::Deliveries(_)) => {
+                self.ask_up_leaders(replication, asked).await?
+            }
+            (Some(replication), _) => self.ask_copies(replication, asked).await?,
+            (None, _) => self.ask_everywhere(asked).await?,
         };
         let mut all = Vec::new();
         for rows in answers {
@@ -204,8 +215,14 @@ impl Service {
     }
 }
 
-/// The first rows of `table` on this node.
-fn rows(store: &Store, table: Table, req: PageRequest) -> Result<Rows, StoreError> {
+/// The first rows of `table` on this node (deliveries: those to the subscribers `mine`
+/// accepts).
+fn rows(
+    store: &Store,
+    table: Table,
+    req: PageRequest,
+    mine: &dyn Fn(&Uuid) -> bool,
+) -> Result<Rows, StoreError> {
     Ok(match table {
         Table::Accounts => Rows::Accounts(store.list_accounts(req)?.items),
         Table::Registrations => Rows::Registrations(store.list_registrations(req)?.items),
@@ -215,7 +232,7 @@ fn rows(store: &Store, table: Table, req: PageRequest) -> Result<Rows, StoreErro
         }
         Table::Triggered => Rows::Triggered(store.list_triggered(req)?.items),
         Table::Deliveries(triggered) => {
-            Rows::Deliveries(store.list_deliveries(&triggered, req, &|_| true)?.items)
+            Rows::Deliveries(store.list_deliveries(&triggered, req, mine)?.items)
         }
     })
 }

@@ -7,7 +7,10 @@
 //!   fan-out from the replicated cursor and handoff batches;
 //! - while its own subscribers' deliveries are accepted and their attempts in flight (held
 //!   by the endpoint): the next leaders of those groups make them again from the
-//!   replicated pending batches.
+//!   replicated pending batches;
+//! - while its own subscribers' deliveries wait for their retry (their first attempts
+//!   failed, and the failures are recorded): the next leaders of those groups make the
+//!   retries when due, from the replicated due queue, after the recorded attempts.
 //!
 //! Either way every subscription is delivered without the victim; a delivery made twice
 //! (the same `webhook-id`) is counted and printed.
@@ -46,9 +49,50 @@ async fn group_leaders(node: &TestNode, admin: &Creds) -> HashMap<usize, String>
         .collect()
 }
 
+/// [`replicated`] with retries four seconds apart: long enough to kill a node between an
+/// attempt and its retry.
+fn slow_retries() -> NodeOptions {
+    let mut opts = replicated();
+    let cluster = opts.cluster_toml.take().unwrap_or_default();
+    opts.cluster_toml = Some(format!(
+        "{cluster}\n[delivery]\nretry_delays_secs = [4.0, 4.0, 4.0, 4.0, 4.0]"
+    ));
+    opts
+}
+
+/// Every delivery row of a trigger through `node`, or `None` when a page answered 503 (a
+/// group holding an election: under this load on two cores one may, killed node or not).
+async fn listed(node: &TestNode, who: &Account, triggered: &str) -> Option<Vec<Value>> {
+    let path = format!("/v1/webhook/triggered/{triggered}/deliveries");
+    let (mut rows, mut start) = (Vec::new(), 0);
+    loop {
+        let r = node
+            .get(&format!("{path}?start={start}&limit=100"))
+            .auth(who)
+            .send_unchecked()
+            .await;
+        match r.status {
+            204 => return Some(rows),
+            200 => {
+                rows.extend(r.items("deliveries"));
+                match r.json().get("next_start").and_then(Value::as_u64) {
+                    Some(next) => start = next,
+                    None => return Some(rows),
+                }
+            }
+            503 => return None,
+            _ => panic!("listing {path}: {r}"),
+        }
+    }
+}
+
 impl Takeover {
     async fn start() -> Self {
-        let (spec, nodes) = ClusterSpec::launch_fresh(3, |_| replicated()).await;
+        Self::start_with(replicated()).await
+    }
+
+    async fn start_with(opts: NodeOptions) -> Self {
+        let (spec, nodes) = ClusterSpec::launch_fresh(3, |_| opts.clone()).await;
         let ids: Vec<&str> = spec.ids.iter().map(String::as_str).collect();
         let admin = admin_creds(&nodes).await;
         wait_settled(&nodes[0], &admin, &ids, true, Duration::from_secs(30)).await;
@@ -143,6 +187,15 @@ impl Takeover {
         (distinct.len(), posts)
     }
 
+    /// The ids of the subscribers whose group the victim leads.
+    fn victims_subscribers(&self) -> HashSet<String> {
+        self.subscribers
+            .iter()
+            .filter(|s| s.2)
+            .map(|s| s.0.id.clone())
+            .collect()
+    }
+
     /// Polls until every subscription is delivered; prints the duplicates.
     async fn wait_all_delivered(&self, killed: Instant, what: &str) {
         let total = SUBSCRIBERS * SUBSCRIPTIONS_EACH;
@@ -220,4 +273,92 @@ async fn deliveries_in_flight_on_a_killed_leader_are_made_by_the_next_leaders() 
     }
     t.wait_all_delivered(killed, "with attempts in flight")
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_due_on_a_killed_leader_are_made_by_the_next_leaders() {
+    let _serial = SERIAL.lock().await;
+    let mut t = Takeover::start_with(slow_retries()).await;
+    let victim = t.victim;
+    let survivor = (victim + 1) % 3;
+    let failing: Vec<String> = t
+        .subscribers
+        .iter()
+        .filter(|s| s.2)
+        .map(|s| s.1.clone())
+        .collect();
+    for path in &failing {
+        t.ep.set_post_status(path, 500);
+    }
+    let victims = t.victims_subscribers();
+    let triggered = id_of(&t.nodes[victim].trigger(&t.owner, &t.registration).await);
+    let is_victims = |row: &&Value| victims.contains(row["account_id"].as_str().unwrap_or(""));
+    let owner = t.owner.clone();
+    // Each of the victim's subscribers has a failed attempt recorded (a row is listed once
+    // its group applied it): its retry, and those of the deliveries deferred behind it
+    // (their endpoint is failing), wait in the group's due queue.
+    let last = Mutex::new(String::from("no complete listing"));
+    let seen = eventually_quiet(Duration::from_secs(30), || async {
+        let rows = listed(&t.nodes[survivor], &owner, &triggered).await?;
+        let failed: HashSet<&str> = rows
+            .iter()
+            .filter(is_victims)
+            .filter(|r| {
+                r["state"] == "pending"
+                    && r["attempts"]
+                        .as_array()
+                        .is_some_and(|a| a.first().is_some_and(|a| a["status_code"] == 500))
+            })
+            .filter_map(|r| r["account_id"].as_str())
+            .collect();
+        *last.lock().unwrap() = format!("{} of them", failed.len());
+        (failed.len() == victims.len()).then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "not every subscriber of the victim has a failed attempt recorded within 30 s: {}",
+        last.lock().unwrap()
+    );
+    t.nodes[victim].kill().await;
+    let killed = Instant::now();
+    for path in &failing {
+        t.ep.set_post_status(path, 200);
+    }
+    t.wait_all_delivered(killed, "with retries due").await;
+    // The new leaders made the due attempts, after the recorded failures.
+    let rows = eventually("the trigger's deliveries", Duration::from_secs(20), || {
+        listed(&t.nodes[survivor], &owner, &triggered)
+    })
+    .await;
+    let theirs: Vec<&Value> = rows.iter().filter(is_victims).collect();
+    // A delivery attempted by both leaders around the kill may be listed twice, once
+    // succeeded and once still due (to be sent again: at least once).
+    let mut by_subscription: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for row in theirs {
+        let id = row["subscription_id"].as_str().unwrap_or_default();
+        by_subscription.entry(id).or_default().push(row);
+    }
+    assert_eq!(by_subscription.len(), victims.len() * SUBSCRIPTIONS_EACH);
+    let (mut retried, mut twice) = (0, 0);
+    for rows in by_subscription.values() {
+        let succeeded = rows.iter().find(|r| {
+            r["state"] == "succeeded"
+                && r["attempts"]
+                    .as_array()
+                    .and_then(|a| a.last())
+                    .is_some_and(|a| a["status_code"] == 200)
+        });
+        let row = succeeded.unwrap_or_else(|| panic!("a delivery not succeeded: {rows:?}"));
+        retried += usize::from(row["attempts"][0]["status_code"] == 500);
+        twice += usize::from(rows.len() > 1);
+    }
+    println!("{twice} deliveries of the victim's subscribers listed twice (one still due)");
+    println!(
+        "{retried} deliveries retried by the new leaders after a failure recorded before the kill"
+    );
+    assert!(
+        retried > 0,
+        "no failed attempt was recorded before the kill"
+    );
 }
