@@ -8,6 +8,7 @@
 //! on each peer. Handlers never see sled, actors or the wire.
 
 mod accounts;
+mod group_writes;
 mod listing;
 mod recovery;
 mod registrations;

@@ -14,8 +14,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::group_writes::{GroupLogs, GroupWrites};
 use super::{username_shard, Effect, Op, Service, ShardOp};
-use crate::actors::{noting_log_commits, NodeState, Replicated, ReplicatedRecords};
+use crate::actors::{noting_log_commits, NodeState};
 use crate::cluster::{Peer, ShardId};
 use crate::crypto;
 use crate::domain::{NewAccount, ServiceError, ADMIN_USERNAME};
@@ -95,36 +96,6 @@ async fn propose_until_answered(
     }
 }
 
-/// The actors' record writes, through the groups' logs.
-struct GroupLogs(Arc<Replication>);
-
-impl ReplicatedRecords for GroupLogs {
-    fn write(&self, shard: ShardId, writes: Vec<RecordWrite>) -> Replicated<'_> {
-        Box::pin(async move {
-            let expected = writes.len();
-            let group = self.0.group_of(shard);
-            match self
-                .0
-                .write_as_leader(group, Command::Records(writes))
-                .await?
-            {
-                Applied::Records(outcomes) if outcomes.len() == expected => Ok(outcomes),
-                other => Err(ServiceError::Internal(format!(
-                    "group {group} answered {other:?} to record writes"
-                ))),
-            }
-        })
-    }
-
-    fn same_group(&self, a: ShardId, b: ShardId) -> bool {
-        self.0.group_of(a) == self.0.group_of(b)
-    }
-
-    fn group_number(&self, shard: ShardId) -> u16 {
-        self.0.group_of(shard).0
-    }
-}
-
 impl From<ReplicationError> for ServiceError {
     fn from(e: ReplicationError) -> Self {
         match e {
@@ -144,7 +115,7 @@ impl Service {
         self.ctx.cluster.set_shard_owners(replication.clone());
         self.ctx
             .records
-            .replicate_through(Arc::new(GroupLogs(replication.clone())));
+            .replicate_through(Arc::new(GroupWrites(GroupLogs::new(replication.clone()))));
         let _ = self.replication.set(replication.clone());
         tokio::spawn(resume_on_lead(self.ctx.clone(), replication));
     }
