@@ -187,6 +187,15 @@ impl Takeover {
         (distinct.len(), posts)
     }
 
+    /// The endpoint paths of the subscribers whose group the victim leads.
+    fn victims_paths(&self) -> Vec<String> {
+        self.subscribers
+            .iter()
+            .filter(|s| s.2)
+            .map(|s| s.1.clone())
+            .collect()
+    }
+
     /// The ids of the subscribers whose group the victim leads.
     fn victims_subscribers(&self) -> HashSet<String> {
         self.subscribers
@@ -244,12 +253,7 @@ async fn deliveries_in_flight_on_a_killed_leader_are_made_by_the_next_leaders() 
     let mut t = Takeover::start().await;
     let victim = t.victim;
     // The victim's own subscribers hold its attempts: none can be recorded before it dies.
-    let held: Vec<String> = t
-        .subscribers
-        .iter()
-        .filter(|s| s.2)
-        .map(|s| s.1.clone())
-        .collect();
+    let held = t.victims_paths();
     for path in &held {
         t.ep.hold_posts(path, Duration::from_secs(5));
     }
@@ -281,12 +285,7 @@ async fn retries_due_on_a_killed_leader_are_made_by_the_next_leaders() {
     let mut t = Takeover::start_with(slow_retries()).await;
     let victim = t.victim;
     let survivor = (victim + 1) % 3;
-    let failing: Vec<String> = t
-        .subscribers
-        .iter()
-        .filter(|s| s.2)
-        .map(|s| s.1.clone())
-        .collect();
+    let failing = t.victims_paths();
     for path in &failing {
         t.ep.set_post_status(path, 500);
     }
