@@ -79,6 +79,7 @@ impl Store {
                 rows.push((key, Some(now_us.to_be_bytes().to_vec())));
                 gone.push(o.due.account_id);
             }
+            let mut recorded = false;
             let mut d = match &o.due.scheduled {
                 Scheduled::Queue(due_key) => {
                     rows.push((due_key.clone(), None));
@@ -94,16 +95,30 @@ impl Store {
                         }
                     }
                 }
-                // Its record does not exist before this outcome (nothing else writes the
-                // record of a delivery in a pending batch), so it is not read.
+                // Replicated, the leaders before and after a lead change may both make a
+                // first attempt: the later outcome joins the record the earlier one wrote
+                // (and takes its due entry), rather than settling the delivery beside it.
                 Scheduled::Batch {
                     key,
                     registration_id,
                     ..
-                } => {
-                    *closing.entry(key.clone()).or_default() += 1;
-                    o.due.first_record(*registration_id)
-                }
+                } => match deliveries.get(&o.due.record_key)? {
+                    None => {
+                        *closing.entry(key.clone()).or_default() += 1;
+                        o.due.first_record(*registration_id)
+                    }
+                    Some(bytes) => {
+                        let Ok(d) = decode_delivery(&bytes) else {
+                            tracing::error!("a delivery record is unreadable; ignoring an outcome");
+                            continue;
+                        };
+                        if let (Some(next), DeliveryState::Pending) = (d.next_attempt_us, d.state) {
+                            rows.push((due_key(next, &o.due.record_key[1..]), None));
+                        }
+                        recorded = true;
+                        d
+                    }
+                },
             };
             if d.state != DeliveryState::Pending {
                 continue;
@@ -120,7 +135,9 @@ impl Store {
             }
             let account_id = d.account_id;
             match &o.due.scheduled {
-                Scheduled::Batch { key, .. } if d.state == DeliveryState::Succeeded => {
+                Scheduled::Batch { key, .. }
+                    if d.state == DeliveryState::Succeeded && !recorded =>
+                {
                     settled.entry(key).or_default().push(d);
                 }
                 _ => {
@@ -169,8 +186,40 @@ mod tests {
     use super::super::fixtures::{all_rows, attempt, item, page};
     use super::super::types::{DueEntry, Outcome};
     use super::*;
-    use crate::store::keys::{BATCH, RECORD, SETTLED};
+    use crate::store::keys::{BATCH, DUE, RECORD, SETTLED};
     use crate::store::tests::temp_store;
+
+    #[test]
+    fn a_second_first_attempt_joins_the_record_of_the_first() {
+        let (_d, s) = temp_store();
+        let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
+        let entries = s
+            .accept_handed_over(&t, &r, &[(item(1), false)], 10)
+            .unwrap();
+        let outcome = |status: u16| Outcome {
+            due: entries[0].clone(),
+            attempt: Some(attempt(status)),
+            state: if status == 200 {
+                DeliveryState::Succeeded
+            } else {
+                DeliveryState::Pending
+            },
+            next_due_us: (status != 200).then_some(100),
+            failed_count: FailedCountChange::Keep,
+            gone: false,
+        };
+        // Two leaders each made the first attempt: one failed, then one succeeded.
+        s.record_outcomes(&[outcome(500)], 20).unwrap();
+        s.record_outcomes(&[outcome(200)], 30).unwrap();
+        let rows = |prefix: u8| s.t().deliveries.scan_prefix([prefix]).count();
+        assert_eq!(rows(RECORD), 1);
+        assert_eq!(rows(SETTLED), 0, "not settled beside its record");
+        assert_eq!(rows(DUE), 0, "the retry of the failed attempt is gone");
+        let listed = page(&s, &t, 0, 10);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state, DeliveryState::Succeeded);
+        assert_eq!(listed[0].attempts.len(), 2);
+    }
 
     #[test]
     fn first_outcomes_settle_together_or_create_records_and_complete_their_batch() {
