@@ -189,15 +189,11 @@ mod tests {
     use crate::store::keys::{BATCH, DUE, RECORD, SETTLED};
     use crate::store::tests::temp_store;
 
-    #[test]
-    fn a_second_first_attempt_joins_the_record_of_the_first() {
-        let (_d, s) = temp_store();
-        let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
-        let entries = s
-            .accept_handed_over(&t, &r, &[(item(1), false)], 10)
-            .unwrap();
-        let outcome = |status: u16| Outcome {
-            due: entries[0].clone(),
+    /// The outcome of `due`'s attempt answered `status`: a 200 succeeds, anything else is
+    /// retried at 100.
+    fn first_outcome(due: &DueEntry, status: u16, failed_count: FailedCountChange) -> Outcome {
+        Outcome {
+            due: due.clone(),
             attempt: Some(attempt(status)),
             state: if status == 200 {
                 DeliveryState::Succeeded
@@ -205,9 +201,19 @@ mod tests {
                 DeliveryState::Pending
             },
             next_due_us: (status != 200).then_some(100),
-            failed_count: FailedCountChange::Keep,
+            failed_count,
             gone: false,
-        };
+        }
+    }
+
+    #[test]
+    fn a_second_first_attempt_joins_the_record_of_the_first() {
+        let (_d, s) = temp_store();
+        let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
+        let entries = s
+            .accept_handed_over(&t, &r, &[(item(1), false)], 10)
+            .unwrap();
+        let outcome = |status: u16| first_outcome(&entries[0], status, FailedCountChange::Keep);
         // Two leaders each made the first attempt: one failed, then one succeeded.
         s.record_outcomes(&[outcome(500)], 20).unwrap();
         s.record_outcomes(&[outcome(200)], 30).unwrap();
@@ -227,18 +233,8 @@ mod tests {
         let (t, r) = (Uuid::new_v4(), Uuid::new_v4());
         let items = vec![(item(1), false), (item(2), false), (item(3), false)];
         let entries = s.accept_handed_over(&t, &r, &items, 10).unwrap();
-        let outcome = |due: &DueEntry, status: u16| Outcome {
-            due: due.clone(),
-            attempt: Some(attempt(status)),
-            state: if status == 200 {
-                DeliveryState::Succeeded
-            } else {
-                DeliveryState::Pending
-            },
-            next_due_us: (status != 200).then_some(100),
-            failed_count: FailedCountChange::Reset,
-            gone: false,
-        };
+        let outcome =
+            |due: &DueEntry, status: u16| first_outcome(due, status, FailedCountChange::Reset);
         let rows = |prefix: u8| s.t().deliveries.scan_prefix([prefix]).count();
         s.record_outcomes(&[outcome(&entries[0], 200), outcome(&entries[1], 500)], 20)
             .unwrap();
