@@ -99,8 +99,10 @@ pub async fn run_replicated_fanout(ctx: Arc<NodeState>, registration: Uuid, trig
                     return;
                 }
             }
-            // The group's new leader resumes it.
-            Err(ServiceError::NotServedHere { .. }) => return,
+            // Refused: the lead moved (the loop's check then ends this run, and the
+            // group's new leader resumes it), or this node's view of it did not follow
+            // yet; a run that stopped while this node still leads would never resume.
+            Err(ServiceError::NotServedHere { .. }) => tokio::time::sleep(STEP_RETRY).await,
             Err(e) => {
                 tracing::warn!(%triggered, error = %e, "a fan-out step was not written; retrying");
                 tokio::time::sleep(STEP_RETRY).await;
