@@ -128,7 +128,7 @@ impl Service {
         let (rows, n) = ctx
             .store
             .run(move |s| {
-                let mine = |a: &Uuid| reading.cluster.serves_id(a);
+                let mine = |a: &Uuid| reading.delivers_to(a);
                 match which {
                     Requeued::OfTrigger(id) => s.prepare_requeue_failed(&id, now_us(), &mine),
                     Requeued::Of {

@@ -47,8 +47,9 @@ impl From<NotLeader> for ServiceError {
 }
 
 /// Finishes, in each group this node takes the lead of, what its earlier leader may have
-/// left unfinished (cascades, fan-outs, handoff batches, deliveries), until the node stops. Taking
-/// the lead again in a later term counts too: the fan-outs stopped when it was lost.
+/// left unfinished (cascades, fan-outs, handoff batches, deliveries), until the node
+/// stops. Taking the lead again in a later term counts too: the fan-outs stopped when it
+/// was lost.
 async fn resume_on_lead(ctx: Arc<NodeState>, replication: Arc<Replication>) {
     let mut led = BTreeSet::new();
     loop {

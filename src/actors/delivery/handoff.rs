@@ -10,7 +10,7 @@ use foldhash::{HashMap, HashMapExt};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use super::replicated::accept_replicated;
+use super::replicated::{accept_replicated, by_group};
 use crate::actors::fanout::{accepted, judge, skipped};
 use crate::actors::remote::AcceptDeliveries;
 use crate::actors::{now_us, NodeState, Written};
@@ -175,23 +175,22 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: Option<usize>) {
                 }
             });
         }
-        // The batches handed over, by their trigger's group: removed in one write each.
-        let mut handed: HashMap<u16, (Uuid, Vec<DeliveryRow>)> = HashMap::new();
+        let mut handed: Vec<(Vec<u8>, Uuid)> = Vec::new();
         while let Some(call) = calls.join_next().await {
             match call {
-                Ok(Sent::Handed(key, triggered)) => {
-                    let shard = ctx.cluster.map().shard_of_id(&triggered);
-                    let group = ctx.records.group_number(shard);
-                    let rows = &mut handed.entry(group).or_insert((triggered, Vec::new())).1;
-                    rows.push((key, None));
-                }
+                Ok(Sent::Handed(key, triggered)) => handed.push((key, triggered)),
                 Ok(Sent::Redirected) => progressed = true,
                 // Not handed (the peer is down): the batch waits; resending creates no
                 // duplicates.
                 Ok(Sent::Failed) | Err(_) => {}
             }
         }
-        for (_, (triggered, rows)) in handed {
+        // The batches handed over, by their trigger's group: removed in one write each.
+        for (_, (_, batches)) in by_group(&ctx, handed, |(_, triggered)| *triggered) {
+            let Some(&(_, triggered)) = batches.first() else {
+                continue;
+            };
+            let rows = batches.into_iter().map(|(key, _)| (key, None)).collect();
             match forget(&ctx, &triggered, rows).await {
                 Ok(()) => progressed = true,
                 Err(e) => tracing::warn!(error = %e, "removing handed-over batches failed"),

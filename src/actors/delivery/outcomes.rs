@@ -149,59 +149,13 @@ pub(super) async fn write_outcomes(
             .iter()
             .filter(|o| o.due.attempts == 0 && o.due.due_key().is_none())
             .count();
-        if ctx.records.is_replicated() {
+        let (finished, again) = if ctx.records.is_replicated() {
             // Through the subscribers' groups: durable once committed, no flush of ours.
             let again = write_outcomes_replicated(&ctx, taken).await;
-            let delivery = &ctx.delivery;
-            delivery
-                .unattempted
-                .fetch_sub(first as i64, std::sync::atomic::Ordering::Relaxed);
-            delivery.drained.notify_waiters();
-            drop(places);
-            let _ = supervisor.cast(DeliveryMsg::Flushed {
-                keys,
-                finished,
-                again,
-            });
-            continue;
-        }
-        let written = ctx
-            .store
-            .run(move |store| {
-                let result = store.record_outcomes(&taken, now_us());
-                Ok::<_, StoreError>((result, taken))
-            })
-            .await;
-        let mut again = Vec::new();
-        let finished = match written {
-            Ok((Ok(()), _)) => {
-                let delivery = &ctx.delivery;
-                delivery
-                    .unattempted
-                    .fetch_sub(first as i64, std::sync::atomic::Ordering::Relaxed);
-                delivery.drained.notify_waiters();
-                if let Err(e) = ctx.store.flush().await {
-                    tracing::error!(error = %e, "flushing delivery outcomes failed");
-                }
-                finished
-            }
-            // Nothing was written: retries stay due, first attempts are made again
-            // (at-least-once, never lost).
-            Ok((Err(e), taken)) => {
-                tracing::error!(error = %e, "recording delivery outcomes failed");
-                again = taken
-                    .into_iter()
-                    .filter(|o| o.due.due_key().is_none())
-                    .map(|o| o.due)
-                    .collect();
-                0
-            }
-            // The outcomes are lost with the panic; their pending batches resume the first
-            // attempts at the next start.
-            Err(e) => {
-                tracing::error!(error = %e, "recording delivery outcomes crashed");
-                0
-            }
+            first_attempts_recorded(&ctx, first);
+            (finished, again)
+        } else {
+            write_here(&ctx, taken, first, finished).await
         };
         // Committed (or not written): room for as many new attempts.
         drop(places);
@@ -211,5 +165,57 @@ pub(super) async fn write_outcomes(
             finished,
             again,
         });
+    }
+}
+
+/// Notes that `first` first attempts left the fan-out backlog (their outcomes are written).
+fn first_attempts_recorded(ctx: &NodeState, first: usize) {
+    let delivery = &ctx.delivery;
+    delivery
+        .unattempted
+        .fetch_sub(first as i64, std::sync::atomic::Ordering::Relaxed);
+    delivery.drained.notify_waiters();
+}
+
+/// Writes a batch of outcomes to this node's storage and flushes it (unreplicated);
+/// answers how many deliveries finished, and the first attempts to make again.
+async fn write_here(
+    ctx: &NodeState,
+    taken: Vec<Outcome>,
+    first: usize,
+    finished: usize,
+) -> (usize, Vec<DueEntry>) {
+    let written = ctx
+        .store
+        .run(move |store| {
+            let result = store.record_outcomes(&taken, now_us());
+            Ok::<_, StoreError>((result, taken))
+        })
+        .await;
+    match written {
+        Ok((Ok(()), _)) => {
+            first_attempts_recorded(ctx, first);
+            if let Err(e) = ctx.store.flush().await {
+                tracing::error!(error = %e, "flushing delivery outcomes failed");
+            }
+            (finished, Vec::new())
+        }
+        // Nothing was written: retries stay due, first attempts are made again
+        // (at-least-once, never lost).
+        Ok((Err(e), taken)) => {
+            tracing::error!(error = %e, "recording delivery outcomes failed");
+            let again = taken
+                .into_iter()
+                .filter(|o| o.due.due_key().is_none())
+                .map(|o| o.due)
+                .collect();
+            (0, again)
+        }
+        // The outcomes are lost with the panic; their pending batches resume the first
+        // attempts at the next start.
+        Err(e) => {
+            tracing::error!(error = %e, "recording delivery outcomes crashed");
+            (0, Vec::new())
+        }
     }
 }

@@ -28,15 +28,16 @@ use crate::store::{
     delivery_row_subscriber, DeliveryRow, DueEntry, NewDelivery, Outcome, RecordWrite, Triggered,
 };
 
-/// `items` by their subscriber's group, each with a shard of that group to write through.
-fn by_group<T>(
+/// `items` by the group of the id `id_of` gives each (its subscriber's, or its trigger's),
+/// each group with a shard of it to write through.
+pub(super) fn by_group<T>(
     ctx: &NodeState,
     items: Vec<T>,
-    subscriber: impl Fn(&T) -> Uuid,
+    id_of: impl Fn(&T) -> Uuid,
 ) -> BTreeMap<u16, (ShardId, Vec<T>)> {
     let mut groups: BTreeMap<u16, (ShardId, Vec<T>)> = BTreeMap::new();
     for item in items {
-        let shard = ctx.cluster.map().shard_of_id(&subscriber(&item));
+        let shard = ctx.cluster.map().shard_of_id(&id_of(&item));
         let group = ctx.records.group_number(shard);
         groups
             .entry(group)
@@ -93,19 +94,16 @@ pub async fn write_outcomes_replicated(ctx: &Arc<NodeState>, taken: Vec<Outcome>
     let mut writes = JoinSet::new();
     for (_, (shard, outcomes)) in by_group(ctx, taken, |o| o.due.account_id) {
         let ctx = ctx.clone();
-        writes.spawn(async move {
-            let written = write_group_outcomes(&ctx, shard, outcomes.clone()).await;
-            (written, outcomes)
-        });
+        writes.spawn(async move { write_group_outcomes(&ctx, shard, outcomes).await });
     }
     let mut again = Vec::new();
     while let Some(write) = writes.join_next().await {
         match write {
-            Ok((Ok(()), _)) => {}
+            Ok(Ok(())) => {}
             // The lead moved: the group's new leader resumes them (this node's view of
             // who leads may lag, so it is not asked).
-            Ok((Err(ServiceError::NotServedHere { .. }), _)) => {}
-            Ok((Err(e), outcomes)) => {
+            Ok(Err((ServiceError::NotServedHere { .. }, _))) => {}
+            Ok(Err((e, outcomes))) => {
                 tracing::warn!(error = %e, "recording delivery outcomes through their group failed");
                 again.extend(
                     outcomes
@@ -123,26 +121,37 @@ pub async fn write_outcomes_replicated(ctx: &Arc<NodeState>, taken: Vec<Outcome>
 }
 
 /// One group's outcomes: computed from this node's applied state, proposed, then noted.
+/// A failed write answers the outcomes back, to be made again.
 async fn write_group_outcomes(
     ctx: &NodeState,
     shard: ShardId,
     outcomes: Vec<Outcome>,
-) -> Result<(), ServiceError> {
-    let prepared = ctx
+) -> Result<(), (ServiceError, Vec<Outcome>)> {
+    let (prepared, outcomes) = ctx
         .store
-        .run(move |s| s.prepare_outcomes(&outcomes, now_us()))
-        .await?;
+        .run(move |s| {
+            let prepared = s.prepare_outcomes(&outcomes, now_us());
+            Ok::<_, crate::store::StoreError>((prepared, outcomes))
+        })
+        .await
+        .map_err(|e| (e.into(), Vec::new()))?;
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => return Err((e.into(), outcomes)),
+    };
     if !prepared.is_empty() {
         let write = RecordWrite::DeliveryRows(prepared.rows().to_vec());
-        ctx.records.write_committed(shard, write).await?;
+        if let Err(e) = ctx.records.write_committed(shard, write).await {
+            return Err((e, outcomes));
+        }
     }
     ctx.store
         .run(move |s| {
             s.outcomes_written(prepared);
             Ok::<_, crate::store::StoreError>(())
         })
-        .await?;
-    Ok(())
+        .await
+        .map_err(|e| (e.into(), Vec::new()))
 }
 
 /// Writes delivery rows (requeued deliveries) through their subscribers' groups.
