@@ -4,9 +4,11 @@
 //! store's group commit: one flush covers every group that wrote meanwhile. sled is
 //! called on the storage threads, never on the runtime that drives Raft's timers.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogId, RaftLogReader, StorageIOError, Vote};
@@ -15,14 +17,19 @@ use super::types::{Entry, GroupId, LogId, StorageError, TypeConfig};
 use crate::store::{Store, StoreError};
 
 const VOTE: &[u8] = b"vote";
-const COMMITTED: &[u8] = b"committed";
 const PURGED: &[u8] = b"purged";
+/// Entries [`LogStore`] keeps in memory after appending them.
+const RECENT_ENTRIES: usize = 64;
 
 /// The log of one group.
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
     group: GroupId,
+    /// The entries appended last, by index (shared by the clones that read the log). Most
+    /// reads come right after the append — applying an entry, sending it to followers —
+    /// and are answered from here, without a storage call or a decode.
+    recent: Arc<Mutex<BTreeMap<u64, Entry>>>,
 }
 
 /// Runs `f` with the store on the storage threads.
@@ -48,7 +55,27 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
 impl LogStore {
     /// The log of `group` in `store`.
     pub fn new(store: Store, group: GroupId) -> Self {
-        Self { store, group }
+        Self {
+            store,
+            group,
+            recent: Arc::default(),
+        }
+    }
+
+    fn recent(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
+        // A copy of stored entries: a panic cannot leave it disagreeing with them.
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The entries `from..to` when every one of them is recent.
+    fn recent_range(&self, from: u64, to: u64) -> Option<Vec<Entry>> {
+        let recent = self.recent();
+        let first = *recent.keys().next()?;
+        let last = *recent.keys().next_back()?;
+        if from < first || to > last.saturating_add(1) || from >= to {
+            return None;
+        }
+        Some(recent.range(from..to).map(|(_, e)| e.clone()).collect())
     }
 
     async fn read_state<T>(&self, name: &'static [u8]) -> Result<Option<T>, StoreError>
@@ -99,6 +126,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => *i,
             Bound::Unbounded => u64::MAX,
         };
+        if let Some(entries) = self.recent_range(from, to) {
+            return Ok(entries);
+        }
         let group = self.group.0;
         blocking(&self.store, move |s| {
             s.raft_entries(group, from, to)?
@@ -149,20 +179,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_state(COMMITTED, &committed)
-            .await
-            .map_err(log_err)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self
-            .read_state::<Option<LogId>>(COMMITTED)
-            .await
-            .map_err(read_err)?
-            .flatten())
-    }
-
     async fn append<I>(
         &mut self,
         entries: I,
@@ -172,15 +188,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let rows = entries
-            .into_iter()
-            .map(|e| Ok((e.get_log_id().index, encode(&e)?)))
+            .iter()
+            .map(|e| Ok((e.get_log_id().index, encode(e)?)))
             .collect::<Result<Vec<_>, StoreError>>()
             .map_err(log_err)?;
         let group = self.group.0;
         blocking(&self.store, move |s| s.raft_append(group, &rows))
             .await
             .map_err(log_err)?;
+        {
+            let mut recent = self.recent();
+            for entry in entries {
+                recent.insert(entry.get_log_id().index, entry);
+            }
+            while recent.len() > RECENT_ENTRIES {
+                recent.pop_first();
+            }
+        }
         // Durable later, for every group at once: Raft goes on meanwhile and counts the
         // entries only when the callback says so.
         let store = self.store.clone();
@@ -192,6 +218,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent().retain(|index, _| *index < log_id.index);
         let group = self.group.0;
         blocking(&self.store, move |s| s.raft_truncate(group, log_id.index))
             .await
@@ -199,6 +226,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent().retain(|index, _| *index > log_id.index);
         self.write_state(PURGED, &log_id).await.map_err(log_err)?;
         let group = self.group.0;
         blocking(&self.store, move |s| s.raft_purge(group, log_id.index))

@@ -1,6 +1,7 @@
 //! The Raft vocabulary of webhookd: group ids, node ids, commands and their answers.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -47,8 +48,9 @@ pub enum Command {
     /// Records the cluster's administrator account, unless one is recorded already.
     BootstrapAdmin(Box<Account>),
     /// Changes to the group's records (accounts, registrations, subscriptions), made by
-    /// its leader's actors and applied in order.
-    Records(Vec<RecordWrite>),
+    /// its leader's actors and applied in order. Shared, so that the log's cache of recent
+    /// entries hands out copies without copying the writes (encoded as the list itself).
+    Records(Arc<Vec<RecordWrite>>),
 }
 
 /// What applying a command answered.

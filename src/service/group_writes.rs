@@ -81,7 +81,7 @@ impl GroupLogs {
             let expected = writes.len();
             let answer = self
                 .replication
-                .write_as_leader(group, Command::Records(writes))
+                .write_as_leader(group, Command::Records(Arc::new(writes)))
                 .await;
             match answer {
                 Ok(Applied::Records(outcomes)) if outcomes.len() == expected => {

@@ -354,7 +354,7 @@ impl Service {
                 "this node's admin account is not the cluster's: keeping both"
             );
         }
-        let write = Command::Records(vec![RecordWrite::InsertAccount((*admin).clone())]);
+        let write = Command::Records(Arc::new(vec![RecordWrite::InsertAccount((*admin).clone())]));
         let stored = propose_until_answered(replication, group, write).await?;
         match stored {
             Applied::Records(outcomes)
