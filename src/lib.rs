@@ -12,6 +12,7 @@ pub mod actors;
 pub mod api;
 pub mod auth_throttle;
 pub mod bench;
+pub mod byte_strings;
 pub mod cluster;
 pub mod config;
 pub mod crypto;

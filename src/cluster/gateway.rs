@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 
-use super::rpc::{decode, encode, CallError, Endpoints, Envelope};
+use super::rpc::{decode, encode, AnswerBody, CallError, Endpoints, Envelope};
 
 /// Process-group scope the gateways join.
 pub const GATEWAY_SCOPE: &str = "webhookd";
@@ -20,7 +20,7 @@ pub const GATEWAY_GROUP: &str = "gateways";
 /// Messages a gateway accepts (from any node).
 #[derive(RactorClusterMessage)]
 pub enum GatewayMsg {
-    /// An encoded [`Envelope`]; the answer is an encoded `Result<Vec<u8>, CallError>`.
+    /// An encoded [`Envelope`]; the answer is an encoded `Result<AnswerBody, CallError>`.
     #[rpc]
     Call(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
@@ -84,7 +84,7 @@ impl Actor for Gateway {
                 Err(e) => Err(CallError::Protocol(format!("peer request: {e}"))),
             };
             // The caller may have timed out meanwhile; nothing to do then.
-            let _ = port.send(encode(&answer));
+            let _ = port.send(encode(&answer.map(AnswerBody)));
         });
         Ok(())
     }

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::gateway::{Gateway, GatewayMsg, GATEWAY_GROUP, GATEWAY_SCOPE};
 use super::layout::Layout;
-use super::rpc::{decode, decode_answer, encode, CallError, Endpoints, Envelope, Rpc};
+use super::rpc::{
+    decode, decode_answer, encode, AnswerBody, CallError, Endpoints, Envelope, Rpc,
+};
 use super::shard::{ShardId, ShardMap};
 use crate::config::{ClusterConfig, Member};
 /// Longest wait between two dials of an unreachable peer.
@@ -303,9 +305,9 @@ impl Cluster {
             .await
         {
             Ok(CallResult::Success(reply)) => {
-                let answer = decode::<Result<Vec<u8>, CallError>>(&reply)
+                let answer = decode::<Result<AnswerBody, CallError>>(&reply)
                     .map_err(|e| CallError::Protocol(format!("peer answer: {e}")))??;
-                decode_answer::<R>(&answer)
+                decode_answer::<R>(&answer.0)
             }
             _ => Err(unavailable()),
         }

@@ -103,8 +103,13 @@ pub struct Envelope {
     /// [`Rpc::NAME`].
     pub operation: String,
     /// The bincode of the request (without a version: the envelope carries it).
+    #[serde(with = "crate::byte_strings::bytes")]
     pub body: Vec<u8>,
 }
+
+/// An encoded answer on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AnswerBody(#[serde(with = "crate::byte_strings::bytes")] pub Vec<u8>);
 
 impl Envelope {
     /// Wraps a request.

@@ -48,6 +48,7 @@ pub struct SnapshotChunkRpc {
     /// Where `data` starts in the encoded snapshot.
     pub offset: u64,
     /// The bytes.
+    #[serde(with = "crate::byte_strings::bytes")]
     pub data: Vec<u8>,
     /// True on the last chunk.
     pub done: bool,

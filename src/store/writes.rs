@@ -51,11 +51,12 @@ pub enum RecordWrite {
         /// Its `Idempotency-Key`.
         idempotency_key: Option<String>,
         /// Its fan-out's first step.
+        #[serde(with = "crate::byte_strings::rows")]
         first_step: Vec<DeliveryRow>,
     },
     /// Fan-out rows of the group's triggers (cursors, handoff batches) written or removed
     /// as they are: a fan-out step, or batches handed over.
-    FanoutRows(Vec<DeliveryRow>),
+    FanoutRows(#[serde(with = "crate::byte_strings::rows")] Vec<DeliveryRow>),
     /// Deliveries handed over for some of the group's subscribers: their trigger (whose
     /// body every voter keeps, so that whichever leads the group can deliver them) and
     /// their rows (pending batch, records of skipped ones).
@@ -63,12 +64,13 @@ pub enum RecordWrite {
         /// The trigger.
         triggered: Triggered,
         /// The rows.
+        #[serde(with = "crate::byte_strings::rows")]
         rows: Vec<DeliveryRow>,
     },
     /// Delivery rows of the group's subscribers (records, pending batches, settled rows,
     /// due entries, `failed_count`s, `410 Gone` marks) written or removed as they are: an
     /// engine write its leader computed.
-    DeliveryRows(Vec<DeliveryRow>),
+    DeliveryRows(#[serde(with = "crate::byte_strings::rows")] Vec<DeliveryRow>),
 }
 
 /// What applying a [`RecordWrite`] answered.
