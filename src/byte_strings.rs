@@ -68,7 +68,9 @@ struct ByteBuf(Vec<u8>);
 
 impl<'de> Deserialize<'de> for ByteBuf {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_byte_buf(ByteBufVisitor).map(ByteBuf)
+        deserializer
+            .deserialize_byte_buf(ByteBufVisitor)
+            .map(ByteBuf)
     }
 }
 
@@ -124,7 +126,10 @@ mod tests {
 
     #[test]
     fn the_encoding_is_the_plain_one_both_ways() {
-        let rows = vec![(vec![1, 2, 3], Some(vec![0; 300])), (b"gone".to_vec(), None)];
+        let rows = vec![
+            (vec![1, 2, 3], Some(vec![0; 300])),
+            (b"gone".to_vec(), None),
+        ];
         let fast = Fast {
             body: (0..=255).collect(),
             rows: rows.clone(),

@@ -20,9 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::gateway::{Gateway, GatewayMsg, GATEWAY_GROUP, GATEWAY_SCOPE};
 use super::layout::Layout;
-use super::rpc::{
-    decode, decode_answer, encode, AnswerBody, CallError, Endpoints, Envelope, Rpc,
-};
+use super::rpc::{decode, decode_answer, encode, AnswerBody, CallError, Endpoints, Envelope, Rpc};
 use super::shard::{ShardId, ShardMap};
 use crate::config::{ClusterConfig, Member};
 /// Longest wait between two dials of an unreachable peer.
