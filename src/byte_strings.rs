@@ -11,6 +11,9 @@ use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
+/// Rows written or removed: a key, and its new value or `None`.
+pub type Rows = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// `#[serde(with = "byte_strings::bytes")]` on a `Vec<u8>`.
 pub mod bytes {
     use super::*;
@@ -43,9 +46,7 @@ pub mod rows {
     }
 
     /// Reads rows written by [`serialize`] (or as plain sequences).
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Rows, D::Error> {
         let rows: Vec<(ByteBuf, Option<ByteBuf>)> = Vec::deserialize(deserializer)?;
         Ok(rows
             .into_iter()
@@ -103,8 +104,6 @@ impl<'de> Visitor<'de> for ByteBufVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    type Rows = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Fast {
