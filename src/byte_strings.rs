@@ -20,12 +20,12 @@ pub mod bytes {
 
     /// Writes `value` as one byte string.
     pub fn serialize<S: Serializer>(value: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(value)
+        Bytes(value).serialize(serializer)
     }
 
     /// Reads a byte string (or, from a self-describing format, a sequence of bytes).
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        deserializer.deserialize_byte_buf(ByteBufVisitor)
+        ByteBuf::deserialize(deserializer).map(|b| b.0)
     }
 }
 

@@ -75,7 +75,9 @@ impl LogStore {
         if from < first || to > last.saturating_add(1) || from >= to {
             return None;
         }
-        Some(recent.range(from..to).map(|(_, e)| e.clone()).collect())
+        let entries: Vec<Entry> = recent.range(from..to).map(|(_, e)| e.clone()).collect();
+        // Appends extend the log without gaps, but a gap must never pass for the range.
+        (entries.len() as u64 == to - from).then_some(entries)
     }
 
     async fn read_state<T>(&self, name: &'static [u8]) -> Result<Option<T>, StoreError>
