@@ -143,6 +143,9 @@ async fn bootstrap_replicated_admin(service: Service) {
     }
 }
 
+/// How long a stopping node tries to hand its groups' leads over, in election timeouts.
+const HANDOVER_TIMEOUTS: u64 = 2;
+
 /// Runs a node until SIGTERM/SIGINT: storage, admin bootstrap, HTTP server, clean stop.
 ///
 /// Returns only after a clean stop (storage flushed). A failed storage, a final flush that
@@ -188,6 +191,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if config.cluster.is_replicated() {
         tokio::spawn(crate::actors::run_handoff(service.context().clone(), None));
     }
+    let mut replicated = None;
     if config.cluster.is_replicated() {
         let replication = Replication::start(
             &config.cluster,
@@ -196,6 +200,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         )
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        replicated = Some(replication.clone());
         service.attach_replication(replication);
         // The metadata group needs a majority of the members, which may still be starting:
         // the API serves meanwhile.
@@ -203,7 +208,20 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     } else if let Some(admin) = service.bootstrap_admin().await? {
         print_admin_keys(&admin);
     }
-    let stop = stop::stop_signal(config.shutdown_grace())?;
+    let handover = Duration::from_millis(config.cluster.election_timeout_ms * HANDOVER_TIMEOUTS);
+    let signalled = stop::stop_signal(config.shutdown_grace() + handover)?;
+    // The API keeps serving (forwarding to the new leaders) while the leads are handed over.
+    let stop = async move {
+        signalled.await;
+        if let Some(replication) = replicated {
+            let (led, handed) = replication.hand_over_leads(handover).await;
+            tracing::info!(
+                led,
+                handed,
+                "handed over the lead of the groups this node led"
+            );
+        }
+    };
     let metrics = Arc::new(Metrics::default());
     let api = Arc::new(Api {
         service,

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::gateway::{Gateway, GatewayMsg, GATEWAY_GROUP, GATEWAY_SCOPE};
 use super::layout::Layout;
-use super::rpc::{decode, decode_answer, encode, AnswerBody, CallError, Endpoints, Envelope, Rpc};
+use super::rpc::{
+    decode, decode_answer, encode, AnswerBody, CallError, Endpoints, Envelope, FrameError, Rpc,
+};
 use super::shard::{ShardId, ShardMap};
 use crate::config::{ClusterConfig, Member};
 /// Longest wait between two dials of an unreachable peer.
@@ -303,9 +305,7 @@ impl Cluster {
             .await
         {
             Ok(CallResult::Success(reply)) => {
-                let answer = decode::<Result<AnswerBody, CallError>>(&reply)
-                    .map_err(|e| CallError::Protocol(format!("peer answer: {e}")))??;
-                decode_answer::<R>(&answer.0)
+                decode_answer::<R>(&read_answer(&peer.member.id, &reply)?.0)
             }
             _ => Err(unavailable()),
         }
@@ -462,6 +462,10 @@ impl Cluster {
                     peer.set(PeerState::Refused(why), None);
                     tokio::time::sleep(MAX_BACKOFF).await;
                 }
+                Err(refused @ CallError::Version { .. }) => {
+                    peer.set(PeerState::Refused(refused.to_string()), None);
+                    tokio::time::sleep(MAX_BACKOFF).await;
+                }
                 Err(_) => {
                     if !peer.heard_within(down_after) {
                         peer.set(PeerState::Down, None);
@@ -481,6 +485,19 @@ impl Cluster {
             }
             None => Pong::Accepted,
         }
+    }
+}
+
+/// The answer `node` sent to a call: a frame of another protocol version is the peer's
+/// release speaking, not a corruption.
+fn read_answer(node: &str, reply: &[u8]) -> Result<AnswerBody, CallError> {
+    match decode::<Result<AnswerBody, CallError>>(reply) {
+        Ok(answer) => answer,
+        Err(FrameError::Version(version)) => Err(CallError::Version {
+            node: node.to_string(),
+            version,
+        }),
+        Err(e) => Err(CallError::Protocol(format!("peer answer: {e}"))),
     }
 }
 
@@ -526,5 +543,33 @@ impl NodeEventSubscription for SessionLog {
                  (is cluster.cookie the same on both nodes?)"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_in_another_protocol_version_names_the_peer_and_its_version() {
+        let answer: Result<AnswerBody, CallError> = Ok(AnswerBody(vec![1]));
+        let mut frame = encode(&answer);
+        assert!(read_answer("node2", &frame).is_ok());
+        let theirs = super::super::rpc::PROTOCOL_VERSION + 1;
+        frame[..2].copy_from_slice(&theirs.to_be_bytes());
+        match read_answer("node2", &frame) {
+            Err(e @ CallError::Version { .. }) => {
+                let why = e.to_string();
+                assert!(
+                    why.starts_with(&format!("node node2 speaks protocol version {theirs}")),
+                    "{why}"
+                );
+            }
+            other => panic!("not a version refusal: {other:?}"),
+        }
+        assert!(matches!(
+            read_answer("node2", &[0]),
+            Err(CallError::Protocol(_))
+        ));
     }
 }

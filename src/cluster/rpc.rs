@@ -56,9 +56,20 @@ pub enum CallError {
         /// The operation's name.
         operation: String,
     },
-    /// A frame could not be decoded (another protocol version, or corruption).
+    /// A frame could not be decoded (corruption, or a bug).
     #[error("{0}")]
     Protocol(String),
+    /// The peer answered in another protocol version: it runs an incompatible release.
+    #[error(
+        "node {node} speaks protocol version {version}, this node speaks {PROTOCOL_VERSION}: \
+         every node of a cluster must run a release of the same protocol version"
+    )]
+    Version {
+        /// The peer.
+        node: String,
+        /// Its protocol version.
+        version: u16,
+    },
 }
 
 /// A frame that could not be decoded.
@@ -206,10 +217,12 @@ impl Endpoints {
             Some((handler, placement)) => {
                 let serving = handler(envelope.body);
                 match (placement, self.work.get()) {
-                    (Placement::Work, Some(work)) => work
-                        .spawn(serving)
-                        .await
-                        .map_err(|e| CallError::Protocol(format!("handler failed: {e}")))?,
+                    (Placement::Work, Some(work)) => match work.spawn(serving).await {
+                        Ok(answer) => answer,
+                        // The node is stopping: its runtime cancels what still runs.
+                        Err(e) if e.is_cancelled() => Err(CallError::Unavailable(node.into())),
+                        Err(e) => Err(CallError::Protocol(format!("handler failed: {e}"))),
+                    },
                     _ => serving.await,
                 }
             }

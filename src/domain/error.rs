@@ -82,10 +82,12 @@ impl From<StoreError> for ServiceError {
 impl From<CallError> for ServiceError {
     fn from(e: CallError) -> Self {
         match e {
-            CallError::Unavailable(node) => ServiceError::Unavailable {
-                message: format!("Node {node} is unavailable, try again later"),
-                retry_after_secs: RETRY_AFTER_SECS,
-            },
+            CallError::Unavailable(node) | CallError::Version { node, .. } => {
+                ServiceError::Unavailable {
+                    message: format!("Node {node} is unavailable, try again later"),
+                    retry_after_secs: RETRY_AFTER_SECS,
+                }
+            }
             other => ServiceError::Internal(other.to_string()),
         }
     }

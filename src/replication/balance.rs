@@ -1,13 +1,15 @@
 //! Keeps each group's lead on its preferred voter (see [`super::placement`]), so that
 //! leaders, and the work only leaders do, spread evenly over the nodes.
 //!
-//! openraft 0.9 has no leadership transfer; the preferred voter instead calls an election
-//! itself once it has followed another leader, caught up, for two checks in a row. Its
-//! log is then as long as any other voter's, so it wins, and only one voter per group ever
-//! does this, so the lead never ping-pongs.
+//! Once the preferred voter has followed another leader, caught up, for two checks in a
+//! row, it asks that leader to hand the lead over to it ([`super::handover`]), so that
+//! proposals wait for the move instead of failing in it; should the leader not answer, it
+//! calls an election itself (its log is as long as any other voter's, so it wins). Only
+//! one voter per group ever does this, so the lead never ping-pongs. A node that has begun
+//! to stop takes no lead back.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use openraft::ServerState;
 use tokio::runtime::Handle;
@@ -16,8 +18,9 @@ use super::types::raft_id;
 use super::Replication;
 
 /// Starts one balancing loop per group this node prefers to lead, on `runtime`.
-pub fn start(replication: &Arc<Replication>, runtime: &Handle, election_timeout: Duration) {
+pub fn start(replication: &Arc<Replication>, runtime: &Handle) {
     let me = raft_id(&replication.node_id);
+    let election_timeout = replication.election_timeout;
     for place in replication.placement.all() {
         if place.voters.first() != Some(&replication.node_id) || place.voters.len() < 2 {
             continue;
@@ -26,23 +29,30 @@ pub fn start(replication: &Arc<Replication>, runtime: &Handle, election_timeout:
             continue;
         };
         let group = place.group;
+        let replication = replication.clone();
         runtime.spawn(async move {
             let mut ready_checks = 0u32;
             loop {
                 tokio::time::sleep(election_timeout * 2).await;
+                if replication.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
                 let m = raft.metrics().borrow().clone();
                 let caught_up = m.last_applied.map(|l| l.index) == m.last_log_index;
-                let follows_other =
-                    m.state == ServerState::Follower && m.current_leader.is_some_and(|l| l != me);
-                ready_checks = if follows_other && caught_up {
+                let other_leader = m
+                    .current_leader
+                    .filter(|l| *l != me && m.state == ServerState::Follower);
+                ready_checks = if other_leader.is_some() && caught_up {
                     ready_checks + 1
                 } else {
                     0
                 };
-                if ready_checks >= 2 {
+                if let (Some(leader), true) = (other_leader, ready_checks >= 2) {
                     ready_checks = 0;
                     tracing::info!(group = %group, "taking back the lead of a group this node prefers to lead");
-                    if raft.trigger().elect().await.is_err() {
+                    if !replication.ask_for_lead(group, leader).await
+                        && raft.trigger().elect().await.is_err()
+                    {
                         return;
                     }
                 }

@@ -236,8 +236,9 @@ impl Replication {
         }
     }
 
-    /// Proposes `command` on this node's Raft of `group`, only if it leads; answers once a
-    /// majority has it durable and it is applied here. Waits up to `failover_wait` for the
+    /// Proposes `command` on this node's Raft of `group`, only if it leads (and is not
+    /// handing the lead over); answers once a majority has it durable and it is applied
+    /// here. Waits up to `failover_wait` for the
     /// commit (a leader that lost its majority never commits).
     pub async fn write_as_leader(
         &self,
@@ -247,6 +248,9 @@ impl Replication {
         let raft = self
             .raft(group)
             .ok_or_else(|| self.elsewhere(group, None))?;
+        if self.is_handing_over(group, raft) {
+            return Err(self.elsewhere(group, None));
+        }
         let wait = self.failover_wait.max(Duration::from_millis(1));
         match tokio::time::timeout(wait, raft.client_write(command)).await {
             Ok(Ok(response)) => Ok(response.data),

@@ -17,6 +17,7 @@
 //! `docs/architecture.md` ("Replication").
 
 mod balance;
+mod handover;
 mod leadership;
 mod lease;
 mod log_store;
@@ -30,6 +31,7 @@ pub mod status;
 pub mod types;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,6 +85,11 @@ pub struct Replication {
     /// Per group, what confirms this node's lead (see `leadership.rs`).
     leads: HashMap<GroupId, leadership::GroupLead>,
     failover_wait: Duration,
+    /// Set once the node has begun to stop: it hands its leads over and takes none back.
+    stopping: AtomicBool,
+    /// Per group, set while this node hands the group's lead over (see `handover.rs`).
+    handing_over: HashMap<GroupId, AtomicBool>,
+    election_timeout: Duration,
 }
 
 impl Replication {
@@ -136,6 +143,7 @@ impl Replication {
                 .map_err(|e| ReplicationError::Start(format!("group {group}: {e}")))?;
             rafts.insert(group, raft);
         }
+        let rafts_groups: Vec<GroupId> = rafts.keys().copied().collect();
         let mut leads = HashMap::new();
         for (group, raft) in &rafts {
             let lead = leadership::GroupLead::new(*group);
@@ -149,6 +157,12 @@ impl Replication {
             rafts,
             leads,
             failover_wait: Duration::from_millis(config.failover_wait_ms),
+            stopping: AtomicBool::new(false),
+            handing_over: rafts_groups
+                .into_iter()
+                .map(|g| (g, AtomicBool::new(false)))
+                .collect(),
+            election_timeout: Duration::from_millis(config.election_timeout_ms),
         });
         serve::serve(&replication);
         for place in replication.placement.all() {
@@ -169,11 +183,7 @@ impl Replication {
                 tokio::spawn(replication.clone().initialize_if_new(place.clone(), voters));
             }
         }
-        balance::start(
-            &replication,
-            &runtime,
-            Duration::from_millis(config.election_timeout_ms),
-        );
+        balance::start(&replication, &runtime);
         Ok(replication)
     }
 
@@ -306,13 +316,17 @@ impl Replication {
         Err(Attempt::Retry)
     }
 
-    /// Proposes on this node's instance; the leader's id when another node leads.
+    /// Proposes on this node's instance; the leader's id when another node leads. A
+    /// leader that is stopping takes no proposal: it waits for its successor.
     async fn write_here(
         &self,
         group: GroupId,
         raft: &GroupRaft,
         command: Command,
     ) -> Result<Applied, WriteHere> {
+        if self.is_handing_over(group, raft) {
+            return Err(WriteHere::Forward(None));
+        }
         match raft.client_write(command).await {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+use super::handover::{take_lead, GiveLeadRpc, TakeLeadRpc};
 use super::network::{AppendRpc, NoGroup, VoteRpc};
 use super::snapshot_transfer::{Assembler, ChunkAnswer, ChunkRefused, SnapshotChunkRpc};
 use super::status::GroupStatus;
@@ -96,6 +97,21 @@ pub fn serve(replication: &Arc<Replication>) {
                 Err(WriteHere::Fatal(e)) => Err(e),
             }
         }
+    });
+    let r = replication.clone();
+    cluster.serve_on_transport(move |m: TakeLeadRpc| {
+        let raft = r.raft(m.group).cloned();
+        async move {
+            match raft {
+                Some(raft) => Ok(take_lead(raft, m.last_log_index).await),
+                None => Err(NoGroup(m.group.to_string())),
+            }
+        }
+    });
+    let r = replication.clone();
+    cluster.serve_on_transport(move |m: GiveLeadRpc| {
+        let r = r.clone();
+        async move { r.give_lead(m.group, &m.to).await }
     });
     let r = replication.clone();
     cluster.serve_on_transport(move |m: StatusRpc| {

@@ -73,6 +73,8 @@ pub(super) struct Load {
     pub(super) stop: AtomicBool,
     /// The next trigger's payload.
     pub(super) next: AtomicU64,
+    /// The calls of the load and of the probes answered so far (or given up on).
+    pub(super) calls: AtomicU64,
     pub(super) fired: Mutex<Vec<Fired>>,
     pub(super) patches: Mutex<Vec<Patches>>,
     /// Acknowledged subscriptions' ids, per username.
@@ -106,6 +108,7 @@ impl Load {
         answer: Result<Resp, String>,
         status: u16,
     ) -> Option<Resp> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let kind = match answer {
             Ok(r) if r.status == status => return Some(r),
             Ok(r) => {

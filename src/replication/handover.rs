@@ -1,0 +1,235 @@
+//! Moving a group's lead without an election timeout: when its node stops (a rolling
+//! restart), and when the group's preferred voter takes its lead back (see
+//! [`super::balance`]).
+//!
+//! openraft 0.9 has no leadership transfer, so this is built from its own election, driven
+//! by the leader:
+//! 1. the leader stops taking proposals for the group: they wait for the next leader, as
+//!    during a failover ([`Replication::is_handing_over`]), so its log stops growing;
+//! 2. once what it had taken is applied, it asks the successor to call an election
+//!    ([`TakeLeadRpc`]) with the length of its log;
+//! 3. the successor calls it once it holds that much of the log; its vote request carries
+//!    a higher term, and the leader grants it (their logs are equal), stepping down.
+//!
+//! A leader that votes for its successor no longer serves reads under its lease: that
+//! lease belonged to the term the vote ends. Should the successor lose (the leader took a
+//! proposal that raced step 1), the leader asks again; past the deadline it takes proposals
+//! again, or, when stopping, stops anyway and the group elects a leader within its
+//! election timeout, as after a crash.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use super::network::NoGroup;
+use super::types::{raft_id, GroupId, GroupRaft};
+use super::Replication;
+use crate::cluster::{rpc, PeerState};
+
+/// How often a leader handing over looks whether the lead moved.
+const HANDOVER_POLL: Duration = Duration::from_millis(20);
+/// How long a leader waits for its successor's election before it asks again.
+const ASK_AGAIN: Duration = Duration::from_millis(100);
+/// How long a successor waits for the entries the leader had when it asked.
+const CATCH_UP_WAIT: Duration = Duration::from_millis(200);
+
+/// Asks a follower of `group` to call an election: its leader hands the lead over.
+#[derive(Serialize, Deserialize)]
+pub struct TakeLeadRpc {
+    /// The group.
+    pub group: GroupId,
+    /// The leader's last log index when it asked: a follower that has less would lose
+    /// the election and only delay the next one, so it does not call it.
+    pub last_log_index: u64,
+}
+rpc!(TakeLeadRpc => Result<bool, NoGroup>, "raft/take-lead");
+
+/// Asks the leader of `group` to hand its lead to the member `to`.
+#[derive(Serialize, Deserialize)]
+pub struct GiveLeadRpc {
+    /// The group.
+    pub group: GroupId,
+    /// The member that is to lead it.
+    pub to: String,
+}
+rpc!(GiveLeadRpc => Result<bool, NoGroup>, "raft/give-lead");
+
+/// Serves [`TakeLeadRpc`]: calls the election once this node, a follower, holds as much
+/// of the log as the leader had when it asked (waiting for it a little); answers whether
+/// it called it.
+pub async fn take_lead(raft: GroupRaft, last_log_index: u64) -> bool {
+    let caught_up = raft
+        .wait(Some(CATCH_UP_WAIT))
+        .log_index_at_least(Some(last_log_index), "taking the lead")
+        .await;
+    match caught_up {
+        Ok(m) if m.state == ServerState::Follower => raft.trigger().elect().await.is_ok(),
+        _ => false,
+    }
+}
+
+impl Replication {
+    /// Hands the lead of every group this node leads to another voter, within `within`;
+    /// from now on the node takes no proposal as a leader and no lead back. Answers how
+    /// many groups it led, and how many of them another voter leads now.
+    pub async fn hand_over_leads(self: &Arc<Self>, within: Duration) -> (usize, usize) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + within;
+        let mut handing = JoinSet::new();
+        for (group, raft) in &self.rafts {
+            if raft.metrics().borrow().state != ServerState::Leader {
+                continue;
+            }
+            let (me, group, raft) = (self.clone(), *group, raft.clone());
+            handing.spawn(async move { me.hand_over(group, &raft, None, deadline).await });
+        }
+        let led = handing.len();
+        let mut handed = 0;
+        while let Some(done) = handing.join_next().await {
+            handed += usize::from(done.unwrap_or(false));
+        }
+        (led, handed)
+    }
+
+    /// Serves [`GiveLeadRpc`]: hands `group`'s lead to `to` when this node leads it,
+    /// within one election timeout; true once another voter leads it.
+    pub(super) async fn give_lead(&self, group: GroupId, to: &str) -> Result<bool, NoGroup> {
+        let raft = self.raft(group).ok_or_else(|| NoGroup(group.to_string()))?;
+        if self.stopping.load(Ordering::SeqCst)
+            || raft.metrics().borrow().state != ServerState::Leader
+        {
+            return Ok(false);
+        }
+        let deadline = Instant::now() + self.election_timeout;
+        Ok(self.hand_over(group, raft, Some(to), deadline).await)
+    }
+
+    /// True when this node leads `raft`'s group and is handing the lead over: it takes
+    /// no new proposal then, so that its successor's log can catch up with its own.
+    pub(super) fn is_handing_over(&self, group: GroupId, raft: &GroupRaft) -> bool {
+        let handing = self.stopping.load(Ordering::SeqCst)
+            || self
+                .handing_over
+                .get(&group)
+                .is_some_and(|h| h.load(Ordering::SeqCst));
+        handing && raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Hands `group`'s lead to `to` (or to its most caught-up follower); true once
+    /// another voter leads it. Proposals wait meanwhile, until `deadline` at most.
+    async fn hand_over(
+        &self,
+        group: GroupId,
+        raft: &GroupRaft,
+        to: Option<&str>,
+        deadline: Instant,
+    ) -> bool {
+        let Some(flag) = self.handing_over.get(&group) else {
+            return false;
+        };
+        flag.store(true, Ordering::SeqCst);
+        let handed = self.ask_successors(group, raft, to, deadline).await;
+        flag.store(false, Ordering::SeqCst);
+        handed
+    }
+
+    async fn ask_successors(
+        &self,
+        group: GroupId,
+        raft: &GroupRaft,
+        to: Option<&str>,
+        deadline: Instant,
+    ) -> bool {
+        let me = raft_id(&self.node_id);
+        let mut asked: Option<Instant> = None;
+        let mut previous_length = None;
+        loop {
+            let m = raft.metrics().borrow().clone();
+            if m.current_leader.is_some_and(|l| l != me) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    group = %group,
+                    state = ?m.state,
+                    "could not hand the lead over in time"
+                );
+                return false;
+            }
+            // Asked once the entries proposed before the handover are applied and the log
+            // has not grown for a poll (a proposal may pass the gate just before it
+            // closes): the successor can then match the log.
+            let settled = m.last_applied.map(|l| l.index) == m.last_log_index
+                && previous_length.replace(m.last_log_index) == Some(m.last_log_index);
+            let due = asked.is_none_or(|t| t.elapsed() >= ASK_AGAIN);
+            if m.state == ServerState::Leader && settled && due {
+                asked = Some(Instant::now());
+                let successor = match to {
+                    Some(to) => Some(to.to_string()),
+                    None => m.replication.as_ref().and_then(|followers| {
+                        followers
+                            .iter()
+                            .filter(|(id, _)| **id != me)
+                            .filter_map(|(id, matched)| Some((self.member_of(*id)?, matched)))
+                            .filter(|(member, _)| self.peer_is_up(member))
+                            .max_by_key(|(_, matched)| matched.map(|l| l.index))
+                            .map(|(member, _)| member)
+                    }),
+                };
+                if let Some(successor) = successor {
+                    self.ask_to_take_lead(group, &successor, m.last_log_index.unwrap_or(0))
+                        .await;
+                }
+            }
+            tokio::time::sleep(HANDOVER_POLL).await;
+        }
+    }
+
+    fn peer_is_up(&self, member: &str) -> bool {
+        self.cluster
+            .peers()
+            .iter()
+            .any(|p| p.member.id == member && p.state() == PeerState::Up)
+    }
+
+    async fn ask_to_take_lead(&self, group: GroupId, member: &str, last_log_index: u64) {
+        let Some(peer) = self.cluster.peers().iter().find(|p| p.member.id == member) else {
+            return;
+        };
+        let ask = TakeLeadRpc {
+            group,
+            last_log_index,
+        };
+        if let Err(e) = self
+            .cluster
+            .call_within(peer, &ask, CATCH_UP_WAIT * 2)
+            .await
+        {
+            tracing::debug!(group = %group, peer = %member, error = %e, "asking to take the lead failed");
+        }
+    }
+
+    /// Asks the current leader of `group` to hand its lead to this node; false when it
+    /// did not (or could not be asked).
+    pub(super) async fn ask_for_lead(&self, group: GroupId, leader: u64) -> bool {
+        let Some(member) = self.member_of(leader) else {
+            return false;
+        };
+        let Some(peer) = self.cluster.peers().iter().find(|p| p.member.id == member) else {
+            return false;
+        };
+        let ask = GiveLeadRpc {
+            group,
+            to: self.node_id.clone(),
+        };
+        let answer = self
+            .cluster
+            .call_within(peer, &ask, self.election_timeout * 2)
+            .await;
+        matches!(answer, Ok(Ok(true)))
+    }
+}
