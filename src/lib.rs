@@ -14,6 +14,7 @@ pub mod auth_throttle;
 pub mod bench;
 pub mod byte_strings;
 pub mod cluster;
+pub mod cluster_cli;
 pub mod config;
 pub mod crypto;
 pub mod daemon;

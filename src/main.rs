@@ -1,4 +1,5 @@
-//! The `webhookd` command line: run a node, bootstrap or reset the admin, show the config.
+//! The `webhookd` command line: run a node, bootstrap or reset the admin, show the config,
+//! benchmark a node, show a cluster's state.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,11 @@ enum Command {
     },
     /// Benchmark a running node: fan-out deliveries/s and trigger-to-delivery latency.
     Bench(webhookd::bench::cli::BenchArgs),
+    /// Ask a running node about its cluster (admin keys, as for the API).
+    Cluster {
+        #[command(subcommand)]
+        command: webhookd::cluster_cli::ClusterCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -186,6 +192,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Bench(args) => runtime()?
             .block_on(webhookd::bench::cli::run(args))
             .map_err(|e| e.to_string()),
+        Command::Cluster { command } => runtime()?.block_on(webhookd::cluster_cli::run(command)),
     }
 }
 

@@ -45,13 +45,15 @@ fn assert_one_error_line_naming(out: &CliOutput, needle: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_works_for_every_subcommand() {
-    let cases: [&[&str]; 6] = [
+    let cases: [&[&str]; 8] = [
         &["--help"],
         &["serve", "--help"],
         &["init", "--help"],
         &["admin", "--help"],
         &["admin", "reset-key", "--help"],
         &["config", "--help"],
+        &["cluster", "--help"],
+        &["cluster", "status", "--help"],
     ];
     for args in cases {
         let out = run_webhookd(args, &[]).await;
@@ -64,7 +66,7 @@ async fn help_works_for_every_subcommand() {
     }
     // the top-level help lists the subcommands
     let out = run_webhookd(&["--help"], &[]).await;
-    for sub in ["serve", "init", "admin", "config"] {
+    for sub in ["serve", "init", "admin", "config", "cluster"] {
         assert!(out.stdout.contains(sub), "help mentions `{sub}`: {out}");
     }
 }
@@ -73,6 +75,55 @@ async fn help_works_for_every_subcommand() {
 async fn unknown_subcommand_fails() {
     let out = run_webhookd(&["frobnicate"], &[]).await;
     assert!(!out.success(), "{out}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// cluster status
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_shows_a_node_and_refuses_without_the_admin_key() {
+    let node = TestNode::spawn().await;
+    let target = node.base_url.clone();
+    let admin = node.admin();
+    let out = run_webhookd(
+        &["cluster", "status", "--target", &target, "--wait", "10"],
+        &[("WEBHOOKD_API_KEY", admin.api_key.as_str())],
+    )
+    .await;
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("state"), "a member table: {out}");
+    assert!(out.stdout.contains("not replicated"), "{out}");
+
+    let out = run_webhookd(&["cluster", "status", "--target", &target], &[]).await;
+    assert!(!out.success(), "{out}");
+    assert!(out.error_line().contains("--api-key"), "{out}");
+
+    let args = [
+        "cluster",
+        "status",
+        "--target",
+        &target,
+        "--api-key",
+        "nope",
+    ];
+    let out = run_webhookd(&args, &[]).await;
+    assert!(!out.success(), "{out}");
+    assert!(out.error_line().contains("401"), "{out}");
+
+    let out = run_webhookd(
+        &[
+            "cluster",
+            "status",
+            "--target",
+            "http://127.0.0.1:9",
+            "--api-key",
+            "k",
+        ],
+        &[],
+    )
+    .await;
+    assert!(!out.success(), "nothing listens there: {out}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -467,7 +467,21 @@ async fn triggers_and_writes_survive_a_rolling_restart() {
             .await;
         run.nodes[node].restart().await;
         load.alive[node].store(true, Ordering::SeqCst);
-        // Caught up, and leading its share of the groups again (taken back under load).
+        // As docs/cluster.md says: wait with `webhookd cluster status --wait` until it
+        // caught up; then until it leads its share of the groups again (handed back to it
+        // under load).
+        let wait = SETTLE_DEADLINE.as_secs().to_string();
+        let target = run.nodes[other].base_url.clone();
+        let status = run_webhookd(
+            &["cluster", "status", "--target", &target, "--wait", &wait],
+            &[("WEBHOOKD_API_KEY", admin.api_key.as_str())],
+        )
+        .await;
+        assert!(status.success(), "{name} did not catch up: {status:?}");
+        assert!(
+            status.stdout.contains("group  leader  term"),
+            "no group table: {status:?}"
+        );
         wait_settled(&run.nodes[other], &admin, &ids, true, SETTLE_DEADLINE).await;
         println!(
             "{name} stopped in {:.2}s, restarted, caught up and leading again {:.2}s after \
