@@ -8,6 +8,9 @@
 #   deploy/local-cluster.sh status   show each node's process and /ready answer, and which
 #                                    node leads each group (GET /v1/cluster)
 #   deploy/local-cluster.sh stop     stop the nodes (SIGTERM, then wait for them to exit)
+#   deploy/local-cluster.sh restart  rebuild, then restart the nodes one at a time, each
+#                                    once the previous one has caught up (a rolling
+#                                    restart: the cluster serves throughout)
 #
 # Everything the cluster writes goes under deploy/local/run (git-ignored; set
 # LOCAL_CLUSTER_DIR to use another directory): nodeN/ is node N's storage, nodeN.log its
@@ -52,6 +55,30 @@ group_leaders() {
     | paste -d ' ' - - | sed 's/ null$/ -/'
 }
 
+# Starts node $1 in the background with the cluster cookie $2.
+launch() {
+  WEBHOOKD_CLUSTER__COOKIE="$2" WEBHOOKD_STORAGE__PATH="$state/node$1" \
+    nohup "$bin" serve --config "deploy/local/node$1.toml" \
+    >>"$state/node$1.log" 2>&1 </dev/null &
+  echo $! > "$state/node$1.pid"
+  echo "node$1 started (pid $!), http://127.0.0.$1:8081, log $state/node$1.log"
+}
+
+# Stops node $1 with SIGTERM (it hands its groups' leads over first); SIGKILL after 10 s.
+stop_node() {
+  alive "$1" && kill -TERM "$(pid_of "$1")"
+  for _ in $(seq 1 100); do
+    alive "$1" || break
+    sleep 0.1
+  done
+  if alive "$1"; then
+    echo "node$1 did not stop in time; killing it"
+    kill -KILL "$(pid_of "$1")" || true
+  fi
+  rm -f "$state/node$1.pid"
+  echo "node$1 stopped"
+}
+
 start() {
   echo "building $bin (cargo build --release; the first build takes several minutes)..."
   cargo build --release
@@ -73,12 +100,8 @@ start() {
       echo "node$n already running (pid $(pid_of "$n"))"
       continue
     fi
-    WEBHOOKD_CLUSTER__COOKIE="$cookie" WEBHOOKD_STORAGE__PATH="$state/node$n" \
-      nohup "$bin" serve --config "deploy/local/node$n.toml" \
-      >>"$state/node$n.log" 2>&1 </dev/null &
-    echo $! > "$state/node$n.pid"
+    launch "$n" "$cookie"
     started+=("$n")
-    echo "node$n started (pid $!), http://127.0.0.$n:8081, log $state/node$n.log"
   done
   # Wait (at most 10 s) until every node answers /ready or has exited.
   for _ in $(seq 1 50); do
@@ -155,22 +178,41 @@ stop() {
     fi
   done
   for n in "${nodes[@]}"; do
-    for _ in $(seq 1 100); do
-      alive "$n" || break
-      sleep 0.1
-    done
-    if alive "$n"; then
-      echo "node$n did not stop in time; killing it"
-      kill -KILL "$(pid_of "$n")" || true
-    fi
-    rm -f "$state/node$n.pid"
-    echo "node$n stopped"
+    stop_node "$n"
   done
+}
+
+# The rolling restart of docs/cluster.md: rebuild, then one node at a time, stop it (it
+# hands its leads over), start it on its data, and wait with `webhookd cluster status
+# --wait` until every group is led and every follower caught up before the next one.
+restart() {
+  local n key cookie
+  for n in "${nodes[@]}"; do
+    alive "$n" || { echo "node$n is not running: run '$0 start' first" >&2; exit 1; }
+  done
+  key="$(admin_key)"
+  [ -n "$key" ] || { echo "no admin api_key in $state/node*.log to ask GET /v1/cluster" >&2; exit 1; }
+  echo "building $bin (cargo build --release)..."
+  cargo build --release
+  cookie="$(cat "$state/cookie")"
+  for n in "${nodes[@]}"; do
+    stop_node "$n"
+    launch "$n" "$cookie"
+    local other=$((n % ${#nodes[@]} + 1))
+    if ! WEBHOOKD_API_KEY="$key" "$bin" cluster status --target "http://127.0.0.$other:8081" \
+      --wait 60 >/dev/null; then
+      echo "node$n did not catch up within 60 s: stopping the rolling restart" >&2
+      exit 1
+    fi
+    echo "node$n restarted and caught up"
+  done
+  status
 }
 
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  restart) restart ;;
+  *) echo "usage: $0 start|stop|status|restart" >&2; exit 2 ;;
 esac

@@ -209,17 +209,16 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         print_admin_keys(&admin);
     }
     let handover = Duration::from_millis(config.cluster.election_timeout_ms * HANDOVER_TIMEOUTS);
-    let signalled = stop::stop_signal(config.shutdown_grace() + handover)?;
-    // The API keeps serving (forwarding to the new leaders) while the leads are handed over.
+    let before_drain = match replicated {
+        Some(_) => stop::ENGINE_STOP + handover,
+        None => Duration::ZERO,
+    };
+    let signalled = stop::stop_signal(config.shutdown_grace() + before_drain)?;
+    let engine = supervisor.clone();
     let stop = async move {
         signalled.await;
         if let Some(replication) = replicated {
-            let (led, handed) = replication.hand_over_leads(handover).await;
-            tracing::info!(
-                led,
-                handed,
-                "handed over the lead of the groups this node led"
-            );
+            stop::hand_over(&replication, &engine, handover).await;
         }
     };
     let metrics = Arc::new(Metrics::default());
@@ -255,13 +254,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if let StorageState::Failed(reason) = store.state() {
         stop::exit_storage_failed(&reason);
     }
-    // Outcomes buffered by the supervisor are written as it stops; attempts still running
-    // keep their due entries and run again at the next start.
-    if let Err(e) = supervisor
-        .stop_and_wait(None, Some(stop::STOP_TAIL - stop::FINAL_FLUSH_RESERVE))
-        .await
-    {
-        tracing::warn!(error = %e, "the delivery engine did not stop in time");
+    // Replicated, the engine stopped before the leads were handed over.
+    if !config.cluster.is_replicated() {
+        stop::stop_engine(&supervisor).await;
     }
     let left = tail_end.saturating_duration_since(Instant::now());
     match tokio::time::timeout(left, store.flush()).await {

@@ -179,3 +179,110 @@ fn status_names_the_groups_without_a_leader() {
     assert!(status.contains("no leader: 1"), "{status}");
     assert!(status.contains("node2 leads 0"), "{status}");
 }
+
+/// The node stand-in of the restart tests: [`LIVE_NODE`], and `webhookd cluster status`
+/// recorded with the key it was given, failing when `$CALLS.lagging` names its target.
+const RESTARTED_NODE: &str = r#"if [ "$1" = cluster ]; then
+  echo "$* key=$WEBHOOKD_API_KEY" >> "$CALLS"
+  grep -qx "$4" "$CALLS.lagging" 2>/dev/null && exit 1
+  exit 0
+fi
+echo "$0 $* storage=$WEBHOOKD_STORAGE__PATH" >> "$CALLS"
+case "$3" in
+  *node2.toml) if [ ! -e "$WEBHOOKD_STORAGE__PATH" ]; then
+      mkdir -p "$WEBHOOKD_STORAGE__PATH"
+      echo "admin api_key: 1111111111111111111111111111111111111111"
+    fi ;;
+esac
+exec sleep 60"#;
+
+/// A temp dir with the stand-ins for a restart test.
+fn restart_stand_ins() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir_all(tmp.path().join("bin")).unwrap();
+    fs::create_dir_all(tmp.path().join("target/release")).unwrap();
+    write_script(
+        &tmp.path().join("bin/cargo"),
+        r#"echo "cargo $*" >> "$CALLS""#,
+    );
+    write_script(&tmp.path().join("bin/curl"), CURL);
+    write_script(&tmp.path().join("target/release/webhookd"), RESTARTED_NODE);
+    tmp
+}
+
+#[test]
+fn restart_restarts_one_node_at_a_time_each_once_the_previous_one_caught_up() {
+    let tmp = restart_stand_ins();
+    let tmp = tmp.path();
+    let (ok, started) = start(tmp);
+    assert!(ok, "{started}");
+    fs::write(tmp.join("calls"), "").unwrap();
+    let (ok, restarted) = run(tmp, "restart");
+    let (stopped_ok, stopped) = run(tmp, "stop");
+    assert!(ok && stopped_ok, "{restarted}\n{stopped}");
+    let calls = fs::read_to_string(tmp.join("calls")).unwrap();
+    let lines: Vec<&str> = calls.lines().collect();
+    assert_eq!(lines[0], "cargo build --release", "{calls}");
+    // Each node is started again, and the cluster asked (through the next node, with the
+    // admin key) to settle; the next node is stopped only once the previous one caught up.
+    let key = "key=1111111111111111111111111111111111111111";
+    let waits: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("cluster status"))
+        .collect();
+    let expected: Vec<String> = [2, 3, 1]
+        .iter()
+        .map(|other| format!("cluster status --target http://127.0.0.{other}:8081 --wait 60 {key}"))
+        .collect();
+    assert_eq!(waits, expected, "{calls}");
+    let position = |text: &str| {
+        restarted
+            .find(text)
+            .unwrap_or_else(|| panic!("{text}: {restarted}"))
+    };
+    for n in 1..=3 {
+        let serve = format!(
+            "serve --config deploy/local/node{n}.toml storage={}",
+            tmp.join(format!("state/node{n}")).display()
+        );
+        assert!(lines.iter().any(|l| l.ends_with(&serve)), "{calls}");
+        let caught_up = position(&format!("node{n} restarted and caught up"));
+        assert!(
+            position(&format!("node{n} stopped")) < caught_up,
+            "{restarted}"
+        );
+        if n < 3 {
+            let next = position(&format!("node{} stopped", n + 1));
+            assert!(caught_up < next, "node{n} caught up first: {restarted}");
+        }
+    }
+}
+
+#[test]
+fn restart_stops_at_a_node_that_does_not_catch_up_and_needs_a_running_cluster() {
+    let tmp = restart_stand_ins();
+    let tmp = tmp.path();
+    let (ok, not_running) = run(tmp, "restart");
+    assert!(!ok, "{not_running}");
+    assert!(not_running.contains("is not running"), "{not_running}");
+
+    let (ok, started) = start(tmp);
+    assert!(ok, "{started}");
+    // node2 never catches up: asked through node3, the wait fails.
+    fs::write(tmp.join("calls.lagging"), "http://127.0.0.3:8081\n").unwrap();
+    let (ok, restarted) = run(tmp, "restart");
+    let node3_pid = fs::read_to_string(tmp.join("state/node3.pid")).unwrap();
+    let (stopped_ok, stopped) = run(tmp, "stop");
+    assert!(!ok, "{restarted}");
+    assert!(stopped_ok, "{stopped}");
+    assert!(
+        restarted.contains("node2 did not catch up within 60 s"),
+        "{restarted}"
+    );
+    assert!(
+        !restarted.contains("node3 stopped"),
+        "node3 untouched: {restarted}"
+    );
+    assert!(!node3_pid.trim().is_empty());
+}

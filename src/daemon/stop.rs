@@ -16,11 +16,15 @@
 //! joins the flush thread and flushes sled, and either can wait forever on a stuck disk.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use ractor::ActorRef;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::DaemonError;
+use crate::actors::DeliveryMsg;
+use crate::replication::Replication;
 use crate::store::Store;
 
 /// Exit code of a node whose storage failed (`EX_IOERR` of sysexits.h).
@@ -32,13 +36,40 @@ const EXIT_STUCK: i32 = 1;
 const FAILED_EXIT_DELAY: Duration = Duration::from_secs(2);
 /// After the HTTP drain, the time left to stop the delivery engine and flush the storage.
 pub const STOP_TAIL: Duration = Duration::from_secs(5);
-/// The part of [`STOP_TAIL`] kept for the final flush.
-pub const FINAL_FLUSH_RESERVE: Duration = Duration::from_secs(1);
+/// The part of [`STOP_TAIL`] given to stopping the delivery engine; the rest is kept for
+/// the final flush.
+pub const ENGINE_STOP: Duration = Duration::from_secs(4);
 
 /// How long after a signal a node that has not finished stopping is made to exit: the HTTP
 /// drain (`grace`), the stop tail, and one second to log and exit.
 fn backstop(grace: Duration) -> Duration {
     grace + STOP_TAIL + Duration::from_secs(1)
+}
+
+/// Stops the delivery engine: outcomes it buffered are written as it stops; attempts still
+/// running keep their pending or due rows and are made again by whoever delivers next.
+pub async fn stop_engine(engine: &ActorRef<DeliveryMsg>) {
+    if let Err(e) = engine.stop_and_wait(None, Some(ENGINE_STOP)).await {
+        tracing::warn!(error = %e, "the delivery engine did not stop in time");
+    }
+}
+
+/// What a replicated node does after the signal and before the HTTP drain, while its API
+/// still serves (forwarding to the new leaders): it stops its delivery engine while it
+/// still leads the groups the outcomes belong to, so they are written rather than made
+/// again by the next leaders, then hands the leads over, within `within`.
+pub async fn hand_over(
+    replication: &Arc<Replication>,
+    engine: &ActorRef<DeliveryMsg>,
+    within: Duration,
+) {
+    stop_engine(engine).await;
+    let (led, handed) = replication.hand_over_leads(within).await;
+    tracing::info!(
+        led,
+        handed,
+        "handed over the lead of the groups this node led"
+    );
 }
 
 /// Ends the process because the storage failed. Logs why first.
