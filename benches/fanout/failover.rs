@@ -11,9 +11,9 @@
 //! succeeded: what a client retrying at once waits. The victim is restarted on its data
 //! and the cluster settles again before the next kill.
 //!
-//! Triggers and deliveries are not replicated yet (they stay on the node that led the
-//! registration's group when it was triggered), so the window is measured on these API
-//! operations only.
+//! The window is measured on these API operations; that triggers and deliveries resume on
+//! the groups' next leaders is checked by the tests (`tests/cluster/trigger_failover.rs`,
+//! `tests/cluster/fanout_takeover.rs`), not timed here.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -418,7 +418,7 @@ impl FailoverRun {
                 if self.never > 0 { format!("; {} streams never succeeded again", self.never) } else { String::new() },
             ),
             format!(
-                "  measured on API operations (GET account, PATCH registration): triggers and deliveries are not replicated yet; {failed_text} over {streams} streams (each retrying at once); slowest request of a group the victim did not lead {}; restart → settled again: max {}",
+                "  measured on API operations (GET account, PATCH registration); {failed_text} over {streams} streams (each retrying at once); slowest request of a group the victim did not lead {}; restart → settled again: max {}",
                 ms(self.control_slowest.as_micros() as u64),
                 ms(settle.iter().copied().max().unwrap_or(0)),
             ),
@@ -440,7 +440,7 @@ impl FailoverRun {
     pub(crate) fn json(&self) -> Value {
         json!({
             "failed_requests": self.failures(),
-            "what": "SIGKILL of the node leading the most groups; per request stream (GET account, PATCH registration of a record in a group it led, through a survivor), the time from the kill to the answer of the first request sent after it that succeeded. Triggers and deliveries are not replicated yet, so only API operations are measured.",
+            "what": "SIGKILL of the node leading the most groups; per request stream (GET account, PATCH registration of a record in a group it led, through a survivor), the time from the kill to the answer of the first request sent after it that succeeded. Measured on API operations only.",
             "windows_us": self.windows,
             "never_succeeded_again": self.never,
             "control_slowest_request_us": self.control_slowest.as_micros() as u64,

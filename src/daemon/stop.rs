@@ -6,7 +6,8 @@
 //! * A signal (SIGTERM, SIGINT) is received by a thread of its own, on a one-thread runtime
 //!   of its own, so it is seen even when every worker of the main runtime is blocked. It
 //!   starts the graceful stop and arms a backstop: a node still running [`backstop`] after
-//!   the signal exits.
+//!   the signal exits. Replicated, the graceful stop begins, while the API still serves,
+//!   by stopping the delivery engine and handing the node's leads over ([`hand_over`]).
 //! * A failed storage (see `store::health`) cannot be repaired in place: the storage
 //!   watchdog's thread waits [`FAILED_EXIT_DELAY`], so that in-flight requests get their
 //!   answers (writes 507) and `/ready` answers 503 meanwhile, and exits with

@@ -11,8 +11,9 @@
 //! 3. the successor calls it once it holds that much of the log; its vote request carries
 //!    a higher term, and the leader grants it (their logs are equal), stepping down.
 //!
-//! A leader that votes for its successor no longer serves reads under its lease: that
-//! lease belonged to the term the vote ends. Should the successor lose (the leader took a
+//! While it hands over, the leader serves reads after a read index, never under its
+//! lease: the core sends its vote before it publishes the step-down that the lease check
+//! reads, so for a moment the lease would outlive the lead. Should the successor lose (the leader took a
 //! proposal that raced step 1), the leader asks again; past the deadline it takes proposals
 //! again, or, when stopping, stops anyway and the group elects a leader within its
 //! election timeout, as after a crash.
@@ -111,12 +112,18 @@ impl Replication {
     /// True when this node leads `raft`'s group and is handing the lead over: it takes
     /// no new proposal then, so that its successor's log can catch up with its own.
     pub(super) fn is_handing_over(&self, group: GroupId, raft: &GroupRaft) -> bool {
-        let handing = self.stopping.load(Ordering::SeqCst)
+        self.handing_over(group) && raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// True while this node may be handing `group`'s lead over. Its reads then confirm the
+    /// lead with a read index, never under the lease: openraft publishes the step-down
+    /// that granting the successor's vote is a moment after the vote is sent.
+    pub(super) fn handing_over(&self, group: GroupId) -> bool {
+        self.stopping.load(Ordering::SeqCst)
             || self
                 .handing_over
                 .get(&group)
-                .is_some_and(|h| h.load(Ordering::SeqCst));
-        handing && raft.metrics().borrow().state == ServerState::Leader
+                .is_some_and(|h| h.load(Ordering::SeqCst))
     }
 
     /// Hands `group`'s lead to `to` (or to its most caught-up follower); true once

@@ -170,7 +170,8 @@ impl Replication {
     /// `failover_wait`. Concurrent reads share rounds (see `read_rounds.rs`).
     pub async fn linearize(self: &Arc<Self>, group: GroupId) -> Result<(), NotLeader> {
         let s = self.standing(group)?;
-        if s.leading && s.lead.fenced_in(s.term) && s.lead.lease.holds(s.term) {
+        let lease = s.lead.fenced_in(s.term) && s.lead.lease.holds(s.term);
+        if s.leading && lease && !self.handing_over(group) {
             return Ok(());
         }
         let replication = self.clone();
