@@ -180,21 +180,14 @@ fn status_names_the_groups_without_a_leader() {
     assert!(status.contains("node2 leads 0"), "{status}");
 }
 
-/// The node stand-in of the restart tests: [`LIVE_NODE`], and `webhookd cluster status`
+/// What the restart tests' node stand-in adds to [`LIVE_NODE`]: `webhookd cluster status`,
 /// recorded with the key it was given, failing when `$CALLS.lagging` names its target.
-const RESTARTED_NODE: &str = r#"if [ "$1" = cluster ]; then
+const CLUSTER_STATUS: &str = r#"if [ "$1" = cluster ]; then
   echo "$* key=$WEBHOOKD_API_KEY" >> "$CALLS"
   grep -qx "$4" "$CALLS.lagging" 2>/dev/null && exit 1
   exit 0
 fi
-echo "$0 $* storage=$WEBHOOKD_STORAGE__PATH" >> "$CALLS"
-case "$3" in
-  *node2.toml) if [ ! -e "$WEBHOOKD_STORAGE__PATH" ]; then
-      mkdir -p "$WEBHOOKD_STORAGE__PATH"
-      echo "admin api_key: 1111111111111111111111111111111111111111"
-    fi ;;
-esac
-exec sleep 60"#;
+"#;
 
 /// A temp dir with the stand-ins for a restart test.
 fn restart_stand_ins() -> tempfile::TempDir {
@@ -206,7 +199,10 @@ fn restart_stand_ins() -> tempfile::TempDir {
         r#"echo "cargo $*" >> "$CALLS""#,
     );
     write_script(&tmp.path().join("bin/curl"), CURL);
-    write_script(&tmp.path().join("target/release/webhookd"), RESTARTED_NODE);
+    write_script(
+        &tmp.path().join("target/release/webhookd"),
+        &format!("{CLUSTER_STATUS}{LIVE_NODE}"),
+    );
     tmp
 }
 
