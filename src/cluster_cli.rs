@@ -1,6 +1,7 @@
-//! `webhookd cluster status`: what a running node knows of its cluster, asked over its
-//! `/v1/cluster` API with the admin's keys, as a table; with `--wait`, also a check for
-//! scripts (the rolling restart of `docs/cluster.md` waits for it between two nodes).
+//! `webhookd cluster status|add`: what a running node knows of its cluster, asked over
+//! its `/v1/cluster` API with the admin's keys, as a table; with `--wait`, also a check
+//! for scripts (the rolling restart of `docs/cluster.md` waits for it between two nodes,
+//! `cluster add --wait` until the new node holds its share).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,11 +20,46 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ClusterCommand {
     /// Show the members and, per shard group, its leader and each follower's lag.
     Status(StatusArgs),
+    /// Admit a node started with `cluster.join = true`; its share of the groups then
+    /// moves to it.
+    Add(AddArgs),
 }
 
 /// Options of `webhookd cluster status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Wait up to SECS until every member is up, every group has a leader and its
+    /// replicas where placement wants them, and every follower holds the entries its
+    /// group had when the wait began; exit 1 if not.
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<f64>,
+}
+
+/// Options of `webhookd cluster add`.
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// The new node's `cluster.node_id`.
+    #[arg(long)]
+    pub id: String,
+    /// The new node's cluster listener (`host:port`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub cluster_addr: String,
+    /// The new node's `/v1` API (`host:port`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_addr: String,
+    /// Then wait up to SECS as `cluster status --wait` does (the new node holding its
+    /// share); exit 1 if not.
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<f64>,
+}
+
+/// Which node to ask, and the admin's keys.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
     /// Base URL of a running node.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8081")]
     pub target: String,
@@ -33,51 +69,97 @@ pub struct StatusArgs {
     /// The admin's API key (default: the WEBHOOKD_API_KEY environment variable).
     #[arg(long, value_name = "KEY")]
     pub api_key: Option<String>,
-    /// Wait up to SECS until every member is up, every group has a leader and every
-    /// follower holds the entries its group had when the wait began; exit 1 if not.
-    #[arg(long, value_name = "SECS")]
-    pub wait: Option<f64>,
 }
 
 /// Runs `webhookd cluster <command>`.
 pub async fn run(command: ClusterCommand) -> Result<(), String> {
     match command {
-        ClusterCommand::Status(args) => status(args).await,
+        ClusterCommand::Status(args) => status(&Admin::new(&args.node)?, args.wait).await,
+        ClusterCommand::Add(args) => add(args).await,
     }
 }
 
-async fn status(args: StatusArgs) -> Result<(), String> {
-    let key = match args.api_key.clone() {
-        Some(key) => key,
-        None => std::env::var(API_KEY_ENV)
-            .map_err(|_| format!("give the admin's API key with --api-key or {API_KEY_ENV}"))?,
-    };
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let url = format!("{}/v1/cluster", args.target.trim_end_matches('/'));
-    let ask = || async {
-        let answer = client
-            .get(&url)
+/// A node's admin API.
+struct Admin {
+    client: reqwest::Client,
+    base: String,
+    username: String,
+    key: String,
+}
+
+impl Admin {
+    fn new(node: &NodeArgs) -> Result<Self, String> {
+        let key = match node.api_key.clone() {
+            Some(key) => key,
+            None => std::env::var(API_KEY_ENV)
+                .map_err(|_| format!("give the admin's API key with --api-key or {API_KEY_ENV}"))?,
+        };
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            client,
+            base: node.target.trim_end_matches('/').to_string(),
+            username: node.username.clone(),
+            key,
+        })
+    }
+
+    /// `method path` with `body`; the answer's JSON when its status is a success.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self
+            .client
+            .request(method.clone(), &url)
             .header("content-type", "application/json")
-            .header("username", &args.username)
-            .header("api-key", &key)
+            .header("username", &self.username)
+            .header("api-key", &self.key);
+        if let Some(body) = body {
+            request = request.body(body.to_string());
+        }
+        let answer = request
             .send()
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| format!("{method} {url}: {e}"))?;
         let status = answer.status();
         let body: Value = answer
             .json()
             .await
-            .map_err(|e| format!("GET {url}: {status}, not JSON: {e}"))?;
+            .map_err(|e| format!("{method} {url}: {status}, not JSON: {e}"))?;
         if !status.is_success() {
-            return Err(format!("GET {url}: {status} {body}"));
+            return Err(format!("{method} {url}: {status} {body}"));
         }
         Ok(body)
-    };
-    let Some(wait) = args.wait else {
+    }
+}
+
+async fn add(args: AddArgs) -> Result<(), String> {
+    let admin = Admin::new(&args.node)?;
+    let member = serde_json::json!({
+        "id": args.id,
+        "cluster_addr": args.cluster_addr,
+        "http_addr": args.http_addr,
+    });
+    admin
+        .call(reqwest::Method::POST, "/v1/cluster/members", Some(member))
+        .await?;
+    println!("{} admitted", args.id);
+    match args.wait {
+        Some(wait) => status(&admin, Some(wait)).await,
+        None => Ok(()),
+    }
+}
+
+async fn status(admin: &Admin, wait: Option<f64>) -> Result<(), String> {
+    let ask = || admin.call(reqwest::Method::GET, "/v1/cluster", None);
+    let Some(wait) = wait else {
         print!("{}", render(&ask().await?));
         return Ok(());
     };
@@ -121,6 +203,16 @@ fn unsettled(state: &Value, targets: &mut HashMap<String, u64>) -> Option<String
             "member {} is {}",
             text(&m["id"]),
             text(&m["state"])
+        ));
+    }
+    if let Some(step) = state["replication"]["moves"]
+        .as_array()
+        .and_then(|m| m.first())
+    {
+        return Some(format!(
+            "group {} still moves replicas to {}",
+            text(&step["group"]),
+            text(&step["target"])
         ));
     }
     for group in state["replication"]["groups"]
@@ -221,6 +313,17 @@ mod tests {
         let mut grown = state(json!("n1"), 10);
         grown["replication"]["groups"][0]["last_log_index"] = json!(12);
         assert_eq!(unsettled(&grown, &mut targets), None);
+    }
+
+    #[test]
+    fn a_group_still_moving_is_named() {
+        let mut moving = state(json!("n1"), 10);
+        moving["replication"]["moves"] =
+            json!([{"group": "0", "voters": ["n1", "n2"], "target": ["n1", "n3"]}]);
+        assert_eq!(
+            unsettled(&moving, &mut HashMap::new()).as_deref(),
+            Some(r#"group 0 still moves replicas to ["n1","n3"]"#)
+        );
     }
 
     #[test]

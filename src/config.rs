@@ -23,6 +23,9 @@ pub use error::ConfigError;
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "WEBHOOKD_";
+/// `WEBHOOKD_API_KEY` without its prefix (`cluster_cli::API_KEY_ENV`), lowercased as
+/// figment passes keys (compared ignoring case).
+const CLI_API_KEY: &str = "api_key";
 
 /// The whole effective configuration of one node.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -246,7 +249,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        // WEBHOOKD_API_KEY is the admin key of the `cluster` commands, not configuration:
+        // an operator who exported it must still be able to start a node.
+        let env =
+            Env::prefixed(ENV_PREFIX).filter(|key| !key.as_str().eq_ignore_ascii_case(CLI_API_KEY));
+        figment = figment.merge(env.split("__"));
         let config: Config = figment.extract()?;
         config.validate().map_err(|e| e.located(&figment))?;
         Ok(Loaded { config, figment })

@@ -182,12 +182,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .start()
         .await
         .map_err(ServiceError::Internal)?;
-    for peer in 0..service.context().cluster.peers().len() {
-        tokio::spawn(crate::actors::run_handoff(
-            service.context().clone(),
-            Some(peer),
-        ));
-    }
+    tokio::spawn(crate::actors::run_peer_handoffs(service.context().clone()));
     if config.cluster.is_replicated() {
         tokio::spawn(crate::actors::run_handoff(service.context().clone(), None));
     }
@@ -203,8 +198,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         replicated = Some(replication.clone());
         service.attach_replication(replication);
         // The metadata group needs a majority of the members, which may still be starting:
-        // the API serves meanwhile.
-        tokio::spawn(bootstrap_replicated_admin(service.clone()));
+        // the API serves meanwhile. A joining node's cluster has its admin already.
+        if !config.cluster.join {
+            tokio::spawn(bootstrap_replicated_admin(service.clone()));
+        }
     } else if let Some(admin) = service.bootstrap_admin().await? {
         print_admin_keys(&admin);
     }

@@ -312,7 +312,7 @@ const CLEANUP_RETRY: Duration = Duration::from_secs(1);
 /// Tells every peer to drop the subscriptions held by `account`; true when all did.
 async fn remote_cleanup(ctx: &NodeState, account: &Uuid) -> bool {
     let mut all = true;
-    for peer in ctx.cluster.peers() {
+    for peer in ctx.cluster.peers().iter() {
         let command = DeleteSubscriptionsOf { account: *account };
         if !matches!(ctx.cluster.call(peer, &command).await, Ok(Ok(_))) {
             all = false;

@@ -24,8 +24,8 @@ use uuid::Uuid;
 
 pub use account::{AccountActor, AccountMsg};
 pub use delivery::{
-    accept_batch, run_handoff, write_rows_replicated, DeliveryContext, DeliveryMsg,
-    DeliverySupervisor,
+    accept_batch, run_handoff, run_peer_handoffs, write_rows_replicated, DeliveryContext,
+    DeliveryMsg, DeliverySupervisor,
 };
 pub use directory::Directory;
 pub use records::{Records, Replicated, ReplicatedRecords};

@@ -7,6 +7,7 @@
 mod accounts;
 mod deliveries;
 mod keys;
+mod members;
 mod ops;
 mod registrations;
 mod routes;

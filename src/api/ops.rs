@@ -86,10 +86,24 @@ pub async fn cluster(c: Call) -> ApiResult {
         members.push(peer);
     }
     let replication = match c.api.service.replication_status().await {
-        Some(groups) => json!({
-            "factor": groups.iter().map(|g| g.voters.len()).max().unwrap_or(1),
-            "groups": groups,
-        }),
+        Some(groups) => {
+            let moves: Vec<Value> = groups
+                .iter()
+                .filter(|g| !g.target.is_empty() && sorted(&g.voters) != sorted(&g.target))
+                .map(|g| json!({ "group": g.group, "voters": g.voters, "target": g.target }))
+                .collect();
+            json!({
+                "factor": groups
+                    .iter()
+                    .filter(|g| g.group != "meta")
+                    .map(|g| g.target.len())
+                    .max()
+                    .unwrap_or(1),
+                "members": c.api.service.member_views(&groups),
+                "moves": moves,
+                "groups": groups,
+            })
+        }
         None => json!({ "factor": 1 }),
     };
     Ok(response::json(
@@ -103,6 +117,12 @@ pub async fn cluster(c: Call) -> ApiResult {
             "replication": replication,
         }),
     ))
+}
+
+fn sorted(ids: &[String]) -> Vec<&String> {
+    let mut ids: Vec<&String> = ids.iter().collect();
+    ids.sort();
+    ids
 }
 
 /// GET /metrics — Prometheus text.
@@ -171,7 +191,7 @@ mod tests {
         }
         // The 21 `/v1` pairs of the original, the 3 delivery-visibility routes, bulk recovery,
         // the 7 pairs that answer `400 Missing <param>`, /health, /ready, /metrics,
-        // /v1/cluster and the document itself.
-        assert_eq!(operations, 37);
+        // /v1/cluster, /v1/cluster/members and the document itself.
+        assert_eq!(operations, 38);
     }
 }

@@ -7,7 +7,9 @@
 
 use hyper::Method;
 
-use super::{accounts, deliveries, keys, ops, registrations, subscriptions, triggers, Endpoint};
+use super::{
+    accounts, deliveries, keys, members, ops, registrations, subscriptions, triggers, Endpoint,
+};
 use crate::http::router::{Route, Routes};
 
 /// One `/v1` row (Content-Type gated).
@@ -65,6 +67,7 @@ pub fn table() -> Routes<Endpoint> {
         v1(M::POST, "/v1/webhook/triggered/{id}/redeliver", "", Caller(|c, a| Box::pin(triggers::redeliver(c, a)))),
         v1(M::POST, "/v1/webhook/deliveries/recover", "", Credentials(|c, k| Box::pin(deliveries::recover(c, k)))),
         v1(M::GET, "/v1/cluster", "", Admin(|c, _| Box::pin(ops::cluster(c)))),
+        v1(M::POST, "/v1/cluster/members", "", Admin(|c, _| Box::pin(members::admit(c)))),
         ops("/health", Open(|c| Box::pin(ops::health(c)))),
         ops("/ready", Open(|c| Box::pin(ops::ready(c)))),
         ops("/metrics", Open(|c| Box::pin(ops::metrics(c)))),

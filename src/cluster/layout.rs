@@ -1,11 +1,14 @@
 //! The cluster layout peers compare before they talk: the settings every node must share.
 //!
-//! Shard owners and the shard groups' voters are pure functions of the configuration, so
-//! two nodes that disagree on the shard count, the member list, the replication factor or
-//! the group count would route and replicate records differently without noticing. Each
-//! heartbeat therefore carries the sender's layout, and a node refuses a peer whose layout
-//! differs. The layout is plain numbers (the member list as a digest), and a refusal names
-//! each setting that differs with both values, so the log says what to fix.
+//! Shard owners and the shard groups' voters are pure functions of the configuration and
+//! the member list, so two nodes that disagree on the shard count, the replication factor
+//! or the group count (or, without replication, the member list) would route and replicate
+//! records differently without noticing. Each heartbeat therefore carries the sender's
+//! layout, and a node refuses a peer whose layout differs. The layout is plain numbers (the
+//! member list as a digest), and a refusal names each setting that differs with both
+//! values, so the log says what to fix. With replication the member list is replicated
+//! state, not configuration (it changes as members are admitted), so it is not compared;
+//! the configured factor is, since the cluster may grow past the seed list.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,9 +20,11 @@ use crate::config::ClusterConfig;
 pub struct Layout {
     /// `cluster.shards`.
     pub shards: u16,
-    /// The digest of (shards, member list), as `/v1/cluster` shows it.
+    /// The digest of (shards, member list), as `/v1/cluster` shows it; 0 with
+    /// replication, where the member list is replicated state.
     pub map_digest: u64,
-    /// The effective `cluster.replication_factor` (capped at the member count).
+    /// `cluster.replication_factor`: as configured with replication, else the effective
+    /// one (capped at the member count, so 1 means no replication).
     pub replication_factor: u16,
     /// `cluster.groups`.
     pub groups: u16,
@@ -28,11 +33,14 @@ pub struct Layout {
 impl Layout {
     /// The layout of `config`, whose shard map is `map`.
     pub fn new(config: &ClusterConfig, map: &ShardMap) -> Self {
+        let (map_digest, replication_factor) = match config.is_replicated() {
+            true => (0, config.replication_factor),
+            false => (map.digest(), 1),
+        };
         Self {
             shards: map.shards(),
-            map_digest: map.digest(),
-            replication_factor: u16::try_from(config.effective_replication_factor())
-                .unwrap_or(u16::MAX),
+            map_digest,
+            replication_factor,
             groups: config.groups,
         }
     }
@@ -55,7 +63,8 @@ impl Layout {
             peer.shards.to_string(),
             self.shards.to_string(),
         );
-        if peer.shards == self.shards {
+        // Replicated, both digests are 0; with different factors the factor says it.
+        if peer.shards == self.shards && peer.replication_factor == self.replication_factor {
             differs(
                 "cluster.members digest",
                 format!("{:016x}", peer.map_digest),
@@ -124,11 +133,21 @@ mod tests {
     }
 
     #[test]
-    fn the_effective_factor_is_compared() {
-        // 5 voters over 3 members places groups as 3 does.
+    fn replicated_the_configured_factor_is_compared_and_the_member_list_is_not() {
+        // The cluster may grow past three members, where 5 and 3 voters differ.
         let five = layout(&config(&["a", "b", "c"], 5, 12));
         let three = layout(&config(&["a", "b", "c"], 3, 12));
-        assert_eq!(five.mismatch(&three), None);
+        assert!(five.mismatch(&three).is_some());
+        // Members are admitted at run time: a joining node lists only itself.
+        let joining = layout(&config(&["d"], 3, 12));
+        assert_eq!(three.mismatch(&layout(&config(&["d", "a"], 3, 12))), None);
+        let mut join = config(&["d"], 3, 12);
+        join.join = true;
+        assert_eq!(three.mismatch(&layout(&join)), None);
+        assert!(
+            three.mismatch(&joining).is_some(),
+            "one member runs no Raft"
+        );
     }
 
     #[test]
@@ -153,12 +172,11 @@ mod tests {
             ),
             "{why}"
         );
-        let why = ours.mismatch(&layout(&config(&["a", "c"], 3, 12))).unwrap();
+        let unreplicated = layout(&config(&["a", "b", "c"], 1, 12));
+        let why = unreplicated
+            .mismatch(&layout(&config(&["a", "c"], 1, 12)))
+            .unwrap();
         assert!(why.contains("peer has cluster.members digest "), "{why}");
-        assert!(
-            why.contains("cluster.replication_factor 2"),
-            "two members cap the factor at 2: {why}"
-        );
         let mut other_shards = config(&["a", "b", "c"], 3, 12);
         other_shards.shards = 64;
         let why = ours.mismatch(&layout(&other_shards)).unwrap();

@@ -8,7 +8,7 @@
 //! refused, and both nodes log which setting differs.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
@@ -76,6 +76,17 @@ pub struct Peer {
 }
 
 impl Peer {
+    fn new(member: Member) -> Self {
+        Self {
+            member,
+            inner: Mutex::new(PeerInner {
+                state: PeerState::Connecting,
+                gateway: None,
+                last_heard: None,
+            }),
+        }
+    }
+
     /// Its current state.
     pub fn state(&self) -> PeerState {
         self.inner
@@ -132,11 +143,11 @@ impl Peer {
 }
 
 /// Who serves a shard.
-pub enum Owner<'a> {
+pub enum Owner {
     /// This node.
     Local,
     /// A peer.
-    Remote(&'a Peer),
+    Remote(Arc<Peer>),
 }
 
 /// Who serves each shard when that changes at run time (a replicated shard is served by
@@ -152,10 +163,16 @@ pub struct Cluster {
     map: ShardMap,
     layout: Layout,
     config: ClusterConfig,
-    peers: Vec<Peer>,
+    /// Every peer known: the configured ones, then members admitted at run time. Peers
+    /// are only ever added (a removed member stays, marked), so a peer's index is stable.
+    peers: RwLock<Arc<Vec<Arc<Peer>>>>,
     endpoints: Arc<Endpoints>,
-    transport: std::sync::OnceLock<tokio::runtime::Handle>,
-    owners: std::sync::OnceLock<Arc<dyn ShardOwners>>,
+    transport: OnceLock<tokio::runtime::Handle>,
+    /// The cluster listener, which dials peers added after start-up.
+    server: OnceLock<ActorRef<NodeServerMessage>>,
+    owners: OnceLock<Arc<dyn ShardOwners>>,
+    /// The number of peers, for subsystems that run a task per peer.
+    peer_count: tokio::sync::watch::Sender<usize>,
 }
 
 /// The heartbeat: the sender's layout, which must equal the receiver's.
@@ -182,29 +199,25 @@ impl Rpc for Ping {
 impl Cluster {
     /// The cluster described by `[cluster]` (a cluster of one when no peers are listed).
     pub fn new(config: &ClusterConfig) -> Self {
-        let peers = config
+        let peers: Vec<Arc<Peer>> = config
             .members
             .iter()
             .filter(|m| m.id != config.node_id)
-            .map(|m| Peer {
-                member: m.clone(),
-                inner: Mutex::new(PeerInner {
-                    state: PeerState::Connecting,
-                    gateway: None,
-                    last_heard: None,
-                }),
-            })
+            .map(|m| Arc::new(Peer::new(m.clone())))
             .collect();
         let map = ShardMap::new(config.shards, config.member_ids());
+        let (peer_count, _) = tokio::sync::watch::channel(peers.len());
         Self {
             node_id: config.node_id.clone(),
             layout: Layout::new(config, &map),
             map,
             config: config.clone(),
-            peers,
+            peers: RwLock::new(Arc::new(peers)),
             endpoints: Arc::default(),
-            transport: std::sync::OnceLock::new(),
-            owners: std::sync::OnceLock::new(),
+            transport: OnceLock::new(),
+            server: OnceLock::new(),
+            owners: OnceLock::new(),
+            peer_count,
         }
     }
 
@@ -218,14 +231,57 @@ impl Cluster {
         &self.map
     }
 
-    /// The peers (every member but this node).
-    pub fn peers(&self) -> &[Peer] {
-        &self.peers
+    /// The peers (every member but this node), in the order they became known.
+    pub fn peers(&self) -> Arc<Vec<Arc<Peer>>> {
+        self.peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The peer whose member id is `id`.
+    pub fn peer(&self, id: &str) -> Option<Arc<Peer>> {
+        self.peers().iter().find(|p| p.member.id == id).cloned()
+    }
+
+    /// Makes `member` a peer, dialled and pinged from now on, unless it is this node or
+    /// already known (then its addresses are kept: a member's addresses do not change).
+    /// Returns true when it was added.
+    pub fn add_peer(self: &Arc<Self>, member: Member) -> bool {
+        if member.id == self.node_id {
+            return false;
+        }
+        // The listener is read under the lock that `start_transport` sets it under, so
+        // that exactly one of the two starts the new peer's watcher.
+        let (peer, server) = {
+            let mut peers = self.peers.write().unwrap_or_else(PoisonError::into_inner);
+            if peers.iter().any(|p| p.member.id == member.id) {
+                return false;
+            }
+            let peer = Arc::new(Peer::new(member));
+            let mut grown = peers.as_ref().clone();
+            grown.push(peer.clone());
+            self.peer_count.send_replace(grown.len());
+            *peers = Arc::new(grown);
+            (peer, self.server.get().cloned())
+        };
+        tracing::info!(peer = %peer.member.id, addr = %peer.member.cluster_addr, "peer added");
+        if let (Some(runtime), Some(server)) = (self.transport.get(), server) {
+            let cluster = self.clone();
+            runtime.spawn(async move { cluster.watch_peer(peer, server).await });
+        }
+        true
+    }
+
+    /// The number of peers, changed each time one is added (a peer's index in
+    /// [`Cluster::peers`] never changes).
+    pub fn watch_peer_count(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.peer_count.subscribe()
     }
 
     /// True when every peer is up.
     pub fn all_up(&self) -> bool {
-        self.peers.iter().all(|p| p.state() == PeerState::Up)
+        self.peers().iter().all(|p| p.state() == PeerState::Up)
     }
 
     /// Makes `owners` the judge of who serves each shard (once, at start-up).
@@ -234,14 +290,10 @@ impl Cluster {
     }
 
     /// Who serves `shard`.
-    pub fn owner(&self, shard: ShardId) -> Owner<'_> {
+    pub fn owner(&self, shard: ShardId) -> Owner {
         let dynamic = self.owners.get().and_then(|o| o.owner(shard));
         match dynamic.as_deref().or(self.map.owner(shard)) {
-            Some(id) if id != self.node_id => self
-                .peers
-                .iter()
-                .find(|p| p.member.id == id)
-                .map_or(Owner::Local, Owner::Remote),
+            Some(id) if id != self.node_id => self.peer(id).map_or(Owner::Local, Owner::Remote),
             _ => Owner::Local,
         }
     }
@@ -252,12 +304,16 @@ impl Cluster {
     }
 
     /// The peers that are up.
-    pub fn up_peers(&self) -> impl Iterator<Item = &Peer> {
-        self.peers.iter().filter(|p| p.state() == PeerState::Up)
+    pub fn up_peers(&self) -> Vec<Arc<Peer>> {
+        self.peers()
+            .iter()
+            .filter(|p| p.state() == PeerState::Up)
+            .cloned()
+            .collect()
     }
 
     /// The peer serving `shard`, or `None` when this node does.
-    pub fn remote_owner(&self, shard: ShardId) -> Option<&Peer> {
+    pub fn remote_owner(&self, shard: ShardId) -> Option<Arc<Peer>> {
         match self.owner(shard) {
             Owner::Remote(p) => Some(p),
             Owner::Local => None,
@@ -344,7 +400,7 @@ impl Cluster {
     /// still answers and sends heartbeats on time, so load does not make healthy peers
     /// look dead; the operations it serves still run on the caller's runtime.
     pub async fn start(self: &Arc<Self>) -> Result<(), String> {
-        if self.peers.is_empty() {
+        if !self.config.is_multi_node() && !self.config.join {
             return Ok(());
         }
         self.endpoints
@@ -407,19 +463,23 @@ impl Cluster {
         Gateway::start(&self.node_id, self.endpoints.clone())
             .await
             .map_err(|e| format!("starting the gateway: {e}"))?;
-        for index in 0..self.peers.len() {
+        // Peers added from here on are watched by `add_peer`; the lock orders the two.
+        let peers = {
+            let peers = self.peers.write().unwrap_or_else(PoisonError::into_inner);
+            let _ = self.server.set(server.clone());
+            peers.clone()
+        };
+        for peer in peers.iter() {
             let cluster = self.clone();
-            let server = server.clone();
-            tokio::spawn(async move { cluster.watch_peer(index, server).await });
+            let (peer, server) = (peer.clone(), server.clone());
+            tokio::spawn(async move { cluster.watch_peer(peer, server).await });
         }
         Ok(())
     }
 
     /// Dials, pings and judges one peer, forever.
-    async fn watch_peer(self: Arc<Self>, index: usize, server: ActorRef<NodeServerMessage>) {
-        let Some(peer) = self.peers.get(index) else {
-            return;
-        };
+    async fn watch_peer(self: Arc<Self>, peer: Arc<Peer>, server: ActorRef<NodeServerMessage>) {
+        let peer = peer.as_ref();
         let interval = Duration::from_millis(self.config.heartbeat_interval_ms);
         let down_after = Duration::from_millis(self.config.down_after_ms);
         let mut backoff = Duration::from_millis(100);

@@ -13,6 +13,8 @@ pub mod membership;
 pub mod rpc;
 pub mod shard;
 
+/// A member's id and addresses (configured, or admitted at run time).
+pub use crate::config::Member;
 pub use membership::{Cluster, Owner, Peer, PeerState, ShardOwners};
 pub(crate) use rpc::rpc;
 pub use rpc::{CallError, Rpc};

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the frame format and of every registered operation; bumped on any
 /// incompatible change so that mixed versions refuse each other instead of misreading.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// One operation a node can ask of another.
 pub trait Rpc: Serialize + DeserializeOwned + Send + Sync + 'static {

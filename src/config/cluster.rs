@@ -34,8 +34,15 @@ pub struct ClusterConfig {
     pub listen: SocketAddr,
     /// Shared secret of the cluster (ractor_cluster's magic cookie).
     pub cookie: String,
-    /// Every member, this node included; empty means a cluster of one.
+    /// Every member, this node included; empty means a cluster of one. With replication
+    /// it only seeds a new cluster: members admitted later are replicated state.
     pub members: Vec<Member>,
+    /// This node joins a running replicated cluster: it initialises nothing, and waits
+    /// to be admitted (`POST /v1/cluster/members` on a member).
+    pub join: bool,
+    /// Group replicas a node moves at once, as the leader of the groups it moves, when
+    /// members are admitted or removed.
+    pub max_concurrent_moves: u16,
     /// How often each peer is pinged.
     pub heartbeat_interval_ms: u64,
     /// A peer that has not answered a ping for this long is marked down.
@@ -68,6 +75,8 @@ impl Default for ClusterConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7081)),
             cookie: String::new(),
             members: Vec::new(),
+            join: false,
+            max_concurrent_moves: 2,
             heartbeat_interval_ms: 500,
             down_after_ms: 3000,
             rpc_timeout_ms: 10_000,
@@ -87,9 +96,9 @@ impl ClusterConfig {
         usize::from(self.replication_factor.max(1)).min(self.member_ids().len())
     }
 
-    /// True when shard groups are replicated with Raft.
+    /// True when shard groups are replicated with Raft (always, for a joining node).
     pub fn is_replicated(&self) -> bool {
-        self.effective_replication_factor() > 1
+        self.join || self.effective_replication_factor() > 1
     }
 
     /// True when other nodes are configured.
@@ -138,6 +147,23 @@ impl ClusterConfig {
         }
         if c.failover_wait_ms == 0 {
             return invalid("cluster.failover_wait_ms", "must be at least 1".into());
+        }
+        if c.max_concurrent_moves == 0 {
+            return invalid("cluster.max_concurrent_moves", "must be at least 1".into());
+        }
+        if c.join && c.replication_factor < 2 {
+            return invalid(
+                "cluster.join",
+                "needs cluster.replication_factor of 2 or more: only a replicated cluster \
+                 admits members"
+                    .into(),
+            );
+        }
+        if c.join && c.cookie.trim().is_empty() {
+            return invalid(
+                "cluster.cookie",
+                "must be set on a joining node (config or WEBHOOKD_CLUSTER__COOKIE)".into(),
+            );
         }
         if c.snapshot_entries == 0 {
             return invalid("cluster.snapshot_entries", "must be at least 1".into());

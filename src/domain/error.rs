@@ -67,6 +67,10 @@ pub enum ServiceError {
         /// The member this node believes leads the shard's group.
         leader: Option<String>,
     },
+    /// 409 with the given message: the change conflicts with the current state (a member
+    /// id or address in use).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<StoreError> for ServiceError {

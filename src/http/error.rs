@@ -66,7 +66,7 @@ impl ApiError {
                 ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
                 ServiceError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
                 ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-                ServiceError::UsernameTaken => StatusCode::CONFLICT,
+                ServiceError::UsernameTaken | ServiceError::Conflict(_) => StatusCode::CONFLICT,
                 ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 ServiceError::TooManyKeyResets { .. }
                 | ServiceError::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,

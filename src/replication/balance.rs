@@ -17,18 +17,12 @@ use tokio::runtime::Handle;
 use super::types::raft_id;
 use super::Replication;
 
-/// Starts one balancing loop per group this node prefers to lead, on `runtime`.
+/// Starts one balancing loop per group on `runtime`; each acts while placement makes this
+/// node the group's preferred voter (which changes as members come and go).
 pub fn start(replication: &Arc<Replication>, runtime: &Handle) {
     let me = raft_id(&replication.node_id);
     let election_timeout = replication.election_timeout;
-    for place in replication.placement.all() {
-        if place.voters.first() != Some(&replication.node_id) || place.voters.len() < 2 {
-            continue;
-        }
-        let Some(raft) = replication.raft(place.group).cloned() else {
-            continue;
-        };
-        let group = place.group;
+    for group in replication.rafts.keys().copied() {
         let replication = replication.clone();
         runtime.spawn(async move {
             let mut ready_checks = 0u32;
@@ -37,12 +31,22 @@ pub fn start(replication: &Arc<Replication>, runtime: &Handle) {
                 if replication.stopping.load(Ordering::SeqCst) {
                     return;
                 }
+                let preferred = replication.preferred_leader(group).as_deref()
+                    == Some(replication.node_id.as_str());
+                let raft = match replication.raft(group) {
+                    Some(raft) if preferred => raft.clone(),
+                    _ => {
+                        ready_checks = 0;
+                        continue;
+                    }
+                };
                 let m = raft.metrics().borrow().clone();
                 let caught_up = m.last_applied.map(|l| l.index) == m.last_log_index;
+                let voter = m.membership_config.membership().voter_ids().any(|v| v == me);
                 let other_leader = m
                     .current_leader
                     .filter(|l| *l != me && m.state == ServerState::Follower);
-                ready_checks = if other_leader.is_some() && caught_up {
+                ready_checks = if other_leader.is_some() && caught_up && voter {
                     ready_checks + 1
                 } else {
                     0
@@ -50,10 +54,8 @@ pub fn start(replication: &Arc<Replication>, runtime: &Handle) {
                 if let (Some(leader), true) = (other_leader, ready_checks >= 2) {
                     ready_checks = 0;
                     tracing::info!(group = %group, "taking back the lead of a group this node prefers to lead");
-                    if !replication.ask_for_lead(group, leader).await
-                        && raft.trigger().elect().await.is_err()
-                    {
-                        return;
+                    if !replication.ask_for_lead(group, leader).await {
+                        let _ = raft.trigger().elect().await;
                     }
                 }
             }

@@ -126,9 +126,9 @@ impl Replication {
                 .is_some_and(|h| h.load(Ordering::SeqCst))
     }
 
-    /// Hands `group`'s lead to `to` (or to its most caught-up follower); true once
+    /// Hands `group`'s lead to `to` (or to its most caught-up voter); true once
     /// another voter leads it. Proposals wait meanwhile, until `deadline` at most.
-    async fn hand_over(
+    pub(super) async fn hand_over(
         &self,
         group: GroupId,
         raft: &GroupRaft,
@@ -178,9 +178,11 @@ impl Replication {
                 let successor = match to {
                     Some(to) => Some(to.to_string()),
                     None => m.replication.as_ref().and_then(|followers| {
+                        let voters: Vec<u64> =
+                            m.membership_config.membership().voter_ids().collect();
                         followers
                             .iter()
-                            .filter(|(id, _)| **id != me)
+                            .filter(|(id, _)| **id != me && voters.contains(id))
                             .filter_map(|(id, matched)| Some((self.member_of(*id)?, matched)))
                             .filter(|(member, _)| self.peer_is_up(member))
                             .max_by_key(|(_, matched)| matched.map(|l| l.index))
@@ -196,7 +198,7 @@ impl Replication {
         }
     }
 
-    fn peer_is_up(&self, member: &str) -> bool {
+    pub(super) fn peer_is_up(&self, member: &str) -> bool {
         self.cluster
             .peers()
             .iter()
@@ -204,7 +206,7 @@ impl Replication {
     }
 
     async fn ask_to_take_lead(&self, group: GroupId, member: &str, last_log_index: u64) {
-        let Some(peer) = self.cluster.peers().iter().find(|p| p.member.id == member) else {
+        let Some(peer) = self.cluster.peer(member) else {
             return;
         };
         let ask = TakeLeadRpc {
@@ -213,7 +215,7 @@ impl Replication {
         };
         if let Err(e) = self
             .cluster
-            .call_within(peer, &ask, CATCH_UP_WAIT * 2)
+            .call_within(&peer, &ask, CATCH_UP_WAIT * 2)
             .await
         {
             tracing::debug!(group = %group, peer = %member, error = %e, "asking to take the lead failed");
@@ -226,7 +228,7 @@ impl Replication {
         let Some(member) = self.member_of(leader) else {
             return false;
         };
-        let Some(peer) = self.cluster.peers().iter().find(|p| p.member.id == member) else {
+        let Some(peer) = self.cluster.peer(&member) else {
             return false;
         };
         let ask = GiveLeadRpc {
@@ -235,7 +237,7 @@ impl Replication {
         };
         let answer = self
             .cluster
-            .call_within(peer, &ask, self.election_timeout * 2)
+            .call_within(&peer, &ask, self.election_timeout * 2)
             .await;
         matches!(answer, Ok(Ok(true)))
     }

@@ -29,7 +29,7 @@ use openraft::ServerState;
 use super::lease::Lease;
 use super::read_rounds::ReadRounds;
 use super::types::{raft_id, Applied, Command, GroupId};
-use super::Replication;
+use super::{Placement, Replication};
 use crate::cluster::ShardId;
 
 /// Why this node did not serve a group's read or write.
@@ -100,7 +100,7 @@ struct Standing<'a> {
 impl Replication {
     /// The group of a virtual shard.
     pub fn group_of(&self, shard: ShardId) -> GroupId {
-        self.placement.group_of(shard)
+        Placement::group_of_shard(shard, self.groups)
     }
 
     /// The member this node believes leads `group`: its own Raft's view when it votes in
@@ -118,14 +118,14 @@ impl Replication {
 
     /// The member placement prefers as `group`'s leader.
     pub fn preferred_leader(&self, group: GroupId) -> Option<String> {
-        self.placement
+        self.placement()
             .place(group)
             .and_then(|p| p.voters.first().cloned())
     }
 
     /// A shard group none of `members` votes in (so none of them holds its records).
     pub fn uncovered_group(&self, members: &[String]) -> Option<GroupId> {
-        self.placement
+        self.placement()
             .all()
             .filter(|p| !p.group.is_meta())
             .find(|p| !p.voters.iter().any(|v| members.contains(v)))
@@ -134,7 +134,7 @@ impl Replication {
 
     /// A shard group that has no leader among `members`, as far as this node knows.
     pub fn group_led_outside(&self, members: &[String]) -> Option<GroupId> {
-        self.placement
+        self.placement()
             .all()
             .map(|p| p.group)
             .filter(|g| !g.is_meta())

@@ -21,9 +21,11 @@ mod handover;
 mod leadership;
 mod lease;
 mod log_store;
+pub mod members;
 pub mod network;
 pub mod placement;
 mod read_rounds;
+mod rebalance;
 mod serve;
 mod snapshot_transfer;
 mod state_machine;
@@ -32,7 +34,7 @@ pub mod types;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -43,6 +45,7 @@ use crate::config::ClusterConfig;
 use crate::store::Store;
 
 pub use leadership::NotLeader;
+pub use members::{ClusterMember, MemberList, MemberState, MembersRefused};
 pub use placement::{GroupPlace, Placement};
 pub use status::GroupStatus;
 pub use types::{Applied, Command, GroupId};
@@ -74,13 +77,21 @@ pub enum ReplicationError {
     /// Starting the groups failed.
     #[error("starting replication: {0}")]
     Start(String),
+    /// The member list was not changed.
+    #[error(transparent)]
+    Members(#[from] MembersRefused),
 }
 
 /// The node's Raft groups.
 pub struct Replication {
     node_id: String,
     cluster: Arc<Cluster>,
-    placement: Placement,
+    /// Where the groups' voters belong, from the member list (see `rebalance.rs`).
+    placement: RwLock<Arc<Placement>>,
+    /// The member list this node applied last (`None`: not recorded yet).
+    members: tokio::sync::watch::Sender<Option<MemberList>>,
+    /// An instance of every group, whether or not this node is one of its members: a
+    /// node can be added to any group at run time (see [`Replication::raft`]).
     rafts: HashMap<GroupId, GroupRaft>,
     /// Per group, what confirms this node's lead (see `leadership.rs`).
     leads: HashMap<GroupId, leadership::GroupLead>,
@@ -90,13 +101,16 @@ pub struct Replication {
     /// Per group, set while this node hands the group's lead over (see `handover.rs`).
     handing_over: HashMap<GroupId, AtomicBool>,
     election_timeout: Duration,
+    replication_factor: usize,
+    groups: u16,
+    max_concurrent_moves: usize,
 }
 
 impl Replication {
     /// Starts this node's groups on the cluster transport's runtime (the cluster must be
     /// started), serves Raft's messages, initialises the groups this node is the preferred
-    /// leader of (once per cluster: a group that has a log is never initialised again),
-    /// and keeps leaders where placement prefers them.
+    /// leader of (once per cluster: a group that has a log is never initialised again;
+    /// never on a joining node), and keeps replicas and leaders where placement wants them.
     ///
     /// The groups start one lease after the call: had this node acknowledged a leader just
     /// before it last stopped, it must not vote for another one inside that leader's lease.
@@ -108,12 +122,17 @@ impl Replication {
         let runtime = cluster.transport_runtime().ok_or_else(|| {
             ReplicationError::Start("the cluster transport is not running".into())
         })?;
-        let members = config.member_ids();
-        let placement = Placement::new(
-            &members,
-            config.groups,
-            config.effective_replication_factor(),
-        );
+        let recorded = store
+            .run(state_machine::recorded_members)
+            .await
+            .map_err(|e| ReplicationError::Start(format!("reading the member list: {e}")))?;
+        let rf = usize::from(config.replication_factor.max(1));
+        let seed_placement = Placement::new(&config.member_ids(), config.groups, rf);
+        let placement = match &recorded {
+            Some(list) => Placement::new(&list.active_ids(), config.groups, rf),
+            None => seed_placement.clone(),
+        };
+        let (members, _) = tokio::sync::watch::channel(recorded);
         let (preferred_config, other_config) = (
             Arc::new(raft_config(config, true)?),
             Arc::new(raft_config(config, false)?),
@@ -122,12 +141,13 @@ impl Replication {
         tokio::time::sleep(lease_length).await;
         let me = raft_id(&config.node_id);
         let mut rafts = HashMap::new();
-        for place in placement.groups_of(&config.node_id) {
+        for place in placement.all() {
             let group = place.group;
             let sm = StateMachine::new(
                 store.clone(),
                 group,
                 records_of(&cluster, &placement, group),
+                group.is_meta().then(|| members.clone()),
             );
             let network = network::Network::new(cluster.clone(), group);
             let log = LogStore::new(store.clone(), group);
@@ -153,7 +173,8 @@ impl Replication {
         let replication = Arc::new(Self {
             node_id: config.node_id.clone(),
             cluster: cluster.clone(),
-            placement,
+            placement: RwLock::new(Arc::new(placement)),
+            members,
             rafts,
             leads,
             failover_wait: Duration::from_millis(config.failover_wait_ms),
@@ -163,27 +184,35 @@ impl Replication {
                 .map(|g| (g, AtomicBool::new(false)))
                 .collect(),
             election_timeout: Duration::from_millis(config.election_timeout_ms),
+            replication_factor: rf,
+            groups: config.groups,
+            max_concurrent_moves: usize::from(config.max_concurrent_moves.max(1)),
         });
         serve::serve(&replication);
-        for place in replication.placement.all() {
-            if place.voters.first() == Some(&config.node_id) {
-                let voters = place
-                    .voters
-                    .iter()
-                    .map(|id| {
-                        let addr = config
-                            .members
-                            .iter()
-                            .find(|m| &m.id == id)
-                            .map(|m| m.cluster_addr.clone())
-                            .unwrap_or_default();
-                        (raft_id(id), BasicNode { addr })
-                    })
-                    .collect();
-                tokio::spawn(replication.clone().initialize_if_new(place.clone(), voters));
+        replication.follow_members();
+        if !config.join {
+            for place in seed_placement.all() {
+                if place.voters.first() == Some(&config.node_id) {
+                    let voters = place
+                        .voters
+                        .iter()
+                        .map(|id| {
+                            let addr = config
+                                .members
+                                .iter()
+                                .find(|m| &m.id == id)
+                                .map(|m| m.cluster_addr.clone())
+                                .unwrap_or_default();
+                            (raft_id(id), BasicNode { addr })
+                        })
+                        .collect();
+                    tokio::spawn(replication.clone().initialize_if_new(place.clone(), voters));
+                }
             }
+            tokio::spawn(replication.clone().seed_members(config.members.clone()));
         }
         balance::start(&replication, &runtime);
+        rebalance::start(&replication, &runtime);
         Ok(replication)
     }
 
@@ -207,14 +236,13 @@ impl Replication {
             }
             let mut fresh = 0;
             for member in place.voters.iter().filter(|m| **m != self.node_id) {
-                let Some(peer) = self.cluster.peers().iter().find(|p| &p.member.id == member)
-                else {
+                let Some(peer) = self.cluster.peer(member) else {
                     continue;
                 };
                 let question = serve::StatusRpc { group: place.group };
                 match self
                     .cluster
-                    .call_within(peer, &question, LEADER_POLL * 20)
+                    .call_within(&peer, &question, LEADER_POLL * 20)
                     .await
                 {
                     Ok(Some(status)) if status.last_log_index.is_some() => return,
@@ -237,18 +265,51 @@ impl Replication {
         }
     }
 
-    /// This node's Raft instance of `group`, when it votes in it.
+    /// This node's Raft instance of `group`, when it is one of the group's members: a
+    /// voter, or a learner placement wants as a voter (catching up). A learner that is
+    /// not wanted was removed from the group (see `rebalance.rs`); its view is stale.
     fn raft(&self, group: GroupId) -> Option<&GroupRaft> {
+        let raft = self.rafts.get(&group)?;
+        let me = raft_id(&self.node_id);
+        let (voter, learner) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            let voter = membership.voter_ids().any(|v| v == me);
+            (voter, !voter && membership.get_node(&me).is_some())
+        };
+        let wanted = || {
+            self.placement()
+                .place(group)
+                .is_some_and(|p| p.voters.contains(&self.node_id))
+        };
+        (voter || (learner && wanted())).then_some(raft)
+    }
+
+    /// This node's Raft instance of `group`, member or not: Raft's messages go to it,
+    /// since a node added to the group learns it is a member from them.
+    fn instance(&self, group: GroupId) -> Option<&GroupRaft> {
         self.rafts.get(&group)
     }
 
-    /// The member whose Raft id is `id`.
-    fn member_of(&self, id: u64) -> Option<String> {
+    /// Where the groups' voters belong now.
+    fn placement(&self) -> Arc<Placement> {
         self.placement
-            .all()
-            .flat_map(|p| p.voters.iter())
-            .find(|m| raft_id(m) == id)
-            .cloned()
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The member whose Raft id is `id` (any member: every member is a peer).
+    fn member_of(&self, id: u64) -> Option<String> {
+        if raft_id(&self.node_id) == id {
+            return Some(self.node_id.clone());
+        }
+        self.cluster
+            .peers()
+            .iter()
+            .find(|p| raft_id(&p.member.id) == id)
+            .map(|p| p.member.id.clone())
     }
 
     /// Replicates `command` in `group` and answers what applying it answered: once a
@@ -287,13 +348,13 @@ impl Replication {
         let candidates: Vec<String> = match leader {
             Some(leader) => vec![leader],
             None => self
-                .placement
+                .placement()
                 .place(group)
                 .map(|p| p.voters.clone())
                 .unwrap_or_default(),
         };
         for member in candidates.iter().filter(|m| **m != self.node_id) {
-            let Some(peer) = self.cluster.peers().iter().find(|p| &p.member.id == member) else {
+            let Some(peer) = self.cluster.peer(member) else {
                 continue;
             };
             let request = serve::ProposeRpc {
@@ -302,7 +363,7 @@ impl Replication {
             };
             match self
                 .cluster
-                .call_within(peer, &request, self.failover_wait)
+                .call_within(&peer, &request, self.failover_wait)
                 .await
             {
                 Ok(Ok(applied)) => return Ok(applied),

@@ -67,15 +67,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, _node: &BasicNode) -> PeerClient {
-        let peer = self
-            .cluster
-            .peers()
-            .iter()
-            .position(|p| raft_id(&p.member.id) == target);
         PeerClient {
             cluster: self.cluster.clone(),
             group: self.group,
-            peer,
             target,
         }
     }
@@ -85,8 +79,6 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     cluster: Arc<Cluster>,
     group: GroupId,
-    /// Index in the cluster's peers; `None` for an id no member has.
-    peer: Option<usize>,
     target: u64,
 }
 
@@ -118,11 +110,16 @@ impl PeerClient {
         request: R,
         ttl: Duration,
     ) -> Result<R::Answer, SendError> {
+        // Looked up each time: a member admitted after this client was made is a peer by
+        // the time its group's leader replicates to it.
         let peer = self
-            .peer
-            .and_then(|i| self.cluster.peers().get(i))
+            .cluster
+            .peers()
+            .iter()
+            .find(|p| raft_id(&p.member.id) == self.target)
+            .cloned()
             .ok_or(SendError::UnknownTarget(self.target))?;
-        Ok(self.cluster.call_within(peer, &request, ttl).await?)
+        Ok(self.cluster.call_within(&peer, &request, ttl).await?)
     }
 
     /// Sends a Raft request whose answer is Raft's own result, as openraft takes it.

@@ -71,7 +71,13 @@ impl Placement {
 
     /// The group of a virtual shard.
     pub fn group_of(&self, shard: ShardId) -> GroupId {
-        GroupId(shard % self.groups)
+        Self::group_of_shard(shard, self.groups)
+    }
+
+    /// The group of a virtual shard among `groups` groups: it never depends on the
+    /// members, so records stay in their group whatever nodes come and go.
+    pub fn group_of_shard(shard: ShardId, groups: u16) -> GroupId {
+        GroupId(shard % groups.max(1))
     }
 
     /// The place of `group` (the metadata group included).

@@ -1,5 +1,7 @@
 //! The receiving side: Raft's messages, proposals forwarded to a leader, and status
-//! questions, each handed to the group's instance on the transport's runtime. Snapshot
+//! questions, each handed to the group's instance on the transport's runtime. Raft's own
+//! messages reach the instance even before this node knows it is a member of the group:
+//! a node added to a group learns it from them. Snapshot
 //! chunks are assembled per group ([`Assembler`]) and installed once complete.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,7 +39,7 @@ pub fn serve(replication: &Arc<Replication>) {
     let cluster = replication.cluster.clone();
     let r = replication.clone();
     cluster.serve_on_transport(move |m: AppendRpc| {
-        let raft = r.raft(m.group).cloned();
+        let raft = r.instance(m.group).cloned();
         async move {
             match raft {
                 Some(raft) => Ok(raft.append_entries(m.request).await),
@@ -47,7 +49,7 @@ pub fn serve(replication: &Arc<Replication>) {
     });
     let r = replication.clone();
     cluster.serve_on_transport(move |m: VoteRpc| {
-        let raft = r.raft(m.group).cloned();
+        let raft = r.instance(m.group).cloned();
         async move {
             match raft {
                 Some(raft) => Ok(raft.vote(m.request).await),
@@ -59,7 +61,7 @@ pub fn serve(replication: &Arc<Replication>) {
     let assembler = Arc::new(Mutex::new(Assembler::default()));
     cluster.serve_on_transport(move |chunk: SnapshotChunkRpc| {
         let group = chunk.group;
-        let taken = match r.raft(group) {
+        let taken = match r.instance(group) {
             Some(raft) => assembler
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)

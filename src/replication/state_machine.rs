@@ -29,6 +29,7 @@ use openraft::{
 };
 
 use super::log_store::{blocking, decode, encode};
+use super::members::MemberList;
 use super::types::{
     Applied, Command, Entry, GroupId, GroupSnapshot, LogId, StorageError, StoredMembership,
     TypeConfig,
@@ -39,6 +40,11 @@ const APPLIED: &[u8] = b"applied";
 const MEMBERSHIP: &[u8] = b"membership";
 /// The cluster's administrator account (metadata group).
 const ADMIN: &[u8] = b"admin";
+/// The member list (metadata group).
+const MEMBERS: &[u8] = b"members";
+
+/// Where the metadata group's state machine publishes each member list it applies.
+pub type MembersWatch = tokio::sync::watch::Sender<Option<MemberList>>;
 
 /// Which record ids belong to a group.
 pub type InGroup = Arc<dyn Fn(&Uuid) -> bool + Send + Sync>;
@@ -49,6 +55,8 @@ pub struct StateMachine {
     store: Store,
     group: GroupId,
     in_group: InGroup,
+    /// Set for the metadata group.
+    members: Option<MembersWatch>,
 }
 
 fn sm_err(e: StoreError) -> StorageError {
@@ -57,11 +65,28 @@ fn sm_err(e: StoreError) -> StorageError {
 
 impl StateMachine {
     /// The state machine of `group` in `store`.
-    pub fn new(store: Store, group: GroupId, in_group: InGroup) -> Self {
+    pub fn new(
+        store: Store,
+        group: GroupId,
+        in_group: InGroup,
+        members: Option<MembersWatch>,
+    ) -> Self {
         Self {
             store,
             group,
             in_group,
+            members,
+        }
+    }
+
+    /// Publishes `list`, the member list just recorded (metadata group).
+    fn publish_members(&self, list: Option<MemberList>) {
+        if let Some(watch) = &self.members {
+            watch.send_if_modified(|known| {
+                let changed = *known != list;
+                *known = list;
+                changed
+            });
         }
     }
 
@@ -79,6 +104,19 @@ impl StateMachine {
                 }
                 let row = (machine_row(ADMIN), Some(encode(&account)?));
                 Ok((vec![row], Applied::Admin(account)))
+            }
+            Command::Members(change) => {
+                let current = recorded_members(store)?;
+                match change.apply(current.as_ref()) {
+                    Ok(list) if Some(&list) == current.as_ref() => {
+                        Ok((Vec::new(), Applied::Members(Ok(list))))
+                    }
+                    Ok(list) => {
+                        let row = (machine_row(MEMBERS), Some(encode(&list)?));
+                        Ok((vec![row], Applied::Members(Ok(list))))
+                    }
+                    Err(refused) => Ok((Vec::new(), Applied::Members(Err(refused)))),
+                }
             }
             Command::Records(writes) => {
                 let outcomes = writes
@@ -124,6 +162,14 @@ fn snapshot_meta(
         last_membership: membership,
         snapshot_id,
     }
+}
+
+/// The member list the metadata group recorded, if any.
+pub fn recorded_members(store: &Store) -> Result<Option<MemberList>, StoreError> {
+    store
+        .raft_state(GroupId::META.0, &machine_row(MEMBERS))?
+        .map(|b| decode(&b))
+        .transpose()
 }
 
 /// The last entry applied to `group`, and the membership it applied last.
@@ -173,7 +219,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let group = self.group.0;
-        blocking(&self.store, move |s| {
+        let meta = self.members.is_some();
+        let (answers, members) = blocking(&self.store, move |s| {
             let mut answers = Vec::with_capacity(entries.len());
             // The position is recorded after the effects it covers: with an entry's own
             // state rows (which a later entry may read), else once after the last entry.
@@ -203,10 +250,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Some(log_id) = unrecorded {
                 s.raft_change_state(group, &[(APPLIED.to_vec(), Some(encode(&log_id)?))])?;
             }
-            Ok(answers)
+            let members = match meta {
+                true => recorded_members(s)?,
+                false => None,
+            };
+            Ok((answers, members))
         })
         .await
-        .map_err(sm_err)
+        .map_err(sm_err)?;
+        if meta {
+            self.publish_members(members);
+        }
+        Ok(answers)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -237,12 +292,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ),
         ];
         let in_group = self.in_group.clone();
-        blocking(&self.store, move |s| {
+        let meta = self.members.is_some();
+        let members = blocking(&self.store, move |s| {
             s.replace_records(&*in_group, &snapshot.records)?;
-            s.raft_replace_machine(group, &snapshot.rows, &changes)
+            s.raft_replace_machine(group, &snapshot.rows, &changes)?;
+            match meta {
+                true => recorded_members(s),
+                false => Ok(None),
+            }
         })
         .await
-        .map_err(sm_err)
+        .map_err(sm_err)?;
+        if meta {
+            self.publish_members(members);
+        }
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

@@ -30,8 +30,13 @@ pub struct FollowerLag {
 pub struct GroupStatus {
     /// `meta` or the group number.
     pub group: String,
-    /// Its voters; the preferred leader first.
+    /// Its voters now.
     pub voters: Vec<String>,
+    /// Members being given the log, to become voters.
+    pub learners: Vec<String>,
+    /// The voters placement wants (the preferred leader first); differs from `voters`
+    /// while the group's replicas move.
+    pub target: Vec<String>,
     /// The current leader, when known.
     pub leader: Option<String>,
     /// The current term.
@@ -50,9 +55,14 @@ impl Replication {
     /// This node's view of `group`, when it votes in it.
     pub(super) fn local_status(&self, group: GroupId) -> Option<GroupStatus> {
         let raft = self.raft(group)?;
-        let place = self.placement.place(group)?;
+        let placement = self.placement();
+        let place = placement.place(group)?;
         let m = raft.metrics().borrow().clone();
         let last = m.last_log_index.unwrap_or(0);
+        let name = |id: u64| self.member_of(id).unwrap_or_else(|| id.to_string());
+        let membership = m.membership_config.membership();
+        let voters = membership.voter_ids().map(name).collect();
+        let learners = membership.learner_ids().map(name).collect();
         let followers = match (&m.state, &m.replication) {
             (ServerState::Leader, Some(replication)) => replication
                 .iter()
@@ -67,7 +77,9 @@ impl Replication {
         };
         Some(GroupStatus {
             group: group.to_string(),
-            voters: place.voters.clone(),
+            voters,
+            learners,
+            target: place.voters.clone(),
             leader: m.current_leader.and_then(|l| self.member_of(l)),
             term: m.current_term,
             last_log_index: m.last_log_index,
@@ -82,7 +94,7 @@ impl Replication {
     /// groups are asked at once, so a silent leader costs one timeout, not one per group.
     pub async fn status(self: &Arc<Self>) -> Vec<GroupStatus> {
         let mut asks = tokio::task::JoinSet::new();
-        for (index, place) in self.placement.all().enumerate() {
+        for (index, place) in self.placement().all().enumerate() {
             let (me, group, voters) = (self.clone(), place.group, place.voters.clone());
             asks.spawn(async move { (index, me.group_status(group, voters).await) });
         }
@@ -103,17 +115,23 @@ impl Replication {
             None => Vec::new(),
         };
         for member in &ask {
-            let Some(peer) = self.cluster.peers().iter().find(|p| &p.member.id == member) else {
+            let Some(peer) = self.cluster.peer(member) else {
                 continue;
             };
             let question = StatusRpc { group };
-            if let Ok(Some(status)) = self.cluster.call_within(peer, &question, ASK_TIMEOUT).await {
+            if let Ok(Some(status)) = self
+                .cluster
+                .call_within(&peer, &question, ASK_TIMEOUT)
+                .await
+            {
                 return status;
             }
         }
         local.unwrap_or_else(|| GroupStatus {
             group: group.to_string(),
-            voters,
+            voters: Vec::new(),
+            learners: Vec::new(),
+            target: voters,
             leader: None,
             term: 0,
             last_log_index: None,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::members::{MemberList, MembersChange, MembersRefused};
 use crate::cluster::shard::fnv1a64;
 use crate::store::{Account, RecordWrite, RecordsDump, WriteOutcome};
 
@@ -51,6 +52,9 @@ pub enum Command {
     /// its leader's actors and applied in order. Shared, so that the log's cache of recent
     /// entries hands out copies without copying the writes (encoded as the list itself).
     Records(Arc<Vec<RecordWrite>>),
+    /// Changes the member list (metadata group). Last: logs written before it existed
+    /// keep their encoding.
+    Members(MembersChange),
 }
 
 /// What applying a command answered.
@@ -62,6 +66,8 @@ pub enum Applied {
     Admin(Box<Account>),
     /// Each record write's outcome, in order.
     Records(Vec<WriteOutcome>),
+    /// The member list after the change, or why it was refused.
+    Members(Result<MemberList, MembersRefused>),
 }
 
 /// A group's replicated state as shipped to a voter that fell behind the purged log.

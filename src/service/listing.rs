@@ -200,7 +200,7 @@ impl Service {
         let mut answered = vec![cluster.node_id().to_owned()];
         let mut answers = vec![asked.clone().run(self.clone()).await?];
         for peer in cluster.up_peers() {
-            if let Ok(Ok(rows)) = cluster.call(peer, &asked).await {
+            if let Ok(Ok(rows)) = cluster.call(&peer, &asked).await {
                 answered.push(peer.member.id.clone());
                 answers.push(rows);
             }

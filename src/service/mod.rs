@@ -10,6 +10,7 @@
 mod accounts;
 mod group_writes;
 mod listing;
+mod members;
 mod recovery;
 mod registrations;
 mod replicated;
@@ -26,6 +27,7 @@ pub use accounts::{
     ResetSecretKey, UpdateEndpoint,
 };
 pub use listing::{Listed, Table};
+pub use members::{Admitted, MemberView};
 pub use recovery::{RecoverDeliveries, RequeueFailedOf, Window};
 pub use registrations::{
     CreateRegistration, DeleteLocalRegistrations, DeleteRegistration, ListOwnRegistrations,
@@ -188,7 +190,7 @@ impl Service {
         }
         match cluster.remote_owner(shard) {
             None => op.run(self.clone()).await,
-            Some(peer) => cluster.call(peer, &op).await?,
+            Some(peer) => cluster.call(&peer, &op).await?,
         }
     }
 
@@ -200,7 +202,7 @@ impl Service {
         let cluster = &self.ctx.cluster;
         let mut answers = Vec::with_capacity(cluster.peers().len() + 1);
         answers.push(op.clone().run(self.clone()).await?);
-        for peer in cluster.peers() {
+        for peer in cluster.peers().iter() {
             answers.push(cluster.call(peer, &op).await??);
         }
         Ok(answers)

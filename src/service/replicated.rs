@@ -137,15 +137,33 @@ impl Service {
         let group = replication.group_of(shard);
         let deadline = Instant::now() + replication.failover_wait();
         let mut hint = None;
+        // Members asked that did not know the leader: while a group's replicas move, the
+        // node this one takes for its leader may not be a member yet, so the others are
+        // asked in turn (a member knows its leader).
+        let mut asked: Vec<String> = Vec::new();
         loop {
-            let leader = hint.take().or_else(|| replication.leader_of(group));
+            let leader = hint.take().or_else(|| {
+                let believed = replication
+                    .leader_of(group)
+                    .filter(|id| !asked.contains(id));
+                believed.or_else(|| {
+                    cluster
+                        .up_peers()
+                        .iter()
+                        .map(|p| p.member.id.clone())
+                        .find(|id| !asked.contains(id))
+                })
+            });
+            if let Some(id) = &leader {
+                asked.push(id.clone());
+            }
             let answer = match leader {
                 Some(id) if id == cluster.node_id() => {
                     self.serve_as_leader(replication, shard, op.clone()).await
                 }
-                Some(id) => match cluster.peers().iter().find(|p| p.member.id == id) {
+                Some(id) => match cluster.peer(&id) {
                     Some(peer) if peer.is_connected() => {
-                        self.ask_peer(replication, group, peer, &op).await
+                        self.ask_peer(replication, group, &peer, &op).await
                     }
                     _ => Err(ServiceError::NotServedHere { leader: None }),
                 },
@@ -153,11 +171,18 @@ impl Service {
             };
             match answer {
                 Err(ServiceError::NotServedHere { leader }) if Instant::now() < deadline => {
-                    let pause = match leader {
-                        Some(_) => LEADER_POLL / 5,
-                        None => LEADER_POLL,
+                    let pause = match (&leader, asked.len() > cluster.peers().len()) {
+                        (Some(_), _) => LEADER_POLL / 5,
+                        (None, false) => Duration::ZERO,
+                        (None, true) => {
+                            asked.clear();
+                            LEADER_POLL
+                        }
                     };
                     tokio::time::sleep(pause).await;
+                    if leader.is_some() {
+                        asked.clear();
+                    }
                     hint = leader;
                 }
                 Err(ServiceError::NotServedHere { .. }) => {
@@ -180,7 +205,7 @@ impl Service {
         let cluster = &self.ctx.cluster;
         let up = || {
             let mut members = vec![cluster.node_id().to_owned()];
-            members.extend(cluster.up_peers().map(|p| p.member.id.clone()));
+            members.extend(cluster.up_peers().iter().map(|p| p.member.id.clone()));
             members
         };
         let deadline = Instant::now() + replication.failover_wait();
@@ -192,7 +217,7 @@ impl Service {
         }
         let mut answers = vec![op.clone().run(self.clone()).await?];
         for peer in cluster.up_peers() {
-            answers.push(cluster.call(peer, &op).await??);
+            answers.push(cluster.call(&peer, &op).await??);
         }
         Ok(answers)
     }

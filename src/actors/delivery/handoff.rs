@@ -69,6 +69,22 @@ enum Sent {
     Failed,
 }
 
+/// Runs [`run_handoff`] for every peer, those admitted later included.
+pub async fn run_peer_handoffs(ctx: Arc<NodeState>) {
+    let mut count = ctx.cluster.watch_peer_count();
+    let mut started = 0;
+    loop {
+        let peers = *count.borrow_and_update();
+        for peer in started..peers {
+            tokio::spawn(run_handoff(ctx.clone(), Some(peer)));
+        }
+        started = started.max(peers);
+        if count.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Hands queued fan-out batches to `peer` (`None`: this node, whose own subscribers a
 /// replicated fan-out hands over too), removing each only once that node persisted it.
 /// Up to `HANDOFF_WINDOW` batches are in flight at once (redirects included): each waits
@@ -80,12 +96,14 @@ enum Sent {
 pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: Option<usize>) {
     let peer = match peer_index {
         Some(i) => match ctx.cluster.peers().get(i) {
-            Some(peer) => Some(peer),
+            Some(peer) => Some(peer.clone()),
             None => return,
         },
         None => None,
     };
-    let target = peer.map_or_else(|| ctx.cluster.node_id(), |p| p.member.id.as_str());
+    let target = peer
+        .as_ref()
+        .map_or_else(|| ctx.cluster.node_id(), |p| p.member.id.as_str());
     let replicated = ctx.records.is_replicated();
     loop {
         let (reading, target_id) = (ctx.clone(), target.to_string());
@@ -134,7 +152,7 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: Option<usize>) {
             // goes to whoever serves its subscribers now.
             let items = if replicated {
                 let mut owners = owners_of(&ctx, items);
-                let peer_id = peer.map(|p| p.member.id.clone());
+                let peer_id = peer.as_ref().map(|p| p.member.id.clone());
                 let only_peer = peer_id.is_some() && owners.len() == 1;
                 let mine = match only_peer {
                     true => owners.remove(&peer_id),
@@ -165,8 +183,8 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: Option<usize>) {
             };
             let ctx = ctx.clone();
             calls.spawn(async move {
-                let handed = match peer_index.and_then(|i| ctx.cluster.peers().get(i)) {
-                    Some(peer) => matches!(ctx.cluster.call(peer, &command).await, Ok(Ok(_))),
+                let handed = match peer_index.and_then(|i| ctx.cluster.peers().get(i).cloned()) {
+                    Some(peer) => matches!(ctx.cluster.call(&peer, &command).await, Ok(Ok(_))),
                     None => false,
                 };
                 match handed {

@@ -40,7 +40,7 @@ mod supervisor;
 mod worker;
 
 pub use context::DeliveryContext;
-pub use handoff::{accept_batch, run_handoff};
+pub use handoff::{accept_batch, run_handoff, run_peer_handoffs};
 pub use messages::DeliveryMsg;
 pub use replicated::write_rows_replicated;
 pub use supervisor::DeliverySupervisor;

@@ -204,7 +204,7 @@ impl DeliveryWorker {
             Some(_) if due.attempts == 0 => Ok(true),
             Some(peer) => {
                 let ask = SubscriptionExists { id: subscription };
-                Ok(!matches!(cluster.call(peer, &ask).await, Ok(Ok(false))))
+                Ok(!matches!(cluster.call(&peer, &ask).await, Ok(Ok(false))))
             }
         }
     }
