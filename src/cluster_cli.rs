@@ -23,6 +23,23 @@ pub enum ClusterCommand {
     /// Admit a node started with `cluster.join = true`; its share of the groups then
     /// moves to it.
     Add(AddArgs),
+    /// Remove a node: the groups move their replicas off it, then it is removed and can
+    /// be stopped.
+    Remove(RemoveArgs),
+}
+
+/// Options of `webhookd cluster remove`.
+#[derive(Debug, clap::Args)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// The `cluster.node_id` of the node to remove.
+    #[arg(long)]
+    pub id: String,
+    /// Then wait up to SECS until it is removed and the cluster settled, as `cluster
+    /// status --wait` does; exit 1 if not.
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<f64>,
 }
 
 /// Options of `webhookd cluster status`.
@@ -76,6 +93,7 @@ pub async fn run(command: ClusterCommand) -> Result<(), String> {
     match command {
         ClusterCommand::Status(args) => status(&Admin::new(&args.node)?, args.wait).await,
         ClusterCommand::Add(args) => add(args).await,
+        ClusterCommand::Remove(args) => remove(args).await,
     }
 }
 
@@ -157,6 +175,20 @@ async fn add(args: AddArgs) -> Result<(), String> {
     }
 }
 
+async fn remove(args: RemoveArgs) -> Result<(), String> {
+    let admin = Admin::new(&args.node)?;
+    let path = format!("/v1/cluster/members/{}", args.id);
+    admin.call(reqwest::Method::DELETE, &path, None).await?;
+    println!(
+        "{} is draining: its replicas move to the other members",
+        args.id
+    );
+    match args.wait {
+        Some(wait) => status(&admin, Some(wait)).await,
+        None => Ok(()),
+    }
+}
+
 async fn status(admin: &Admin, wait: Option<f64>) -> Result<(), String> {
     let ask = || admin.call(reqwest::Method::GET, "/v1/cluster", None);
     let Some(wait) = wait else {
@@ -198,6 +230,18 @@ fn unsettled(state: &Value, targets: &mut HashMap<String, u64>) -> Option<String
     if let Some(m) = members
         .iter()
         .find(|m| !matches!(m["state"].as_str(), Some("self" | "up")))
+    {
+        return Some(format!(
+            "member {} is {}",
+            text(&m["id"]),
+            text(&m["state"])
+        ));
+    }
+    let replicated_members = state["replication"]["members"].as_array();
+    if let Some(m) = replicated_members
+        .into_iter()
+        .flatten()
+        .find(|m| matches!(m["state"].as_str(), Some("joining" | "draining")))
     {
         return Some(format!(
             "member {} is {}",
@@ -313,6 +357,20 @@ mod tests {
         let mut grown = state(json!("n1"), 10);
         grown["replication"]["groups"][0]["last_log_index"] = json!(12);
         assert_eq!(unsettled(&grown, &mut targets), None);
+    }
+
+    #[test]
+    fn a_member_joining_or_draining_is_named() {
+        let mut draining = state(json!("n1"), 10);
+        draining["replication"]["members"] = json!([
+            {"id": "n1", "state": "active"}, {"id": "n3", "state": "draining"}
+        ]);
+        assert_eq!(
+            unsettled(&draining, &mut HashMap::new()).as_deref(),
+            Some("member n3 is draining")
+        );
+        draining["replication"]["members"][1]["state"] = json!("removed");
+        assert_eq!(unsettled(&draining, &mut HashMap::new()), None);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `/v1/cluster/members`: admitting a node into a replicated cluster (admin).
+//! `/v1/cluster/members`: admitting a node into a replicated cluster, and removing one
+//! (admin).
 
 use hyper::StatusCode;
 use serde_json::{json, Map, Value};
@@ -7,7 +8,7 @@ use super::{ApiResult, Call};
 use crate::cluster::Member;
 use crate::http::request::invalid_field;
 use crate::http::{response, ApiError};
-use crate::service::Admitted;
+use crate::service::{Admitted, MemberList};
 
 /// Longest node id accepted.
 const MAX_ID_BYTES: usize = 64;
@@ -26,8 +27,24 @@ pub async fn admit(mut c: Call) -> ApiResult {
         Admitted::New(list) => (StatusCode::CREATED, list),
         Admitted::Already(list) => (StatusCode::OK, list),
     };
-    let members: Vec<Value> = list
-        .members
+    Ok(response::json(status, &json!({ "members": views(&list) })))
+}
+
+/// DELETE /v1/cluster/members/<id> — admin: starts removing member `id`. 202 with the
+/// member list (the member `draining`); the groups move their replicas off it, and it is
+/// `removed` once it holds none (`GET /v1/cluster`). Then its process can be stopped and
+/// its data deleted.
+pub async fn remove(c: Call) -> ApiResult {
+    let id = c.raw_id.clone().unwrap_or_default();
+    let list = c.api.service.drain_member(&id).await?;
+    Ok(response::json(
+        StatusCode::ACCEPTED,
+        &json!({ "members": views(&list) }),
+    ))
+}
+
+fn views(list: &MemberList) -> Vec<Value> {
+    list.members
         .iter()
         .map(|m| {
             json!({
@@ -37,8 +54,7 @@ pub async fn admit(mut c: Call) -> ApiResult {
                 "state": m.state.name(),
             })
         })
-        .collect();
-    Ok(response::json(status, &json!({ "members": members })))
+        .collect()
 }
 
 fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Result<&'a str, ApiError> {

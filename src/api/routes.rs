@@ -68,6 +68,7 @@ pub fn table() -> Routes<Endpoint> {
         v1(M::POST, "/v1/webhook/deliveries/recover", "", Credentials(|c, k| Box::pin(deliveries::recover(c, k)))),
         v1(M::GET, "/v1/cluster", "", Admin(|c, _| Box::pin(ops::cluster(c)))),
         v1(M::POST, "/v1/cluster/members", "", Admin(|c, _| Box::pin(members::admit(c)))),
+        v1(M::DELETE, "/v1/cluster/members/{id}", "member_id", Admin(|c, _| Box::pin(members::remove(c)))),
         ops("/health", Open(|c| Box::pin(ops::health(c)))),
         ops("/ready", Open(|c| Box::pin(ops::ready(c)))),
         ops("/metrics", Open(|c| Box::pin(ops::metrics(c)))),

@@ -68,11 +68,13 @@ struct PeerInner {
     last_heard: Option<Instant>,
 }
 
-/// One configured peer.
+/// One peer: configured, or admitted at run time.
 pub struct Peer {
     /// Its configuration entry.
     pub member: Member,
     inner: Mutex<PeerInner>,
+    /// Set once the member is removed from the cluster: it is not dialled any more.
+    removed: std::sync::atomic::AtomicBool,
 }
 
 impl Peer {
@@ -84,7 +86,12 @@ impl Peer {
                 gateway: None,
                 last_heard: None,
             }),
+            removed: Default::default(),
         }
+    }
+
+    fn is_removed(&self) -> bool {
+        self.removed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Its current state.
@@ -233,6 +240,15 @@ impl Cluster {
 
     /// The peers (every member but this node), in the order they became known.
     pub fn peers(&self) -> Arc<Vec<Arc<Peer>>> {
+        let all = self.all_peers();
+        match all.iter().any(|p| p.is_removed()) {
+            false => all,
+            true => Arc::new(all.iter().filter(|p| !p.is_removed()).cloned().collect()),
+        }
+    }
+
+    /// Every peer ever known, removed members included: an index into it never changes.
+    pub fn all_peers(&self) -> Arc<Vec<Arc<Peer>>> {
         self.peers
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -255,15 +271,23 @@ impl Cluster {
         // that exactly one of the two starts the new peer's watcher.
         let (peer, server) = {
             let mut peers = self.peers.write().unwrap_or_else(PoisonError::into_inner);
-            if peers.iter().any(|p| p.member.id == member.id) {
-                return false;
+            if let Some(known) = peers.iter().find(|p| p.member.id == member.id) {
+                // A removed member admitted again is dialled again (its watcher ended).
+                if !known
+                    .removed
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                {
+                    return false;
+                }
+                (known.clone(), self.server.get().cloned())
+            } else {
+                let peer = Arc::new(Peer::new(member));
+                let mut grown = peers.as_ref().clone();
+                grown.push(peer.clone());
+                self.peer_count.send_replace(grown.len());
+                *peers = Arc::new(grown);
+                (peer, self.server.get().cloned())
             }
-            let peer = Arc::new(Peer::new(member));
-            let mut grown = peers.as_ref().clone();
-            grown.push(peer.clone());
-            self.peer_count.send_replace(grown.len());
-            *peers = Arc::new(grown);
-            (peer, self.server.get().cloned())
         };
         tracing::info!(peer = %peer.member.id, addr = %peer.member.cluster_addr, "peer added");
         if let (Some(runtime), Some(server)) = (self.transport.get(), server) {
@@ -271,6 +295,17 @@ impl Cluster {
             runtime.spawn(async move { cluster.watch_peer(peer, server).await });
         }
         true
+    }
+
+    /// Stops dialling the removed member `id`; it is no peer any more.
+    pub fn remove_peer(&self, id: &str) {
+        let peers = self.all_peers();
+        if let Some(peer) = peers.iter().find(|p| p.member.id == id) {
+            if !peer.removed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                tracing::info!(peer = %id, "peer removed from the cluster");
+                peer.set(PeerState::Down, None);
+            }
+        }
     }
 
     /// The number of peers, changed each time one is added (a peer's index in
@@ -484,7 +519,7 @@ impl Cluster {
         let down_after = Duration::from_millis(self.config.down_after_ms);
         let mut backoff = Duration::from_millis(100);
         let mut last_dial: Option<Instant> = None;
-        loop {
+        while !peer.is_removed() {
             let Some(gateway) = find_gateway(&peer.member.id) else {
                 if peer.state() == PeerState::Up {
                     peer.set(PeerState::Down, None);

@@ -4,9 +4,12 @@
 //! `cluster.members` only seeds it: the first node to find the metadata group without a
 //! list proposes its configured one ([`MembersChange::Seed`], which changes nothing once
 //! a list exists). Members admitted later ([`MembersChange::Admit`]) exist only here; a
-//! joining node learns the whole list by replicating the metadata group. Each node turns
-//! the list it applied into peers of its transport and into the placement its groups move
-//! towards ([`super::rebalance`]).
+//! joining node learns the whole list by replicating the metadata group. A member to
+//! remove is first drained ([`MembersChange::Drain`]): placement leaves it out, so the
+//! groups move their replicas off it; once it holds none, the metadata group's leader
+//! removes it ([`MembersChange::Remove`]). Each node turns the list it applied into peers
+//! of its transport and into the placement its groups move towards
+//! ([`super::rebalance`]).
 
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
@@ -25,6 +28,11 @@ const SEED_RETRY: Duration = Duration::from_secs(1);
 pub enum MemberState {
     /// Admitted; groups move replicas to it until it holds its share.
     Active,
+    /// Being removed: groups move their replicas off it; it still votes in the metadata
+    /// group until it holds none.
+    Draining,
+    /// Removed: it holds nothing, and its process can be stopped and its data deleted.
+    Removed,
 }
 
 impl MemberState {
@@ -32,6 +40,8 @@ impl MemberState {
     pub fn name(self) -> &'static str {
         match self {
             MemberState::Active => "active",
+            MemberState::Draining => "draining",
+            MemberState::Removed => "removed",
         }
     }
 }
@@ -62,9 +72,27 @@ impl MemberList {
             .collect()
     }
 
+    /// The ids of the members in `state`.
+    pub fn ids_in(&self, state: MemberState) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.state == state)
+            .map(|m| m.member.id.clone())
+            .collect()
+    }
+
     /// The member whose id is `id`.
     pub fn get(&self, id: &str) -> Option<&ClusterMember> {
         self.members.iter().find(|m| m.member.id == id)
+    }
+
+    /// This list with member `id` in `state`.
+    fn with_state(&self, id: &str, state: MemberState) -> Self {
+        let mut changed = self.clone();
+        for m in changed.members.iter_mut().filter(|m| m.member.id == id) {
+            m.state = state;
+        }
+        changed
     }
 }
 
@@ -73,8 +101,17 @@ impl MemberList {
 pub enum MembersChange {
     /// The configured members, recorded when no list exists yet.
     Seed(Vec<Member>),
-    /// A new member, active at once.
+    /// A new member, active at once (a removed one may come back).
     Admit(Member),
+    /// Starts removing a member, unless that would leave fewer than `min_active` active.
+    Drain {
+        /// The member.
+        id: String,
+        /// Active members that must remain.
+        min_active: u16,
+    },
+    /// Ends removing a drained member (which holds no replica any more).
+    Remove(String),
 }
 
 /// Why a change was not applied (the list is unchanged).
@@ -89,6 +126,22 @@ pub enum MembersRefused {
     /// An address is used by another member.
     #[error("address {0} is already used by member {1:?}")]
     AddressTaken(String, String),
+    /// No member has this id (or it was removed already).
+    #[error("node {0:?} is not a member")]
+    NotMember(String),
+    /// Removing it would leave fewer active members than each group has voters.
+    #[error(
+        "removing node {id:?} would leave {left} active members, fewer than \
+         cluster.replication_factor ({min}): admit another node first"
+    )]
+    TooFew {
+        /// The member.
+        id: String,
+        /// Active members that would be left.
+        left: usize,
+        /// Active members needed.
+        min: u16,
+    },
 }
 
 impl MembersChange {
@@ -107,15 +160,41 @@ impl MembersChange {
                     })
                     .collect(),
             }),
-            (MembersChange::Admit(_), None) => Err(MembersRefused::NotSeeded),
-            (MembersChange::Admit(new), Some(list)) => {
-                if let Some(known) = list.get(&new.id) {
-                    return match known.member == *new {
-                        true => Ok(list.clone()),
-                        false => Err(MembersRefused::IdTaken(new.id.clone())),
-                    };
+            (_, None) => Err(MembersRefused::NotSeeded),
+            (MembersChange::Drain { id, min_active }, Some(list)) => {
+                match list.get(id).map(|m| m.state) {
+                    None | Some(MemberState::Removed) => Err(MembersRefused::NotMember(id.clone())),
+                    Some(MemberState::Draining) => Ok(list.clone()),
+                    Some(MemberState::Active) => {
+                        let left = list.ids_in(MemberState::Active).len() - 1;
+                        match left >= usize::from(*min_active).max(1) {
+                            true => Ok(list.with_state(id, MemberState::Draining)),
+                            false => Err(MembersRefused::TooFew {
+                                id: id.clone(),
+                                left,
+                                min: *min_active,
+                            }),
+                        }
+                    }
                 }
-                for m in &list.members {
+            }
+            (MembersChange::Remove(id), Some(list)) => match list.get(id).map(|m| m.state) {
+                Some(MemberState::Draining) => Ok(list.with_state(id, MemberState::Removed)),
+                Some(MemberState::Removed) => Ok(list.clone()),
+                _ => Err(MembersRefused::NotMember(id.clone())),
+            },
+            (MembersChange::Admit(new), Some(list)) => {
+                match list.get(&new.id) {
+                    Some(known) if known.state == MemberState::Removed => {}
+                    Some(known) if known.member == *new => return Ok(list.clone()),
+                    Some(_) => return Err(MembersRefused::IdTaken(new.id.clone())),
+                    None => {}
+                }
+                let others = list
+                    .members
+                    .iter()
+                    .filter(|m| m.member.id != new.id && m.state != MemberState::Removed);
+                for m in others {
                     for addr in [&new.cluster_addr, &new.http_addr] {
                         if *addr == m.member.cluster_addr || *addr == m.member.http_addr {
                             return Err(MembersRefused::AddressTaken(
@@ -126,6 +205,7 @@ impl MembersChange {
                     }
                 }
                 let mut grown = list.clone();
+                grown.members.retain(|m| m.member.id != new.id);
                 grown.members.push(ClusterMember {
                     member: new.clone(),
                     state: MemberState::Active,
@@ -146,6 +226,23 @@ impl Replication {
     /// to it. Answers the list with it.
     pub async fn admit(&self, member: Member) -> Result<MemberList, ReplicationError> {
         self.change_members(MembersChange::Admit(member)).await
+    }
+
+    /// Starts removing member `id`: groups move their replicas off it, then it is removed.
+    /// Refused when it would leave fewer active members than `cluster.replication_factor`.
+    pub async fn drain(&self, id: &str) -> Result<MemberList, ReplicationError> {
+        let min_active = u16::try_from(self.replication_factor).unwrap_or(u16::MAX);
+        let change = MembersChange::Drain {
+            id: id.to_string(),
+            min_active,
+        };
+        self.change_members(change).await
+    }
+
+    /// Ends removing the drained member `id`.
+    pub(super) async fn remove_drained(&self, id: &str) -> Result<MemberList, ReplicationError> {
+        self.change_members(MembersChange::Remove(id.to_string()))
+            .await
     }
 
     async fn change_members(&self, change: MembersChange) -> Result<MemberList, ReplicationError> {
@@ -199,7 +296,12 @@ impl Replication {
 
     fn take_members(&self, list: &MemberList) {
         for m in &list.members {
-            self.cluster.add_peer(m.member.clone());
+            match m.state {
+                MemberState::Removed => self.cluster.remove_peer(&m.member.id),
+                _ => {
+                    self.cluster.add_peer(m.member.clone());
+                }
+            }
         }
         let placement = Placement::new(&list.active_ids(), self.groups, self.replication_factor);
         *self
@@ -240,6 +342,51 @@ mod tests {
             grown,
             "a repeat is no error"
         );
+    }
+
+    #[test]
+    fn a_member_is_drained_then_removed_and_never_below_the_minimum() {
+        let list = MembersChange::Seed(vec![
+            member("a", 7081),
+            member("b", 7082),
+            member("c", 7083),
+        ])
+        .apply(None)
+        .unwrap();
+        let drain = |id: &str, min_active| MembersChange::Drain {
+            id: id.into(),
+            min_active,
+        };
+        assert_eq!(
+            drain("a", 3).apply(Some(&list)),
+            Err(MembersRefused::TooFew {
+                id: "a".into(),
+                left: 2,
+                min: 3
+            })
+        );
+        let draining = drain("a", 2).apply(Some(&list)).unwrap();
+        assert_eq!(draining.ids_in(MemberState::Draining), ["a"]);
+        assert_eq!(draining.active_ids(), ["b", "c"]);
+        assert_eq!(drain("a", 2).apply(Some(&draining)).unwrap(), draining);
+        assert_eq!(
+            MembersChange::Remove("b".into()).apply(Some(&draining)),
+            Err(MembersRefused::NotMember("b".into())),
+            "only a drained member is removed"
+        );
+        let removed = MembersChange::Remove("a".into())
+            .apply(Some(&draining))
+            .unwrap();
+        assert_eq!(removed.ids_in(MemberState::Removed), ["a"]);
+        assert_eq!(
+            drain("a", 1).apply(Some(&removed)),
+            Err(MembersRefused::NotMember("a".into()))
+        );
+        // Its addresses are free again, and it may come back.
+        let back = MembersChange::Admit(member("a", 7081))
+            .apply(Some(&removed))
+            .unwrap();
+        assert_eq!(back.active_ids(), ["b", "c", "a"]);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use openraft::{BasicNode, ServerState};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
-use super::members::MemberList;
+use super::members::{MemberList, MemberState};
 use super::types::{raft_id, GroupId, GroupRaft};
 use super::Replication;
 
@@ -40,11 +40,19 @@ pub struct Move {
 }
 
 impl Replication {
-    /// The voters placement wants for `group`, from the member list `list`: every active
-    /// member for the metadata group, the placed voters for a shard group.
-    fn target_voters(&self, group: GroupId, list: &MemberList) -> BTreeSet<String> {
+    /// The voters placement wants for `group`, from the member list `list`: for the
+    /// metadata group every active member and the draining ones that still hold shard
+    /// replicas (`holding`), for a shard group its placed voters.
+    fn target_voters(
+        &self,
+        group: GroupId,
+        list: &MemberList,
+        holding: &BTreeSet<String>,
+    ) -> BTreeSet<String> {
         if group.is_meta() {
-            return list.active_ids().into_iter().collect();
+            let mut voters: BTreeSet<String> = list.active_ids().into_iter().collect();
+            voters.extend(holding.iter().cloned());
+            return voters;
         }
         self.placement()
             .place(group)
@@ -54,11 +62,16 @@ impl Replication {
 
     /// The move `group` needs, as seen by this node's instance (a member's view): voters
     /// to replace, or removed voters still kept as learners.
-    pub(super) fn pending_move(&self, group: GroupId, list: &MemberList) -> Option<Move> {
+    pub(super) fn pending_move(
+        &self,
+        group: GroupId,
+        list: &MemberList,
+        holding: &BTreeSet<String>,
+    ) -> Option<Move> {
         let raft = self.raft(group)?;
         let (voters, nodes) = self.membership_of(raft);
         let voters: BTreeSet<String> = voters.iter().map(|id| self.name_of(*id)).collect();
-        let target = self.target_voters(group, list);
+        let target = self.target_voters(group, list, holding);
         let strays = nodes.iter().any(|id| !target.contains(&self.name_of(*id)));
         ((voters != target || strays) && !target.is_empty()).then_some(Move {
             group,
@@ -164,6 +177,50 @@ impl Replication {
         }
     }
 
+    /// The draining members that still hold a replica of a shard group, and whether this
+    /// node knows every group (a group whose leader did not answer could hold any).
+    async fn draining_holders(self: &Arc<Self>, list: &MemberList) -> (BTreeSet<String>, bool) {
+        let draining = list.ids_in(MemberState::Draining);
+        if draining.is_empty() {
+            return (BTreeSet::new(), true);
+        }
+        let groups = self.status().await;
+        let known = groups
+            .iter()
+            .filter(|g| g.group != "meta")
+            .all(|g| g.leader.is_some());
+        let holding = draining
+            .into_iter()
+            .filter(|d| {
+                !known
+                    || groups.iter().filter(|g| g.group != "meta").any(|g| {
+                        g.voters.contains(d) || g.learners.contains(d) || g.target.contains(d)
+                    })
+            })
+            .collect();
+        (holding, known)
+    }
+
+    /// Removes the draining members that hold nothing any more, not even a seat in the
+    /// metadata group (which this node leads).
+    async fn remove_drained_members(&self, list: &MemberList, holding: &BTreeSet<String>) {
+        let Some(meta) = self.raft(GroupId::META) else {
+            return;
+        };
+        let (_, nodes) = self.membership_of(meta);
+        for id in list.ids_in(MemberState::Draining) {
+            if holding.contains(&id) || nodes.contains(&raft_id(&id)) {
+                continue;
+            }
+            match self.remove_drained(&id).await {
+                Ok(_) => tracing::info!(member = %id, "member removed: it holds nothing any more"),
+                Err(e) => {
+                    tracing::warn!(member = %id, error = %e, "removing a drained member failed")
+                }
+            }
+        }
+    }
+
     fn names(&self, ids: &BTreeSet<u64>) -> Vec<String> {
         ids.iter().map(|id| self.name_of(*id)).collect()
     }
@@ -218,6 +275,20 @@ pub fn start(replication: &Arc<Replication>, runtime: &Handle) {
             let Some(list) = replication.members() else {
                 continue;
             };
+            let leads_meta = replication
+                .raft(GroupId::META)
+                .is_some_and(|r| r.metrics().borrow().state == ServerState::Leader);
+            let holding = match leads_meta {
+                true => {
+                    let (holding, known) = replication.draining_holders(&list).await;
+                    if known {
+                        replication.remove_drained_members(&list, &holding).await;
+                    }
+                    holding
+                }
+                // Only the metadata group's leader moves it.
+                false => BTreeSet::new(),
+            };
             let mut groups: Vec<GroupId> = replication.rafts.keys().copied().collect();
             // The metadata group first: a new member votes there before it holds groups.
             groups.sort_by_key(|g| !g.is_meta());
@@ -228,7 +299,7 @@ pub fn start(replication: &Arc<Replication>, runtime: &Handle) {
                 if raft.metrics().borrow().state != ServerState::Leader {
                     continue;
                 }
-                let Some(step) = replication.pending_move(group, &list) else {
+                let Some(step) = replication.pending_move(group, &list, &holding) else {
                     continue;
                 };
                 if moving

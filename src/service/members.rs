@@ -1,5 +1,5 @@
-//! The cluster's members: admitting a node into a replicated cluster, and what
-//! `GET /v1/cluster` shows of the members and of the replicas still to move.
+//! The cluster's members: admitting a node into a replicated cluster and removing one,
+//! and what `GET /v1/cluster` shows of the members and of the replicas still to move.
 
 use serde::Serialize;
 
@@ -32,35 +32,24 @@ pub struct MemberView {
 impl Service {
     /// Admits `member` into the replicated cluster; its groups then move replicas to it.
     pub async fn admit_member(&self, member: Member) -> Result<Admitted, ServiceError> {
-        let replication = self.replication().ok_or_else(|| {
-            ServiceError::BadRequest(
-                "This node is not replicated: members can be admitted only into a cluster \
-                 with cluster.replication_factor of 2 or more"
-                    .into(),
-            )
-        })?;
+        let replication = self.replication().ok_or_else(not_replicated)?;
         if let Some(list) = replication.members() {
             if list.get(&member.id).is_some_and(|m| m.member == member) {
                 return Ok(Admitted::Already(list));
             }
         }
-        match replication.admit(member).await {
-            Ok(list) => Ok(Admitted::New(list)),
-            Err(ReplicationError::Members(refused @ MembersRefused::NotSeeded)) => {
-                Err(ServiceError::Unavailable {
-                    message: refused.to_string(),
-                    retry_after_secs: 1,
-                })
-            }
-            Err(ReplicationError::Members(refused)) => {
-                Err(ServiceError::Conflict(refused.to_string()))
-            }
-            Err(e @ ReplicationError::NoLeader(_)) => Err(ServiceError::Unavailable {
-                message: e.to_string(),
-                retry_after_secs: 1,
-            }),
-            Err(e) => Err(ServiceError::Internal(e.to_string())),
-        }
+        replication
+            .admit(member)
+            .await
+            .map(Admitted::New)
+            .map_err(member_error)
+    }
+
+    /// Starts removing member `id` from the replicated cluster: its groups move their
+    /// replicas off it, then it is removed. Answers the member list.
+    pub async fn drain_member(&self, id: &str) -> Result<MemberList, ServiceError> {
+        let replication = self.replication().ok_or_else(not_replicated)?;
+        replication.drain(id).await.map_err(member_error)
     }
 
     /// The replicated member list with each member's state, given the groups' status
@@ -87,5 +76,34 @@ impl Service {
                 })
                 .collect(),
         )
+    }
+}
+
+fn not_replicated() -> ServiceError {
+    ServiceError::BadRequest(
+        "This node is not replicated: members can be admitted and removed only in a cluster \
+         with cluster.replication_factor of 2 or more"
+            .into(),
+    )
+}
+
+/// A refused or failed member change as the API answers it.
+fn member_error(e: ReplicationError) -> ServiceError {
+    match e {
+        ReplicationError::Members(refused @ MembersRefused::NotSeeded) => {
+            ServiceError::Unavailable {
+                message: refused.to_string(),
+                retry_after_secs: 1,
+            }
+        }
+        ReplicationError::Members(refused @ MembersRefused::NotMember(_)) => {
+            ServiceError::NotFound(refused.to_string().into())
+        }
+        ReplicationError::Members(refused) => ServiceError::Conflict(refused.to_string()),
+        e @ ReplicationError::NoLeader(_) => ServiceError::Unavailable {
+            message: e.to_string(),
+            retry_after_secs: 1,
+        },
+        e => ServiceError::Internal(e.to_string()),
     }
 }

@@ -22,6 +22,8 @@ use std::sync::{Arc, OnceLock};
 
 use uuid::Uuid;
 
+/// The replicated member list, as the API renders it.
+pub use crate::replication::MemberList;
 pub use accounts::{
     Authenticate, CreateAccount, DeleteAccount, DeleteLocalAccounts, GetAccount, ResetKey,
     ResetSecretKey, UpdateEndpoint,

@@ -154,34 +154,30 @@ impl Service {
                         .find(|id| !asked.contains(id))
                 })
             });
-            if let Some(id) = &leader {
-                asked.push(id.clone());
-            }
-            let answer = match leader {
-                Some(id) if id == cluster.node_id() => {
+            let Some(id) = leader else {
+                // Nobody asked knew a leader (an election): look again shortly.
+                if Instant::now() >= deadline {
+                    return Err(NotLeader::NoQuorum(group).into());
+                }
+                asked.clear();
+                tokio::time::sleep(LEADER_POLL).await;
+                continue;
+            };
+            asked.push(id.clone());
+            let answer = match cluster.peer(&id) {
+                _ if id == cluster.node_id() => {
                     self.serve_as_leader(replication, shard, op.clone()).await
                 }
-                Some(id) => match cluster.peer(&id) {
-                    Some(peer) if peer.is_connected() => {
-                        self.ask_peer(replication, group, &peer, &op).await
-                    }
-                    _ => Err(ServiceError::NotServedHere { leader: None }),
-                },
-                None => Err(ServiceError::NotServedHere { leader: None }),
+                Some(peer) if peer.is_connected() => {
+                    self.ask_peer(replication, group, &peer, &op).await
+                }
+                _ => Err(ServiceError::NotServedHere { leader: None }),
             };
             match answer {
                 Err(ServiceError::NotServedHere { leader }) if Instant::now() < deadline => {
-                    let pause = match (&leader, asked.len() > cluster.peers().len()) {
-                        (Some(_), _) => LEADER_POLL / 5,
-                        (None, false) => Duration::ZERO,
-                        (None, true) => {
-                            asked.clear();
-                            LEADER_POLL
-                        }
-                    };
-                    tokio::time::sleep(pause).await;
                     if leader.is_some() {
                         asked.clear();
+                        tokio::time::sleep(LEADER_POLL / 5).await;
                     }
                     hint = leader;
                 }

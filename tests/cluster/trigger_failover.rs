@@ -85,10 +85,10 @@ async fn owners(
     out
 }
 
-/// Every acknowledged write, read back through every node: each triggered registration's
-/// description is its last acknowledged one or one sent later without an answer, and every
-/// acknowledged subscription is listed by its subscriber.
-async fn check_writes(load: &Load, nodes: &[TestNode]) {
+/// Every acknowledged write, read back through every node of `through`: each triggered
+/// registration's description is its last acknowledged one or one sent later without an
+/// answer, and every acknowledged subscription is listed by its subscriber.
+async fn check_writes(load: &Load, through: &[(&TestNode, &str)]) {
     let allowed: Vec<Vec<String>> = {
         let patches = load.patches.lock().unwrap();
         load.owners
@@ -101,7 +101,7 @@ async fn check_writes(load: &Load, nodes: &[TestNode]) {
             .collect()
     };
     let subscribed = load.subscribed.lock().unwrap().clone();
-    for (node, name) in nodes.iter().zip(&load.names) {
+    for (node, name) in through {
         for (o, allowed) in load.owners.iter().zip(&allowed) {
             let rows = node
                 .list_all("/v1/webhook/registration", &o.account, "registrations")
@@ -372,7 +372,13 @@ impl Run {
     /// Stops the load, then checks that no valid call was refused, that every
     /// acknowledged write is read back through every node and that every acknowledged
     /// trigger reached every subscriber; prints the counts.
-    async fn finish(mut self) {
+    async fn finish(self) {
+        let all = (0..self.nodes.len()).collect();
+        self.finish_through(all).await;
+    }
+
+    /// [`Run::finish`], reading through the nodes of `through` (indexes) only.
+    async fn finish_through(mut self, through: Vec<usize>) {
         self.load.stop.store(true, Ordering::SeqCst);
         let joined = tokio::time::timeout(SETTLE_DEADLINE, async {
             while let Some(done) = self.tasks.join_next().await {
@@ -384,9 +390,14 @@ impl Run {
         let refused = self.load.refused.lock().unwrap().clone();
         assert!(refused.is_empty(), "valid calls were refused: {refused:#?}");
 
-        let ids = self.ids();
-        wait_settled(&self.nodes[0], &self.admin, &ids, false, SETTLE_DEADLINE).await;
-        check_writes(&self.load, &self.nodes).await;
+        let ids: Vec<&str> = through.iter().map(|i| self.spec.ids[*i].as_str()).collect();
+        let first = &self.nodes[through[0]];
+        wait_settled(first, &self.admin, &ids, false, SETTLE_DEADLINE).await;
+        let readers: Vec<(&TestNode, &str)> = through
+            .iter()
+            .map(|i| (&self.nodes[*i], self.spec.ids[*i].as_str()))
+            .collect();
+        check_writes(&self.load, &readers).await;
         let fired = std::mem::take(&mut *self.load.fired.lock().unwrap());
         wait_delivered(&self.ep, &fired, &self.paths, &self.spec.ids).await;
         report(&self.ep, &fired, &self.subscribers, &self.load);
@@ -533,21 +544,45 @@ async fn triggers_and_writes_survive_a_rolling_restart() {
     println!("whole test {:?}", started.elapsed());
 }
 
-/// Growing the cluster under load, as docs/cluster.md says: two nodes started with
-/// `cluster.join = true` are admitted one after the other with `webhookd cluster add
-/// --wait`, while triggers and writes run through the first three. Every group's replicas
-/// move by Raft membership change; nothing acknowledged may be lost, every acknowledged
-/// trigger must reach every subscriber, no valid call may be refused, and at the end each
-/// of the five nodes leads its share of the groups (within one). Calls not answered with
-/// success (a 503 with `Retry-After` while a lead moves) are counted and printed.
+/// `webhookd cluster <args>` with the admin's key; fails the test unless it exits 0.
+async fn cluster_command(args: &[&str], admin: &Creds) -> CliOutput {
+    let out = run_webhookd(args, &[("WEBHOOKD_API_KEY", admin.api_key.as_str())]).await;
+    assert!(out.success(), "webhookd {args:?} failed: {out:?}");
+    out
+}
+
+/// `GET /v1/cluster` through `node`.
+async fn cluster_view(node: &TestNode, admin: &Creds) -> Value {
+    node.get("/v1/cluster")
+        .auth(admin)
+        .send()
+        .await
+        .json()
+        .clone()
+}
+
+/// Growing and shrinking the cluster under load, as docs/cluster.md says, while triggers
+/// and writes run through the first three nodes:
+/// - two nodes started with `cluster.join = true` are admitted one after the other with
+///   `webhookd cluster add`; the second is SIGKILLed while its replicas move to it and
+///   restarted, and the move completes;
+/// - then the first two nodes (the seeds of the cluster) are removed with `webhookd
+///   cluster remove --wait`, stopped, and their data deleted.
+///
+/// Every group's replicas move by Raft membership change. Nothing acknowledged may be
+/// lost (read back through the three nodes left), every acknowledged trigger must reach
+/// every subscriber, no valid call may be refused, and after each step each node leads
+/// its share of the groups (within one). Calls not answered with success (a 503 with
+/// `Retry-After` while a lead moves) are counted and printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn triggers_and_writes_survive_growing_from_three_nodes_to_five() {
+async fn triggers_and_writes_survive_growing_from_three_nodes_to_five_and_back() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let seed = test_seed("triggers_and_writes_survive_growing_from_three_nodes_to_five");
+    let seed = test_seed("triggers_and_writes_survive_growing_from_three_nodes_to_five_and_back");
     let mut run = Run::start_with_spares(seed, 2).await;
     let admin = run.admin.clone();
     let load = run.load.clone();
+    let wait = SETTLE_DEADLINE.as_secs().to_string();
     for new in 3..5 {
         load.wait_fired(TRIGGERS_PER_ROLLING_PHASE, "before a node joins")
             .await;
@@ -567,69 +602,131 @@ async fn triggers_and_writes_survive_growing_from_three_nodes_to_five() {
         );
         run.nodes.push(node);
         let admitting = Instant::now();
-        let wait = "15".to_string();
         let (id, cluster_addr, http_addr) = (
             run.spec.ids[new].clone(),
             run.spec.cluster[new].to_string(),
             run.spec.http[new].to_string(),
         );
-        let added = run_webhookd(
-            &[
-                "cluster",
-                "add",
-                "--target",
-                &run.nodes[new - 1].base_url,
-                "--id",
-                &id,
-                "--cluster-addr",
-                &cluster_addr,
-                "--http-addr",
-                &http_addr,
-                "--wait",
-                &wait,
-            ],
-            &[("WEBHOOKD_API_KEY", admin.api_key.as_str())],
-        )
-        .await;
-        assert!(added.success(), "{id} was not admitted: {added:?}");
+        let target = run.nodes[new - 1].base_url.clone();
+        let mut add = vec![
+            "cluster",
+            "add",
+            "--target",
+            &target,
+            "--id",
+            &id,
+            "--cluster-addr",
+            &cluster_addr,
+            "--http-addr",
+            &http_addr,
+        ];
+        let kill_mid_move = new == 4;
+        if !kill_mid_move {
+            add.extend(["--wait", &wait]);
+        }
+        cluster_command(&add, &admin).await;
+        println!(
+            "{id}: `cluster add` returned after {:.2}s",
+            admitting.elapsed().as_secs_f64()
+        );
+        if kill_mid_move {
+            // Killed once a group has made it a learner or a voter, with moves left.
+            let seen = eventually("a move to the new node", SETTLE_DEADLINE, || async {
+                let view = cluster_view(&run.nodes[0], &admin).await;
+                let moving = view["replication"]["moves"]
+                    .as_array()
+                    .is_some_and(|m| !m.is_empty());
+                let holds = view["replication"]["groups"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|g| g["group"] != "meta")
+                    .any(|g| {
+                        g["learners"].to_string().contains(&id)
+                            || g["voters"].to_string().contains(&id)
+                    });
+                (moving && holds).then_some(view["replication"]["moves"].clone())
+            })
+            .await;
+            run.nodes[new].kill().await;
+            println!("{id} SIGKILLed in the middle of the moves {seen}");
+            run.nodes[new].restart().await;
+            let status = ["cluster", "status", "--target", &target, "--wait", &wait];
+            cluster_command(&status, &admin).await;
+        }
         let ids = run.ids();
-        wait_settled(&run.nodes[0], &admin, &ids, true, 2 * SETTLE_DEADLINE).await;
+        wait_settled(&run.nodes[0], &admin, &ids, true, SETTLE_DEADLINE).await;
         println!(
             "{id} admitted, its replicas moved and its share of leads taken in {:.2}s",
             admitting.elapsed().as_secs_f64()
         );
     }
-    let cluster: Value = run.nodes[4]
-        .get("/v1/cluster")
-        .auth(&admin)
-        .send()
-        .await
-        .json()
-        .clone();
-    let members = cluster["replication"]["members"]
+    let grown = cluster_view(&run.nodes[4], &admin).await;
+    let members = grown["replication"]["members"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert_eq!(members.len(), 5, "{cluster:#}");
-    assert!(
-        members.iter().all(|m| m["state"] == "active"),
-        "{cluster:#}"
-    );
-    assert_eq!(cluster["replication"]["moves"], json!([]), "{cluster:#}");
+    assert_eq!(members.len(), 5, "{grown:#}");
+    assert!(members.iter().all(|m| m["state"] == "active"), "{grown:#}");
+    assert_eq!(grown["replication"]["moves"], json!([]), "{grown:#}");
+
+    for gone in 0..2 {
+        load.wait_fired(TRIGGERS_PER_ROLLING_PHASE, "before a node is removed")
+            .await;
+        let id = run.spec.ids[gone].clone();
+        let removing = Instant::now();
+        let target = run.nodes[2].base_url.clone();
+        let remove = [
+            "cluster", "remove", "--target", &target, "--id", &id, "--wait", &wait,
+        ];
+        cluster_command(&remove, &admin).await;
+        let view = cluster_view(&run.nodes[2], &admin).await;
+        let state = view["replication"]["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["id"] == id.as_str())
+            .map(|m| m["state"].clone());
+        assert_eq!(state, Some(json!("removed")), "{view:#}");
+        for g in view["replication"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            assert!(
+                !g["voters"].to_string().contains(&id),
+                "{id} still votes: {g}"
+            );
+        }
+        // Out of the clients' rotation, stopped, its data deleted.
+        load.alive[gone].store(false, Ordering::SeqCst);
+        let status = run.nodes[gone].terminate().await;
+        assert!(status.success(), "{id} stopped with {status}");
+        std::fs::remove_dir_all(&run.nodes[gone].config.data_dir).expect("delete its data");
+        let left: Vec<&str> = run.spec.ids[gone + 1..]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        wait_settled(&run.nodes[2], &admin, &left, true, SETTLE_DEADLINE).await;
+        println!(
+            "{id} drained, removed, stopped and deleted in {:.2}s",
+            removing.elapsed().as_secs_f64()
+        );
+    }
     let calls = load.calls.load(Ordering::SeqCst);
     let unanswered: usize = load.unacknowledged.lock().unwrap().values().sum();
     println!(
-        "{calls} calls while growing, {unanswered} not answered with success ({:.2}%; target \
-         under 0.1%)",
+        "{calls} calls while growing and shrinking, {unanswered} not answered with success \
+         ({:.2}%; target under 0.1%)",
         unanswered as f64 * 100.0 / calls.max(1) as f64
     );
-    // Measured 0.7% (3 of 434 calls, each a 503 while a lead moved): over the issue's
-    // target, held here to 2% until moves hand leads over without those 503s.
+    // Measured 0.7% growing alone (3 of 434 calls, each a 503 while a lead moved): over
+    // the issue's target, held here to 2% until moves hand leads over without them.
     assert!(
         unanswered as u64 * 50 <= calls,
         "{unanswered} of {calls} calls were not answered with success (over 2%): {:?}",
         load.unacknowledged.lock().unwrap()
     );
-    run.finish().await;
+    run.finish_through(vec![2, 3, 4]).await;
     println!("whole test {:?}", started.elapsed());
 }

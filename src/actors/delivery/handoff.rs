@@ -95,7 +95,7 @@ pub async fn run_peer_handoffs(ctx: Arc<NodeState>) {
 /// over, and removes them through the group's log.
 pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: Option<usize>) {
     let peer = match peer_index {
-        Some(i) => match ctx.cluster.peers().get(i) {
+        Some(i) => match ctx.cluster.all_peers().get(i) {
             Some(peer) => Some(peer.clone()),
             None => return,
         },
@@ -183,7 +183,8 @@ pub async fn run_handoff(ctx: Arc<NodeState>, peer_index: Option<usize>) {
             };
             let ctx = ctx.clone();
             calls.spawn(async move {
-                let handed = match peer_index.and_then(|i| ctx.cluster.peers().get(i).cloned()) {
+                let handed = match peer_index.and_then(|i| ctx.cluster.all_peers().get(i).cloned())
+                {
                     Some(peer) => matches!(ctx.cluster.call(&peer, &command).await, Ok(Ok(_))),
                     None => false,
                 };
