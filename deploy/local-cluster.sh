@@ -11,11 +11,18 @@
 #   deploy/local-cluster.sh restart  rebuild, then restart the nodes one at a time, each
 #                                    once the previous one has caught up (a rolling
 #                                    restart: the cluster serves throughout)
+#   deploy/local-cluster.sh add N    start node N (4..254) on 127.0.0.N as a joining node
+#                                    and admit it (webhookd cluster add): the groups move
+#                                    its share of replicas and leads to it
+#   deploy/local-cluster.sh remove N remove node N (webhookd cluster remove): the groups
+#                                    move its replicas off it; then stop it and delete
+#                                    its data
 #
 # Everything the cluster writes goes under deploy/local/run (git-ignored; set
 # LOCAL_CLUSTER_DIR to use another directory): nodeN/ is node N's storage, nodeN.log its
 # stdout and stderr, nodeN.pid its pid, cookie the cluster cookie generated on the first
-# start. The binary is the one cargo builds: $CARGO_TARGET_DIR/release/webhookd when
+# start; nodeN.toml is the config of a node added with `add`, nodeN.removed marks one of
+# node1..node3 removed with `remove`. The binary is the one cargo builds: $CARGO_TARGET_DIR/release/webhookd when
 # CARGO_TARGET_DIR is set, else target/release/webhookd.
 set -euo pipefail
 
@@ -24,7 +31,24 @@ cd "$root"
 state="${LOCAL_CLUSTER_DIR:-deploy/local/run}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 bin="$target_dir/release/webhookd"
-nodes=(1 2 3)
+
+# The members: node1..node3 (deploy/local/), less those removed, then the added ones.
+current_nodes() {
+  local n f
+  for n in 1 2 3; do [ -e "$state/node$n.removed" ] || echo "$n"; done
+  for f in "$state"/node*.toml; do
+    [ -e "$f" ] || continue
+    n="${f##*/node}"
+    echo "${n%.toml}"
+  done | sort -n
+}
+mapfile -t nodes < <(current_nodes)
+
+# The config of node $1: its own under $state when it was added, else deploy/local's.
+config_of() {
+  if [ -e "$state/node$1.toml" ]; then echo "$state/node$1.toml"; else echo "deploy/local/node$1.toml"; fi
+}
+is_member() { local n; for n in "${nodes[@]}"; do [ "$n" = "$1" ] && return 0; done; return 1; }
 
 pid_of() { cat "$state/node$1.pid" 2>/dev/null || true; }
 alive() { local pid; pid="$(pid_of "$1")"; [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
@@ -58,7 +82,7 @@ group_leaders() {
 # Starts node $1 in the background with the cluster cookie $2.
 launch() {
   WEBHOOKD_CLUSTER__COOKIE="$2" WEBHOOKD_STORAGE__PATH="$state/node$1" \
-    nohup "$bin" serve --config "deploy/local/node$1.toml" \
+    nohup "$bin" serve --config "$(config_of "$1")" \
     >>"$state/node$1.log" 2>&1 </dev/null &
   echo $! > "$state/node$1.pid"
   echo "node$1 started (pid $!), http://127.0.0.$1:8081, log $state/node$1.log"
@@ -195,10 +219,12 @@ restart() {
   echo "building $bin (cargo build --release)..."
   cargo build --release
   cookie="$(cat "$state/cookie")"
-  for n in "${nodes[@]}"; do
+  local i
+  for i in "${!nodes[@]}"; do
+    n="${nodes[$i]}"
     stop_node "$n"
     launch "$n" "$cookie"
-    local other=$((n % ${#nodes[@]} + 1))
+    local other="${nodes[$(((i + 1) % ${#nodes[@]}))]}"
     if ! WEBHOOKD_API_KEY="$key" "$bin" cluster status --target "http://127.0.0.$other:8081" \
       --wait 60 >/dev/null; then
       echo "node$n did not catch up within 60 s: stopping the rolling restart" >&2
@@ -209,10 +235,72 @@ restart() {
   status
 }
 
+# A running member other than node $1, to send the cluster commands to.
+other_than() {
+  local n
+  for n in "${nodes[@]}"; do
+    [ "$n" != "$1" ] && alive "$n" && { echo "$n"; return 0; }
+  done
+  echo "no running member to ask: run '$0 start' first" >&2
+  exit 1
+}
+
+# The admin key, or an explanation.
+require_key() {
+  local key; key="$(admin_key)"
+  [ -n "$key" ] || { echo "no admin api_key in $state/node*.log: run '$0 start' first" >&2; exit 1; }
+  echo "$key"
+}
+
+# Docs/cluster.md "Adding a node": start node $1 as a joining node with node1's settings,
+# then admit it and wait until it holds its share.
+add() {
+  local n="${1:-}" key other
+  [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 4 ] && [ "$n" -le 254 ] \
+    || { echo "usage: $0 add N, N from 4 to 254" >&2; exit 2; }
+  ! is_member "$n" || { echo "node$n is a member already" >&2; exit 1; }
+  key="$(require_key)"
+  other="$(other_than "$n")"
+  echo "building $bin (cargo build --release)..."
+  cargo build --release
+  # node1's settings up to its member list, as node$n, joining; the list holds itself.
+  sed -n '/^\[\[cluster.members\]\]/q; p' deploy/local/node1.toml \
+    | sed "s/node1/node$n/g; s/127\.0\.0\.1:/127.0.0.$n:/g" > "$state/node$n.toml"
+  printf 'join = true\n\n[[cluster.members]]\nid = "node%s"\ncluster_addr = "127.0.0.%s:7081"\nhttp_addr = "127.0.0.%s:8081"\n' \
+    "$n" "$n" "$n" >> "$state/node$n.toml"
+  rm -f "$state/node$n.removed"
+  launch "$n" "$(cat "$state/cookie")"
+  if ! WEBHOOKD_API_KEY="$key" "$bin" cluster add --target "http://127.0.0.$other:8081" \
+    --id "node$n" --cluster-addr "127.0.0.$n:7081" --http-addr "127.0.0.$n:8081" --wait 120; then
+    echo "node$n was not admitted, or did not take its share within 120 s" >&2
+    exit 1
+  fi
+  echo "node$n admitted: it holds its share of the groups"
+}
+
+# Docs/cluster.md "Removing a node": drain node $1, then stop it and delete its data.
+remove() {
+  local n="${1:-}" key other
+  is_member "$n" || { echo "usage: $0 remove N, N a member (${nodes[*]})" >&2; exit 2; }
+  key="$(require_key)"
+  other="$(other_than "$n")"
+  if ! WEBHOOKD_API_KEY="$key" "$bin" cluster remove --target "http://127.0.0.$other:8081" \
+    --id "node$n" --wait 120; then
+    echo "node$n was not removed within 120 s: it keeps running" >&2
+    exit 1
+  fi
+  stop_node "$n"
+  rm -rf "${state:?}/node$n"
+  if [ -e "$state/node$n.toml" ]; then rm -f "$state/node$n.toml"; else touch "$state/node$n.removed"; fi
+  echo "node$n removed from the cluster, stopped, its data deleted"
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
   restart) restart ;;
-  *) echo "usage: $0 start|stop|status|restart" >&2; exit 2 ;;
+  add) add "${2:-}" ;;
+  remove) remove "${2:-}" ;;
+  *) echo "usage: $0 start|stop|status|restart|add N|remove N" >&2; exit 2 ;;
 esac

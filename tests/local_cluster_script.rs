@@ -21,7 +21,8 @@ fn start(tmp: &Path) -> (bool, String) {
     run(tmp, "start")
 }
 
-/// Runs `deploy/local-cluster.sh COMMAND` and returns (success, stdout + stderr).
+/// Runs `deploy/local-cluster.sh COMMAND` (words split at spaces) and returns (success,
+/// stdout + stderr).
 fn run(tmp: &Path, command: &str) -> (bool, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local-cluster.sh");
     let path = format!(
@@ -31,7 +32,7 @@ fn run(tmp: &Path, command: &str) -> (bool, String) {
     );
     let out = Command::new("bash")
         .arg(script)
-        .arg(command)
+        .args(command.split_whitespace())
         .env("PATH", path)
         .env("CARGO_TARGET_DIR", tmp.join("target"))
         .env("LOCAL_CLUSTER_DIR", tmp.join("state"))
@@ -281,4 +282,92 @@ fn restart_stops_at_a_node_that_does_not_catch_up_and_needs_a_running_cluster() 
         "node3 untouched: {restarted}"
     );
     assert!(!node3_pid.trim().is_empty());
+}
+
+#[test]
+fn add_starts_a_joining_node_and_admits_it_and_remove_drains_one_then_deletes_it() {
+    let tmp = restart_stand_ins();
+    let tmp = tmp.path();
+    let (ok, refused) = run(tmp, "add 4");
+    assert!(!ok, "{refused}");
+    let (ok, started) = start(tmp);
+    assert!(ok, "{started}");
+    for bad in ["add 2", "add 3", "add x", "remove 9"] {
+        let (ok, out) = run(tmp, bad);
+        assert!(!ok, "{bad}: {out}");
+    }
+    fs::write(tmp.join("calls"), "").unwrap();
+
+    let (ok, added) = run(tmp, "add 4");
+    assert!(ok, "{added}");
+    let config = fs::read_to_string(tmp.join("state/node4.toml")).unwrap();
+    for line in [
+        "node_id = \"node4\"",
+        "listen = \"127.0.0.4:7081\"",
+        "listen = \"127.0.0.4:8081\"",
+        "replication_factor = 3",
+        "join = true",
+        "id = \"node4\"",
+        "cluster_addr = \"127.0.0.4:7081\"",
+    ] {
+        assert!(config.lines().any(|l| l == line), "{line}:\n{config}");
+    }
+    assert!(
+        !config.contains("node1") && !config.contains("node2"),
+        "{config}"
+    );
+    let key = "key=1111111111111111111111111111111111111111";
+    let calls = fs::read_to_string(tmp.join("calls")).unwrap();
+    let serve = format!(
+        "serve --config {} storage={}",
+        tmp.join("state/node4.toml").display(),
+        tmp.join("state/node4").display()
+    );
+    assert!(calls.lines().any(|l| l.ends_with(&serve)), "{calls}");
+    let admit = format!(
+        "cluster add --target http://127.0.0.1:8081 --id node4 --cluster-addr 127.0.0.4:7081 \
+         --http-addr 127.0.0.4:8081 --wait 120 {key}"
+    );
+    assert!(calls.lines().any(|l| l == admit), "{admit}\n{calls}");
+    assert!(added.contains("node4 admitted"), "{added}");
+    let (ok, status) = run(tmp, "status");
+    assert!(ok && status.contains("node4 running"), "{status}");
+
+    // node1, a seed: drained through another member, stopped, its data deleted, and no
+    // longer started.
+    fs::create_dir_all(tmp.join("state/node1")).unwrap();
+    let (ok, removed) = run(tmp, "remove 1");
+    assert!(ok, "{removed}");
+    let calls = fs::read_to_string(tmp.join("calls")).unwrap();
+    let drain =
+        format!("cluster remove --target http://127.0.0.2:8081 --id node1 --wait 120 {key}");
+    assert!(calls.lines().any(|l| l == drain), "{drain}\n{calls}");
+    assert!(removed.contains("node1 stopped"), "{removed}");
+    assert!(!tmp.join("state/node1").exists());
+    // The added node goes the same way, its config with it.
+    let (ok, removed) = run(tmp, "remove 4");
+    assert!(ok, "{removed}");
+    assert!(!tmp.join("state/node4.toml").exists());
+    let (stopped_ok, stopped) = run(tmp, "stop");
+    assert!(stopped_ok, "{stopped}");
+    assert!(
+        !stopped.contains("node1") && !stopped.contains("node4"),
+        "{stopped}"
+    );
+    assert!(
+        stopped.contains("node2 stopped") && stopped.contains("node3 stopped"),
+        "{stopped}"
+    );
+
+    // A member that does not leave keeps running: the failed drain stops the script.
+    let (ok, started) = start(tmp);
+    assert!(ok && !started.contains("node1 started"), "{started}");
+    fs::write(tmp.join("calls.lagging"), "http://127.0.0.2:8081\n").unwrap();
+    let (ok, refused) = run(tmp, "remove 3");
+    let (_, stopped) = run(tmp, "stop");
+    assert!(
+        !ok && refused.contains("node3 was not removed"),
+        "{refused}"
+    );
+    assert!(stopped.contains("node3 stopped"), "{stopped}");
 }

@@ -190,8 +190,8 @@ mod tests {
             }
         }
         // The 21 `/v1` pairs of the original, the 3 delivery-visibility routes, bulk recovery,
-        // the 7 pairs that answer `400 Missing <param>`, /health, /ready, /metrics,
+        // the 8 pairs that answer `400 Missing <param>`, /health, /ready, /metrics,
         // /v1/cluster, the two /v1/cluster/members routes and the document itself.
-        assert_eq!(operations, 39);
+        assert_eq!(operations, 40);
     }
 }

@@ -29,6 +29,10 @@ use crate::store::{Account, PageRequest, RecordWrite, WriteOutcome};
 const LEAD_CHECK: Duration = Duration::from_millis(200);
 /// How often an operation waiting for its group's leader looks again.
 const LEADER_POLL: Duration = Duration::from_millis(25);
+/// How long a request sent to a leader that lost its lead meanwhile still waits for its
+/// answer: one that handed the lead over answers what it had taken within milliseconds,
+/// one that died never does.
+const DEPOSED_GRACE: Duration = Duration::from_millis(500);
 
 impl From<NotLeader> for ServiceError {
     fn from(e: NotLeader) -> Self {
@@ -258,18 +262,25 @@ impl Service {
                 tokio::time::sleep(LEADER_POLL).await;
             }
         };
+        tokio::pin!(call);
         let lost = tokio::select! {
-            answer = call => match answer {
+            answer = &mut call => match answer {
                 Ok(answer) => return answer,
                 Err(e) => ServiceError::from(e),
             },
-            () = deposed => ServiceError::Unavailable {
-                message: format!(
-                    "The leader of shard group {group} changed while the request was on its \
-                     way: it may or may not have been applied, try again"
-                ),
-                retry_after_secs: 1,
-            },
+            () = deposed => {
+                // A leader that handed its lead over still answers what it had taken.
+                match tokio::time::timeout(DEPOSED_GRACE, &mut call).await {
+                    Ok(Ok(answer)) => return answer,
+                    _ => ServiceError::Unavailable {
+                        message: format!(
+                            "The leader of shard group {group} changed while the request was \
+                             on its way: it may or may not have been applied, try again"
+                        ),
+                        retry_after_secs: 1,
+                    },
+                }
+            }
         };
         match O::EFFECT {
             Effect::Nothing => Err(ServiceError::NotServedHere { leader: None }),
@@ -300,7 +311,10 @@ impl Service {
         }
         replication.fence_writes(group).await?;
         let (answer, logged) = noting_log_commits(op.run(self.clone())).await;
-        if logged {
+        // Committed something: the commit proved the lead. Refused before proposing
+        // anything (the lead is being handed over): nothing happened, and the asking node
+        // follows the lead.
+        if logged || matches!(answer, Err(ServiceError::NotServedHere { .. })) {
             return answer;
         }
         match replication.linearize(group).await {

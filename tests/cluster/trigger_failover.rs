@@ -474,9 +474,7 @@ async fn triggers_and_writes_survive_a_sigkill_of_each_node_in_turn() {
 /// caught up and it leads its share of the groups again (handed back to it under load).
 /// Nothing acknowledged may be lost, every acknowledged trigger must reach every
 /// subscriber, and no valid call may be refused. Calls not answered with success (a 503
-/// with `Retry-After`) are counted: the elastic-membership issue's target is under 0.1%;
-/// release builds measured 0, debug builds (as CI runs them) up to 0.35%, from a cause not
-/// found yet, so the test holds them to 1% until it is.
+/// with `Retry-After`) are counted and held under 0.1% (measured: none of 1,100–1,250).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triggers_and_writes_survive_a_rolling_restart() {
     let _serial = SERIAL.lock().await;
@@ -536,8 +534,8 @@ async fn triggers_and_writes_survive_a_rolling_restart() {
     );
     println!("{calls} calls during the rolling restart, {unanswered} not answered with success");
     assert!(
-        unanswered as u64 * 100 <= calls,
-        "{unanswered} of {calls} calls were not answered with success (over 1%): {:?}",
+        unanswered as u64 * 1000 <= calls,
+        "{unanswered} of {calls} calls were not answered with success (over 0.1%): {:?}",
         load.unacknowledged.lock().unwrap()
     );
     run.finish().await;
@@ -573,7 +571,8 @@ async fn cluster_view(node: &TestNode, admin: &Creds) -> Value {
 /// lost (read back through the three nodes left), every acknowledged trigger must reach
 /// every subscriber, no valid call may be refused, and after each step each node leads
 /// its share of the groups (within one). Calls not answered with success (a 503 with
-/// `Retry-After` while a lead moves) are counted and printed.
+/// `Retry-After` while a lead moves) are counted and held under 0.1% of at least 1,000
+/// (measured: none of 1,000–1,200).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triggers_and_writes_survive_growing_from_three_nodes_to_five_and_back() {
     let _serial = SERIAL.lock().await;
@@ -720,11 +719,9 @@ async fn triggers_and_writes_survive_growing_from_three_nodes_to_five_and_back()
          ({:.2}%; target under 0.1%)",
         unanswered as f64 * 100.0 / calls.max(1) as f64
     );
-    // Measured 0.7% growing alone (3 of 434 calls, each a 503 while a lead moved): over
-    // the issue's target, held here to 2% until moves hand leads over without them.
     assert!(
-        unanswered as u64 * 50 <= calls,
-        "{unanswered} of {calls} calls were not answered with success (over 2%): {:?}",
+        unanswered as u64 * 1000 <= calls.max(1000),
+        "{unanswered} of {calls} calls were not answered with success (over 0.1%): {:?}",
         load.unacknowledged.lock().unwrap()
     );
     run.finish_through(vec![2, 3, 4]).await;
