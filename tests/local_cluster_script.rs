@@ -317,12 +317,20 @@ fn add_starts_a_joining_node_and_admits_it_and_remove_drains_one_then_deletes_it
         "{config}"
     );
     let key = "key=1111111111111111111111111111111111111111";
-    let calls = fs::read_to_string(tmp.join("calls")).unwrap();
     let serve = format!(
         "serve --config {} storage={}",
         tmp.join("state/node4.toml").display(),
         tmp.join("state/node4").display()
     );
+    // The node was started in the background: its stand-in notes the call when it runs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let calls = loop {
+        let calls = fs::read_to_string(tmp.join("calls")).unwrap();
+        if calls.lines().any(|l| l.ends_with(&serve)) || std::time::Instant::now() > deadline {
+            break calls;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(calls.lines().any(|l| l.ends_with(&serve)), "{calls}");
     let admit = format!(
         "cluster add --target http://127.0.0.1:8081 --id node4 --cluster-addr 127.0.0.4:7081 \

@@ -3,7 +3,8 @@
 //! handed off to another node computed from the shard map. With a replication factor
 //! above 1 (3 unless `--replication-factor 1`), the cluster first waits until its groups
 //! are settled, the subscribe rate also counts the Raft entries of the registration's
-//! group, and the failover scenario runs last (see `failover.rs`).
+//! group, and the failover and rebalance scenarios run last (see `failover.rs`,
+//! `rebalance.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use crate::context::{
 };
 use crate::failover::{failover_part, FailoverRun, SETTLE};
 use crate::options::Sizes;
+use crate::rebalance::{rebalance_part, RebalanceRun};
 use crate::subscribe::{subscribe_rate, RaftProbe, SubscribeRate};
 
 /// How much of a fan-out's deliveries the registration's node handed off to another node.
@@ -107,6 +109,8 @@ pub(crate) struct ClusterRun {
     pub(crate) subscribe: SubscribeRate,
     /// Replicated clusters: SIGKILLs of group leaders.
     pub(crate) failover: Option<FailoverRun>,
+    /// Replicated clusters: a fourth node admitted under load.
+    pub(crate) rebalance: Option<RebalanceRun>,
     pub(crate) setup: Vec<StepFigure>,
     /// Cluster start included.
     pub(crate) wall_time: Duration,
@@ -310,6 +314,10 @@ pub(crate) async fn cluster_scenarios(
         Some(admin) => Some(failover_part(cluster, &api, sink, admin, sizes.kills).await?),
         None => None,
     };
+    let rebalance = match &admin {
+        Some(admin) => Some(rebalance_part(cluster, &api, sink, admin).await?),
+        None => None,
+    };
     Ok(ClusterRun {
         replication_factor,
         members,
@@ -319,6 +327,7 @@ pub(crate) async fn cluster_scenarios(
         c,
         subscribe,
         failover,
+        rebalance,
         setup,
         wall_time: Duration::ZERO,
     })

@@ -278,6 +278,7 @@ pub(crate) fn cluster_json(cl: &ClusterRun, single: &SingleRun) -> Value {
         "fanout_many_registrations": fanout(&cl.c),
         "subscribe_rate": cl.subscribe.json(),
         "failover": cl.failover.as_ref().map(|f| f.json()),
+        "rebalance": cl.rebalance.as_ref().map(|r| r.json()),
         "cross_node_cost": {
             "fanout_one_registration": cross_node_json(&cl.b, &single.b, c),
             "fanout_many_registrations": cross_node_json(&cl.c, &single.c, c),

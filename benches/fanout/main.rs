@@ -40,7 +40,9 @@
 //! every group is led and caught up before measuring, and last measures the failover
 //! window: SIGKILLs of the node leading the most groups (8, or 3 with `--quick`), each
 //! timing how long API requests for that node's groups' records fail through the
-//! survivors, then restarting it and waiting until the groups settle again.
+//! survivors, then restarting it and waiting until the groups settle again; then the
+//! rebalance: a fourth node admitted under load, deliveries/s and API p99 while the groups
+//! move their replicas and leads to it, against the steady load just before.
 //!
 //! Figures are printed with their ratio to the ceiling and written to
 //! `target/bench/fanout.json` (the cluster's under `"cluster"`) and
@@ -58,6 +60,7 @@ mod isolation;
 mod memory;
 mod options;
 mod reads;
+mod rebalance;
 mod report;
 mod single_node;
 mod single_report;
@@ -150,6 +153,11 @@ async fn run(opts: Options) -> BenchResult<()> {
         }
         if let Some(f) = &cl.failover {
             for line in f.lines() {
+                println!("{line}");
+            }
+        }
+        if let Some(r) = &cl.rebalance {
+            for line in r.lines() {
                 println!("{line}");
             }
         }

@@ -10,7 +10,9 @@
 //! meanwhile is retried once on other ports. With `replication_factor` above 1 the
 //! `[cluster]` section also sets it (and `groups`), and a member can be killed and
 //! restarted on its directory ([`LocalCluster::kill`], [`LocalCluster::restart`]) to
-//! measure failovers; what `GET /v1/cluster` says of the groups is in [`super::groups`].
+//! measure failovers; a node can be started as a joining node
+//! ([`LocalCluster::start_joining`]) to measure a rebalance; what `GET /v1/cluster` says of
+//! the groups is in [`super::groups`].
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -81,6 +83,8 @@ pub struct Member {
 /// The running cluster; its nodes are killed when it is dropped or stopped.
 pub struct LocalCluster {
     dir: PathBuf,
+    spec: ClusterSpec,
+    cookie: String,
     binary: PathBuf,
     start_deadline: Duration,
     members: Vec<Member>,
@@ -169,6 +173,8 @@ impl LocalCluster {
         let map = ShardMap::new(SHARDS, members.iter().map(|m| m.id.clone()).collect());
         Ok(Self {
             dir,
+            spec: spec.clone(),
+            cookie,
             binary: spec.binary.clone(),
             start_deadline: spec.start_deadline,
             members,
@@ -210,6 +216,40 @@ impl LocalCluster {
             }
         }
         Ok(())
+    }
+
+    /// Starts one more node, `node<N+1>` on `127.0.0.<N+1>`, with `cluster.join = true`
+    /// and only itself as member: it waits until it is admitted. Answers the member.
+    pub async fn start_joining(&mut self) -> BenchResult<Member> {
+        let i = self.members.len();
+        let member = pick_member(i)?;
+        let node_dir = self.dir.join(&member.id);
+        std::fs::create_dir_all(&node_dir)
+            .map_err(|e| BenchError::io(format!("cannot create {}", node_dir.display()), e))?;
+        let config = node_dir.join("webhookd.toml");
+        let mut text = node_config(
+            &member,
+            std::slice::from_ref(&member),
+            &self.cookie,
+            &node_dir,
+            &self.spec,
+        );
+        text = text.replacen(
+            "\n[[cluster.members]]",
+            "join = true\n\n[[cluster.members]]",
+            1,
+        );
+        super::report::write_file(&config, &text)?;
+        let node = NodeProcess::start(
+            &self.binary,
+            &config,
+            &node_dir.join("webhookd.log"),
+            self.start_deadline,
+        )
+        .await?;
+        self.members.push(member.clone());
+        self.nodes.push(Some(node));
+        Ok(member)
     }
 
     /// The admin API key, as the one node that created the admin printed it.
@@ -288,25 +328,35 @@ pub fn pick_members(n: usize) -> BenchResult<Vec<Member>> {
     let mut held = Vec::with_capacity(2 * n);
     let mut members = Vec::with_capacity(n);
     for i in 0..n {
-        let ip = member_ip(i);
-        let mut free = || -> BenchResult<SocketAddr> {
-            let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
-                .map_err(|e| BenchError::io(format!("cannot bind {ip}:0"), e))?;
-            let addr = listener
-                .local_addr()
-                .map_err(|e| BenchError::io(format!("local address on {ip}"), e))?;
-            held.push(listener);
-            Ok(addr)
-        };
-        let (http_addr, cluster_addr) = (free()?, free()?);
-        members.push(Member {
-            id: format!("node{}", i + 1),
-            http_addr,
-            cluster_addr,
-        });
+        members.push(hold_member(i, &mut held)?);
     }
     drop(held);
     Ok(members)
+}
+
+/// Member `i` alone, with a free HTTP and cluster port on its address.
+fn pick_member(i: usize) -> BenchResult<Member> {
+    hold_member(i, &mut Vec::new())
+}
+
+/// Member `i` with two free ports on its address, whose listeners are kept in `held`.
+fn hold_member(i: usize, held: &mut Vec<std::net::TcpListener>) -> BenchResult<Member> {
+    let ip = member_ip(i);
+    let mut free = || -> BenchResult<SocketAddr> {
+        let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+            .map_err(|e| BenchError::io(format!("cannot bind {ip}:0"), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| BenchError::io(format!("local address on {ip}"), e))?;
+        held.push(listener);
+        Ok(addr)
+    };
+    let (http_addr, cluster_addr) = (free()?, free()?);
+    Ok(Member {
+        id: format!("node{}", i + 1),
+        http_addr,
+        cluster_addr,
+    })
 }
 
 /// The config of `member`: `[http]`, `[storage]` (in `dir`), the spec's `settings`, then
