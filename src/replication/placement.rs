@@ -2,7 +2,8 @@
 //! configuration, so every node computes the same placement without asking.
 //!
 //! Voters are the `replication_factor` members with the highest rendezvous weight for the
-//! group (adding a member later moves only the groups it wins). Preferred leaders are then
+//! group (adding a member later moves mostly the groups it wins), repaired so that every
+//! member holds as many groups as any other, within one. Preferred leaders are then
 //! dealt out group by group to the voter that prefers the fewest groups so far, so that
 //! leaders spread evenly (within one group) over the members; the preferred voter takes
 //! the lead whenever it is healthy and caught up (see [`super::balance`]).
@@ -34,18 +35,65 @@ fn weight(group: GroupId, member: &str) -> u64 {
     mix(fnv1a64(&key))
 }
 
+/// Each group's `rf` voters (indexes into `members`): the members of highest rendezvous
+/// weight, then repaired until every member holds as many groups as any other, within
+/// one: while two members differ by more, the fuller one gives the emptier one the group
+/// it weighs least against it. A member added or removed moves about its share of groups,
+/// plus the few the repair moves.
+fn balanced_voters(members: &[String], groups: u16, rf: usize) -> Vec<Vec<usize>> {
+    let n = members.len();
+    let mut voters: Vec<Vec<usize>> = (0..groups)
+        .map(|g| {
+            let mut ranked: Vec<usize> = (0..n).collect();
+            ranked.sort_by_key(|&i| (std::cmp::Reverse(weight(GroupId(g), &members[i])), i));
+            ranked.truncate(rf);
+            ranked
+        })
+        .collect();
+    let mut count = vec![0usize; n];
+    for v in voters.iter().flatten() {
+        count[*v] += 1;
+    }
+    // Ties go by id, never by list position: every node computes the same placement.
+    let fullest =
+        |count: &[usize]| (0..n).max_by_key(|&i| (count[i], std::cmp::Reverse(&members[i])));
+    let emptiest = |count: &[usize]| (0..n).min_by_key(|&i| (count[i], &members[i]));
+    while let (Some(over), Some(under)) = (fullest(&count), emptiest(&count)) {
+        if count[over] <= count[under] + 1 {
+            break;
+        }
+        // The fuller member holds a group the emptier one does not: give it the one where
+        // the emptier member weighs most against the fuller one.
+        let gain = |g: usize| {
+            let group = GroupId(u16::try_from(g).unwrap_or(u16::MAX));
+            i128::from(weight(group, &members[under])) - i128::from(weight(group, &members[over]))
+        };
+        let Some(g) = (0..voters.len())
+            .filter(|&g| voters[g].contains(&over) && !voters[g].contains(&under))
+            .max_by_key(|&g| (gain(g), std::cmp::Reverse(g)))
+        else {
+            break;
+        };
+        for v in voters[g].iter_mut().filter(|v| **v == over) {
+            *v = under;
+        }
+        count[over] -= 1;
+        count[under] += 1;
+    }
+    voters
+}
+
 impl Placement {
     /// The placement of `groups` groups with `replication_factor` voters over `members`.
     pub fn new(members: &[String], groups: u16, replication_factor: usize) -> Self {
         let groups = groups.max(1);
         let rf = replication_factor.clamp(1, members.len().max(1));
+        let voters = balanced_voters(members, groups, rf);
         let mut preferred_count: Vec<usize> = vec![0; members.len()];
         let mut places = Vec::with_capacity(usize::from(groups));
-        for g in 0..groups {
+        for (g, mut ranked) in (0..groups).zip(voters) {
             let group = GroupId(g);
-            let mut ranked: Vec<usize> = (0..members.len()).collect();
             ranked.sort_by_key(|&i| (std::cmp::Reverse(weight(group, &members[i])), i));
-            ranked.truncate(rf);
             // The voter preferring the fewest groups so far leads; ties go by rank.
             if let Some(pos) = (0..ranked.len()).min_by_key(|&p| (preferred_count[ranked[p]], p)) {
                 let leader = ranked.remove(pos);
@@ -110,10 +158,18 @@ mod tests {
 
     #[test]
     fn every_group_gets_distinct_voters_and_leaders_spread_within_one() {
-        for (n, rf, groups) in [(3, 3, 12), (5, 3, 16), (4, 2, 7), (2, 2, 5)] {
+        for (n, rf, groups) in [
+            (3, 3, 12),
+            (4, 3, 12),
+            (5, 3, 12),
+            (5, 3, 16),
+            (7, 3, 12),
+            (4, 2, 7),
+            (2, 2, 5),
+        ] {
             let m = members(n);
             let p = Placement::new(&m, groups, rf);
-            let mut leads = vec![0usize; n];
+            let (mut leads, mut replicas) = (vec![0usize; n], vec![0usize; n]);
             for g in 0..groups {
                 let place = p.place(GroupId(g)).unwrap();
                 let mut voters = place.voters.clone();
@@ -122,9 +178,20 @@ mod tests {
                 assert_eq!(voters.len(), rf, "group {g} of {n} nodes");
                 let leader = m.iter().position(|x| *x == place.voters[0]).unwrap();
                 leads[leader] += 1;
+                for v in &voters {
+                    replicas[m.iter().position(|x| x == v).unwrap()] += 1;
+                }
             }
             let (min, max) = (leads.iter().min().unwrap(), leads.iter().max().unwrap());
             assert!(max - min <= 1, "{leads:?} for {n} nodes, rf {rf}");
+            let (min, max) = (
+                replicas.iter().min().unwrap(),
+                replicas.iter().max().unwrap(),
+            );
+            assert!(
+                max - min <= 1,
+                "replicas {replicas:?} for {n} nodes, rf {rf}"
+            );
         }
     }
 

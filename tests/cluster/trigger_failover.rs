@@ -581,7 +581,8 @@ async fn triggers_and_writes_survive_growing_from_three_nodes_to_five_and_back()
     let mut run = Run::start_with_spares(seed, 2).await;
     let admin = run.admin.clone();
     let load = run.load.clone();
-    let wait = SETTLE_DEADLINE.as_secs().to_string();
+    // Below the CLI's own deadline in these tests.
+    let wait = "15".to_string();
     for new in 3..5 {
         load.wait_fired(TRIGGERS_PER_ROLLING_PHASE, "before a node joins")
             .await;
@@ -650,8 +651,16 @@ async fn triggers_and_writes_survive_growing_from_three_nodes_to_five_and_back()
             run.nodes[new].kill().await;
             println!("{id} SIGKILLed in the middle of the moves {seen}");
             run.nodes[new].restart().await;
-            let status = ["cluster", "status", "--target", &target, "--wait", &wait];
-            cluster_command(&status, &admin).await;
+            let status = ["cluster", "status", "--target", &target, "--wait", "15"];
+            let key = [("WEBHOOKD_API_KEY", admin.api_key.as_str())];
+            eventually("the moves to complete", 4 * SETTLE_DEADLINE, || async {
+                run_webhookd(&status, &key).await.success().then_some(())
+            })
+            .await;
+            println!(
+                "{id}: moves completed {:.2}s after its admission",
+                admitting.elapsed().as_secs_f64()
+            );
         }
         let ids = run.ids();
         wait_settled(&run.nodes[0], &admin, &ids, true, SETTLE_DEADLINE).await;
@@ -668,6 +677,29 @@ async fn triggers_and_writes_survive_growing_from_three_nodes_to_five_and_back()
     assert_eq!(members.len(), 5, "{grown:#}");
     assert!(members.iter().all(|m| m["state"] == "active"), "{grown:#}");
     assert_eq!(grown["replication"]["moves"], json!([]), "{grown:#}");
+    // Each node holds a fair share of the shard groups' replicas, within one.
+    let mut replicas: HashMap<String, usize> = HashMap::new();
+    for g in grown["replication"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        for v in g["voters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|_| g["group"] != "meta")
+        {
+            *replicas
+                .entry(v.as_str().unwrap_or_default().into())
+                .or_default() += 1;
+        }
+    }
+    let (fewest, most) = (replicas.values().min(), replicas.values().max());
+    assert!(
+        replicas.len() == 5 && most.zip(fewest).is_some_and(|(m, f)| m - f <= 1),
+        "replicas per node {replicas:?}"
+    );
 
     for gone in 0..2 {
         load.wait_fired(TRIGGERS_PER_ROLLING_PHASE, "before a node is removed")
