@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::gateway::{Gateway, GatewayMsg, GATEWAY_GROUP, GATEWAY_SCOPE};
 use super::layout::Layout;
+pub use super::peer::{Peer, PeerState};
 use super::rpc::{
     decode, decode_answer, encode, AnswerBody, CallError, Endpoints, Envelope, FrameError, Rpc,
 };
@@ -27,127 +28,6 @@ use super::shard::{ShardId, ShardMap};
 use crate::config::{ClusterConfig, Member};
 /// Longest wait between two dials of an unreachable peer.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// What this node knows of a peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerState {
-    /// Not connected yet (or reconnecting).
-    Connecting,
-    /// Answering pings.
-    Up,
-    /// Connected but silent past `down_after`, or disconnected.
-    Down,
-    /// Its cluster configuration differs; never used.
-    Refused(String),
-}
-
-impl PeerState {
-    /// The state's name as the API shows it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            PeerState::Connecting => "connecting",
-            PeerState::Up => "up",
-            PeerState::Down => "down",
-            PeerState::Refused(_) => "refused",
-        }
-    }
-
-    /// Why the peer was refused.
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            PeerState::Refused(why) => Some(why),
-            _ => None,
-        }
-    }
-}
-
-struct PeerInner {
-    state: PeerState,
-    gateway: Option<ActorRef<GatewayMsg>>,
-    /// When the peer last answered anything: a ping or any other call.
-    last_heard: Option<Instant>,
-}
-
-/// One peer: configured, or admitted at run time.
-pub struct Peer {
-    /// Its configuration entry.
-    pub member: Member,
-    inner: Mutex<PeerInner>,
-    /// Set once the member is removed from the cluster: it is not dialled any more.
-    removed: std::sync::atomic::AtomicBool,
-}
-
-impl Peer {
-    fn new(member: Member) -> Self {
-        Self {
-            member,
-            inner: Mutex::new(PeerInner {
-                state: PeerState::Connecting,
-                gateway: None,
-                last_heard: None,
-            }),
-            removed: Default::default(),
-        }
-    }
-
-    fn is_removed(&self) -> bool {
-        self.removed.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Its current state.
-    pub fn state(&self) -> PeerState {
-        self.inner
-            .lock()
-            .map(|i| i.state.clone())
-            .unwrap_or(PeerState::Down)
-    }
-
-    fn set(&self, state: PeerState, gateway: Option<ActorRef<GatewayMsg>>) {
-        if let Ok(mut i) = self.inner.lock() {
-            if i.state != state {
-                match &state {
-                    PeerState::Up => tracing::info!(peer = %self.member.id, "peer is up"),
-                    PeerState::Down => tracing::warn!(peer = %self.member.id, "peer is down"),
-                    PeerState::Refused(why) => {
-                        tracing::error!(peer = %self.member.id, reason = %why, "peer refused")
-                    }
-                    PeerState::Connecting => {}
-                }
-            }
-            i.state = state;
-            i.gateway = gateway;
-        }
-    }
-
-    /// Notes an answer from the peer: any answered call is a sign of life.
-    fn heard(&self) {
-        if let Ok(mut i) = self.inner.lock() {
-            i.last_heard = Some(Instant::now());
-        }
-    }
-
-    /// True when the peer answered something within `window`.
-    fn heard_within(&self, window: Duration) -> bool {
-        self.inner
-            .lock()
-            .ok()
-            .and_then(|i| i.last_heard)
-            .is_some_and(|t| t.elapsed() < window)
-    }
-
-    /// True when a call to the peer would be sent now (it is up and connected).
-    pub fn is_connected(&self) -> bool {
-        self.usable_gateway().is_some()
-    }
-
-    /// Its gateway, when the peer is up.
-    fn usable_gateway(&self) -> Option<ActorRef<GatewayMsg>> {
-        let i = self.inner.lock().ok()?;
-        (i.state == PeerState::Up)
-            .then(|| i.gateway.clone())
-            .flatten()
-    }
-}
 
 /// Who serves a shard.
 pub enum Owner {
@@ -273,10 +153,7 @@ impl Cluster {
             let mut peers = self.peers.write().unwrap_or_else(PoisonError::into_inner);
             if let Some(known) = peers.iter().find(|p| p.member.id == member.id) {
                 // A removed member admitted again is dialled again (its watcher ended).
-                if !known
-                    .removed
-                    .swap(false, std::sync::atomic::Ordering::SeqCst)
-                {
+                if !known.unmark_removed() {
                     return false;
                 }
                 (known.clone(), self.server.get().cloned())
@@ -301,7 +178,7 @@ impl Cluster {
     pub fn remove_peer(&self, id: &str) {
         let peers = self.all_peers();
         if let Some(peer) = peers.iter().find(|p| p.member.id == id) {
-            if !peer.removed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            if peer.mark_removed() {
                 tracing::info!(peer = %id, "peer removed from the cluster");
                 peer.set(PeerState::Down, None);
             }

@@ -10,6 +10,7 @@
 pub mod gateway;
 pub mod layout;
 pub mod membership;
+mod peer;
 pub mod rpc;
 pub mod shard;
 

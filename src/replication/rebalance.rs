@@ -28,17 +28,6 @@ const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
 /// How often a move looks at its learners' progress.
 const PROGRESS_POLL: Duration = Duration::from_millis(50);
 
-/// One group's voters as they are and as placement wants them (member ids).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Move {
-    /// The group.
-    pub group: GroupId,
-    /// Its voters now.
-    pub voters: BTreeSet<String>,
-    /// Its voters once moved.
-    pub target: BTreeSet<String>,
-}
-
 impl Replication {
     /// The voters placement wants for `group`, from the member list `list`: for the
     /// metadata group every active member and the draining ones that still hold shard
@@ -60,24 +49,20 @@ impl Replication {
             .unwrap_or_default()
     }
 
-    /// The move `group` needs, as seen by this node's instance (a member's view): voters
-    /// to replace, or removed voters still kept as learners.
-    pub(super) fn pending_move(
+    /// The voters `group` is to move to, when it needs a move, as seen by this node's
+    /// instance (a member's view): voters to replace, or former voters still learners.
+    fn pending_move(
         &self,
         group: GroupId,
         list: &MemberList,
         holding: &BTreeSet<String>,
-    ) -> Option<Move> {
+    ) -> Option<BTreeSet<String>> {
         let raft = self.raft(group)?;
         let (voters, nodes) = self.membership_of(raft);
         let voters: BTreeSet<String> = voters.iter().map(|id| self.name_of(*id)).collect();
         let target = self.target_voters(group, list, holding);
         let strays = nodes.iter().any(|id| !target.contains(&self.name_of(*id)));
-        ((voters != target || strays) && !target.is_empty()).then_some(Move {
-            group,
-            voters,
-            target,
-        })
+        ((voters != target || strays) && !target.is_empty()).then_some(target)
     }
 
     /// `raft`'s voters and all its members (voters and learners), by Raft id.
@@ -299,7 +284,7 @@ pub fn start(replication: &Arc<Replication>, runtime: &Handle) {
                 if raft.metrics().borrow().state != ServerState::Leader {
                     continue;
                 }
-                let Some(step) = replication.pending_move(group, &list, &holding) else {
+                let Some(target) = replication.pending_move(group, &list, &holding) else {
                     continue;
                 };
                 if moving
@@ -318,7 +303,7 @@ pub fn start(replication: &Arc<Replication>, runtime: &Handle) {
                     .insert(group);
                 let (replication, moving) = (replication.clone(), moving.clone());
                 tokio::spawn(async move {
-                    replication.move_group(group, &raft, step.target).await;
+                    replication.move_group(group, &raft, target).await;
                     moving
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)

@@ -167,7 +167,6 @@ impl Service {
                 tokio::time::sleep(LEADER_POLL).await;
                 continue;
             };
-            asked.push(id.clone());
             let answer = match cluster.peer(&id) {
                 _ if id == cluster.node_id() => {
                     self.serve_as_leader(replication, shard, op.clone()).await
@@ -179,6 +178,7 @@ impl Service {
             };
             match answer {
                 Err(ServiceError::NotServedHere { leader }) if Instant::now() < deadline => {
+                    asked.push(id);
                     if leader.is_some() {
                         asked.clear();
                         tokio::time::sleep(LEADER_POLL / 5).await;
