@@ -21,8 +21,9 @@ use crate::store::{DeliveryRow, Handoff, NewDelivery, RecordWrite, StoreError, T
 const HANDOFF_RETRY: Duration = Duration::from_secs(1);
 /// Handoff batches sent to one peer at once at most. A round's handed batches are removed
 /// in one write per trigger group, and replicated each write is a log entry on every
-/// voter: a wide round keeps those entries few under many small fan-outs.
-const HANDOFF_WINDOW: usize = 256;
+/// voter: a wide round keeps those entries few under many small fan-outs. Wider still (256)
+/// floods a peer with accepts that slow its groups' other writes.
+const HANDOFF_WINDOW: usize = 64;
 
 /// Persists a batch handed over by the node that owns the trigger (through the
 /// subscribers' groups when replicated); answers how many deliveries were created.
