@@ -178,10 +178,11 @@ impl Service {
             };
             match answer {
                 Err(ServiceError::NotServedHere { leader }) if Instant::now() < deadline => {
-                    asked.push(id);
                     if leader.is_some() {
                         asked.clear();
                         tokio::time::sleep(LEADER_POLL / 5).await;
+                    } else {
+                        asked.push(id);
                     }
                     hint = leader;
                 }
