@@ -11,12 +11,19 @@
 //! 3. the successor calls it once it holds that much of the log; its vote request carries
 //!    a higher term, and the leader grants it (their logs are equal), stepping down.
 //!
+//! With more than three voters, the leader's vote and the successor's own are not a
+//! majority, and the other followers refuse any vote while their lease of the leader
+//! holds (openraft renews it with every AppendEntries, for `election_timeout_max`): the
+//! leader then stops its heartbeats for one such lease before step 2
+//! ([`Replication::quiet_before_handover`]). Their own elections wait a lease and an
+//! election timeout, so the successor calls its election first.
+//!
 //! While it hands over, the leader serves reads after a read index, never under its
 //! lease: the core sends its vote before it publishes the step-down that the lease check
-//! reads, so for a moment the lease would outlive the lead. Should the successor lose (the leader took a
-//! proposal that raced step 1), the leader asks again; past the deadline it takes proposals
-//! again, or, when stopping, stops anyway and the group elects a leader within its
-//! election timeout, as after a crash.
+//! reads, so for a moment the lease would outlive the lead. Should the successor lose (the
+//! leader took a proposal that raced step 1), the leader asks again; past the deadline it
+//! takes proposals again, or, when stopping, stops anyway and the group elects a leader
+//! within its election timeout, as after a crash.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -105,7 +112,7 @@ impl Replication {
         {
             return Ok(false);
         }
-        let deadline = Instant::now() + self.election_timeout;
+        let deadline = Instant::now() + self.election_timeout + self.quiet_before_handover(raft);
         Ok(self.hand_over(group, raft, Some(to), deadline).await)
     }
 
@@ -139,9 +146,33 @@ impl Replication {
             return false;
         };
         flag.store(true, Ordering::SeqCst);
-        let handed = self.ask_successors(group, raft, to, deadline).await;
+        let quiet = self.quiet_before_handover(raft);
+        if !quiet.is_zero() {
+            raft.runtime_config().heartbeat(false);
+        }
+        let handed = self
+            .ask_successors(group, raft, to, Instant::now() + quiet, deadline)
+            .await;
+        raft.runtime_config().heartbeat(true);
         flag.store(false, Ordering::SeqCst);
         handed
+    }
+
+    /// How long the leader of `raft`'s group stays silent before it asks a successor to
+    /// call its election: nothing with three voters or fewer, else a follower's lease
+    /// (`election_timeout_ms`, see [`super::raft_config`]) and a heartbeat in flight.
+    pub(super) fn quiet_before_handover(&self, raft: &GroupRaft) -> Duration {
+        let voters = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        match voters {
+            0..=3 => Duration::ZERO,
+            _ => self.election_timeout + self.election_timeout / 6,
+        }
     }
 
     async fn ask_successors(
@@ -149,6 +180,7 @@ impl Replication {
         group: GroupId,
         raft: &GroupRaft,
         to: Option<&str>,
+        quiet_until: Instant,
         deadline: Instant,
     ) -> bool {
         let me = raft_id(&self.node_id);
@@ -172,7 +204,8 @@ impl Replication {
             // closes): the successor can then match the log.
             let settled = m.last_applied.map(|l| l.index) == m.last_log_index
                 && previous_length.replace(m.last_log_index) == Some(m.last_log_index);
-            let due = asked.is_none_or(|t| t.elapsed() >= ASK_AGAIN);
+            let due =
+                asked.is_none_or(|t| t.elapsed() >= ASK_AGAIN) && Instant::now() >= quiet_until;
             if m.state == ServerState::Leader && settled && due {
                 asked = Some(Instant::now());
                 let successor = match to {
@@ -222,23 +255,25 @@ impl Replication {
         }
     }
 
-    /// Asks the current leader of `group` to hand its lead to this node; false when it
-    /// did not (or could not be asked).
-    pub(super) async fn ask_for_lead(&self, group: GroupId, leader: u64) -> bool {
-        let Some(member) = self.member_of(leader) else {
-            return false;
-        };
-        let Some(peer) = self.cluster.peer(&member) else {
-            return false;
-        };
+    /// Asks the current leader of `group` (`raft` is this node's instance) to hand its
+    /// lead to this node: `Some(handed)` when it answered, `None` when it could not be
+    /// asked or did not answer in time.
+    pub(super) async fn ask_for_lead(
+        &self,
+        group: GroupId,
+        raft: &GroupRaft,
+        leader: u64,
+    ) -> Option<bool> {
+        let member = self.member_of(leader)?;
+        let peer = self.cluster.peer(&member)?;
         let ask = GiveLeadRpc {
             group,
             to: self.node_id.clone(),
         };
-        let answer = self
-            .cluster
-            .call_within(&peer, &ask, self.election_timeout * 2)
-            .await;
-        matches!(answer, Ok(Ok(true)))
+        let within = self.election_timeout * 2 + self.quiet_before_handover(raft);
+        match self.cluster.call_within(&peer, &ask, within).await {
+            Ok(Ok(handed)) => Some(handed),
+            _ => None,
+        }
     }
 }

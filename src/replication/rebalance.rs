@@ -96,15 +96,14 @@ impl Replication {
         };
         let (voters, nodes) = self.membership_of(raft);
         let leaving = !target.contains(&self.node_id);
-        // A leader that is to leave first hands the lead to a voter that stays: the
-        // handover's election needs only the two of them while the group has three
-        // voters (with more, the others would refuse it inside the leader's lease).
+        // A leader that is to leave first hands the lead to a voter that stays.
         let staying = voters
             .iter()
             .map(|id| self.name_of(*id))
             .find(|m| target.contains(m) && self.peer_is_up(m));
         if let (true, Some(successor)) = (leaving, &staying) {
-            let deadline = Instant::now() + self.election_timeout * 2;
+            let deadline =
+                Instant::now() + self.election_timeout * 2 + self.quiet_before_handover(raft);
             self.hand_over(group, raft, Some(successor), deadline).await;
             return;
         }
@@ -156,7 +155,8 @@ impl Replication {
                 .placement()
                 .place(group)
                 .and_then(|p| p.voters.first().cloned());
-            let deadline = Instant::now() + self.election_timeout * 2;
+            let deadline =
+                Instant::now() + self.election_timeout * 2 + self.quiet_before_handover(raft);
             self.hand_over(group, raft, successor.as_deref(), deadline)
                 .await;
         }
