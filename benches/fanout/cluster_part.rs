@@ -246,7 +246,8 @@ pub(crate) async fn cluster_scenarios(
     let api = Arc::new(ApiClient::new(&cluster.urls(), REQUEST_TIMEOUT)?);
     let map = &cluster.shard_map().clone();
     let nodes = pids.len();
-    let mut ctx = Ctx::new(api.clone(), sink, pids.clone(), sizes.deadline).await?;
+    let storage = cluster.dir().to_path_buf();
+    let mut ctx = Ctx::new(api.clone(), sink, pids.clone(), storage, sizes.deadline).await?;
 
     let idle = ctx.idle_latency(sizes).await?;
     println!(

@@ -8,12 +8,12 @@ use webhookd::bench::report::{ms, per_s, ratio, Table};
 
 use crate::cluster_part::{ClusterFanout, ClusterRun};
 use crate::context::Measured;
-use crate::report::{fanout_rows, idle_rows, p50_p99, setup_rows, signed_us};
+use crate::report::{fanout_rows, idle_rows, p50_p99, setup_rows, signed_us, FanoutNotes};
 use crate::single_node::SingleRun;
 use crate::subscribe::Subscribes;
 
 pub(crate) fn cluster_table(cl: &ClusterRun, single: &SingleRun) -> Table {
-    let c = single.ceiling.per_second;
+    let c = single.ceiling.load.per_second;
     let n = cl.nodes();
     let mut table = Table::new(["figure", "value", "ratio", "vs the single node"]);
     for (f, s) in [(&cl.b, &single.b), (&cl.c, &single.c)] {
@@ -22,11 +22,15 @@ pub(crate) fn cluster_table(cl: &ClusterRun, single: &SingleRun) -> Table {
             &mut table,
             m,
             c,
-            &format!(
-                "{} ({})",
-                ratio(m.report.deliveries_per_s, s.report.deliveries_per_s),
-                per_s(s.report.deliveries_per_s)
-            ),
+            FanoutNotes {
+                rate: format!(
+                    "{} ({})",
+                    ratio(m.report.deliveries_per_s, s.report.deliveries_per_s),
+                    per_s(s.report.deliveries_per_s)
+                ),
+                cpu: format!("{:.1} µs", s.node_cpu_us_per_delivery()),
+                storage: format!("{:.0} bytes", s.disk_bytes_per_delivery()),
+            },
             &format!(" (sum of {n} nodes)"),
         );
         table.row([
@@ -195,7 +199,7 @@ fn subscribe_rows(
 
 /// The cross-node cost in words, (b) first.
 pub(crate) fn cross_node_lines(cl: &ClusterRun, single: &SingleRun) -> Vec<String> {
-    let c = single.ceiling.per_second;
+    let c = single.ceiling.load.per_second;
     let n = cl.nodes();
     let mut lines = Vec::new();
     for (f, s) in [(&cl.b, &single.b), (&cl.c, &single.c)] {
@@ -240,7 +244,7 @@ pub(crate) fn cross_node_json(f: &ClusterFanout, s: &Measured, ceiling: f64) -> 
 }
 
 pub(crate) fn cluster_json(cl: &ClusterRun, single: &SingleRun) -> Value {
-    let c = single.ceiling.per_second;
+    let c = single.ceiling.load.per_second;
     let fanout = |f: &ClusterFanout| {
         let mut v = f.measured.json();
         if let Some(obj) = v.as_object_mut() {

@@ -80,11 +80,25 @@ pub(crate) struct Measured {
     /// CPU time of each node, in node order.
     pub(crate) per_node_cpu: Vec<Duration>,
     pub(crate) bench_cpu: Duration,
+    /// CPU time of the sink's thread (part of `bench_cpu`).
+    pub(crate) sink_cpu: Duration,
+    /// Growth of the nodes' storage on disk over the run, bytes (negative: compacted).
+    pub(crate) disk_growth: i64,
 }
 
 impl Measured {
     pub(crate) fn node_cpu_us_per_delivery(&self) -> f64 {
         self.node_cpu.as_micros() as f64 / self.report.delivered.max(1) as f64
+    }
+
+    /// Storage on disk per delivery made (summed over the nodes).
+    pub(crate) fn disk_bytes_per_delivery(&self) -> f64 {
+        self.disk_growth as f64 / self.report.delivered.max(1) as f64
+    }
+
+    /// What the sink spent per POST received, beside the node's CPU per delivery.
+    pub(crate) fn sink_cpu_us_per_post(&self) -> f64 {
+        self.sink_cpu.as_micros() as f64 / self.report.delivered.max(1) as f64
     }
 
     pub(crate) fn json(&self) -> Value {
@@ -93,6 +107,9 @@ impl Measured {
             "node_cpu_s": self.node_cpu.as_secs_f64(),
             "node_cpu_us_per_delivery": self.node_cpu_us_per_delivery(),
             "bench_process_cpu_s": self.bench_cpu.as_secs_f64(),
+            "sink_cpu_us_per_post": self.sink_cpu_us_per_post(),
+            "disk_growth_bytes": self.disk_growth,
+            "disk_bytes_per_delivery": self.disk_bytes_per_delivery(),
         })
     }
 }
@@ -108,6 +125,10 @@ pub(crate) struct Ctx<'a> {
     pub(crate) opts: SetupOptions,
     pub(crate) setup: Vec<StepFigure>,
     pub(crate) deadline: Duration,
+    /// The directory holding the nodes' storage.
+    pub(crate) storage: PathBuf,
+    /// Storage growth of each subscribing step: (step, subscriptions, bytes).
+    pub(crate) subscription_disk: Vec<(String, u64, i64)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -117,6 +138,7 @@ impl<'a> Ctx<'a> {
         api: Arc<ApiClient>,
         sink: &'a Sink,
         pids: Vec<u32>,
+        storage: PathBuf,
         deadline: Duration,
     ) -> BenchResult<Ctx<'a>> {
         // Accounts: 0 owns every registration, 1..=ACCOUNTS subscribe.
@@ -139,7 +161,14 @@ impl<'a> Ctx<'a> {
             opts,
             setup,
             deadline,
+            storage,
+            subscription_disk: Vec::new(),
         })
+    }
+
+    /// Bytes the nodes' storage takes on disk now.
+    pub(crate) fn disk(&self) -> BenchResult<i64> {
+        node::disk_usage(&self.storage).map(|b| i64::try_from(b).unwrap_or(i64::MAX))
     }
 
     /// Creates `registrations` registrations with `subscribers` subscriptions each.
@@ -152,9 +181,12 @@ impl<'a> Ctx<'a> {
         let (ids, figure) =
             create_registrations(&self.api, &self.owner, registrations, self.opts).await?;
         self.setup.push(figure);
+        let before = self.disk()?;
         let mut figure =
             subscribe_all(&self.api, &ids, &self.subscribers, subscribers, self.opts).await?;
         figure.step = format!("subscribe ({what})");
+        self.subscription_disk
+            .push((figure.step.clone(), figure.count, self.disk()? - before));
         self.setup.push(figure);
         Ok(ids)
     }
@@ -200,7 +232,10 @@ impl<'a> Ctx<'a> {
             progress: true,
         };
         let me = std::process::id();
-        let (nodes_before, me_before) = (self.node_cpu()?, node::cpu_time(me)?);
+        let sink = self.sink.cpu();
+        let disk_before = self.disk()?;
+        let (nodes_before, me_before, sink_before) =
+            (self.node_cpu()?, node::cpu_time(me)?, sink.now()?);
         let report = run_fanout(
             &self.api,
             self.sink,
@@ -210,7 +245,8 @@ impl<'a> Ctx<'a> {
             &spec,
         )
         .await?;
-        let (nodes_after, me_after) = (self.node_cpu()?, node::cpu_time(me)?);
+        let (nodes_after, me_after, sink_after) =
+            (self.node_cpu()?, node::cpu_time(me)?, sink.now()?);
         let per_node_cpu: Vec<Duration> = nodes_after
             .iter()
             .zip(&nodes_before)
@@ -221,6 +257,8 @@ impl<'a> Ctx<'a> {
             node_cpu: per_node_cpu.iter().sum(),
             per_node_cpu,
             bench_cpu: me_after.saturating_sub(me_before),
+            sink_cpu: sink_after.saturating_sub(sink_before),
+            disk_growth: self.disk()? - disk_before,
         })
     }
 }

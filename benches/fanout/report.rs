@@ -7,14 +7,28 @@ use webhookd::bench::stats::Latency;
 
 use crate::context::Measured;
 
+/// The last column of a fan-out's rows: its rate's, its CPU's and its storage's.
+#[derive(Default)]
+pub(crate) struct FanoutNotes {
+    pub(crate) rate: String,
+    pub(crate) cpu: String,
+    pub(crate) storage: String,
+}
+
 /// Rows of a fan-out figure: deliveries/s and the lines under it.
-pub(crate) fn fanout_rows(table: &mut Table, m: &Measured, c: f64, goal: &str, cpu_note: &str) {
+pub(crate) fn fanout_rows(
+    table: &mut Table,
+    m: &Measured,
+    c: f64,
+    notes: FanoutNotes,
+    cpu_note: &str,
+) {
     let r = &m.report;
     table.row([
         format!("{} deliveries/s", r.label),
         per_s(r.deliveries_per_s),
         ratio(r.deliveries_per_s, c),
-        goal.to_string(),
+        notes.rate,
     ]);
     table.row([
         "    trigger → delivery p50/p90/p99/max".to_string(),
@@ -31,6 +45,18 @@ pub(crate) fn fanout_rows(table: &mut Table, m: &Measured, c: f64, goal: &str, c
     table.row([
         format!("    node CPU per delivery{cpu_note}"),
         format!("{:.1} µs", m.node_cpu_us_per_delivery()),
+        String::new(),
+        notes.cpu,
+    ]);
+    table.row([
+        "    storage per delivery (disk growth over the run)".to_string(),
+        format!("{:.0} bytes", m.disk_bytes_per_delivery()),
+        String::new(),
+        notes.storage,
+    ]);
+    table.row([
+        "    sink CPU per POST received".to_string(),
+        format!("{:.1} µs", m.sink_cpu_us_per_post()),
         String::new(),
         String::new(),
     ]);
@@ -72,6 +98,28 @@ pub(crate) fn idle_rows(table: &mut Table, idle: &IdleLatency, last: [String; 2]
         String::new(),
         all_last,
     ]);
+}
+
+/// Storage growth per subscription of each subscribing step, against `goal` bytes.
+pub(crate) fn subscription_disk_rows(table: &mut Table, steps: &[(String, u64, i64)], goal: f64) {
+    for (step, count, bytes) in steps {
+        let per = *bytes as f64 / (*count).max(1) as f64;
+        table.row([
+            format!("storage per subscription: {step}"),
+            format!(
+                "{per:.0} bytes ({} subscriptions, {:.1} MB)",
+                group(*count),
+                *bytes as f64 / 1e6
+            ),
+            String::new(),
+            goal_text(&format!("≤ {goal:.0} bytes"), per <= goal),
+        ]);
+    }
+}
+
+/// `"<goal>: met"` or `"<goal>: NOT met"`.
+pub(crate) fn goal_text(goal: &str, met: bool) -> String {
+    format!("{goal}: {}", if met { "met" } else { "NOT met" })
 }
 
 pub(crate) fn setup_rows(table: &mut Table, setup: &[StepFigure]) {

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use webhookd::bench::ceiling::Ceiling;
 use webhookd::bench::client::ApiClient;
 use webhookd::bench::load::{HelloServer, LoadReport, LoadShape};
 use webhookd::bench::node::{self, NodeProcess};
@@ -26,9 +27,9 @@ use crate::subscribe::{subscribe_rate, SubscribeRate};
 /// The figures of the single-node part.
 pub(crate) struct SingleRun {
     /// The highest of `ceiling_runs`.
-    pub(crate) ceiling: LoadReport,
+    pub(crate) ceiling: Ceiling,
     /// The ceiling measured before (b), between (b) and (c), and after (c).
-    pub(crate) ceiling_runs: [LoadReport; 3],
+    pub(crate) ceiling_runs: [Ceiling; 3],
     pub(crate) idle: IdleLatency,
     pub(crate) b: Measured,
     pub(crate) c: Measured,
@@ -41,6 +42,8 @@ pub(crate) struct SingleRun {
     pub(crate) peak_before_e_kib: u64,
     pub(crate) lifetime_peak_kib: u64,
     pub(crate) setup: Vec<StepFigure>,
+    /// Storage growth of each subscribing step: (step, subscriptions, bytes).
+    pub(crate) subscription_disk: Vec<(String, u64, i64)>,
     /// Node start included.
     pub(crate) wall_time: Duration,
 }
@@ -58,7 +61,7 @@ impl SingleRun {
 
     pub(crate) fn bracket(&self, before: usize) -> f64 {
         let runs = &self.ceiling_runs;
-        (runs[before].per_second + runs[before + 1].per_second) / 2.0
+        (runs[before].load.per_second + runs[before + 1].load.per_second) / 2.0
     }
 
     pub(crate) fn read_ratio(&self) -> f64 {
@@ -131,7 +134,7 @@ pub(crate) async fn single_node(
             cpus()
         );
     }
-    let result = single_scenarios(&node, sink, sizes).await;
+    let result = single_scenarios(&node, &dir.path().join("data"), sink, sizes).await;
     node.stop().await;
     if result.is_err() {
         // Keep the node's log for a post-mortem.
@@ -146,6 +149,7 @@ pub(crate) async fn single_node(
 /// Every single-node scenario in order, on a running `node`.
 pub(crate) async fn single_scenarios(
     node: &NodeProcess,
+    storage: &Path,
     sink: &Sink,
     sizes: Sizes,
 ) -> BenchResult<SingleRun> {
@@ -161,7 +165,8 @@ pub(crate) async fn single_scenarios(
     let (body, headers) = delivery_like_request();
     let ceiling_before = ceiling_run(sink, &body, &headers, shape, "before (b)").await?;
 
-    let mut ctx = Ctx::new(api.clone(), sink, vec![node.pid()], sizes.deadline).await?;
+    let pids = vec![node.pid()];
+    let mut ctx = Ctx::new(api.clone(), sink, pids, storage.into(), sizes.deadline).await?;
 
     // Idle latency.
     let idle = ctx.idle_latency(sizes).await?;
@@ -209,7 +214,7 @@ pub(crate) async fn single_scenarios(
     let ceiling_runs = [ceiling_before, ceiling_between, ceiling_after];
     let ceiling = ceiling_runs
         .iter()
-        .max_by(|x, y| x.per_second.total_cmp(&y.per_second))
+        .max_by(|x, y| x.load.per_second.total_cmp(&y.load.per_second))
         .cloned()
         .unwrap_or_else(|| ceiling_runs[0].clone());
     Ok(SingleRun {
@@ -225,6 +230,7 @@ pub(crate) async fn single_scenarios(
         peak_before_e_kib,
         lifetime_peak_kib,
         setup: ctx.setup,
+        subscription_disk: ctx.subscription_disk,
         wall_time: Duration::ZERO,
     })
 }

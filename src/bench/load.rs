@@ -1,8 +1,6 @@
 //! Closed-loop load generators (a fixed number of requests always in flight) and the
 //! reference servers they are compared with.
 //!
-//! * [`post_ceiling`]: the HTTP ceiling, the same POSTs a delivery sends (body and header
-//!   set), sent by a hyper-util pooled client straight to the sink.
 //! * [`get_rate`]: GET requests/s against any URL (an authenticated API read, or the
 //!   [`HelloServer`] for reference).
 
@@ -150,23 +148,6 @@ async fn drive(
         latencies.extend(l);
     }
     Ok((ok, failed, latencies, started.elapsed()))
-}
-
-/// The HTTP ceiling: POSTs with a delivery's `body` and `headers` sent straight to `sink`
-/// (path `/ceiling`).
-pub async fn post_ceiling(
-    sink: SocketAddr,
-    body: Bytes,
-    headers: HeaderMap,
-    shape: LoadShape,
-) -> BenchResult<LoadReport> {
-    let template = Template {
-        method: Method::POST,
-        url: format!("http://{sink}/ceiling"),
-        headers,
-        body,
-    };
-    closed_loop(&template, shape).await
 }
 
 /// GET requests/s against `url` with `headers`.

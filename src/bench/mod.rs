@@ -6,7 +6,10 @@
 //! * [`client`]: the `/v1` API client for setup calls and triggers.
 //! * [`pool`]: bounded-concurrency job runner.
 //! * [`run`]: the scenarios (setup, fan-out, idle latency) and their figures.
-//! * [`load`]: closed-loop load (the HTTP ceiling, API read rate) and a hello-world server.
+//! * [`load`]: closed-loop load (the API read rate) and a hello-world server.
+//! * [`ceiling`]: the HTTP ceiling, a lean client sending delivery-like POSTs to the sink.
+//! * [`wire`]: the HTTP/1.1 framing of the sink and the ceiling's client.
+//! * [`own_thread`]: a thread of its own for each, so that its CPU is read apart.
 //! * [`node`]: a node run as a child process, and its `/proc` figures.
 //! * [`cluster`]: a local cluster of such nodes on `127.0.0.1`, `127.0.0.2`, ...
 //! * [`groups`]: its replicated groups as `GET /v1/cluster` shows them.
@@ -15,6 +18,7 @@
 //! * [`report`]: summary table, JSON and SVG output.
 //! * [`cli`]: the `webhookd bench` subcommand.
 
+pub mod ceiling;
 pub mod cli;
 pub mod client;
 pub mod cluster;
@@ -22,11 +26,13 @@ pub mod error;
 pub mod groups;
 pub mod load;
 pub mod node;
+pub mod own_thread;
 pub mod pool;
 pub mod progress;
 pub mod report;
 pub mod run;
 pub mod sink;
 pub mod stats;
+pub mod wire;
 
 pub use error::{BenchError, BenchResult};

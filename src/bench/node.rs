@@ -175,8 +175,30 @@ pub fn reset_peak_rss(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), b"5").is_ok()
 }
 
+/// Bytes the files under `dir` take on disk (allocated blocks, as `du` counts them), logs
+/// (`*.log`) left out: what a node's storage holds.
+pub fn disk_usage(dir: &Path) -> BenchResult<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| BenchError::io(dir.display().to_string(), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| BenchError::io(dir.display().to_string(), e))?;
+        let path = entry.path();
+        let meta = entry
+            .metadata()
+            .map_err(|e| BenchError::io(path.display().to_string(), e))?;
+        if meta.is_dir() {
+            total += disk_usage(&path)?;
+        } else if path.extension().is_none_or(|x| x != "log") {
+            total += meta.blocks() * 512;
+        }
+    }
+    Ok(total)
+}
+
 /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
-const USER_HZ: u64 = 100;
+pub const USER_HZ: u64 = 100;
 
 /// User + system CPU time consumed by `pid` so far (10 ms resolution).
 pub fn cpu_time(pid: u32) -> BenchResult<Duration> {

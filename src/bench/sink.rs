@@ -1,5 +1,8 @@
-//! The receiving sink: a hyper 1 server on loopback that stands in for every subscriber's
-//! endpoint.
+//! The receiving sink: a lean HTTP/1.1 server on loopback that stands in for every
+//! subscriber's endpoint. It runs on a thread of its own ([`OwnThread`]), so the bench
+//! reports what it costs per POST beside the node's CPU per delivery, and it reads no more
+//! of a request than it must ([`super::wire`]): the head, the body by its length, the path
+//! and the body's `"seq"`. Each read's answers go out in one write.
 //!
 //! * `GET ?echo=V` answers 200 `{"echo": "V"}` (the account-creation challenge);
 //!   `?api_key=` / `?secret_key=` answer 200 `{}` (key resets).
@@ -18,24 +21,20 @@
 //! its SYN dropped and retried a second later, so a small backlog turns into a one-second
 //! straggler and a deliveries/s figure that varies fourfold between identical runs.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpSocket};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 use super::error::{BenchError, BenchResult};
+use super::own_thread::{OwnThread, ThreadCpu};
+use super::wire::{self, Framed};
 
 /// Tag of a POST whose body carries no `"seq"` number.
 pub const NO_SEQ: u32 = u32::MAX;
@@ -111,17 +110,12 @@ struct SinkState {
 pub struct Sink {
     addr: SocketAddr,
     state: Arc<SinkState>,
-    accept: JoinHandle<()>,
+    thread: OwnThread,
 }
 
 impl Sink {
     /// Binds `listen` (use port 0 for a free port) and starts serving.
     pub async fn start(listen: SocketAddr) -> BenchResult<Self> {
-        let listener = bind(listen)
-            .map_err(|e| BenchError::io(format!("sink: cannot listen on {listen}"), e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| BenchError::io("sink: local address", e))?;
         let state = Arc::new(SinkState {
             clock: Clock::new(),
             posts: AtomicU64::new(0),
@@ -130,12 +124,26 @@ impl Sink {
             target: AtomicU64::new(u64::MAX),
             reached: Notify::new(),
         });
-        let accept = tokio::spawn(accept_loop(listener, state.clone()));
+        let serving = state.clone();
+        let (thread, addr) = OwnThread::start("bench-sink", move || {
+            let listener = bind(listen)
+                .map_err(|e| BenchError::io(format!("sink: cannot listen on {listen}"), e))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| BenchError::io("sink: local address", e))?;
+            Ok((addr, accept_loop(listener, serving)))
+        })
+        .await?;
         Ok(Self {
             addr,
             state,
-            accept,
+            thread,
         })
+    }
+
+    /// The CPU clock of the sink's thread: what it spent serving.
+    pub fn cpu(&self) -> ThreadCpu {
+        self.thread.cpu()
     }
 
     /// The bound address.
@@ -220,13 +228,6 @@ impl Sink {
     }
 }
 
-impl Drop for Sink {
-    fn drop(&mut self) {
-        // Aborting the accept loop drops its JoinSet, which aborts every connection.
-        self.accept.abort();
-    }
-}
-
 async fn accept_loop(listener: TcpListener, state: Arc<SinkState>) {
     let mut connections = JoinSet::new();
     loop {
@@ -240,75 +241,130 @@ async fn accept_loop(listener: TcpListener, state: Arc<SinkState>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        connections.spawn(async move {
-            let service = service_fn(move |req| handle(state.clone(), req));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        connections.spawn(serve(stream, state.clone()));
     }
 }
 
-fn reply(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    if status == StatusCode::OK {
-        response.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("application/json"),
-        );
-    }
-    response
+/// What the sink did with one request.
+enum Served {
+    /// Answered; `close` when the connection ends after the answer.
+    Answered { close: bool },
+    /// A `POST /hang/<n>`: never answered.
+    Hang,
 }
 
-async fn handle(
-    state: Arc<SinkState>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.method() == Method::POST {
-        if req.uri().path().starts_with("/hang/") {
-            // Held until the node gives up (or the sink stops).
-            return std::future::pending().await;
-        }
-        let subscriber = subscriber_of(req.uri().path());
-        let body = match req.into_body().collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, Bytes::new())),
-        };
-        let at_us = u32::try_from(state.clock.now_us()).unwrap_or(u32::MAX);
-        let arrival = Arrival {
-            at_us,
-            seq: seq_of(&body).unwrap_or(NO_SEQ),
-            subscriber,
-        };
-        match state.arrivals.lock() {
-            Ok(mut arrivals) => arrivals.push(arrival),
-            Err(poisoned) => poisoned.into_inner().push(arrival),
-        }
-        let n = state.posts.fetch_add(1, Ordering::SeqCst) + 1;
-        if n >= state.target.load(Ordering::SeqCst) {
-            state.reached.notify_one();
-        }
-        return Ok(reply(StatusCode::OK, Bytes::new()));
-    }
-    if req.method() == Method::GET {
-        let query = req.uri().query().unwrap_or("");
-        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            match key.as_ref() {
-                "echo" => {
-                    state.echoes.fetch_add(1, Ordering::Relaxed);
-                    let body = serde_json::json!({ "echo": value }).to_string();
-                    return Ok(reply(StatusCode::OK, Bytes::from(body)));
+/// Serves one connection: every whole request in the buffer is answered, and the answers
+/// to one read are written together. A request the sink does not read gets a 400 and the
+/// connection is closed.
+async fn serve(mut stream: TcpStream, state: Arc<SinkState>) {
+    let mut input = BytesMut::with_capacity(8 << 10);
+    let mut output = Vec::with_capacity(512);
+    loop {
+        let mut close = false;
+        loop {
+            let served = match wire::request(&input) {
+                Framed::Partial => break,
+                Framed::Invalid(why) => {
+                    reply(&mut output, "400 Bad Request", "text/plain", why.as_bytes());
+                    close = true;
+                    break;
                 }
-                "api_key" | "secret_key" => {
-                    return Ok(reply(StatusCode::OK, Bytes::from_static(b"{}")));
+                Framed::Complete(request) => {
+                    let len = request.len;
+                    let served = handle(&state, &request, &mut output);
+                    input.advance(len);
+                    served
                 }
-                _ => {}
+            };
+            match served {
+                Served::Answered { close: false } => {}
+                Served::Answered { close: true } => {
+                    close = true;
+                    break;
+                }
+                Served::Hang => {
+                    let _ = stream.write_all(&output).await;
+                    // Held until the node gives up (or the sink stops).
+                    return std::future::pending().await;
+                }
             }
         }
+        if !output.is_empty() {
+            if stream.write_all(&output).await.is_err() {
+                return;
+            }
+            output.clear();
+        }
+        if close {
+            return;
+        }
+        match stream.read_buf(&mut input).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
     }
-    Ok(reply(StatusCode::BAD_REQUEST, Bytes::new()))
+}
+
+/// Appends an answer with `body` to `output`.
+fn reply(output: &mut Vec<u8>, status: &str, content_type: &str, body: &[u8]) {
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    output.extend_from_slice(head.as_bytes());
+    output.extend_from_slice(body);
+}
+
+/// The answer to a delivery: fixed bytes, nothing formatted.
+const POST_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+
+fn handle(state: &SinkState, request: &wire::Request<'_>, output: &mut Vec<u8>) -> Served {
+    let (path, query) = request
+        .target
+        .split_once('?')
+        .unwrap_or((request.target, ""));
+    let close = request.close;
+    match request.method {
+        "POST" if path.starts_with("/hang/") => return Served::Hang,
+        "POST" => {
+            let at_us = u32::try_from(state.clock.now_us()).unwrap_or(u32::MAX);
+            let arrival = Arrival {
+                at_us,
+                seq: seq_of(request.body).unwrap_or(NO_SEQ),
+                subscriber: subscriber_of(path),
+            };
+            match state.arrivals.lock() {
+                Ok(mut arrivals) => arrivals.push(arrival),
+                Err(poisoned) => poisoned.into_inner().push(arrival),
+            }
+            let n = state.posts.fetch_add(1, Ordering::SeqCst) + 1;
+            if n >= state.target.load(Ordering::SeqCst) {
+                state.reached.notify_one();
+            }
+            output.extend_from_slice(POST_ANSWER);
+            return Served::Answered { close };
+        }
+        "GET" => {
+            for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+                match key.as_ref() {
+                    "echo" => {
+                        state.echoes.fetch_add(1, Ordering::Relaxed);
+                        let body = serde_json::json!({ "echo": value }).to_string();
+                        reply(output, "200 OK", "application/json", body.as_bytes());
+                        return Served::Answered { close };
+                    }
+                    "api_key" | "secret_key" => {
+                        reply(output, "200 OK", "application/json", b"{}");
+                        return Served::Answered { close };
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+    reply(output, "400 Bad Request", "text/plain", b"");
+    Served::Answered { close }
 }
 
 /// The `<n>` of a `/s/<n>` path.
@@ -339,6 +395,10 @@ pub fn seq_of(body: &[u8]) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::Request;
+
     use super::*;
 
     #[test]
