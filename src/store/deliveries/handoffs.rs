@@ -59,6 +59,10 @@ impl Store {
 
     /// The rows replacing the batch at `key` with batches for other peers (its
     /// subscribers are served by other nodes now); none for `to` empty removes it.
+    ///
+    /// A trigger's batches are redirected concurrently (one round hands many over), so
+    /// two redirects to one peer may run in the same microsecond: the new keys take a
+    /// random sequence number, lest the second batch overwrite the first.
     pub fn redirected_handoff(
         &self,
         key: &[u8],
@@ -67,8 +71,9 @@ impl Store {
         now_us: u64,
     ) -> Result<Vec<DeliveryRow>> {
         let mut rows = vec![(key.to_vec(), None)];
+        let first = Uuid::new_v4().as_u128() as u32;
         for (i, (peer, items)) in to.iter().enumerate() {
-            let key = handoff_key(peer, triggered, now_us, i as u32);
+            let key = handoff_key(peer, triggered, now_us, first.wrapping_add(i as u32));
             rows.push((key, Some(encode_compact(items)?)));
         }
         Ok(rows)

@@ -253,3 +253,33 @@ fn an_older_releases_due_entry_is_exported_in_the_current_form() {
     assert_eq!(s.t().deliveries.get(&due).unwrap().unwrap(), current);
     assert_eq!(s.export_delivery_rows(&in_a).unwrap(), dump);
 }
+
+/// Two batches of one trigger redirected to the same peer in the same microsecond (one
+/// handoff round redirects many at once) are both kept: neither key overwrites the other.
+#[test]
+fn redirects_of_one_trigger_in_the_same_microsecond_keep_both_batches() {
+    let (_dir, s) = temp_store();
+    let t = Uuid::new_v4();
+    let (first, second) = (item_in(1, true), item_in(2, true));
+    let old = [
+        handoff_key("node-b", &t, 5, 0),
+        handoff_key("node-c", &t, 5, 1),
+    ];
+    let mut rows = Vec::new();
+    for (key, item) in old.iter().zip([&first, &second]) {
+        let to = vec![("node-d".to_string(), vec![item.clone()])];
+        rows.extend(s.redirected_handoff(key, &t, &to, 99).unwrap());
+    }
+    s.apply_fanout_rows(&rows).unwrap();
+    let mut moved: Vec<Uuid> = s
+        .handoffs_for("node-d", 10, &|_| true)
+        .unwrap()
+        .into_iter()
+        .flat_map(|h| h.items)
+        .map(|i| i.account_id)
+        .collect();
+    moved.sort();
+    let mut want = vec![first.account_id, second.account_id];
+    want.sort();
+    assert_eq!(moved, want);
+}
