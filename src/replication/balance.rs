@@ -3,13 +3,13 @@
 //!
 //! Once the preferred voter has followed another leader, caught up, for two checks in a
 //! row, it asks that leader to hand the lead over to it ([`super::handover`]), so that
-//! proposals wait for the move instead of failing in it; should the leader not answer, it
-//! calls an election itself (its log is as long as any other voter's, so it wins). A
-//! leader that answered but could not hand over is left leading: an election called then
-//! would depose it without winning (the other followers refuse it within their lease).
-//! Only
-//! one voter per group ever does this, so the lead never ping-pongs. A node that has begun
-//! to stop takes no lead back.
+//! proposals wait for the move instead of failing in it; should the leader not answer, or
+//! not hand over, it calls an election itself (its log is as long as any other voter's,
+//! so it wins with the leader's vote). With more than three voters it does so only when
+//! the leader could not be asked: there the leader's vote and its own are not a majority,
+//! the other followers refuse it within their lease, and the election would depose the
+//! leader without winning. Only one voter per group ever does this, so the lead never
+//! ping-pongs. A node that has begun to stop takes no lead back.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -57,7 +57,9 @@ pub fn start(replication: &Arc<Replication>, runtime: &Handle) {
                 if let (Some(leader), true) = (other_leader, ready_checks >= 2) {
                     ready_checks = 0;
                     tracing::info!(group = %group, "taking back the lead of a group this node prefers to lead");
-                    if replication.ask_for_lead(group, &raft, leader).await.is_none() {
+                    let voters = m.membership_config.membership().voter_ids().count();
+                    let answer = replication.ask_for_lead(group, &raft, leader).await;
+                    if answer.is_none() || (answer == Some(false) && voters <= 3) {
                         let _ = raft.trigger().elect().await;
                     }
                 }
