@@ -198,15 +198,20 @@ pub fn disk_usage(dir: &Path) -> BenchResult<u64> {
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
-pub const USER_HZ: u64 = 100;
+const USER_HZ: u64 = 100;
 
 /// User + system CPU time consumed by `pid` so far (10 ms resolution).
 pub fn cpu_time(pid: u32) -> BenchResult<Duration> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).map_err(|e| BenchError::io(path, e))?;
+    stat_cpu_time(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system CPU time in a `/proc` `stat` file: a process's, or one thread's
+/// (`/proc/self/task/<tid>/stat`).
+pub fn stat_cpu_time(path: &str) -> BenchResult<Duration> {
+    let text = std::fs::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
     parse_cpu_ticks(&text)
         .map(|ticks| Duration::from_millis(ticks * 1000 / USER_HZ))
-        .ok_or_else(|| BenchError::Invalid(format!("cannot parse /proc/{pid}/stat")))
+        .ok_or_else(|| BenchError::Invalid(format!("cannot parse {path}")))
 }
 
 /// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock ticks.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::error::{BenchError, BenchResult};
-use super::node::{parse_cpu_ticks, USER_HZ};
+use super::node::stat_cpu_time;
 
 /// The CPU clock of one thread of this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +31,7 @@ impl ThreadCpu {
 
     /// User + system CPU time the thread consumed so far (10 ms resolution).
     pub fn now(&self) -> BenchResult<Duration> {
-        let path = format!("/proc/self/task/{}/stat", self.tid);
-        let text = std::fs::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
-        parse_cpu_ticks(&text)
-            .map(|ticks| Duration::from_millis(ticks * 1000 / USER_HZ))
-            .ok_or_else(|| BenchError::Invalid(format!("cannot parse {path}")))
+        stat_cpu_time(&format!("/proc/self/task/{}/stat", self.tid))
     }
 }
 

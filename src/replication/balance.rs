@@ -17,6 +17,7 @@ use std::sync::Arc;
 use openraft::ServerState;
 use tokio::runtime::Handle;
 
+use super::handover::two_votes_elect;
 use super::types::raft_id;
 use super::Replication;
 
@@ -57,9 +58,8 @@ pub fn start(replication: &Arc<Replication>, runtime: &Handle) {
                 if let (Some(leader), true) = (other_leader, ready_checks >= 2) {
                     ready_checks = 0;
                     tracing::info!(group = %group, "taking back the lead of a group this node prefers to lead");
-                    let voters = m.membership_config.membership().voter_ids().count();
                     let answer = replication.ask_for_lead(group, &raft, leader).await;
-                    if answer.is_none() || (answer == Some(false) && voters <= 3) {
+                    if answer.is_none() || (answer == Some(false) && two_votes_elect(&raft)) {
                         let _ = raft.trigger().elect().await;
                     }
                 }

@@ -66,6 +66,19 @@ pub struct GiveLeadRpc {
 }
 rpc!(GiveLeadRpc => Result<bool, NoGroup>, "raft/give-lead");
 
+/// True when `raft`'s group has three voters or fewer: the leader's vote and its
+/// successor's own are then a majority, whatever the other followers' leases.
+pub(super) fn two_votes_elect(raft: &GroupRaft) -> bool {
+    let voters = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .count();
+    voters <= 3
+}
+
 /// Serves [`TakeLeadRpc`]: calls the election once this node, a follower, holds as much
 /// of the log as the leader had when it asked (waiting for it a little); answers whether
 /// it called it.
@@ -162,16 +175,9 @@ impl Replication {
     /// call its election: nothing with three voters or fewer, else a follower's lease
     /// (`election_timeout_ms`, see [`super::raft_config`]) and a heartbeat in flight.
     pub(super) fn quiet_before_handover(&self, raft: &GroupRaft) -> Duration {
-        let voters = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .count();
-        match voters {
-            0..=3 => Duration::ZERO,
-            _ => self.election_timeout + self.election_timeout / 6,
+        match two_votes_elect(raft) {
+            true => Duration::ZERO,
+            false => self.election_timeout + self.election_timeout / 6,
         }
     }
 
