@@ -130,21 +130,21 @@ async fn replicated_fan_out_reaches_every_subscriber_once_and_survives_a_node() 
             );
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        let again = loop {
             let r = via
                 .post(&format!("/v1/webhook/triggered/{registration}"))
                 .auth(&owner)
                 .send_unchecked()
                 .await;
             if r.status == 201 {
-                break;
+                break id_of(r.json());
             }
             assert!(
                 Instant::now() < deadline,
                 "no trigger without node {victim}: {r}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
         wait_delivered(&ep, &paths, "replicated.fanout", victim + 2).await;
         nodes[victim].restart().await;
         wait_settled(
@@ -155,6 +155,17 @@ async fn replicated_fan_out_reaches_every_subscriber_once_and_survives_a_node() 
             Duration::from_secs(20),
         )
         .await;
+        // Delivery is at least once: a delivery made but not yet recorded when its leader
+        // dies is made again. Wait until every outcome is committed before the next kill,
+        // so that any duplicate counted below is one the cluster should not have made.
+        nodes[(victim + 1) % 3]
+            .wait_trigger_counts(
+                &owner,
+                &again,
+                &delivery_counts(&[("succeeded", SUBSCRIBERS as u64)]),
+                Duration::from_secs(20),
+            )
+            .await;
     }
     let by_path = posts_by_path(&ep, "replicated.fanout");
     let duplicates: usize = paths
