@@ -17,7 +17,8 @@
 //! r | key body                                        -> Delivery
 //! b | key body of the batch's first delivery          -> PendingBatch
 //! s | key body of the batch's first delivery | unique id (8)
-//!                                                     -> [Delivery], all succeeded
+//!                                                     -> succeeded first attempts
+//!                                                        (compactly: [`settled_codec`])
 //! d | due µs (8) | key body                           -> delivery id (16) | subscriber id (16)
 //!                                                        | attempts made (2)
 //! c | triggered id (16)                               -> FanoutCursor
@@ -75,6 +76,7 @@ mod outcomes;
 mod records;
 mod rows;
 mod settled;
+mod settled_codec;
 mod stopped;
 mod sweep;
 mod types;

@@ -19,11 +19,10 @@ use std::iter::Peekable;
 
 use uuid::Uuid;
 
-use super::legacy::decode_deliveries;
+use super::settled_codec::{decode_settled, encode_settled};
 use super::types::Delivery;
 use super::DeliveryRow;
 use crate::store::keys::{prefixed, SETTLED};
-use crate::store::records::encode_compact;
 use crate::store::{Result, Store};
 
 /// A trigger's settled deliveries in record-key order (see [`Store::settled_in_order`]).
@@ -44,13 +43,13 @@ impl SettledInOrder {
         };
         let (key, value) = first?;
         let batch = batch_part(&key).to_vec();
-        let mut items = keyed(decode_deliveries(&value)?);
+        let mut items = keyed(decode_settled(&value)?);
         while let Some(Ok((next, _))) = self.rows.peek() {
             if batch_part(next) != batch.as_slice() {
                 break;
             }
             if let Some(row) = self.rows.next() {
-                items.extend(keyed(decode_deliveries(&row?.1)?));
+                items.extend(keyed(decode_settled(&row?.1)?));
             }
         }
         items.sort_by(|a, b| a.0.cmp(&b.0));
@@ -112,7 +111,7 @@ impl Store {
                     break key;
                 }
             };
-            rows.push((key, Some(encode_compact(&records)?)));
+            rows.push((key, Some(encode_settled(&records)?)));
         }
         Ok(())
     }
@@ -151,7 +150,7 @@ impl Store {
             .scan_prefix(settled_prefix(batch_key))
             .values()
         {
-            let records = decode_deliveries(&row?)?;
+            let records = decode_settled(&row?)?;
             keys.extend(records.iter().map(Delivery::record_key));
         }
         Ok(keys)
@@ -170,7 +169,7 @@ impl Store {
             .scan_prefix(prefixed(SETTLED, triggered.as_bytes()))
             .values()
         {
-            let records = decode_deliveries(&row?)?;
+            let records = decode_settled(&row?)?;
             n += records.iter().filter(|d| mine(&d.account_id)).count() as u64;
         }
         Ok(n)

@@ -6,7 +6,8 @@
 
 use uuid::Uuid;
 
-use super::legacy::{decode_deliveries, decode_delivery};
+use super::legacy::decode_delivery;
+use super::settled_codec::decode_settled;
 use super::types::DeliveryState;
 use super::DeliveryRow;
 use crate::store::keys::{RECORD, SETTLED};
@@ -32,7 +33,7 @@ impl Store {
         let mut removed = 0;
         for row in self.t().deliveries.scan_prefix([SETTLED]) {
             let (key, value) = row?;
-            let records = decode_deliveries(&value)?;
+            let records = decode_settled(&value)?;
             let all_old = records
                 .iter()
                 .all(|d| d.finished_us.is_some_and(|f| f < cutoff_us));
