@@ -218,6 +218,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             stop::hand_over(&replication, &engine, handover).await;
         }
     };
+    let cluster = service.context().cluster.clone();
     let metrics = Arc::new(Metrics::default());
     let api = Arc::new(Api {
         service,
@@ -251,8 +252,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if let StorageState::Failed(reason) = store.state() {
         stop::exit_storage_failed(&reason);
     }
-    // Replicated, the engine stopped before the leads were handed over.
-    if !config.cluster.is_replicated() {
+    // Replicated, the engine stopped before the leads were handed over; what peers asked
+    // of this node is answered before it exits.
+    if config.cluster.is_replicated() {
+        stop::answer_peers(&cluster).await;
+    } else {
         stop::stop_engine(&supervisor).await;
     }
     let left = tail_end.saturating_duration_since(Instant::now());

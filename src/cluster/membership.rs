@@ -249,6 +249,12 @@ impl Cluster {
         self.transport.get().cloned()
     }
 
+    /// Waits, for `within` at most, until every operation peers asked of this node has
+    /// answered (see [`Endpoints::answered_all`]); how many have not.
+    pub async fn answered_all(&self, within: std::time::Duration) -> usize {
+        self.endpoints.answered_all(within).await
+    }
+
     /// Serves operation `R` to the peers with `handler`.
     pub fn serve<R, F, Fut>(&self, handler: F)
     where

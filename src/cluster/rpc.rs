@@ -12,9 +12,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
 use tokio::runtime::Handle;
+use tokio::sync::Notify;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -154,6 +157,28 @@ enum Placement {
 pub struct Endpoints {
     handlers: RwLock<HashMap<&'static str, (ErasedHandler, Placement)>>,
     work: OnceLock<Handle>,
+    /// Operations served with [`Endpoints::serve`] that have not answered yet.
+    in_flight: AtomicUsize,
+    /// Notified when `in_flight` falls to 0.
+    idle: Notify,
+}
+
+/// Counts one operation in flight while it lives.
+struct Serving<'a>(&'a Endpoints);
+
+impl<'a> Serving<'a> {
+    fn start(endpoints: &'a Endpoints) -> Self {
+        endpoints.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(endpoints)
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl Endpoints {
@@ -161,6 +186,24 @@ impl Endpoints {
     /// then, and without it, they run where the request arrives).
     pub fn run_handlers_on(&self, runtime: Handle) {
         let _ = self.work.set(runtime);
+    }
+
+    /// Waits until every operation served with [`Endpoints::serve`] has answered, for
+    /// `within` at most; answers how many have not. A stopping node calls it before it
+    /// exits, so that a peer gets the answer to what this node took (a write it may have
+    /// committed) rather than a closed connection.
+    pub async fn answered_all(&self, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let idle = self.idle.notified();
+            let left = self.in_flight.load(Ordering::Acquire);
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.in_flight.load(Ordering::Acquire);
+            }
+        }
     }
 
     /// Serves `R` with `handler` (replacing an earlier handler of the same operation).
@@ -215,6 +258,7 @@ impl Endpoints {
             .and_then(|h| h.get(envelope.operation.as_str()).cloned());
         match handler {
             Some((handler, placement)) => {
+                let _counted = (placement == Placement::Work).then(|| Serving::start(self));
                 let serving = handler(envelope.body);
                 match (placement, self.work.get()) {
                     (Placement::Work, Some(work)) => match work.spawn(serving).await {
@@ -260,6 +304,35 @@ mod tests {
         let envelope: Envelope = decode(&encode(&Envelope::of(&Double(21)).unwrap())).unwrap();
         let bytes = endpoints.dispatch("n1", envelope).await.unwrap();
         assert_eq!(decode_answer::<Double>(&bytes).unwrap(), Ok(42));
+    }
+
+    #[tokio::test]
+    async fn a_stopping_node_can_wait_for_the_answers_it_owes() {
+        let endpoints = Arc::new(Endpoints::default());
+        let (release, released) = tokio::sync::watch::channel(false);
+        endpoints.serve(move |Double(n)| {
+            let mut released = released.clone();
+            async move {
+                let _ = released.wait_for(|r| *r).await;
+                Ok::<_, String>(u64::from(n))
+            }
+        });
+        assert_eq!(endpoints.answered_all(Duration::from_millis(1)).await, 0);
+        let serving = endpoints.clone();
+        let call = tokio::spawn(async move {
+            let envelope = Envelope::of(&Double(7)).unwrap();
+            serving.dispatch("n1", envelope).await
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while endpoints.in_flight.load(Ordering::Acquire) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never dispatched");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(endpoints.answered_all(Duration::from_millis(20)).await, 1);
+        release.send(true).unwrap();
+        assert_eq!(endpoints.answered_all(Duration::from_secs(5)).await, 0);
+        let bytes = call.await.unwrap().unwrap();
+        assert_eq!(decode_answer::<Double>(&bytes).unwrap(), Ok(7));
     }
 
     #[tokio::test]

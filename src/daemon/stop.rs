@@ -25,6 +25,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::DaemonError;
 use crate::actors::DeliveryMsg;
+use crate::cluster::Cluster;
 use crate::replication::Replication;
 use crate::store::Store;
 
@@ -40,6 +41,10 @@ pub const STOP_TAIL: Duration = Duration::from_secs(5);
 /// The part of [`STOP_TAIL`] given to stopping the delivery engine; the rest is kept for
 /// the final flush.
 pub const ENGINE_STOP: Duration = Duration::from_secs(4);
+
+/// How long a replicated node waits, after its HTTP drain, for the answers to its peers'
+/// calls; taken from [`STOP_TAIL`] (its engine stopped before the drain).
+pub const PEER_ANSWERS: Duration = Duration::from_secs(2);
 
 /// How long after a signal a node that has not finished stopping is made to exit: the HTTP
 /// drain (`grace`), the stop tail, and one second to log and exit.
@@ -71,6 +76,16 @@ pub async fn hand_over(
         handed,
         "handed over the lead of the groups this node led"
     );
+}
+
+/// Waits for the answers to what peers asked of this node, [`PEER_ANSWERS`] at most: a
+/// write it took (and may have committed) is then answered, rather than its caller seeing
+/// the connection close and answering 503 "may or may not have been applied".
+pub async fn answer_peers(cluster: &Cluster) {
+    let unanswered = cluster.answered_all(PEER_ANSWERS).await;
+    if unanswered > 0 {
+        tracing::warn!(unanswered, "stopping with peers' calls not answered");
+    }
 }
 
 /// Ends the process because the storage failed. Logs why first.

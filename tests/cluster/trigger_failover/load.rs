@@ -112,6 +112,12 @@ impl Load {
         let kind = match answer {
             Ok(r) if r.status == status => return Some(r),
             Ok(r) => {
+                // Printed with the time, so that a failure can be matched with the nodes' logs.
+                println!(
+                    "{:?} {call} through {} answered {r}",
+                    std::time::SystemTime::now(),
+                    self.names[via]
+                );
                 if (400..500).contains(&r.status) {
                     let mut refused = self.refused.lock().unwrap();
                     refused.push(format!("through {}: {r}", self.names[via]));
