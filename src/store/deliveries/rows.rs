@@ -33,7 +33,7 @@ use uuid::Uuid;
 use super::due::{due_value, DUE_VALUE_LEN};
 use super::first_attempts::PendingBatch;
 use super::legacy::decode_delivery;
-use super::settled_codec::decode_settled;
+use super::settled_codec::decode_settled_keys;
 use super::{rows_batch, DeliveryRow};
 use crate::store::keys::{prefixed, read_uuid, BATCH, DUE, FAILED_COUNT, GONE, RECORD, SETTLED};
 use crate::store::records::decode;
@@ -52,7 +52,9 @@ pub fn delivery_row_subscriber(key: &[u8], value: &[u8]) -> Result<Option<Uuid>>
             .items
             .first()
             .map(|i| i.account_id),
-        Some(&SETTLED) => decode_settled(value)?.first().map(|d| d.account_id),
+        Some(&SETTLED) => decode_settled_keys(value)?
+            .first()
+            .map(|(_, account)| *account),
         Some(&DUE) if value.len() == DUE_VALUE_LEN => Some(read_uuid(value, 16)?),
         Some(&FAILED_COUNT | &GONE) => Some(read_uuid(key, 1)?),
         _ => None,

@@ -19,7 +19,7 @@ use std::iter::Peekable;
 
 use uuid::Uuid;
 
-use super::settled_codec::{decode_settled, encode_settled};
+use super::settled_codec::{decode_settled, decode_settled_keys, encode_settled};
 use super::types::Delivery;
 use super::DeliveryRow;
 use crate::store::keys::{prefixed, SETTLED};
@@ -150,8 +150,7 @@ impl Store {
             .scan_prefix(settled_prefix(batch_key))
             .values()
         {
-            let records = decode_settled(&row?)?;
-            keys.extend(records.iter().map(Delivery::record_key));
+            keys.extend(decode_settled_keys(&row?)?.into_iter().map(|(key, _)| key));
         }
         Ok(keys)
     }
@@ -169,8 +168,8 @@ impl Store {
             .scan_prefix(prefixed(SETTLED, triggered.as_bytes()))
             .values()
         {
-            let records = decode_settled(&row?)?;
-            n += records.iter().filter(|d| mine(&d.account_id)).count() as u64;
+            let keys = decode_settled_keys(&row?)?;
+            n += keys.iter().filter(|(_, account)| mine(account)).count() as u64;
         }
         Ok(n)
     }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::legacy::decode_deliveries;
 use super::types::{delivery_id, Attempt, Delivery, DeliveryState};
+use crate::store::keys::record_key;
 use crate::store::records::encode_compact;
 use crate::store::{Result, StoreError};
 
@@ -67,21 +68,51 @@ pub(super) fn encode_settled(records: &[Delivery]) -> Result<Vec<u8>> {
 /// Decodes a settled row, whichever encoding and release wrote it.
 pub(super) fn decode_settled(bytes: &[u8]) -> Result<Vec<Delivery>> {
     match bytes.split_first() {
-        Some((&COMPACT_SETTLED, body)) => {
-            match bincode::serde::decode_from_slice(body, bincode::config::standard()) {
-                Ok((row, used)) if used == body.len() => expand(row),
-                Ok(_) => Err(StoreError::Corrupt(
-                    "trailing bytes after a settled row".into(),
-                )),
-                Err(e) => Err(StoreError::Corrupt(e.to_string())),
-            }
-        }
+        Some((&COMPACT_SETTLED, body)) => expand(decode_compact(body)?),
         _ => decode_deliveries(bytes),
     }
 }
 
+/// The record key and subscriber of each delivery of a settled row: what counting and
+/// matching need, without deriving delivery ids (a hash each).
+pub(super) fn decode_settled_keys(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Uuid)>> {
+    let Some((&COMPACT_SETTLED, body)) = bytes.split_first() else {
+        let records = decode_deliveries(bytes)?;
+        return Ok(records
+            .into_iter()
+            .map(|d| (d.record_key(), d.account_id))
+            .collect());
+    };
+    let row = decode_compact(body)?;
+    let triggered = Uuid::from_bytes(row.triggered_id);
+    let mut epoch = 0u64;
+    let mut out = Vec::with_capacity(row.items.len());
+    for item in row.items {
+        epoch = epoch
+            .checked_add(item.epoch_step_us)
+            .ok_or_else(|| StoreError::Corrupt("a settled row's time is out of range".into()))?;
+        let subscription = Uuid::from_bytes(item.subscription_id);
+        out.push((
+            record_key(&triggered, epoch, &subscription),
+            Uuid::from_bytes(item.account_id),
+        ));
+    }
+    Ok(out)
+}
+
+/// A compact row's body.
+fn decode_compact(body: &[u8]) -> Result<CompactRow> {
+    match bincode::serde::decode_from_slice(body, bincode::config::standard()) {
+        Ok((row, used)) if used == body.len() => Ok(row),
+        Ok(_) => Err(StoreError::Corrupt(
+            "trailing bytes after a settled row".into(),
+        )),
+        Err(e) => Err(StoreError::Corrupt(e.to_string())),
+    }
+}
+
 /// `records` as a compact row, when each is a succeeded first attempt of the same trigger
-/// and registration, with the derived id.
+/// and registration (whose id is therefore the derived one).
 fn compact(records: &[Delivery]) -> Option<CompactRow> {
     let first = records.first()?;
     let base_us = records
@@ -100,11 +131,13 @@ fn compact(records: &[Delivery]) -> Option<CompactRow> {
             && d.registration_id == first.registration_id
             && d.state == DeliveryState::Succeeded
             && d.next_attempt_us.is_none()
-            && attempt.error.is_none()
-            && d.id == delivery_id(&d.triggered_id, &d.subscription_id);
+            && attempt.error.is_none();
         if !fits {
             return None;
         }
+        // Settled rows come only from first attempts of pending batches, whose ids are
+        // derived (`first_attempt`); not hashed again here, on the hot path.
+        debug_assert_eq!(d.id, delivery_id(&d.triggered_id, &d.subscription_id));
         items.push(CompactItem {
             subscription_id: *d.subscription_id.as_bytes(),
             account_id: *d.account_id.as_bytes(),
@@ -206,6 +239,11 @@ mod tests {
         let bytes = encode_settled(&records).unwrap();
         assert_eq!(bytes[0], COMPACT_SETTLED);
         assert_eq!(decode_settled(&bytes).unwrap(), sorted(records.clone()));
+        let keys: Vec<(Vec<u8>, Uuid)> = sorted(records.clone())
+            .iter()
+            .map(|d| (d.record_key(), d.account_id))
+            .collect();
+        assert_eq!(decode_settled_keys(&bytes).unwrap(), keys);
         let general = encode_compact(&records).unwrap();
         println!(
             "{} bytes per delivery (records: {})",
@@ -227,6 +265,7 @@ mod tests {
             let bytes = encode_settled(&records).unwrap();
             assert_ne!(bytes[0], COMPACT_SETTLED);
             assert_eq!(decode_settled(&bytes).unwrap(), records);
+            assert_eq!(decode_settled_keys(&bytes).unwrap().len(), records.len());
         }
     }
 
