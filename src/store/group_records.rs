@@ -53,7 +53,7 @@ use uuid::Uuid;
 
 use super::deliveries::check_delivery_rows;
 use super::keys::{epoch_key, failed_count_key, gone_key, owned_key, read_uuid, trailing_id};
-use super::records::{decode, encode, Account, Registration, Subscription};
+use super::records::{decode, encode, encode_compact, Account, Registration, Subscription};
 use super::triggered::TriggersDump;
 use super::{Result, Store, StoreError, CASCADE_CHUNK};
 
@@ -122,6 +122,10 @@ trait GroupRecord: Serialize + DeserializeOwned + PartialEq {
     /// The index rows the store keeps for it: those of its insert, or those its tombstone
     /// kept.
     fn index_rows(&self) -> Vec<Row>;
+    /// Its stored form (as its insert writes it).
+    fn encode(&self) -> Result<Vec<u8>> {
+        encode(self)
+    }
 }
 
 impl GroupRecord for Account {
@@ -178,6 +182,10 @@ impl GroupRecord for Registration {
 
 impl GroupRecord for Subscription {
     const TREE: usize = SUBSCRIPTIONS;
+
+    fn encode(&self) -> Result<Vec<u8>> {
+        encode_compact(self)
+    }
 
     fn id(&self) -> Uuid {
         self.id
@@ -383,7 +391,7 @@ impl Store {
     /// Pass 2: writes every record of `dump` and its rows, replacing the stored version's.
     fn upsert<R: GroupRecord>(&self, dump: &[R]) -> Result<()> {
         for chunk in dump.chunks(CASCADE_CHUNK) {
-            let encoded = chunk.iter().map(encode).collect::<Result<Vec<_>>>()?;
+            let encoded = chunk.iter().map(R::encode).collect::<Result<Vec<_>>>()?;
             let removed = self.transact(|tx| {
                 let mut removed = false;
                 for (record, bytes) in chunk.iter().zip(&encoded) {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::deliveries::NewDelivery;
 use super::keys::{epoch_key, owned_key, read_u64, read_uuid, trailing_id};
 use super::pagination::{Page, PageRequest};
-use super::records::{decode, encode, tx_decode, Account, Registration, Subscription};
+use super::records::{decode, encode_compact, tx_decode, Account, Registration, Subscription};
 use super::{Result, Store, StoreError, CASCADE_CHUNK};
 
 /// Why a subscription could not be inserted.
@@ -44,7 +44,7 @@ impl Store {
         let t = self.t();
         let records = batch
             .iter()
-            .map(|(s, _)| encode(s))
+            .map(|(s, _)| encode_compact(s))
             .collect::<Result<Vec<_>>>()?;
         let outcome = (
             &t.accounts,
