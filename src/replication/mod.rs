@@ -162,9 +162,8 @@ impl Replication {
                 .await
                 .map_err(|e| ReplicationError::Start(e.to_string()))?
                 .map_err(|e| ReplicationError::Start(format!("group {group}: {e}")))?;
-            let quiet = Duration::from_millis(config.election_timeout_ms)
-                * quiet_start::QUIET_START_TIMEOUTS;
-            quiet_start::hold_elections(&raft, me, quiet);
+            let election_timeout = Duration::from_millis(config.election_timeout_ms);
+            quiet_start::hold_elections(&raft, me, election_timeout);
             rafts.insert(group, raft);
         }
         let rafts_groups: Vec<GroupId> = rafts.keys().copied().collect();

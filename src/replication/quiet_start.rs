@@ -9,7 +9,14 @@
 //! Seen in rolling restarts under load. So a starting node's groups call no election of
 //! their own until they have heard a leader, or until [`QUIET_START_TIMEOUTS`] election
 //! timeouts have passed (a cluster starting whole, or a group whose other voters are down).
-//! Elections asked for on purpose (`initialize`, a lead handover) are not affected.
+//!
+//! Having heard one, they stay quiet for [`CATCH_UP_TIMEOUTS`] more while they catch up:
+//! a follower storing the leader's backlog a batch at a time can go longer than its
+//! election timeout between two of its messages (the group's preferred voter has the
+//! shortest timeout), and its lost election deposed the leader the same way. Its other
+//! voters still elect a new leader if the leader dies meanwhile, and the balance loop
+//! hands the lead back to it gracefully once it has caught up. Elections asked for on
+//! purpose (`initialize`, a lead handover) are not affected.
 
 use std::time::Duration;
 
@@ -17,19 +24,26 @@ use super::types::GroupRaft;
 
 /// Election timeouts a starting node's groups wait for a leader before they may elect.
 pub(super) const QUIET_START_TIMEOUTS: u32 = 2;
+/// Election timeouts they stay quiet once they heard one, while they catch up.
+pub(super) const CATCH_UP_TIMEOUTS: u32 = 4;
 
-/// Turns `raft`'s elections off until it hears a leader other than `me`, or for `within`.
-pub(super) fn hold_elections(raft: &GroupRaft, me: u64, within: Duration) {
+/// Turns `raft`'s elections off until [`QUIET_START_TIMEOUTS`] election timeouts have
+/// passed without a leader other than `me`, or [`CATCH_UP_TIMEOUTS`] after hearing one.
+pub(super) fn hold_elections(raft: &GroupRaft, me: u64, election_timeout: Duration) {
     raft.runtime_config().elect(false);
     let raft = raft.clone();
     tokio::spawn(async move {
-        let _ = raft
-            .wait(Some(within))
+        let heard = raft
+            .wait(Some(election_timeout * QUIET_START_TIMEOUTS))
             .metrics(
                 |m| m.current_leader.is_some_and(|l| l != me),
                 "hearing a leader",
             )
-            .await;
+            .await
+            .is_ok();
+        if heard {
+            tokio::time::sleep(election_timeout * CATCH_UP_TIMEOUTS).await;
+        }
         raft.runtime_config().elect(true);
     });
 }
