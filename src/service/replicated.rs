@@ -33,6 +33,12 @@ const LEADER_POLL: Duration = Duration::from_millis(25);
 /// answer: one that handed the lead over answers what it had taken within milliseconds,
 /// one that died never does.
 const DEPOSED_GRACE: Duration = Duration::from_millis(500);
+/// How long a peer that refused as a leader handing its lead over (or stopping) is not
+/// asked again, unless it is named by a fresh hint after that: the followers still name it
+/// until the handover ends, and asking it every few milliseconds meant a request was
+/// often on its way to a stopping node when it exited (a 503 that may or may not have been
+/// applied).
+const REFUSED_BACKOFF: Duration = Duration::from_millis(100);
 
 impl From<NotLeader> for ServiceError {
     fn from(e: NotLeader) -> Self {
@@ -145,6 +151,8 @@ impl Service {
         // node this one takes for its leader may not be a member yet, so the others are
         // asked in turn (a member knows its leader).
         let mut asked: Vec<String> = Vec::new();
+        // Peers that refused without naming another leader, and when.
+        let mut refused: Vec<(String, Instant)> = Vec::new();
         loop {
             let leader = hint.take().or_else(|| {
                 let believed = replication
@@ -167,6 +175,16 @@ impl Service {
                 tokio::time::sleep(LEADER_POLL).await;
                 continue;
             };
+            let backing_off = refused
+                .iter()
+                .any(|(peer, at)| *peer == id && at.elapsed() < REFUSED_BACKOFF);
+            if backing_off && id != cluster.node_id() {
+                if Instant::now() >= deadline {
+                    return Err(NotLeader::NoQuorum(group).into());
+                }
+                tokio::time::sleep(LEADER_POLL).await;
+                continue;
+            }
             let answer = match cluster.peer(&id) {
                 _ if id == cluster.node_id() => {
                     self.serve_as_leader(replication, shard, op.clone()).await
@@ -182,6 +200,8 @@ impl Service {
                         asked.clear();
                         tokio::time::sleep(LEADER_POLL / 5).await;
                     } else {
+                        refused.retain(|(peer, _)| *peer != id);
+                        refused.push((id.clone(), Instant::now()));
                         asked.push(id);
                     }
                     hint = leader;

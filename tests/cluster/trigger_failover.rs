@@ -476,8 +476,8 @@ async fn triggers_and_writes_survive_a_sigkill_of_each_node_in_turn() {
 /// Nothing acknowledged may be lost, every acknowledged trigger must reach every
 /// subscriber, and no valid call may be refused. Calls not answered with success (a 503
 /// with `Retry-After`, printed with their reasons) are counted and held under 0.5%: a
-/// quiet machine has none, a busy one up to 3 of 1,100–1,300, from a node whose handover
-/// did not finish before it exited (see docs/cluster.md).
+/// quiet machine has none, a busy one up to 1 of 1,100, a request on its way to a node
+/// as it exits (see docs/cluster.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triggers_and_writes_survive_a_rolling_restart() {
     let _serial = SERIAL.lock().await;
