@@ -33,10 +33,10 @@ const LEADER_POLL: Duration = Duration::from_millis(25);
 /// answer: one that handed the lead over answers what it had taken within milliseconds,
 /// one that died never does.
 const DEPOSED_GRACE: Duration = Duration::from_millis(500);
-/// How long a peer that refused as a leader handing its lead over (or stopping) is not
-/// asked again, unless it is named by a fresh hint after that: the followers still name it
-/// until the handover ends, and asking it every few milliseconds meant a request was
-/// often on its way to a stopping node when it exited (a 503 that may or may not have been
+/// How long a peer that refused without naming another leader (one handing its lead over,
+/// or stopping) is not asked again, even when the followers still name it, as they do
+/// until the handover ends: asking it every few milliseconds meant a request was often on
+/// its way to a stopping node when it exited (a 503 that may or may not have been
 /// applied).
 const REFUSED_BACKOFF: Duration = Duration::from_millis(100);
 

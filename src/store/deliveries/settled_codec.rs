@@ -88,9 +88,7 @@ pub(super) fn decode_settled_keys(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Uuid)>> 
     let mut epoch = 0u64;
     let mut out = Vec::with_capacity(row.items.len());
     for item in row.items {
-        epoch = epoch
-            .checked_add(item.epoch_step_us)
-            .ok_or_else(|| StoreError::Corrupt("a settled row's time is out of range".into()))?;
+        epoch = next_epoch(epoch, &item)?;
         let subscription = Uuid::from_bytes(item.subscription_id);
         out.push((
             record_key(&triggered, epoch, &subscription),
@@ -98,6 +96,18 @@ pub(super) fn decode_settled_keys(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Uuid)>> 
         ));
     }
     Ok(out)
+}
+
+/// The subscription epoch of `item`, the one after `previous`'s (items store steps).
+fn next_epoch(previous: u64, item: &CompactItem) -> Result<u64> {
+    previous
+        .checked_add(item.epoch_step_us)
+        .ok_or_else(out_of_range)
+}
+
+/// A time of a corrupt compact row that does not fit its type.
+fn out_of_range() -> StoreError {
+    StoreError::Corrupt("a settled row's time is out of range".into())
 }
 
 /// A compact row's body.
@@ -160,17 +170,16 @@ fn compact(records: &[Delivery]) -> Option<CompactRow> {
 
 /// The deliveries of a compact row.
 fn expand(row: CompactRow) -> Result<Vec<Delivery>> {
-    let overflow = || StoreError::Corrupt("a settled row's time is out of range".into());
     let triggered_id = Uuid::from_bytes(row.triggered_id);
     let registration_id = Uuid::from_bytes(row.registration_id);
     let mut epoch = 0u64;
     let mut out = Vec::with_capacity(row.items.len());
     for item in row.items {
-        epoch = epoch.checked_add(item.epoch_step_us).ok_or_else(overflow)?;
+        epoch = next_epoch(epoch, &item)?;
         let at_us = row
             .base_us
             .checked_add(item.at_offset_us)
-            .ok_or_else(overflow)?;
+            .ok_or_else(out_of_range)?;
         let subscription_id = Uuid::from_bytes(item.subscription_id);
         out.push(Delivery {
             id: delivery_id(&triggered_id, &subscription_id),
@@ -191,7 +200,7 @@ fn expand(row: CompactRow) -> Result<Vec<Delivery>> {
             finished_us: Some(
                 at_us
                     .checked_add(item.finished_after_us)
-                    .ok_or_else(overflow)?,
+                    .ok_or_else(out_of_range)?,
             ),
         });
     }
