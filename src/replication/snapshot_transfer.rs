@@ -25,12 +25,12 @@ use openraft::error::{
 };
 use openraft::network::RPCOption;
 use openraft::raft::SnapshotResponse;
-use openraft::{BasicNode, Snapshot, SnapshotMeta, Vote};
+use openraft::{BasicNode, Snapshot, SnapshotMeta, StorageIOError, Vote};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::network::PeerClient;
-use super::types::{GroupId, GroupSnapshot, TypeConfig};
+use super::types::{GroupId, GroupSnapshot, SnapshotData, TypeConfig};
 use crate::cluster::rpc;
 use crate::config::MAX_SNAPSHOT_CHUNK_BYTES;
 
@@ -204,7 +204,7 @@ impl Assembler {
             vote: chunk.vote,
             snapshot: Snapshot {
                 meta,
-                snapshot: Box::new(data),
+                snapshot: Box::new(SnapshotData::Read(data)),
             },
             bytes: bytes.len(),
             chunks,
@@ -221,7 +221,12 @@ pub async fn send(
     cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
     option: RPCOption,
 ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
-    let bytes = bincode::serde::encode_to_vec(&*snapshot.snapshot, bincode::config::standard())
+    let Snapshot { meta, snapshot } = snapshot;
+    let data = snapshot
+        .read()
+        .await
+        .map_err(|e| StreamingError::StorageError(StorageIOError::read_state_machine(&e).into()))?;
+    let bytes = bincode::serde::encode_to_vec(&data, bincode::config::standard())
         .map_err(|e| network(&e))?;
     // openraft passes `cluster.snapshot_chunk_bytes` (see `raft_config`).
     let chunk_bytes = option
@@ -238,7 +243,7 @@ pub async fn send(
         let chunk = SnapshotChunkRpc {
             group: client.group(),
             vote,
-            meta: snapshot.meta.clone(),
+            meta: meta.clone(),
             transfer,
             offset: start as u64,
             data: bytes[start..end].to_vec(),
@@ -337,6 +342,14 @@ mod tests {
         }
     }
 
+    /// The data of an assembled snapshot, which is read already.
+    fn received(done: &Assembled) -> &GroupSnapshot {
+        match &*done.snapshot.snapshot {
+            SnapshotData::Read(data) => data,
+            SnapshotData::Unread(source) => panic!("an assembled snapshot is unread: {source}"),
+        }
+    }
+
     fn finish(a: &mut Assembler, chunks: &[SnapshotChunkRpc]) -> Assembled {
         let last = chunks.last().unwrap().clone();
         a.accept(last)
@@ -351,7 +364,7 @@ mod tests {
         let mut a = Assembler::default();
         feed_all_but_last(&mut a, &chunks);
         let done = finish(&mut a, &chunks);
-        assert_eq!(*done.snapshot.snapshot, data);
+        assert_eq!(received(&done), &data);
         assert_eq!(done.snapshot.meta, chunks[0].meta);
         assert_eq!(done.vote, vote(2));
         assert_eq!(done.chunks as usize, chunks.len());
@@ -405,7 +418,7 @@ mod tests {
             "{err}"
         );
         feed_all_but_last(&mut a, &new_chunks[1..]);
-        assert_eq!(*finish(&mut a, &new_chunks).snapshot.snapshot, new);
+        assert_eq!(received(&finish(&mut a, &new_chunks)), &new);
     }
 
     #[test]
@@ -421,7 +434,7 @@ mod tests {
         }
         feed_all_but_last(&mut a, &fresh[1..]);
         let done = finish(&mut a, &fresh);
-        assert_eq!((*done.snapshot.snapshot, done.vote), (new, vote(3)));
+        assert_eq!((received(&done), done.vote), (&new, vote(3)));
     }
 
     #[test]
@@ -436,8 +449,8 @@ mod tests {
             assert!(a.accept(x.clone()).unwrap().is_none());
             assert!(a.accept(y.clone()).unwrap().is_none());
         }
-        assert_eq!(*finish(&mut a, &c1).snapshot.snapshot, one);
-        assert_eq!(*finish(&mut a, &c2).snapshot.snapshot, two);
+        assert_eq!(received(&finish(&mut a, &c1)), &one);
+        assert_eq!(received(&finish(&mut a, &c2)), &two);
     }
 
     #[test]

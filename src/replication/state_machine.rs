@@ -10,11 +10,15 @@
 //! A snapshot is the group's rows and records. It is built while entries keep being
 //! applied, so it reads the applied position first: the rows read after it are that state
 //! or a later one, and replaying the entries after the position onto a later state ends
-//! in the same state, as a restart does. Installing one replaces the group's records, then
-//! its rows and position.
+//! in the same state, as a restart does. The read may even see part of an entry being
+//! applied meanwhile: replaying the entry completes it, as after a crash in the middle of
+//! applying it. Installing one replaces the group's records, then its rows and position.
 //!
-//! The state is on disk already, so a snapshot is read only when one is sent (openraft's
-//! `get_current_snapshot`). The periodic build that lets openraft purge the log
+//! The state is on disk already, so a snapshot is read only when one is sent, and by the
+//! replication task sending it: openraft asks for it (`get_current_snapshot`) in the state
+//! machine's task, which applies nothing to the group meanwhile, so the answer holds the
+//! position and where to read the data ([`SnapshotSource`]), not the data, whose read
+//! takes as long as the group is large. The periodic build that lets openraft purge the log
 //! (`cluster.snapshot_entries`) keeps only the snapshot's position and membership, so it
 //! answers those without reading the group's data: copying a whole group every thousand
 //! entries cost a tenth of a cluster's CPU under subscribes, and grows with the group.
@@ -31,8 +35,8 @@ use openraft::{
 use super::log_store::{blocking, decode, encode};
 use super::members::MemberList;
 use super::types::{
-    Applied, Command, Entry, GroupId, GroupSnapshot, LogId, StorageError, StoredMembership,
-    TypeConfig,
+    Applied, Command, Entry, GroupId, GroupSnapshot, LogId, SnapshotData, StorageError,
+    StoredMembership, TypeConfig,
 };
 use crate::store::{machine_row, Account, StateChange, Store, StoreError};
 
@@ -128,22 +132,51 @@ impl StateMachine {
         }
     }
 
+    /// The snapshot at the applied position, its data left to read by whoever sends it.
     async fn snapshot(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
         let group = self.group.0;
-        let in_group = self.in_group.clone();
-        let ((applied, membership), rows, records) = blocking(&self.store, move |s| {
-            let applied = applied_state(s, group)?;
-            Ok((
-                applied,
-                s.raft_machine_rows(group)?,
-                s.export_records(&*in_group)?,
-            ))
-        })
-        .await?;
+        let (applied, membership) = blocking(&self.store, move |s| applied_state(s, group)).await?;
         Ok(Snapshot {
             meta: snapshot_meta(self.group, applied, membership),
-            snapshot: Box::new(GroupSnapshot { rows, records }),
+            snapshot: Box::new(SnapshotData::Unread(SnapshotSource {
+                store: self.store.clone(),
+                group,
+                in_group: self.in_group.clone(),
+            })),
         })
+    }
+}
+
+/// Where a group's snapshot data is read from: its state machine rows and its records as
+/// they are when read, which is the snapshot's position or a later state (see the module
+/// documentation).
+pub struct SnapshotSource {
+    store: Store,
+    group: u16,
+    in_group: InGroup,
+}
+
+impl std::fmt::Display for SnapshotSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "group {}", GroupId(self.group))
+    }
+}
+
+impl SnapshotSource {
+    /// Reads the group's rows and records.
+    pub async fn read(self) -> Result<GroupSnapshot, StoreError> {
+        let Self {
+            store,
+            group,
+            in_group,
+        } = self;
+        blocking(&store, move |s| {
+            Ok(GroupSnapshot {
+                rows: s.raft_machine_rows(group)?,
+                records: s.export_records(&*in_group)?,
+            })
+        })
+        .await
     }
 }
 
@@ -268,16 +301,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<GroupSnapshot>, StorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
         Ok(Box::default())
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, openraft::BasicNode>,
-        snapshot: Box<GroupSnapshot>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let group = self.group.0;
+        let snapshot = snapshot.read().await.map_err(sm_err)?;
         let changes = vec![
             (
                 APPLIED.to_vec(),
@@ -314,5 +348,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map(Some)
             .map_err(|e| StorageIOError::read_state_machine(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The snapshot openraft takes in the state machine's task reads no data: what it
+    /// holds is read when it is sent, so a row applied in between is in it.
+    #[tokio::test]
+    async fn a_snapshot_is_read_when_it_is_sent() {
+        crate::store::allow_sync_calls();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20, 16).unwrap();
+        let group = 3;
+        let row = |name: &[u8]| (machine_row(name), Some(b"v".to_vec()));
+        store.raft_change_state(group, &[row(b"before")]).unwrap();
+        let mut machine =
+            StateMachine::new(store.clone(), GroupId(group), Arc::new(|_| true), None);
+
+        let snapshot = machine.get_current_snapshot().await.unwrap().unwrap();
+        assert!(matches!(*snapshot.snapshot, SnapshotData::Unread(_)));
+        assert_eq!(snapshot.meta.last_log_id, None);
+        store.raft_change_state(group, &[row(b"after")]).unwrap();
+
+        let data = snapshot.snapshot.read().await.unwrap();
+        let names: Vec<_> = data.rows.iter().map(|(name, _)| name.clone()).collect();
+        assert_eq!(names, vec![b"after".to_vec(), b"before".to_vec()]);
     }
 }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::members::{MemberList, MembersChange, MembersRefused};
+use super::state_machine::SnapshotSource;
 use crate::cluster::shard::fnv1a64;
-use crate::store::{Account, RecordWrite, RecordsDump, WriteOutcome};
+use crate::store::{Account, RecordWrite, RecordsDump, StoreError, WriteOutcome};
 
 /// A Raft group: one of the `cluster.groups` shard groups, or the metadata group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -79,6 +80,42 @@ pub struct GroupSnapshot {
     pub records: RecordsDump,
 }
 
+/// A group's snapshot as openraft holds it. The state machine hands one out for sending
+/// `Unread`: the replication task that sends it reads the data, not the state machine's
+/// task, which applies nothing to the group meanwhile (reading a large group there held
+/// the group's writes for as long). One received from a leader is `Read`.
+pub enum SnapshotData {
+    /// The data, received or read.
+    Read(GroupSnapshot),
+    /// Where to read it.
+    Unread(SnapshotSource),
+}
+
+impl fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Read(data) => f.debug_tuple("Read").field(data).finish(),
+            Self::Unread(source) => write!(f, "Unread({source})"),
+        }
+    }
+}
+
+impl Default for SnapshotData {
+    fn default() -> Self {
+        Self::Read(GroupSnapshot::default())
+    }
+}
+
+impl SnapshotData {
+    /// The data, read now if it was not.
+    pub async fn read(self) -> Result<GroupSnapshot, StoreError> {
+        match self {
+            Self::Read(data) => Ok(data),
+            Self::Unread(source) => source.read().await,
+        }
+    }
+}
+
 openraft::declare_raft_types!(
     /// webhookd's Raft type configuration.
     pub TypeConfig:
@@ -87,7 +124,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = GroupSnapshot,
+        SnapshotData = SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
 );
