@@ -4,7 +4,8 @@
 # every shard group on all three (cluster.replication_factor = 3 in deploy/local/).
 #
 #   deploy/local-cluster.sh start    build (cargo build --release), start the stopped nodes,
-#                                    wait until they are ready and every group has a leader
+#                                    wait until they are ready and every group is led by
+#                                    its preferred voter
 #   deploy/local-cluster.sh status   show each node's process and /ready answer, and which
 #                                    node leads each group (GET /v1/cluster)
 #   deploy/local-cluster.sh stop     stop the nodes (SIGTERM, then wait for them to exit)
@@ -74,9 +75,19 @@ cluster_state() {
 
 # "group leader" lines (leader "-" when the group has none) of a GET /v1/cluster answer,
 # read from its replication.groups; none when the cluster is not replicated.
+# (A pending move names a group too, with no leader: only a group's own leader ends a line.)
 group_leaders() {
-  { grep -o '"group":"[^"]*"\|"leader":\(null\|"[^"]*"\)' || true; } | sed 's/^"[a-z]*"://; s/"//g' \
-    | paste -d ' ' - - | sed 's/ null$/ -/'
+  { grep -o '"group":"[^"]*"\|"leader":\(null\|"[^"]*"\)' || true; } \
+    | sed 's/^"\([a-z]*\)":/\1 /; s/"//g' \
+    | awk '$1 == "group" { g = $2 } $1 == "leader" { print g, ($2 == "null" ? "-" : $2) }'
+}
+
+# The groups of a GET /v1/cluster answer not led by their preferred voter (the first of
+# their placed `target`), one per line, a group without a leader included.
+misplaced_leads() {
+  { grep -o '"group":"[^"]*"\|"target":\["[^"]*"\|"leader":\(null\|"[^"]*"\)' || true; } \
+    | sed 's/^"\([a-z]*\)":\[\{0,1\}/\1 /; s/"//g' \
+    | awk '$1 == "group" { g = $2 } $1 == "target" { t = $2 } $1 == "leader" && $2 != t { print g }'
 }
 
 # Starts node $1 in the background with the cluster cookie $2.
@@ -150,6 +161,19 @@ start() {
     fi
     sleep 0.2
   done
+  # Then (at most 30 s more, with every node running) until each group is led by its
+  # preferred voter: the nodes move leads there within seconds of a start, and a write
+  # caught in such a handover is answered 503 (docs/cluster.md), which a client run right
+  # after this script would meet.
+  local all_up=1 answer
+  for n in "${nodes[@]}"; do alive "$n" || all_up=0; done
+  if [ "$all_up" -eq 1 ] && [ -n "$(admin_key)" ]; then
+    for _ in $(seq 1 150); do
+      answer="$(cluster_state)" || break
+      [ -z "$(misplaced_leads <<<"$answer")" ] && break
+      sleep 0.2
+    done
+  fi
   status
   local keys=""
   for n in "${started[@]}"; do

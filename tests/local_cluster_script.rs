@@ -116,16 +116,16 @@ case "$url" in
   */v1/cluster)
     echo "curl $*" >> "$CALLS"
     n=$(($(cat "$CALLS.cluster" 2>/dev/null || echo 0) + 1)); echo "$n" > "$CALLS.cluster"
-    if [ "$n" -le 2 ]; then leader=null; else leader='"node3"'; fi
-    echo '{"node":"node1","replication":{"factor":3,"groups":['\
-'{"group":"meta","voters":["node1","node2","node3"],"leader":"node1","followers":[{"node":"node2","lag":0}]},'\
-'{"group":"0","voters":["node2","node3","node1"],"leader":"node2","followers":[]},'\
-'{"group":"1","voters":["node3","node1","node2"],"leader":'"$leader"',"followers":[]}]}}' ;;
+    if [ "$n" -le 2 ]; then leader=null; elif [ "$n" -le 4 ]; then leader='"node1"'; else leader='"node3"'; fi
+    echo '{"node":"node1","replication":{"factor":3,"moves":[{"group":"0","target":"node2"}],"groups":['\
+'{"group":"meta","voters":["node1","node2","node3"],"target":["node1","node2","node3"],"leader":"node1","followers":[{"node":"node2","lag":0}]},'\
+'{"group":"0","voters":["node2","node3","node1"],"target":["node2","node3","node1"],"leader":"node2","followers":[]},'\
+'{"group":"1","voters":["node3","node1","node2"],"target":["node3","node1","node2"],"leader":'"$leader"',"followers":[]}]}}' ;;
   *) exit 7 ;;
 esac"#;
 
 #[test]
-fn start_waits_for_every_group_to_have_a_leader_and_status_shows_the_leaders() {
+fn start_waits_for_every_group_to_be_led_by_its_preferred_voter_and_status_shows_the_leaders() {
     let tmp = tempfile::tempdir().unwrap();
     let tmp = tmp.path();
     fs::create_dir_all(tmp.join("bin")).unwrap();
@@ -140,8 +140,8 @@ fn start_waits_for_every_group_to_have_a_leader_and_status_shows_the_leaders() {
     assert!(stopped_ok, "{stopped}");
     let asked: String = fs::read_to_string(tmp.join("calls.cluster")).unwrap();
     assert!(
-        asked.trim().parse::<u32>().unwrap() >= 3,
-        "start waited for group 1's leader: {asked}\n{started}"
+        asked.trim().parse::<u32>().unwrap() >= 5,
+        "start waited for group 1's lead to reach its preferred voter: {asked}\n{started}"
     );
     for line in ["node1 leads meta", "node2 leads 0", "node3 leads 1"] {
         assert!(started.contains(line), "{line}\n{started}");
