@@ -97,12 +97,15 @@ impl Store {
     }
 
     /// Applies `changes` to `group`'s state atomically.
+    ///
+    /// Always a batch, even for one row: with the applied position written as a plain
+    /// insert, the history test (`tests/cluster/history.rs`) saw stale reads after a node
+    /// was SIGKILLed and restarted at once (in 3 runs of 14); as a batch, in none of 16.
+    /// A batch makes sled write the log holding the entry's effects before the position.
     pub fn raft_change_state(&self, group: u16, changes: &[StateChange]) -> Result<()> {
-        let rows: Vec<_> = changes
-            .iter()
-            .map(|(name, value)| (state_key(group, name), value.as_deref()))
-            .collect();
-        write_rows(&self.t().raft_state, &rows)?;
+        let mut batch = sled::Batch::default();
+        add_changes(&mut batch, group, changes);
+        self.t().raft_state.apply_batch(batch)?;
         Ok(())
     }
 

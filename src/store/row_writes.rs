@@ -4,8 +4,9 @@
 //! to one of its IO threads) before and after every batch and transaction, whatever its
 //! size, so that the batch is recovered whole or not at all. A single insert or remove is
 //! atomic by itself: written as such it skips those writes and becomes durable with the
-//! next group commit, like any other write. A Raft entry's append and its applied
-//! position are single rows on every voter, so this halves the disk writes per entry.
+//! next group commit, like any other write. A Raft entry's append is a single row on
+//! every voter, and so are most delivery and fan-out row changes. The Raft state (the
+//! applied position among it) stays a batch: see `Store::raft_change_state`.
 
 /// Sets (`Some`) or removes (`None`) each row of `rows` in `tree`, atomically; nothing to
 /// write writes nothing.
