@@ -73,21 +73,25 @@ cluster_state() {
   return 1
 }
 
-# "group leader" lines (leader "-" when the group has none) of a GET /v1/cluster answer,
-# read from its replication.groups; none when the cluster is not replicated.
-# (A pending move names a group too, with no leader: only a group's own leader ends a line.)
-group_leaders() {
-  { grep -o '"group":"[^"]*"\|"leader":\(null\|"[^"]*"\)' || true; } \
-    | sed 's/^"\([a-z]*\)":/\1 /; s/"//g' \
-    | awk '$1 == "group" { g = $2 } $1 == "leader" { print g, ($2 == "null" ? "-" : $2) }'
+# The "group", "target" (its first, preferred voter) and "leader" ("null" for none) fields
+# of a GET /v1/cluster answer, in order, one "name value" line each. A pending move names a
+# group too (and a target that is not a list), with no leader: only a group's own leader
+# ends its fields.
+group_fields() {
+  { grep -o '"group":"[^"]*"\|"target":\["[^"]*"\|"leader":\(null\|"[^"]*"\)' || true; } \
+    | sed 's/^"\([a-z]*\)":\[\{0,1\}/\1 /; s/"//g'
 }
 
-# The groups of a GET /v1/cluster answer not led by their preferred voter (the first of
-# their placed `target`), one per line, a group without a leader included.
+# "group leader" lines (leader "-" when the group has none) of a GET /v1/cluster answer,
+# read from its replication.groups; none when the cluster is not replicated.
+group_leaders() {
+  group_fields | awk '$1 == "group" { g = $2 } $1 == "leader" { print g, ($2 == "null" ? "-" : $2) }'
+}
+
+# The groups of a GET /v1/cluster answer not led by their preferred voter, one per line,
+# a group without a leader included.
 misplaced_leads() {
-  { grep -o '"group":"[^"]*"\|"target":\["[^"]*"\|"leader":\(null\|"[^"]*"\)' || true; } \
-    | sed 's/^"\([a-z]*\)":\[\{0,1\}/\1 /; s/"//g' \
-    | awk '$1 == "group" { g = $2 } $1 == "target" { t = $2 } $1 == "leader" && $2 != t { print g }'
+  group_fields | awk '$1 == "group" { g = $2 } $1 == "target" { t = $2 } $1 == "leader" && $2 != t { print g }'
 }
 
 # Starts node $1 in the background with the cluster cookie $2.
