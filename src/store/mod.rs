@@ -33,7 +33,6 @@ pub mod pagination;
 mod raft;
 pub mod records;
 mod registrations;
-mod row_writes;
 mod subscriptions;
 mod targets;
 mod triggered;

@@ -10,7 +10,6 @@
 //! Durability is the caller's: writes land in sled's log, and [`Store::flush`] makes
 //! them durable (Raft waits for it before it counts a vote or an appended entry).
 
-use super::row_writes::write_rows;
 use super::{Result, Store};
 
 /// Prefix of a group's state-machine rows in `raft_state`.
@@ -35,11 +34,11 @@ pub type StateChange = (Vec<u8>, Option<Vec<u8>>);
 impl Store {
     /// Appends (or overwrites) entries of `group`'s log, atomically.
     pub fn raft_append(&self, group: u16, entries: &[(u64, Vec<u8>)]) -> Result<()> {
-        let rows: Vec<_> = entries
-            .iter()
-            .map(|(index, bytes)| (log_key(group, *index), Some(bytes.as_slice())))
-            .collect();
-        write_rows(&self.t().raft_log, &rows)?;
+        let mut batch = sled::Batch::default();
+        for (index, bytes) in entries {
+            batch.insert(&log_key(group, *index), bytes.as_slice());
+        }
+        self.t().raft_log.apply_batch(batch)?;
         Ok(())
     }
 
@@ -77,13 +76,15 @@ impl Store {
     }
 
     fn remove_log_range(&self, group: u16, from: u64, to_inclusive: u64) -> Result<()> {
-        let rows = self
+        let mut batch = sled::Batch::default();
+        for row in self
             .t()
             .raft_log
             .range(log_key(group, from)..=log_key(group, to_inclusive))
-            .map(|row| Ok((row?.0, None::<&[u8]>)))
-            .collect::<Result<Vec<_>>>()?;
-        write_rows(&self.t().raft_log, &rows)?;
+        {
+            batch.remove(row?.0);
+        }
+        self.t().raft_log.apply_batch(batch)?;
         Ok(())
     }
 
@@ -97,11 +98,6 @@ impl Store {
     }
 
     /// Applies `changes` to `group`'s state atomically.
-    ///
-    /// Always a batch, even for one row: with the applied position written as a plain
-    /// insert, the history test (`tests/cluster/history.rs`) saw stale reads after a node
-    /// was SIGKILLed and restarted at once (in 3 runs of 14); as a batch, in none of 16.
-    /// A batch makes sled write the log holding the entry's effects before the position.
     pub fn raft_change_state(&self, group: u16, changes: &[StateChange]) -> Result<()> {
         let mut batch = sled::Batch::default();
         add_changes(&mut batch, group, changes);

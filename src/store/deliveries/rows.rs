@@ -34,10 +34,9 @@ use super::due::{due_value, DUE_VALUE_LEN};
 use super::first_attempts::PendingBatch;
 use super::legacy::decode_delivery;
 use super::settled_codec::decode_settled_keys;
-use super::DeliveryRow;
+use super::{rows_batch, DeliveryRow};
 use crate::store::keys::{prefixed, read_uuid, BATCH, DUE, FAILED_COUNT, GONE, RECORD, SETTLED};
 use crate::store::records::decode;
-use crate::store::row_writes::write_rows;
 use crate::store::{Result, Store, StoreError};
 
 /// The prefixes of the rows a subscriber's group holds.
@@ -84,7 +83,7 @@ impl Store {
         for (key, _) in rows {
             check_prefix(key)?;
         }
-        write_rows(&self.t().deliveries, rows)?;
+        self.t().deliveries.apply_batch(rows_batch(rows))?;
         self.rows_changed(rows.iter().map(|(k, v)| (k.as_slice(), v.is_none())));
         Ok(())
     }
@@ -178,7 +177,7 @@ impl Store {
             }
         }
         changes.extend(rows.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
-        write_rows(&self.t().deliveries, &changes)?;
+        self.t().deliveries.apply_batch(rows_batch(&changes))?;
         self.rows_changed(changes.iter().map(|(k, v)| (k.as_slice(), v.is_none())));
         Ok(())
     }
