@@ -28,7 +28,7 @@ pub use delivery::{
     DeliveryMsg, DeliverySupervisor,
 };
 pub use directory::Directory;
-pub use records::{Records, Replicated, ReplicatedRecords};
+pub use records::{Fenced, Records, Replicated, ReplicatedRecords};
 pub use registration::{RegistrationActor, RegistrationMsg};
 pub use replicated_fanout::RunningFanouts;
 pub use reply::{noting_log_commits, Reply, Written};

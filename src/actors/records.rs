@@ -22,8 +22,15 @@ use crate::store::{RecordWrite, Store, WriteOutcome};
 pub type Replicated<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<WriteOutcome>, ServiceError>> + Send + 'a>>;
 
+/// A future answering once a group's records may be read to compute a write.
+pub type Fenced<'a> = Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send + 'a>>;
+
 /// The shard groups' logs, as the actors see them.
 pub trait ReplicatedRecords: Send + Sync {
+    /// Answers once this node, which must lead the group of `shard`, has applied
+    /// everything the group committed in earlier terms (503 when it does not lead it).
+    fn fence(&self, shard: ShardId) -> Fenced<'_>;
+
     /// Proposes `writes` to the group of `shard` as its leader; answers their outcomes once
     /// the group committed and applied them (503 when this node does not lead it).
     fn write(&self, shard: ShardId, writes: Vec<RecordWrite>) -> Replicated<'_>;
@@ -87,6 +94,17 @@ impl Records {
     /// unreplicated).
     pub fn group_number(&self, shard: ShardId) -> u16 {
         self.replicated.get().map_or(0, |g| g.group_number(shard))
+    }
+
+    /// Waits until this node's copy of the records of `shard` is current enough to compute
+    /// a write from: replicated, a leader new in its term first applies what earlier terms
+    /// committed (a write computed from a copy behind would redo or undo their work).
+    pub async fn fence(&self, shard: ShardId) -> Result<(), ServiceError> {
+        match self.replicated.get() {
+            Some(groups) => groups.fence(shard).await,
+            None if self.replicate => Err(ServiceError::NotServedHere { leader: None }),
+            None => Ok(()),
+        }
     }
 
     /// Applies `writes` to the records of `shard`, in order; answers their outcomes.

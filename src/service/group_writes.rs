@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
-use crate::actors::{Replicated, ReplicatedRecords};
+use crate::actors::{Fenced, Replicated, ReplicatedRecords};
 use crate::cluster::ShardId;
 use crate::domain::ServiceError;
 use crate::replication::{Applied, Command, GroupId, Replication};
@@ -111,6 +111,14 @@ impl GroupLogs {
 pub(super) struct GroupWrites(pub(super) Arc<GroupLogs>);
 
 impl ReplicatedRecords for GroupWrites {
+    fn fence(&self, shard: ShardId) -> Fenced<'_> {
+        Box::pin(async move {
+            let replication = &self.0.replication;
+            let group = replication.group_of(shard);
+            Ok(replication.fence_writes(group).await?)
+        })
+    }
+
     fn write(&self, shard: ShardId, writes: Vec<RecordWrite>) -> Replicated<'_> {
         Box::pin(async move {
             let logs = &self.0;

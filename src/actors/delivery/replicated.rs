@@ -63,6 +63,9 @@ pub async fn accept_replicated(
             return Err(ServiceError::NotServedHere { leader: None });
         }
         let _accepting = ctx.delivery.accepting.lock(&triggered.id).await;
+        // A new leader may not have applied an accept of this batch from an earlier term
+        // yet: read only once it has, or the batch would be accepted (and sent) twice.
+        ctx.records.fence(shard).await?;
         let (reading, t) = (ctx.clone(), triggered.clone());
         let (prepared, skipped) = ctx
             .store
@@ -127,6 +130,9 @@ async fn write_group_outcomes(
     shard: ShardId,
     outcomes: Vec<Outcome>,
 ) -> Result<(), (ServiceError, Vec<Outcome>)> {
+    if let Err(e) = ctx.records.fence(shard).await {
+        return Err((e, outcomes));
+    }
     let (prepared, outcomes) = ctx
         .store
         .run(move |s| {

@@ -89,6 +89,19 @@ impl DeliverySupervisor {
         self.wake_idle(state);
     }
 
+    /// Queues the first attempts of `entries` not queued or in flight already; answers
+    /// how many it left out.
+    fn enqueue_first(&self, state: &mut SupervisorState, entries: Vec<DueEntry>) -> usize {
+        let offered = entries.len();
+        let fresh: Vec<DueEntry> = entries
+            .into_iter()
+            .filter(|e| !state.busy.contains(&e.record_key))
+            .collect();
+        let left_out = offered - fresh.len();
+        self.enqueue(state, Vec::new(), fresh);
+        left_out
+    }
+
     /// Wakes as many idle workers as there are queued attempts.
     fn wake_idle(&self, state: &mut SupervisorState) {
         let mut queued = state.work.len();
@@ -339,17 +352,22 @@ impl Actor for DeliverySupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             DeliveryMsg::Wake => self.dispatch(state, false).await,
-            DeliveryMsg::Accepted(entries) => self.enqueue(state, Vec::new(), entries),
+            // A node taking a group's lead resumes its pending batches while it may be
+            // accepting one: the resume and the accept can both hand the same first
+            // attempts over, in either order, and each is made once. The accept counted
+            // its own; a resume counts what it adds.
+            DeliveryMsg::Accepted(entries) => {
+                let left_out = self.enqueue_first(state, entries) as i64;
+                let delivery = &self.ctx.delivery;
+                delivery.metrics.due.fetch_sub(left_out, Ordering::Relaxed);
+                delivery.unattempted.fetch_sub(left_out, Ordering::Relaxed);
+            }
             DeliveryMsg::Resumed(entries) => {
-                let fresh: Vec<DueEntry> = entries
-                    .into_iter()
-                    .filter(|e| !state.busy.contains(&e.record_key))
-                    .collect();
-                let n = fresh.len() as i64;
+                let offered = entries.len();
+                let n = (offered - self.enqueue_first(state, entries)) as i64;
                 let delivery = &self.ctx.delivery;
                 delivery.metrics.due.fetch_add(n, Ordering::Relaxed);
                 delivery.unattempted.fetch_add(n, Ordering::Relaxed);
-                self.enqueue(state, Vec::new(), fresh);
             }
             DeliveryMsg::Tick => {
                 let deadline = self.ctx.delivery.attempt_timeout + STUCK_GRACE;
