@@ -3,6 +3,12 @@
 //! Raft counts a vote or an appended entry only once it is durable, so both wait for the
 //! store's group commit: one flush covers every group that wrote meanwhile. sled is
 //! called on the storage threads, never on the runtime that drives Raft's timers.
+//!
+//! sled recovers what a completed flush covered, but promises nothing about the order in
+//! which it recovers later writes, so the log never relies on it: a truncation and a
+//! purge point are flushed before anything that depends on them is written, and a log
+//! recovered with a gap is cut at the gap (what follows was never flushed, so never
+//! counted).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -150,6 +156,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let purged: Option<LogId> = self.read_state(PURGED).await.map_err(read_err)?;
         let group = self.group.0;
         let last: Option<Entry> = blocking(&self.store, move |s| {
+            // Entries after a gap were never flushed, so never counted: they go.
+            if let Some(gap) = s.raft_first_gap(group, purged.map(|p| p.index))? {
+                tracing::warn!(group, gap, "log recovered with a gap: cut there");
+                s.raft_truncate(group, gap)?;
+                s.flush_blocking()?;
+            }
             s.raft_last_entry(group)?.map(|b| decode(&b)).transpose()
         })
         .await
@@ -224,12 +236,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let group = self.group.0;
         blocking(&self.store, move |s| s.raft_truncate(group, log_id.index))
             .await
-            .map_err(log_err)
+            .map_err(log_err)?;
+        // Entries appended after this must never be recovered without it.
+        self.store.flush().await.map_err(log_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.recent().retain(|index, _| *index > log_id.index);
         self.write_state(PURGED, &log_id).await.map_err(log_err)?;
+        // The purge point is durable before the entries go: recovered without it, the
+        // log would start with a gap.
+        self.store.flush().await.map_err(log_err)?;
         let group = self.group.0;
         blocking(&self.store, move |s| s.raft_purge(group, log_id.index))
             .await

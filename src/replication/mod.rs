@@ -16,6 +16,7 @@
 //! before. What the groups replicate so far, and what comes next, is in
 //! `docs/architecture.md` ("Replication").
 
+mod applied_position;
 mod balance;
 mod handover;
 mod leadership;

@@ -1,11 +1,11 @@
 //! A group's state machine: applies committed commands, in log order, on every voter.
 //!
 //! Its own rows live under the group's `sm/` names in `raft_state`, with its applied
-//! position and membership beside them, each entry written in one atomic batch with its
-//! effect. The group's records (accounts, registrations, subscriptions) live in the
-//! record trees, beside other groups' records; a record write is applied before the
-//! position that covers it is recorded, so a crash in between applies it again on restart,
-//! which every record write survives (they are idempotent, see `store::writes`).
+//! position and membership beside them. The group's records (accounts, registrations,
+//! subscriptions) live in the record trees, beside other groups' records. The position is
+//! recorded only once the effects it covers are on disk ([`AppliedPosition`]), so a crash
+//! in between applies them again on restart, which every record write survives (they are
+//! idempotent, see `store::writes`).
 //!
 //! A snapshot is the group's rows and records. It is built while entries keep being
 //! applied, so it reads the applied position first: the rows read after it are that state
@@ -32,6 +32,7 @@ use openraft::{
     EntryPayload, RaftLogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError,
 };
 
+use super::applied_position::{AppliedPosition, APPLIED};
 use super::log_store::{blocking, decode, encode};
 use super::members::MemberList;
 use super::types::{
@@ -40,7 +41,6 @@ use super::types::{
 };
 use crate::store::{machine_row, Account, StateChange, Store, StoreError};
 
-const APPLIED: &[u8] = b"applied";
 const MEMBERSHIP: &[u8] = b"membership";
 /// The cluster's administrator account (metadata group).
 const ADMIN: &[u8] = b"admin";
@@ -61,6 +61,7 @@ pub struct StateMachine {
     in_group: InGroup,
     /// Set for the metadata group.
     members: Option<MembersWatch>,
+    position: AppliedPosition,
 }
 
 fn sm_err(e: StoreError) -> StorageError {
@@ -76,6 +77,7 @@ impl StateMachine {
         members: Option<MembersWatch>,
     ) -> Self {
         Self {
+            position: AppliedPosition::new(store.clone(), group.0),
             store,
             group,
             in_group,
@@ -253,14 +255,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let group = self.group.0;
         let meta = self.members.is_some();
-        let (answers, members) = blocking(&self.store, move |s| {
+        let position = self.position.clone();
+        let (answers, members, last) = blocking(&self.store, move |s| {
             let mut answers = Vec::with_capacity(entries.len());
-            // The position is recorded after the effects it covers: with an entry's own
-            // state rows (which a later entry may read), else once after the last entry.
-            let mut unrecorded = None;
+            let mut last = None;
             for entry in entries {
                 let log_id = *entry.get_log_id();
-                let (mut changes, answer) = match entry.payload {
+                let (changes, answer) = match entry.payload {
                     EntryPayload::Blank => (Vec::new(), Applied::Nothing),
                     EntryPayload::Normal(command) => Self::execute(s, group, command)?,
                     EntryPayload::Membership(membership) => {
@@ -272,25 +273,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 };
                 answers.push(answer);
-                if changes.is_empty() {
-                    unrecorded = Some(log_id);
-                    continue;
+                last = Some(log_id);
+                if !changes.is_empty() {
+                    // A later entry may read these rows, so they are written now, with
+                    // their position, once every earlier effect is durable.
+                    s.flush_blocking()?;
+                    position.record_with(s, log_id, changes)?;
                 }
-                changes.push((APPLIED.to_vec(), Some(encode(&log_id)?)));
-                s.raft_change_state(group, &changes)?;
-                unrecorded = None;
-            }
-            if let Some(log_id) = unrecorded {
-                s.raft_change_state(group, &[(APPLIED.to_vec(), Some(encode(&log_id)?))])?;
             }
             let members = match meta {
                 true => recorded_members(s)?,
                 false => None,
             };
-            Ok((answers, members))
+            Ok((answers, members, last))
         })
         .await
         .map_err(sm_err)?;
+        if let Some(log_id) = last {
+            self.position.applied(log_id);
+        }
         if meta {
             self.publish_members(members);
         }
@@ -325,11 +326,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 Some(encode(&meta.last_membership).map_err(sm_err)?),
             ),
         ];
+        let applied = meta.last_log_id;
         let in_group = self.in_group.clone();
         let meta = self.members.is_some();
+        let position = self.position.clone();
         let members = blocking(&self.store, move |s| {
             s.replace_records(&*in_group, &snapshot.records)?;
-            s.raft_replace_machine(group, &snapshot.rows, &changes)?;
+            // The records are durable before the position that says they are there.
+            s.flush_blocking()?;
+            position.install(applied, || {
+                s.raft_replace_machine(group, &snapshot.rows, &changes)
+            })?;
             match meta {
                 true => recorded_members(s),
                 false => Ok(None),

@@ -33,6 +33,7 @@ pub mod pagination;
 mod raft;
 pub mod records;
 mod registrations;
+mod row_writes;
 mod subscriptions;
 mod targets;
 mod triggered;

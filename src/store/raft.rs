@@ -10,6 +10,7 @@
 //! Durability is the caller's: writes land in sled's log, and [`Store::flush`] makes
 //! them durable (Raft waits for it before it counts a vote or an appended entry).
 
+use super::row_writes::write_rows;
 use super::{Result, Store};
 
 /// Prefix of a group's state-machine rows in `raft_state`.
@@ -34,11 +35,11 @@ pub type StateChange = (Vec<u8>, Option<Vec<u8>>);
 impl Store {
     /// Appends (or overwrites) entries of `group`'s log, atomically.
     pub fn raft_append(&self, group: u16, entries: &[(u64, Vec<u8>)]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for (index, bytes) in entries {
-            batch.insert(&log_key(group, *index), bytes.as_slice());
-        }
-        self.t().raft_log.apply_batch(batch)?;
+        let rows: Vec<_> = entries
+            .iter()
+            .map(|(index, bytes)| (log_key(group, *index), Some(bytes.as_slice())))
+            .collect();
+        write_rows(&self.t().raft_log, &rows)?;
         Ok(())
     }
 
@@ -52,6 +53,27 @@ impl Store {
             .range(log_key(group, from)..log_key(group, to))
             .map(|row| Ok(row?.1.to_vec()))
             .collect()
+    }
+
+    /// The first index missing from `group`'s log after `after` (the purge point, if
+    /// any) while a later entry is present: a gap left by a crash among writes no flush
+    /// had covered yet (see `replication::log_store`).
+    pub fn raft_first_gap(&self, group: u16, after: Option<u64>) -> Result<Option<u64>> {
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        let mut expected = after.map(|a| a.saturating_add(1));
+        for row in self
+            .t()
+            .raft_log
+            .range(log_key(group, from)..=log_key(group, u64::MAX))
+        {
+            let (key, _) = row?;
+            let index = super::keys::read_u64(&key, 2)?;
+            match expected {
+                Some(e) if index != e => return Ok(Some(e)),
+                _ => expected = Some(index.saturating_add(1)),
+            }
+        }
+        Ok(None)
     }
 
     /// `group`'s last log entry.
@@ -76,15 +98,13 @@ impl Store {
     }
 
     fn remove_log_range(&self, group: u16, from: u64, to_inclusive: u64) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for row in self
+        let rows = self
             .t()
             .raft_log
             .range(log_key(group, from)..=log_key(group, to_inclusive))
-        {
-            batch.remove(row?.0);
-        }
-        self.t().raft_log.apply_batch(batch)?;
+            .map(|row| Ok((row?.0, None::<&[u8]>)))
+            .collect::<Result<Vec<_>>>()?;
+        write_rows(&self.t().raft_log, &rows)?;
         Ok(())
     }
 
@@ -99,9 +119,11 @@ impl Store {
 
     /// Applies `changes` to `group`'s state atomically.
     pub fn raft_change_state(&self, group: u16, changes: &[StateChange]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        add_changes(&mut batch, group, changes);
-        self.t().raft_state.apply_batch(batch)?;
+        let rows: Vec<_> = changes
+            .iter()
+            .map(|(name, value)| (state_key(group, name), value.as_deref()))
+            .collect();
+        write_rows(&self.t().raft_state, &rows)?;
         Ok(())
     }
 
@@ -180,6 +202,13 @@ mod tests {
         assert_eq!(s.raft_last_entry(1).unwrap(), Some(b"b".to_vec()));
         s.raft_purge(1, 1).unwrap();
         assert_eq!(s.raft_entries(1, 0, 10).unwrap(), vec![b"b".to_vec()]);
+        assert_eq!(s.raft_first_gap(1, Some(1)).unwrap(), None);
+        assert_eq!(s.raft_first_gap(1, None).unwrap(), None);
+        s.raft_append(1, &[(5, b"e".to_vec()), (6, b"f".to_vec())])
+            .unwrap();
+        assert_eq!(s.raft_first_gap(1, Some(1)).unwrap(), Some(3));
+        assert_eq!(s.raft_first_gap(1, Some(0)).unwrap(), Some(1));
+        s.raft_truncate(1, 3).unwrap();
         assert_eq!(s.raft_entries(2, 0, 10).unwrap(), vec![b"x".to_vec()]);
         assert_eq!(s.raft_last_entry(3).unwrap(), None);
     }

@@ -22,6 +22,7 @@ use uuid::Uuid;
 use super::types::{delivery_id, Delivery, DueEntry, NewDelivery, Scheduled};
 use crate::store::keys::{key_body, prefixed, read_uuid, BATCH};
 use crate::store::records::decode;
+use crate::store::row_writes::write_rows;
 use crate::store::{Result, Store};
 
 /// Deliveries created together and waiting for their first attempt.
@@ -142,7 +143,7 @@ impl Store {
     pub fn resume_first_attempts(&self, mine: &dyn Fn(&Uuid) -> bool) -> Result<Vec<DueEntry>> {
         let deliveries = &self.t().deliveries;
         let mut entries = Vec::new();
-        let mut done = sled::Batch::default();
+        let mut done = Vec::new();
         for row in deliveries.scan_prefix([BATCH]) {
             let (key, value) = row?;
             let triggered = read_uuid(&key, 1)?;
@@ -158,13 +159,13 @@ impl Store {
             }
             let waiting = self.waiting_in(&key, &triggered, &batch)?;
             if waiting.is_empty() {
-                done.remove(key);
+                done.push((key, None::<&[u8]>));
             } else {
                 self.inner.open_batches.opened(key.to_vec(), waiting.len());
                 entries.extend(waiting);
             }
         }
-        deliveries.apply_batch(done)?;
+        write_rows(deliveries, &done)?;
         Ok(entries)
     }
 

@@ -10,9 +10,10 @@
 use uuid::Uuid;
 
 use super::types::{Handoff, NewDelivery};
-use super::{rows_batch, DeliveryRow};
+use super::DeliveryRow;
 use crate::store::keys::{handoff_key, handoff_prefix, read_uuid, CURSOR, HANDOFF};
 use crate::store::records::{decode, encode_compact};
+use crate::store::row_writes::write_rows;
 use crate::store::{Result, Store, StoreError};
 
 /// Length of a handoff key's end: triggered id (16), step time (8), batch number (4).
@@ -89,7 +90,7 @@ impl Store {
                 ));
             }
         }
-        self.t().deliveries.apply_batch(rows_batch(rows))?;
+        write_rows(&self.t().deliveries, rows)?;
         Ok(())
     }
 

@@ -34,9 +34,10 @@ use super::due::{due_value, DUE_VALUE_LEN};
 use super::first_attempts::PendingBatch;
 use super::legacy::decode_delivery;
 use super::settled_codec::decode_settled_keys;
-use super::{rows_batch, DeliveryRow};
+use super::DeliveryRow;
 use crate::store::keys::{prefixed, read_uuid, BATCH, DUE, FAILED_COUNT, GONE, RECORD, SETTLED};
 use crate::store::records::decode;
+use crate::store::row_writes::write_rows;
 use crate::store::{Result, Store, StoreError};
 
 /// The prefixes of the rows a subscriber's group holds.
@@ -83,7 +84,7 @@ impl Store {
         for (key, _) in rows {
             check_prefix(key)?;
         }
-        self.t().deliveries.apply_batch(rows_batch(rows))?;
+        write_rows(&self.t().deliveries, rows)?;
         self.rows_changed(rows.iter().map(|(k, v)| (k.as_slice(), v.is_none())));
         Ok(())
     }
@@ -177,7 +178,7 @@ impl Store {
             }
         }
         changes.extend(rows.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
-        self.t().deliveries.apply_batch(rows_batch(&changes))?;
+        write_rows(&self.t().deliveries, &changes)?;
         self.rows_changed(changes.iter().map(|(k, v)| (k.as_slice(), v.is_none())));
         Ok(())
     }
