@@ -10,16 +10,23 @@
 //! `store::writes`).
 //!
 //! Most entries only change records: their position is recorded by a background task,
-//! one write per group commit however many entries it covers. An entry with state rows of
+//! at most one write per [`RECORD_INTERVAL`] however many entries it covers (a position
+//! that lags costs only entries applied again after a crash; one write per entry cost a
+//! storage call each). An entry with state rows of
 //! its own (membership, member list, administrator) is rare: the state machine makes every
 //! earlier effect durable first and writes the rows with the position in one batch
 //! ([`AppliedPosition::record_with`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use super::log_store::{blocking, encode};
 use super::types::LogId;
 use crate::store::{StateChange, Store, StoreError};
+
+/// How long the recording task waits after recording a position before it records the
+/// next one.
+const RECORD_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The `raft_state` name of the applied position.
 pub(super) const APPLIED: &[u8] = b"applied";
@@ -92,6 +99,7 @@ impl AppliedPosition {
                 self.inner().running = false;
                 return;
             }
+            tokio::time::sleep(RECORD_INTERVAL).await;
         }
     }
 
