@@ -19,7 +19,7 @@
 //! it. An operation that ends without committing anything is a read after all, and its
 //! caller confirms the lead with [`Replication::linearize`] before answering.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,9 +65,6 @@ pub(super) struct GroupLead {
     fenced: AtomicU64,
     /// The leader lease, kept by `lease::watch`.
     lease: Arc<Lease>,
-    /// Whether this process committed an entry of its own in the group (see
-    /// [`Replication::read_index`]).
-    committed_here: AtomicBool,
 }
 
 impl GroupLead {
@@ -77,7 +74,6 @@ impl GroupLead {
             rounds: Arc::new(ReadRounds::new(group)),
             fenced: AtomicU64::new(0),
             lease: Arc::default(),
-            committed_here: AtomicBool::new(false),
         }
     }
 
@@ -225,18 +221,6 @@ impl Replication {
         let raft = self
             .raft(group)
             .ok_or_else(|| self.elsewhere(group, None))?;
-        // openraft restores a leader at start-up in the term it led before, knowing only
-        // the commit index its applied position records (which may lag the group's): its
-        // read index could then be an entry older than writes already answered. A first
-        // entry committed by this process commits everything before it.
-        let lead = self.leads.get(&group);
-        if lead.is_some_and(|l| !l.committed_here.load(Ordering::Acquire)) {
-            self.write_as_leader(group, Command::Records(Arc::default()))
-                .await?;
-            if let Some(lead) = lead {
-                lead.committed_here.store(true, Ordering::Release);
-            }
-        }
         let checked = tokio::time::timeout(self.failover_wait, raft.ensure_linearizable()).await;
         match checked {
             Ok(Ok(_)) => Ok(()),

@@ -187,10 +187,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
+    /// The vote, never as a committed one: openraft restores the leader of a committed
+    /// vote at start-up, in its old term, and such a leader may lack entries it proposed
+    /// that its followers hold (its own copy was not flushed yet), so a new entry of its
+    /// at their index would share their log id; and it knows the commit index only as far
+    /// as its applied position, so its read index could be older than writes already
+    /// answered. Read back uncommitted, the same vote (this node granted it in that
+    /// term) makes the node a follower, and a leader is elected in a new term.
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
-        self.read_state(VOTE)
+        let vote: Option<Vote<u64>> = self
+            .read_state(VOTE)
             .await
-            .map_err(|e| StorageIOError::read_vote(&e).into())
+            .map_err(|e| StorageIOError::read_vote(&e))?;
+        Ok(vote.map(|mut vote| {
+            vote.committed = false;
+            vote
+        }))
     }
 
     async fn append<I>(
