@@ -208,11 +208,22 @@ impl Drop for TestNode {
             let log = self.config.log();
             let tail: Vec<&str> = log.lines().rev().take(200).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
+            // A panic is reported once (where, then the message on the next line), and
+            // repeated errors soon push it out of the tail: every one is kept.
+            let lines: Vec<&str> = log.lines().collect();
+            let panics: Vec<&str> = lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.contains("panicked at"))
+                .take(10)
+                .flat_map(|(i, _)| lines[i..lines.len().min(i + 2)].iter().copied())
+                .collect();
             eprintln!(
-                "--- webhookd at {} (config {}) ---\nstartup stdout: {:?}\n--- stderr (last 200 lines) ---\n{}",
+                "--- webhookd at {} (config {}) ---\nstartup stdout: {:?}\n--- panics in stderr ---\n{}\n--- stderr (last 200 lines) ---\n{}",
                 self.api.base_url,
                 self.config.config_path.display(),
                 self.startup_stdout,
+                panics.join("\n"),
                 tail.join("\n")
             );
         }
