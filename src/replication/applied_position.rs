@@ -88,10 +88,7 @@ impl AppliedPosition {
             let written = async {
                 self.store.commit().wait().await?;
                 let this = self.clone();
-                blocking(&self.store, move |s| {
-                    this.record_with(s, log_id, Vec::new())
-                })
-                .await
+                blocking(&self.store, move |_| this.record_with(log_id, Vec::new())).await
             };
             if let Err(e) = written.await {
                 // The position stays older, which only costs entries applied again.
@@ -115,7 +112,6 @@ impl AppliedPosition {
     /// the one recorded is not written back (rows are, if any).
     pub(super) fn record_with(
         &self,
-        store: &Store,
         log_id: LogId,
         mut rows: Vec<StateChange>,
     ) -> Result<(), StoreError> {
@@ -125,7 +121,7 @@ impl AppliedPosition {
             rows.push((APPLIED.to_vec(), Some(encode(&log_id)?)));
         }
         if !rows.is_empty() {
-            store.raft_change_state(self.group, &rows)?;
+            self.store.raft_change_state(self.group, &rows)?;
         }
         if newer {
             inner.recorded = Some(log_id);
@@ -183,7 +179,7 @@ mod tests {
 
         // An older position is not written back; rows given with it are.
         let row = (b"sm/x".to_vec(), Some(b"1".to_vec()));
-        position.record_with(&store, log_id(2), vec![row]).unwrap();
+        position.record_with(log_id(2), vec![row]).unwrap();
         assert_eq!(recorded(&store, 2), Some(log_id(3)));
         assert_eq!(store.raft_state(2, b"sm/x").unwrap(), Some(b"1".to_vec()));
         assert_eq!(recorded(&store, 3), None, "another group's is its own");
@@ -192,7 +188,7 @@ mod tests {
         let install = || store.raft_change_state(2, &[(APPLIED.to_vec(), None)]);
         position.install(None, install).unwrap();
         assert_eq!(recorded(&store, 2), None);
-        position.record_with(&store, log_id(1), Vec::new()).unwrap();
+        position.record_with(log_id(1), Vec::new()).unwrap();
         assert_eq!(recorded(&store, 2), Some(log_id(1)));
     }
 }

@@ -59,13 +59,26 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
 }
 
 impl LogStore {
-    /// The log of `group` in `store`.
-    pub fn new(store: Store, group: GroupId) -> Self {
-        Self {
+    /// The log of `group` in `store`, cut at its first gap if it was recovered with one:
+    /// entries after a gap were never flushed, so never counted.
+    pub async fn open(store: Store, group: GroupId) -> Result<Self, StoreError> {
+        let log = Self {
             store,
             group,
             recent: Arc::default(),
-        }
+        };
+        let purged: Option<LogId> = log.read_state(PURGED).await?;
+        let group = group.0;
+        blocking(&log.store, move |s| {
+            if let Some(gap) = s.raft_first_gap(group, purged.map(|p| p.index))? {
+                tracing::warn!(group, gap, "log recovered with a gap: cut there");
+                s.raft_truncate(group, gap)?;
+                s.flush_blocking()?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(log)
     }
 
     fn recent(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
@@ -156,12 +169,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let purged: Option<LogId> = self.read_state(PURGED).await.map_err(read_err)?;
         let group = self.group.0;
         let last: Option<Entry> = blocking(&self.store, move |s| {
-            // Entries after a gap were never flushed, so never counted: they go.
-            if let Some(gap) = s.raft_first_gap(group, purged.map(|p| p.index))? {
-                tracing::warn!(group, gap, "log recovered with a gap: cut there");
-                s.raft_truncate(group, gap)?;
-                s.flush_blocking()?;
-            }
             s.raft_last_entry(group)?.map(|b| decode(&b)).transpose()
         })
         .await

@@ -152,7 +152,9 @@ impl Replication {
                 group.is_meta().then(|| members.clone()),
             );
             let network = network::Network::new(cluster.clone(), group);
-            let log = LogStore::new(store.clone(), group);
+            let log = LogStore::open(store.clone(), group)
+                .await
+                .map_err(|e| ReplicationError::Start(format!("group {group}: {e}")))?;
             let raft_config = match place.voters.first() == Some(&config.node_id) {
                 true => preferred_config.clone(),
                 false => other_config.clone(),

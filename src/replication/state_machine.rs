@@ -278,7 +278,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     // A later entry may read these rows, so they are written now, with
                     // their position, once every earlier effect is durable.
                     s.flush_blocking()?;
-                    position.record_with(s, log_id, changes)?;
+                    position.record_with(log_id, changes)?;
                 }
             }
             let members = match meta {

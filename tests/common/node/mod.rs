@@ -206,11 +206,10 @@ impl Drop for TestNode {
         }
         if std::thread::panicking() {
             let log = self.config.log();
-            let tail: Vec<&str> = log.lines().rev().take(200).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(200)..];
             // A panic is reported once (where, then the message on the next line), and
             // repeated errors soon push it out of the tail: every one is kept.
-            let lines: Vec<&str> = log.lines().collect();
             let panics: Vec<&str> = lines
                 .iter()
                 .enumerate()
