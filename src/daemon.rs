@@ -121,6 +121,8 @@ pub fn build_service(config: &Config, store: Store) -> Result<Service, DaemonErr
             fanout_steps: Default::default(),
             replicated_fanouts: Default::default(),
             accepting: Default::default(),
+            releases: Default::default(),
+            resume_epochs: Default::default(),
         },
     };
     Ok(Service::new(Arc::new(ctx)))

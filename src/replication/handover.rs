@@ -25,6 +25,8 @@
 //! takes proposals again, or, when stopping, stops anyway and the group elects a leader
 //! within its election timeout, as after a crash.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +46,22 @@ const HANDOVER_POLL: Duration = Duration::from_millis(20);
 const ASK_AGAIN: Duration = Duration::from_millis(100);
 /// How long a successor waits for the entries the leader had when it asked.
 const CATCH_UP_WAIT: Duration = Duration::from_millis(200);
+
+/// Work a group's leader does that its successor would do again had it not finished:
+/// the delivery engine's attempts. Settled before the lead is handed over.
+pub trait LeaderWork: Send + Sync {
+    /// Stops starting such work in `group` and waits until the work under way is
+    /// recorded, or until `deadline`.
+    fn settle(
+        &self,
+        group: GroupId,
+        deadline: Instant,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+    /// The handover of `group` is over; `kept` when this node still leads it and is not
+    /// stopping (its work starts again).
+    fn resume(&self, group: GroupId, kept: bool);
+}
 
 /// Asks a follower of `group` to call an election: its leader hands the lead over.
 #[derive(Serialize, Deserialize)]
@@ -125,7 +143,9 @@ impl Replication {
         {
             return Ok(false);
         }
-        let deadline = Instant::now() + self.election_timeout + self.quiet_before_handover(raft);
+        // The leader's work settles first, within an election timeout (see `hand_over`).
+        let deadline =
+            Instant::now() + self.election_timeout * 2 + self.quiet_before_handover(raft);
         Ok(self.hand_over(group, raft, Some(to), deadline).await)
     }
 
@@ -147,7 +167,9 @@ impl Replication {
     }
 
     /// Hands `group`'s lead to `to` (or to its most caught-up voter); true once
-    /// another voter leads it. Proposals wait meanwhile, until `deadline` at most.
+    /// another voter leads it. The leader's work settles first (see [`LeaderWork`]),
+    /// within an election timeout and half the time left at most; proposals then wait,
+    /// until `deadline` at most.
     pub(super) async fn hand_over(
         &self,
         group: GroupId,
@@ -158,6 +180,12 @@ impl Replication {
         let Some(flag) = self.handing_over.get(&group) else {
             return false;
         };
+        let work = self.leader_work.get();
+        if let Some(work) = work {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let settle_by = Instant::now() + self.election_timeout.min(left / 2);
+            work.settle(group, settle_by).await;
+        }
         flag.store(true, Ordering::SeqCst);
         let quiet = self.quiet_before_handover(raft);
         if !quiet.is_zero() {
@@ -168,7 +196,18 @@ impl Replication {
             .await;
         raft.runtime_config().heartbeat(true);
         flag.store(false, Ordering::SeqCst);
+        if let Some(work) = work {
+            let kept = !handed
+                && !self.stopping.load(Ordering::SeqCst)
+                && raft.metrics().borrow().state == ServerState::Leader;
+            work.resume(group, kept);
+        }
         handed
+    }
+
+    /// Makes `work` settle before each handover (once, at start-up).
+    pub fn set_leader_work(&self, work: Arc<dyn LeaderWork>) {
+        let _ = self.leader_work.set(work);
     }
 
     /// How long the leader of `raft`'s group stays silent before it asks a successor to
@@ -276,7 +315,7 @@ impl Replication {
             group,
             to: self.node_id.clone(),
         };
-        let within = self.election_timeout * 2 + self.quiet_before_handover(raft);
+        let within = self.election_timeout * 3 + self.quiet_before_handover(raft);
         match self.cluster.call_within(&peer, &ask, within).await {
             Ok(Ok(handed)) => Some(handed),
             _ => None,

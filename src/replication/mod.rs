@@ -36,7 +36,7 @@ pub mod types;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -46,6 +46,7 @@ use crate::cluster::{CallError, Cluster};
 use crate::config::ClusterConfig;
 use crate::store::Store;
 
+pub use handover::LeaderWork;
 pub use leadership::NotLeader;
 pub use members::{ClusterMember, MemberList, MemberState, MembersRefused};
 pub use placement::{GroupPlace, Placement};
@@ -106,6 +107,8 @@ pub struct Replication {
     replication_factor: usize,
     groups: u16,
     max_concurrent_moves: usize,
+    /// What settles before this node hands a lead over (see `handover.rs`).
+    leader_work: OnceLock<Arc<dyn LeaderWork>>,
 }
 
 impl Replication {
@@ -193,6 +196,7 @@ impl Replication {
             replication_factor: rf,
             groups: config.groups,
             max_concurrent_moves: usize::from(config.max_concurrent_moves.max(1)),
+            leader_work: OnceLock::new(),
         });
         serve::serve(&replication);
         replication.follow_members();

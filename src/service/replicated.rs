@@ -21,7 +21,7 @@ use crate::cluster::{Peer, ShardId};
 use crate::crypto;
 use crate::domain::{NewAccount, ServiceError, ADMIN_USERNAME};
 use crate::replication::{
-    Applied, Command, GroupId, GroupStatus, NotLeader, Replication, ReplicationError,
+    Applied, Command, GroupId, GroupStatus, LeaderWork, NotLeader, Replication, ReplicationError,
 };
 use crate::store::{Account, PageRequest, RecordWrite, WriteOutcome};
 
@@ -91,6 +91,24 @@ async fn resume(
     ctx.resume_led_deliveries().await
 }
 
+/// The delivery engine's attempts, settled before this node hands a group's lead over
+/// (see `actors::delivery::release`).
+struct Deliveries(Arc<NodeState>);
+
+impl LeaderWork for Deliveries {
+    fn settle(
+        &self,
+        group: GroupId,
+        deadline: Instant,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.0.settle_deliveries(group.0, deadline))
+    }
+
+    fn resume(&self, group: GroupId, kept: bool) {
+        self.0.end_release(group.0, kept);
+    }
+}
+
 /// Proposes `command` until the group answers (through elections, and while it has no
 /// majority): a proposal answered `NoLeader` may still commit, so the same one is sent
 /// again rather than a new one.
@@ -127,6 +145,7 @@ impl Service {
         self.ctx
             .records
             .replicate_through(Arc::new(GroupWrites(GroupLogs::new(replication.clone()))));
+        replication.set_leader_work(Arc::new(Deliveries(self.ctx.clone())));
         let _ = self.replication.set(replication.clone());
         tokio::spawn(resume_on_lead(self.ctx.clone(), replication));
     }

@@ -12,6 +12,7 @@ use ractor::ActorRef;
 use uuid::Uuid;
 
 use super::messages::DeliveryMsg;
+use super::release::{Releases, ResumeEpochs};
 use crate::actors::fanout::StepQueue;
 use crate::actors::RunningFanouts;
 use crate::delivery::metrics::DeliveryMetrics;
@@ -62,6 +63,10 @@ pub struct DeliveryContext {
     pub replicated_fanouts: RunningFanouts,
     /// Held by a replicated accept from reading what exists to its commit.
     pub accepting: AcceptLocks,
+    /// Groups whose lead this node is handing over, and the attempts under way per group.
+    pub releases: Releases,
+    /// Numbers the outcome flushes, for resumes read while they happen.
+    pub resume_epochs: ResumeEpochs,
 }
 
 /// Locks keeping two accepts of the same handed-over batch apart, striped by trigger:

@@ -15,8 +15,15 @@ pub enum DeliveryMsg {
     /// First attempts of deliveries just created.
     Accepted(Vec<DueEntry>),
     /// First attempts of the pending batches of groups this node took the lead of (those
-    /// in flight here already are left out).
-    Resumed(Vec<DueEntry>),
+    /// in flight here already are left out, and those flushed after `epoch`).
+    Resumed {
+        /// The first attempts read.
+        entries: Vec<DueEntry>,
+        /// The number of the last flush before they were read.
+        epoch: u64,
+    },
+    /// An attempt a worker left undone: its group's lead is being handed over.
+    Skipped(DueEntry),
     /// Periodic: poll, flush, check deadlines, run the retention sweep when due.
     Tick,
     /// Outcomes handed to the outcome writer are on disk (or failed to be written).

@@ -35,6 +35,7 @@ mod isolation;
 mod messages;
 mod outcomes;
 mod queue;
+mod release;
 mod replicated;
 mod supervisor;
 mod worker;

@@ -194,16 +194,34 @@ impl NodeState {
 
     /// Resumes the first attempts of the pending batches of the groups this node leads
     /// (their retries are in the due queue, which the supervisor polls for the groups it
-    /// leads). Run when the node takes the lead of a group; attempts in flight here
-    /// already are not made twice.
+    /// leads). Run when the node takes the lead of a group, and when a handover of one
+    /// ends with the lead kept; attempts in flight here already, or recorded since the
+    /// read began, are not made twice (see `release.rs`).
     pub async fn resume_led_deliveries(self: &Arc<Self>) -> Result<(), ServiceError> {
+        let epochs = &self.delivery.resume_epochs;
+        let epoch = epochs.begin_resume();
         let reading = self.clone();
-        let entries = self
+        let read = self
             .store
             .run(move |s| s.resume_first_attempts(&|a: &Uuid| reading.delivers_to(a)))
-            .await?;
-        if let Some(supervisor) = self.delivery.supervisor.get() {
-            let _ = supervisor.cast(DeliveryMsg::Resumed(entries));
+            .await;
+        let entries = match read {
+            Ok(entries) => entries,
+            Err(e) => {
+                epochs.end_resume();
+                return Err(e.into());
+            }
+        };
+        if !entries.is_empty() {
+            tracing::info!(
+                first_attempts = entries.len(),
+                "resuming the first attempts of groups this node leads now"
+            );
+        }
+        let resumed = DeliveryMsg::Resumed { entries, epoch };
+        let supervisor = self.delivery.supervisor.get();
+        if supervisor.is_none_or(|s| s.cast(resumed).is_err()) {
+            epochs.end_resume();
         }
         Ok(())
     }

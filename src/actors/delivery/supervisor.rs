@@ -49,8 +49,12 @@ pub struct SupervisorState {
     /// Workers waiting to be woken.
     idle: Vec<ActorId>,
     work: Arc<WorkQueue>,
-    /// Record keys queued, being attempted or whose outcome awaits writing.
-    busy: Arc<HashSet<Vec<u8>>>,
+    /// Record keys queued, being attempted or whose outcome awaits writing, each with
+    /// its subscriber's group.
+    busy: Arc<HashMap<Vec<u8>, u16>>,
+    /// Keys freed by each flush while a resume is pending, by the flush's number (see
+    /// `release.rs`).
+    freed: Vec<(u64, Vec<Vec<u8>>)>,
     /// Where the next dispatch scan of the due queue starts.
     scan_from: Option<Vec<u8>>,
     writer_task: Option<JoinHandle<()>>,
@@ -81,12 +85,45 @@ impl DeliverySupervisor {
     /// Queues attempts (first attempts at the back of theirs), marks their records busy
     /// and wakes idle workers for them.
     fn enqueue(&self, state: &mut SupervisorState, retries: Vec<DueEntry>, first: Vec<DueEntry>) {
+        // Counted per group only where a group's lead can be handed over.
+        let replicated = self.ctx.records.is_replicated();
         let busy = Arc::make_mut(&mut state.busy);
+        let mut groups = Vec::new();
         for entry in retries.iter().chain(&first) {
-            busy.insert(entry.record_key.clone());
+            let group = match replicated {
+                true => self.ctx.group_of_account(&entry.account_id),
+                false => 0,
+            };
+            if busy.insert(entry.record_key.clone(), group).is_none() && replicated {
+                groups.push(group);
+            }
         }
+        self.ctx.delivery.releases.add_busy(&groups);
         state.work.extend(retries, first);
         self.wake_idle(state);
+    }
+
+    /// Frees the keys of attempts recorded (or whose record failed); keeps them for the
+    /// pending resumes, which leave them out.
+    fn flushed(&self, state: &mut SupervisorState, keys: &[Vec<u8>]) {
+        self.free(state, keys);
+        if let Some(n) = self.ctx.delivery.resume_epochs.flushed() {
+            state.freed.push((n, keys.to_vec()));
+        }
+    }
+
+    /// Frees the keys of attempts no longer queued or in flight.
+    fn free(&self, state: &mut SupervisorState, keys: &[Vec<u8>]) {
+        let busy = Arc::make_mut(&mut state.busy);
+        let mut groups = Vec::new();
+        for k in keys {
+            if let Some(group) = busy.remove(k) {
+                groups.push(group);
+            }
+        }
+        if self.ctx.records.is_replicated() {
+            self.ctx.delivery.releases.remove_busy(&groups);
+        }
     }
 
     /// Queues the first attempts of `entries` not queued or in flight already; answers
@@ -95,7 +132,7 @@ impl DeliverySupervisor {
         let offered = entries.len();
         let fresh: Vec<DueEntry> = entries
             .into_iter()
-            .filter(|e| !state.busy.contains(&e.record_key))
+            .filter(|e| !state.busy.contains_key(&e.record_key))
             .collect();
         let left_out = offered - fresh.len();
         self.enqueue(state, Vec::new(), fresh);
@@ -159,8 +196,8 @@ impl DeliverySupervisor {
             .store
             .run(move |store| {
                 // Replicated, only the deliveries of the groups this node leads.
-                let mine = |a: &Uuid| ctx.delivers_to(a);
-                let busy = |k: &[u8]| busy.contains(k);
+                let mine = |a: &Uuid| ctx.delivers_to(a) && !ctx.releasing_account(a);
+                let busy = |k: &[u8]| busy.contains_key(k);
                 match store.due_entries(now, wanted, from.as_deref(), busy, &mine) {
                     Ok(due) if due.len() < wanted && from.is_some() => {
                         store.due_entries(now, wanted, None, busy, &mine)
@@ -337,6 +374,7 @@ impl Actor for DeliverySupervisor {
             workers,
             work,
             busy: Arc::default(),
+            freed: Vec::new(),
             scan_from: None,
             writer_task: Some(writer_task),
             last_sweep: Instant::now(),
@@ -362,12 +400,35 @@ impl Actor for DeliverySupervisor {
                 delivery.metrics.due.fetch_sub(left_out, Ordering::Relaxed);
                 delivery.unattempted.fetch_sub(left_out, Ordering::Relaxed);
             }
-            DeliveryMsg::Resumed(entries) => {
+            DeliveryMsg::Resumed { entries, epoch } => {
+                let freed_since: HashSet<&[u8]> = state
+                    .freed
+                    .iter()
+                    .filter(|(n, _)| *n > epoch)
+                    .flat_map(|(_, keys)| keys.iter().map(Vec::as_slice))
+                    .collect();
+                let entries: Vec<DueEntry> = entries
+                    .into_iter()
+                    .filter(|e| !freed_since.contains(e.record_key.as_slice()))
+                    .collect();
                 let offered = entries.len();
                 let n = (offered - self.enqueue_first(state, entries)) as i64;
                 let delivery = &self.ctx.delivery;
                 delivery.metrics.due.fetch_add(n, Ordering::Relaxed);
                 delivery.unattempted.fetch_add(n, Ordering::Relaxed);
+                delivery.resume_epochs.end_resume();
+                if !delivery.resume_epochs.resuming() {
+                    state.freed.clear();
+                }
+            }
+            DeliveryMsg::Skipped(entry) => {
+                self.free(state, std::slice::from_ref(&entry.record_key));
+                let delivery = &self.ctx.delivery;
+                delivery.metrics.due.fetch_sub(1, Ordering::Relaxed);
+                if entry.attempts == 0 && entry.due_key().is_none() {
+                    delivery.unattempted.fetch_sub(1, Ordering::Relaxed);
+                    delivery.drained.notify_waiters();
+                }
             }
             DeliveryMsg::Tick => {
                 let deadline = self.ctx.delivery.attempt_timeout + STUCK_GRACE;
@@ -399,10 +460,7 @@ impl Actor for DeliverySupervisor {
                 finished,
                 again,
             } => {
-                let busy = Arc::make_mut(&mut state.busy);
-                for k in &keys {
-                    busy.remove(k);
-                }
+                self.flushed(state, &keys);
                 self.enqueue(state, Vec::new(), again);
                 self.ctx
                     .delivery

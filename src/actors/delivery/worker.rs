@@ -79,6 +79,14 @@ impl DeliveryWorker {
             let Some(due) = self.work.take() else {
                 break;
             };
+            // Its group's lead is being handed over: left to whoever leads it next (or
+            // resumed here, should the lead stay).
+            if self.ctx.releasing_account(&due.account_id) {
+                self.work.finished(&due.account_id);
+                drop(permit);
+                let _ = self.supervisor.cast(DeliveryMsg::Skipped(due));
+                continue;
+            }
             // No await between taking the attempt and showing it: a worker that dies
             // always leaves it in its slot.
             *lock_slot(&self.slot) = Some(Running {

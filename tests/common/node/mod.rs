@@ -206,6 +206,13 @@ impl Drop for TestNode {
         }
         if std::thread::panicking() {
             let log = self.config.log();
+            // The dump below keeps a tail; a directory named here gets every line.
+            if let Some(dir) = std::env::var_os("WEBHOOKD_TEST_LOGS") {
+                let port = self.api.base_url.rsplit(':').next().unwrap_or("node");
+                let _ = std::fs::create_dir_all(&dir);
+                let _ =
+                    std::fs::write(std::path::Path::new(&dir).join(format!("{port}.log")), &log);
+            }
             let lines: Vec<&str> = log.lines().collect();
             let tail = &lines[lines.len().saturating_sub(200)..];
             // A panic is reported once (where, then the message on the next line), and
