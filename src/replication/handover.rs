@@ -3,7 +3,8 @@
 //! [`super::balance`]).
 //!
 //! openraft 0.9 has no leadership transfer, so this is built from its own election, driven
-//! by the leader:
+//! by the leader, once its own work in the group has settled ([`LeaderWork`]: attempts
+//! whose outcomes a closed group would refuse, and its successor would make again):
 //! 1. the leader stops taking proposals for the group: they wait for the next leader, as
 //!    during a failover ([`Replication::is_handing_over`]), so its log stops growing;
 //! 2. once what it had taken is applied, it asks the successor to call an election
