@@ -18,17 +18,24 @@ where
         [] => Ok(()),
         [(key, Some(value))] => tree.insert(key.as_ref(), value.as_ref()).map(drop),
         [(key, None)] => tree.remove(key.as_ref()).map(drop),
-        _ => {
-            let mut batch = sled::Batch::default();
-            for (key, value) in rows {
-                match value {
-                    Some(value) => batch.insert(key.as_ref(), value.as_ref()),
-                    None => batch.remove(key.as_ref()),
-                }
-            }
-            tree.apply_batch(batch)
+        _ => tree.apply_batch(batch_of(rows)),
+    }
+}
+
+/// `rows` as one batch, for a tree's `apply_batch` (also inside a transaction).
+pub(super) fn batch_of<K, V>(rows: &[(K, Option<V>)]) -> sled::Batch
+where
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    let mut batch = sled::Batch::default();
+    for (key, value) in rows {
+        match value {
+            Some(value) => batch.insert(key.as_ref(), value.as_ref()),
+            None => batch.remove(key.as_ref()),
         }
     }
+    batch
 }
 
 #[cfg(test)]

@@ -8,10 +8,11 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use uuid::Uuid;
 
-use super::deliveries::{rows_batch, DeliveryRow, FanoutCursor};
+use super::deliveries::{DeliveryRow, FanoutCursor};
 use super::keys::{cursor_key, epoch_key, read_u64, read_uuid};
 use super::pagination::{Page, PageRequest};
 use super::records::{decode, encode, encode_compact, Triggered};
+use super::row_writes::batch_of;
 use super::{Result, Store, StoreError};
 
 /// How long an `Idempotency-Key` is remembered: a second trigger of the same registration
@@ -56,7 +57,7 @@ impl Store {
             registration_id: tr.registration_id,
             after: None,
         })?;
-        let first_batch = first_step.map(rows_batch);
+        let first_batch = first_step.map(batch_of);
         let remembered = remembered(tr);
         (
             &t.triggered,

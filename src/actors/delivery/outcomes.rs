@@ -145,10 +145,7 @@ pub(super) async fn write_outcomes(
         // First attempts out of their pending batch leave the fan-out backlog, deferred ones
         // too (a dead endpoint's must not hold fan-outs back); a deferred one made later,
         // from the due queue, is not counted twice.
-        let first = taken
-            .iter()
-            .filter(|o| o.due.attempts == 0 && o.due.due_key().is_none())
-            .count();
+        let first = taken.iter().filter(|o| o.due.is_first_attempt()).count();
         let (finished, again) = if ctx.records.is_replicated() {
             // Through the subscribers' groups: durable once committed, no flush of ours.
             let again = write_outcomes_replicated(&ctx, taken).await;
@@ -168,8 +165,9 @@ pub(super) async fn write_outcomes(
     }
 }
 
-/// Notes that `first` first attempts left the fan-out backlog (their outcomes are written).
-fn first_attempts_recorded(ctx: &NodeState, first: usize) {
+/// Notes that `first` first attempts left the fan-out backlog (their outcomes are written,
+/// or they were left to another node).
+pub(super) fn first_attempts_recorded(ctx: &NodeState, first: usize) {
     let delivery = &ctx.delivery;
     delivery
         .unattempted

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::isolation::Isolation;
 use super::messages::{DeliveryMsg, WorkerMsg};
-use super::outcomes::{failure, write_outcomes};
+use super::outcomes::{failure, first_attempts_recorded, write_outcomes};
 use super::queue::WorkQueue;
 use super::worker::{lock_slot, DeliveryWorker, Running, Slot};
 use crate::actors::{now_us, NodeState};
@@ -423,11 +423,13 @@ impl Actor for DeliverySupervisor {
             }
             DeliveryMsg::Skipped(entry) => {
                 self.free(state, std::slice::from_ref(&entry.record_key));
-                let delivery = &self.ctx.delivery;
-                delivery.metrics.due.fetch_sub(1, Ordering::Relaxed);
-                if entry.attempts == 0 && entry.due_key().is_none() {
-                    delivery.unattempted.fetch_sub(1, Ordering::Relaxed);
-                    delivery.drained.notify_waiters();
+                self.ctx
+                    .delivery
+                    .metrics
+                    .due
+                    .fetch_sub(1, Ordering::Relaxed);
+                if entry.is_first_attempt() {
+                    first_attempts_recorded(&self.ctx, 1);
                 }
             }
             DeliveryMsg::Tick => {

@@ -99,18 +99,6 @@ use super::Result;
 /// A row of the `deliveries` tree to write (`Some`) or remove (`None`).
 pub type DeliveryRow = (Vec<u8>, Option<Vec<u8>>);
 
-/// `rows` as one batch.
-pub(super) fn rows_batch(rows: &[DeliveryRow]) -> sled::Batch {
-    let mut batch = sled::Batch::default();
-    for (key, value) in rows {
-        match value {
-            Some(v) => batch.insert(key.as_slice(), v.as_slice()),
-            None => batch.remove(key.as_slice()),
-        }
-    }
-    batch
-}
-
 /// Moves the rows of the separate trees an earlier release used (`failed_counts`,
 /// `fanout`, `handoff`) under their prefixes in `deliveries`, then drops those trees.
 pub(super) fn migrate_legacy_trees(db: &sled::Db, deliveries: &sled::Tree) -> Result<()> {

@@ -200,6 +200,12 @@ impl DueEntry {
         }
     }
 
+    /// True for a first attempt out of its pending batch (part of the fan-out backlog); a
+    /// deferred first attempt made later, from the due queue, is not one.
+    pub fn is_first_attempt(&self) -> bool {
+        self.attempts == 0 && self.due_key().is_none()
+    }
+
     /// The record of a delivery not attempted yet (what its first outcome starts from).
     pub(super) fn first_record(&self, registration_id: Uuid) -> Delivery {
         Delivery {
